@@ -1,0 +1,14 @@
+"""mmloss: object-detection losses for MMDetection configs.
+
+``import mmloss`` registers every loss in the ``mmloss`` registry scope, so an
+mmdet config selects one by ``type='mmloss.<Name>'``. The core needs only
+torch and mmengine.
+"""
+from . import functional, losses
+from .losses import *  # noqa: F401,F403
+from .reduction import reduce_loss, weight_reduce_loss, weighted_loss
+from .registry import MODELS
+from .version import __version__
+
+__all__ = ['MODELS', '__version__', 'functional', 'losses', 'reduce_loss',
+           'weight_reduce_loss', 'weighted_loss'] + losses.__all__

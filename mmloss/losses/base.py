@@ -1,0 +1,40 @@
+"""The base of every registered loss module.
+
+It validates ``reduction`` and ``loss_weight`` once, at construction, and
+resolves ``reduction_override`` per call, so the modules themselves only
+gather arguments and call their family's pure function.
+"""
+from typing import Optional
+
+from torch import nn
+
+from ..checks import check_loss_weight, check_reduction
+
+
+class BaseLoss(nn.Module):
+    """A loss module with ``reduction`` and ``loss_weight``.
+
+    Args:
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        loss_weight (float): non-negative factor applied to the loss.
+    """
+
+    def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0):
+        super().__init__()
+        self.reduction = check_reduction(self.loss_name, reduction)
+        self.loss_weight = check_loss_weight(self.loss_name, loss_weight)
+
+    @property
+    def loss_name(self) -> str:
+        """The class name, used in every error message."""
+        return type(self).__name__
+
+    def resolve_reduction(self, reduction_override: Optional[str]) -> str:
+        """The reduction for this call: the override if given, else ours."""
+        if reduction_override is None:
+            return self.reduction
+        return check_reduction(self.loss_name, reduction_override,
+                               'reduction_override')
+
+    def extra_repr(self) -> str:
+        return f'reduction={self.reduction!r}, loss_weight={self.loss_weight}'
