@@ -6,9 +6,11 @@ torch and mmengine.
 """
 from . import functional, losses
 from .losses import *  # noqa: F401,F403
+from .checks import set_check_finite
 from .reduction import reduce_loss, weight_reduce_loss, weighted_loss
 from .registry import MODELS
 from .version import __version__
 
 __all__ = ['MODELS', '__version__', 'functional', 'losses', 'reduce_loss',
-           'weight_reduce_loss', 'weighted_loss'] + losses.__all__
+           'set_check_finite', 'weight_reduce_loss', 'weighted_loss'
+           ] + losses.__all__

@@ -4,6 +4,7 @@ Each check names the loss, the argument and what it got, and raises
 ``ValueError`` or ``TypeError``. They read only shapes and dtypes (tensor
 metadata), never tensor values, so they add no host sync on an accelerator.
 """
+import os
 from numbers import Real
 from typing import Optional, Sequence
 
@@ -108,3 +109,63 @@ def check_weight_shape(loss_name: str, weight: Optional[Tensor],
         raise ValueError(f'{loss_name}: {argument} has shape '
                          f'{tuple(weight.shape)}, which does not broadcast '
                          f'to the loss shape {tuple(loss_shape)}')
+
+
+CHECK_FINITE_ENV = 'MMLOSS_CHECK_FINITE'
+_check_finite_override: Optional[bool] = None
+
+
+def set_check_finite(enabled: Optional[bool]) -> None:
+    """Turn the opt-in finiteness check of every loss module on or off.
+
+    ``None`` defers to the environment variable ``MMLOSS_CHECK_FINITE``
+    (``1``/``true``/``yes`` turn it on). The check costs a host sync per loss
+    call on an accelerator, so it is off by default: a NaN in the prediction
+    then simply propagates to the loss, never masked.
+    """
+    global _check_finite_override
+    _check_finite_override = enabled
+
+
+def check_finite_enabled() -> bool:
+    """Whether loss modules raise on a non-finite result (see above)."""
+    if _check_finite_override is not None:
+        return _check_finite_override
+    return os.environ.get(CHECK_FINITE_ENV, '').strip().lower() in (
+        '1', 'true', 'yes', 'on')
+
+
+def _tensors(value):
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def raise_if_not_finite(loss_name: str, output, inputs=()) -> None:
+    """Raise ``FloatingPointError`` if any tensor in ``output`` is NaN/Inf.
+
+    The message names the loss and the shapes and dtypes of the tensor
+    ``inputs``, and says whether the inputs themselves were already
+    non-finite (a diverging model) or the loss made them so.
+    """
+    bad = [t for t in _tensors(output)
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if not bad:
+        return
+    described = ', '.join(
+        f'{tuple(t.shape)} {str(t.dtype).replace("torch.", "")}'
+        for t in _tensors(inputs))
+    nonfinite_inputs = any(
+        t.is_floating_point() and not bool(torch.isfinite(t).all())
+        for t in _tensors(inputs))
+    cause = ('the inputs already hold NaN/Inf' if nonfinite_inputs else
+             'the inputs are finite')
+    raise FloatingPointError(
+        f'{loss_name}: the loss is not finite ({cause}); inputs: '
+        f'[{described}]. Raised because {CHECK_FINITE_ENV} is set or '
+        f'mmloss.set_check_finite(True) was called.')

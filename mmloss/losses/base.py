@@ -8,11 +8,24 @@ from typing import Optional
 
 from torch import nn
 
-from ..checks import check_loss_weight, check_reduction
+from ..checks import (check_finite_enabled, check_loss_weight,
+                      check_reduction, raise_if_not_finite)
+
+
+def _check_finite_hook(module, args, kwargs, output):
+    # Opt-in (MMLOSS_CHECK_FINITE=1): the check syncs with the device.
+    if check_finite_enabled():
+        raise_if_not_finite(module.loss_name, output,
+                            (args, kwargs))
 
 
 class BaseLoss(nn.Module):
     """A loss module with ``reduction`` and ``loss_weight``.
+
+    Every subclass gets the opt-in finiteness check: with the environment
+    variable ``MMLOSS_CHECK_FINITE=1`` (or ``mmloss.set_check_finite(True)``)
+    a NaN/Inf loss raises ``FloatingPointError`` naming the loss and its
+    input shapes, instead of propagating silently.
 
     Args:
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
@@ -23,6 +36,7 @@ class BaseLoss(nn.Module):
         super().__init__()
         self.reduction = check_reduction(self.loss_name, reduction)
         self.loss_weight = check_loss_weight(self.loss_name, loss_weight)
+        self.register_forward_hook(_check_finite_hook, with_kwargs=True)
 
     @property
     def loss_name(self) -> str:

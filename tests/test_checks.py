@@ -1,0 +1,81 @@
+"""The shared argument checks and the opt-in finiteness check."""
+import pytest
+import torch
+
+import mmloss
+from mmloss import checks
+from mmloss.losses.base import BaseLoss
+
+
+class SumLoss(BaseLoss):
+    """A minimal module for exercising BaseLoss."""
+
+    def forward(self, pred, reduction_override=None):
+        reduction = self.resolve_reduction(reduction_override)
+        loss = pred * self.loss_weight
+        return loss if reduction == 'none' else getattr(loss, reduction)()
+
+
+@pytest.fixture
+def finite_check_off():
+    yield
+    mmloss.set_check_finite(None)
+
+
+def test_base_loss_validates_once_and_resolves_overrides():
+    loss = SumLoss(reduction='sum', loss_weight=2.0)
+    pred = torch.tensor([1.0, 2.0])
+    assert loss(pred).item() == 6.0
+    assert loss(pred, reduction_override='mean').item() == 3.0
+    with pytest.raises(ValueError, match=r"SumLoss: reduction_override .*'avg'"):
+        loss(pred, reduction_override='avg')
+    with pytest.raises(ValueError, match=r"SumLoss: reduction .*'total'"):
+        SumLoss(reduction='total')
+    for bad in (-1.0, 'one', None, float('nan'), True):
+        with pytest.raises(ValueError, match='SumLoss: loss_weight'):
+            SumLoss(loss_weight=bad)
+
+
+def test_nan_propagates_by_default_and_raises_when_asked(
+        finite_check_off, monkeypatch):
+    loss = SumLoss()
+    pred = torch.tensor([1.0, float('nan')])
+    monkeypatch.delenv(checks.CHECK_FINITE_ENV, raising=False)
+    assert torch.isnan(loss(pred))
+    monkeypatch.setenv(checks.CHECK_FINITE_ENV, '1')
+    with pytest.raises(FloatingPointError,
+                       match=r'SumLoss: .*inputs already hold NaN.*\(2,\)'):
+        loss(pred)
+    assert loss(torch.ones(2)).item() == 1.0
+    mmloss.set_check_finite(False)
+    assert torch.isnan(loss(pred))
+    monkeypatch.delenv(checks.CHECK_FINITE_ENV)
+    mmloss.set_check_finite(True)
+    overflow = SumLoss(reduction='sum', loss_weight=1e30)
+    with pytest.raises(FloatingPointError, match='inputs are finite'):
+        overflow(torch.full((4,), 1e10))
+
+
+def test_shape_and_dtype_checks_name_the_loss():
+    with pytest.raises(ValueError,
+                       match=r'GIoULoss: pred has shape \(10, 4\) but target '
+                       r'has shape \(10, 5\)'):
+        checks.check_box_shape('GIoULoss', torch.zeros(10, 4),
+                               torch.zeros(10, 5))
+    with pytest.raises(ValueError, match=r'IoULoss: pred must have shape'):
+        checks.check_box_shape('IoULoss', torch.zeros(10, 5),
+                               torch.zeros(10, 5))
+    with pytest.raises(TypeError, match='FocalLoss: target must hold integer'):
+        checks.check_integer_labels('FocalLoss', torch.zeros(3))
+    checks.check_integer_labels('FocalLoss', torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r'L1Loss: weight has shape \(3,\)'):
+        checks.check_weight_shape('L1Loss', torch.ones(3), (4, 2))
+    checks.check_weight_shape('L1Loss', torch.ones(4, 1), (4, 2))
+    with pytest.raises(ValueError, match=r'GHMC: momentum must lie in \[0, 1\)'):
+        checks.check_in_range('GHMC', 'momentum', 1.0, 0, 1)
+    with pytest.raises(ValueError, match='SmoothL1Loss: beta must be a number > 0'):
+        checks.check_positive('SmoothL1Loss', 'beta', 0.0)
+    assert checks.check_positive('SmoothL1Loss', 'beta', 0.0,
+                                 allow_zero=True) == 0.0
+    with pytest.raises(TypeError, match='DiceLoss: pred must be a torch.Tensor'):
+        checks.check_tensor('DiceLoss', 'pred', [1.0])
