@@ -1,0 +1,282 @@
+"""Tests of ``tools/benchmark.py``: its case table, measurements and reports.
+
+The tool is loaded from its file (``tools/`` is not a package). Nothing here
+asserts a timing: speed claims come from running the tool itself. Every run
+uses the small size, one repetition and no warm-up.
+"""
+import importlib.util
+import json
+import math
+import pathlib
+import sys
+
+import pytest
+import torch
+
+TOOL = pathlib.Path(__file__).resolve().parents[1] / 'tools' / 'benchmark.py'
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location('mmloss_benchmark', TOOL)
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the file runs.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_tool()
+FIRST_TO_LAND = ('FocalLoss', 'GIoULoss', 'GHMC')
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """``main`` sets the thread count; give the suite its single thread back."""
+    yield
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def mmdet_as_mmloss(monkeypatch, mmdet_losses):
+    """Stand mmdet's own module in for mmloss's, so the tool's machinery is
+    tested whatever mmloss has landed so far (mmdet vs mmdet must agree)."""
+    monkeypatch.setattr(bench, 'has_mmloss', lambda case: True)
+    monkeypatch.setattr(bench, 'build_mmloss', bench.build_mmdet)
+
+
+def _case(key):
+    return next(c for c in bench.CASES if c.key == key)
+
+
+def _present(names):
+    return [n for n in names if bench.has_mmloss(_case(n))]
+
+
+# ----------------------------------------------------------------- cases
+
+
+def test_case_table_covers_issue_losses():
+    keys = {c.key for c in bench.CASES}
+    twins = {'FocalLoss', 'GHMC', 'GHMR', 'CrossEntropyLoss',
+             'CrossEntropyLoss(sigmoid)', 'VarifocalLoss', 'QualityFocalLoss',
+             'DistributionFocalLoss', 'GaussianFocalLoss', 'SeesawLoss',
+             'KnowledgeDistillationKLDivLoss', 'DiceLoss', 'L1Loss',
+             'SmoothL1Loss', 'BalancedL1Loss', 'MSELoss', 'IoULoss',
+             'GIoULoss', 'DIoULoss', 'CIoULoss', 'EIoULoss', 'SIoULoss',
+             'BoundedIoULoss'}
+    only_ours = {'AlphaIoULoss', 'WiseIoULoss', 'MPDIoULoss', 'NWDLoss',
+                 'Poly1FocalLoss'}
+    assert keys == twins | only_ours
+    assert {c.key for c in bench.CASES if not c.in_mmdet} == only_ours
+    assert len(keys) == len(bench.CASES)
+
+
+def test_large_sizes_are_the_issue_sizes():
+    gen = torch.Generator().manual_seed(0)
+    (pred, labels), shape = _case('FocalLoss').make_inputs('large', gen)
+    assert pred.shape == (100_000, 80) and labels.shape == (100_000, )
+    assert shape == '100000x80'
+    (pred, target), _ = _case('GIoULoss').make_inputs('large', gen)
+    assert pred.shape == target.shape == (200_000, 4)
+    # Valid, non-degenerate boxes: x2 > x1 and y2 > y1.
+    assert bool((pred[:, 2:] > pred[:, :2]).all())
+    assert bool((target[:, 2:] > target[:, :2]).all())
+
+
+@pytest.mark.parametrize('case', [c for c in bench.CASES if c.in_mmdet],
+                         ids=lambda c: c.key)
+def test_every_twin_runs_in_mmdet_from_the_same_config(case, mmdet_losses):
+    """The case table's config and inputs are what mmdet's loss accepts."""
+    args, _ = case.make_inputs('small', torch.Generator().manual_seed(0))
+    loss = bench.build_mmdet(case, torch.device('cpu'))
+    assert type(loss).__name__ == case.loss_type
+    value, grad = bench.forward_backward(loss, args)
+    assert value.dim() == 0 and bool(torch.isfinite(value))
+    assert grad.shape == args[0].shape and bool(torch.isfinite(grad).all())
+    assert float(grad.abs().sum()) > 0
+
+
+def test_select_cases_by_class_or_row_name():
+    both = bench.select_cases(['CrossEntropyLoss'])
+    assert [c.key for c in both] == ['CrossEntropyLoss',
+                                     'CrossEntropyLoss(sigmoid)']
+    one = bench.select_cases(['CrossEntropyLoss(sigmoid)', 'ghmc'])
+    assert [c.key for c in one] == ['CrossEntropyLoss(sigmoid)', 'GHMC']
+    assert len(bench.select_cases(None)) == len(bench.CASES)
+
+
+def test_unknown_loss_name_lists_known_ones():
+    with pytest.raises(ValueError, match='NoSuchLoss') as info:
+        bench.select_cases(['FocalLoss', 'NoSuchLoss'])
+    assert 'known:' in str(info.value) and 'GIoULoss' in str(info.value)
+
+
+def test_cli_unknown_loss_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.main(['--losses', 'NoSuchLoss'])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert 'unknown loss name(s): NoSuchLoss' in err and 'FocalLoss' in err
+
+
+# ----------------------------------------------------------- measurement
+
+
+class _StashingProduct(torch.autograd.Function):
+    """Saves ``x`` through ``save_for_backward`` and ``2y`` as a ctx field."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.save_for_backward(x)
+        ctx.twice_y = y * 2
+        return (x * y).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.twice_y / 2, None
+
+
+def _saved_bytes(fn, x):
+    packed = {}
+
+    def pack(tensor):
+        bench._record_storage(packed, tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        value = fn(x)
+    return bench.saved_bytes_of(value, packed)
+
+
+def test_saved_bytes_counts_distinct_storages():
+    x = torch.randn(1000, requires_grad=True)  # 4000 bytes
+    # mul saves both operands; x[:500] is a view of x: one storage more.
+    assert _saved_bytes(lambda t: (t * t[:500].repeat(2)).sum(), x) == 8000
+    # exp saves its result, a new storage; x itself is not saved.
+    assert _saved_bytes(lambda t: t.exp().sum(), x) == 4000
+    # Nothing saved for a plain sum.
+    assert _saved_bytes(lambda t: t.sum(), x) == 0
+
+
+def test_saved_bytes_sees_custom_function_ctx():
+    x = torch.randn(1000, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(1000, dtype=torch.float64)
+    # x via save_for_backward (hooks) + 2y as a ctx attribute (graph walk).
+    assert _saved_bytes(lambda t: _StashingProduct.apply(t, y), x) == 16000
+
+
+def test_measure_memory_reports_saved_and_peak():
+    class Square(torch.nn.Module):
+        def forward(self, pred, target):
+            return ((pred - target) ** 2).mean()
+
+    pred, target = torch.randn(250_000), torch.randn(250_000)  # 1 MB each
+    memory = bench.measure_memory(Square(), (pred, target),
+                                  torch.device('cpu'))
+    # pow saves the difference (1 MB); nothing else is kept.
+    assert memory['saved_bytes'] == 1_000_000
+    if memory['peak_method'] == 'profiler':
+        # At least the difference and the gradient; at most those plus the
+        # square and a few backward temporaries of the same size.
+        assert 2_000_000 <= memory['peak_bytes'] <= 6_100_000
+
+
+def test_compare_flags_mismatch_and_non_finite():
+    ref = torch.tensor([1.0, -2.0, 3e-9, float('nan')])
+    assert bench.compare(ref.clone(), ref)[0] is True
+    ok, err, note = bench.compare(ref * (1 + 1e-6), ref)
+    assert ok and err < 1e-4 and 'non-finite' in note
+    ok, err, _ = bench.compare(ref * (1 + 1e-3), ref)
+    assert not ok and err > 1e-4
+    bad = ref.clone()
+    bad[0] = float('inf')
+    assert bench.compare(bad, ref)[0] is False
+    assert bench.compare(torch.ones(3), torch.ones(4))[0] is False
+
+
+def test_target_verdicts():
+    def row(loss, speedup, saved, peak=1.0, size='large'):
+        return dict(loss_type=loss, size=size, speedup=speedup,
+                    saved_ratio=saved, peak_ratio=peak)
+
+    assert bench.target_verdict(row('FocalLoss', 3.1, 0.2)) == 'met'
+    assert 'saved' in bench.target_verdict(row('FocalLoss', 3.1, 0.3))
+    assert 'speed' in bench.target_verdict(row('GHMC', 7.0, 0.5))
+    assert bench.target_verdict(row('GIoULoss', 1.6, 1.0)) == 'met'
+    assert 'peak' in bench.target_verdict(row('GIoULoss', 1.6, 1.0, 1.2))
+    assert bench.target_verdict(row('GIoULoss', 1.6, 1.0, size='small')) \
+        is None
+    assert bench.target_verdict(row('NWDLoss', None, None)) is None
+
+
+# ------------------------------------------------------------ whole runs
+
+
+def test_run_case_machinery_on_stateful_loss(mmdet_as_mmloss):
+    """GHM-C keeps momentum state: fresh modules for the check agree."""
+    row = bench.run_case(_case('GHMC'), 'small', torch.device('cpu'),
+                         repeat=2, warmup=1, use_mmdet=True)
+    assert row['agree'] is True and row['agreement']['value_rel_err'] == 0
+    for side in (row['mmloss'], row['mmdet']):
+        assert side['status'] == 'ok' and len(side['runs_ms']) == 2
+        assert side['saved_bytes'] > 0 and side['peak_bytes'] > 0
+    assert row['speedup'] > 0 and row['saved_ratio'] == 1.0
+    assert not bench.row_failed(row)
+
+
+def test_mismatch_exits_1(monkeypatch, mmdet_losses, tmp_path, capsys):
+    """A twin whose result differs from mmdet's fails the run."""
+    def wrong_gamma(case, device):
+        return bench.build_mmdet(
+            bench.Case(case.key, case.loss_type, dict(case.cfg, gamma=1.0),
+                       case.make_inputs), device)
+
+    monkeypatch.setattr(bench, 'has_mmloss', lambda case: True)
+    monkeypatch.setattr(bench, 'build_mmloss', wrong_gamma)
+    status = bench.main(['--losses', 'FocalLoss', '--size', 'small',
+                         '--repeat', '1', '--warmup', '0', '--threads', '1',
+                         '--out', str(tmp_path), '--no-progress'])
+    assert status == 1
+    captured = capsys.readouterr()
+    assert 'MISMATCH' in captured.out and 'FAILED FocalLoss' in captured.err
+    rows = json.loads((tmp_path / 'benchmark.json').read_text())['rows']
+    assert rows[0]['agree'] is False
+
+
+def test_missing_loss_is_reported_not_failed(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, 'has_mmloss', lambda case: False)
+    status = bench.main(['--losses', 'DIoULoss', '--size', 'small',
+                         '--repeat', '1', '--warmup', '0', '--threads', '1',
+                         '--out', str(tmp_path), '--no-progress'])
+    assert status == 0
+    row = json.loads((tmp_path / 'benchmark.json').read_text())['rows'][0]
+    assert row['mmloss']['status'] == 'missing' and row['agree'] is None
+    assert '| DIoULoss | small |' in (tmp_path / 'benchmark.md').read_text()
+
+
+def test_cli_on_landed_losses_writes_json_and_markdown(tmp_path, capsys):
+    """The real thing: mmloss's landed twins against mmdet, small size."""
+    names = _present(FIRST_TO_LAND)
+    if not names:
+        pytest.skip('none of FocalLoss, GIoULoss, GHMC has landed in mmloss')
+    status = bench.main(['--losses', *names, '--size', 'small', '--repeat',
+                         '1', '--warmup', '0', '--threads', '1', '--out',
+                         str(tmp_path), '--no-progress'])
+    assert status == 0
+    report = json.loads((tmp_path / 'benchmark.json').read_text())
+    assert report['meta']['threads'] == 1 and report['meta']['repeat'] == 1
+    rows = {r['loss']: r for r in report['rows']}
+    assert sorted(rows) == sorted(names)
+    mmdet_here = report['meta']['mmdet'] is not None
+    for row in rows.values():
+        assert row['size'] == 'small' and row['mmloss']['status'] == 'ok'
+        assert row['mmloss']['ms'] > 0 and row['mmloss']['saved_bytes'] > 0
+        if mmdet_here:
+            assert row['agree'] is True, row['agreement']
+            assert math.isfinite(row['speedup'])
+    markdown = (tmp_path / 'benchmark.md').read_text()
+    assert '| loss | size | shape | mmdet ms | mmloss ms |' in markdown
+    printed = capsys.readouterr().out
+    for name in names:
+        assert f'| {name} | small |' in markdown
+        assert any(line.startswith(name) for line in printed.splitlines())

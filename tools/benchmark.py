@@ -1,0 +1,947 @@
+#!/usr/bin/env python
+"""Benchmark mmloss's losses against MMDetection's: speed, memory, agreement.
+
+For every selected loss the tool builds mmloss's module and, where mmdet is
+installed, mmdet's twin from the *same* config dict::
+
+    mmloss.registry.MODELS.build(dict(type='mmloss.FocalLoss', **cfg))
+    mmdet.registry.MODELS.build(dict(type='FocalLoss', **cfg))
+
+feeds both identical inputs at two sizes (``large``: the sizes a detector
+really sees, 100k anchors x 80 classes or 200k boxes; ``small``: about 1k),
+and measures for each:
+
+* **time** of forward + backward: warm-up runs, then the median of
+  ``--repeat`` runs with a fixed torch thread count. The two libraries run
+  interleaved in one process, so background load hits both alike. CPU runs
+  use ``time.perf_counter``; CUDA runs use CUDA events and synchronize.
+* **saved for backward**: the bytes of the distinct storages the autograd
+  graph keeps alive between forward and backward, collected with
+  ``torch.autograd.graph.saved_tensors_hooks`` (which also sees tensors a
+  custom ``autograd.Function`` saves with ``ctx.save_for_backward``) plus
+  any tensor a custom Function stashes as a ``ctx`` attribute.
+* **peak memory**: the highest amount of memory allocated above the
+  starting point during forward + backward (gradient included). On CPU it
+  is read from the torch profiler's allocation events (exact for torch's
+  allocator); when that is unavailable, from the process's peak resident
+  set (``VmHWM``), which is approximate and labelled so. On CUDA it is
+  ``torch.cuda.max_memory_allocated``.
+* **agreement**: loss value and input gradient of freshly built modules
+  (stateful losses such as GHM and Seesaw start from the same state) must
+  agree to ``rtol=1e-4``.
+
+It prints a table, writes ``benchmark.json`` and ``benchmark.md`` into
+``--out`` (default ``benchmark_results/``), and exits non-zero when any
+agreement check fails or a loss raises (1), or for an unknown loss name (2).
+A loss mmloss does not have yet is reported as ``missing``, not a failure.
+
+Examples::
+
+    python tools/benchmark.py                       # everything, both sizes
+    python tools/benchmark.py --losses FocalLoss GHMC --size large
+    python tools/benchmark.py --size small --repeat 1 --warmup 0
+    python tools/benchmark.py --device cuda
+"""
+import argparse
+import contextlib
+import copy
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+SIZES = ('small', 'large')
+# Anchors per step in a RetinaNet-style head, and boxes for regression losses.
+NUM_ANCHORS = {'small': 1_000, 'large': 100_000}
+NUM_BOXES = {'small': 1_000, 'large': 200_000}
+NUM_CLASSES = 80
+# Rows of a distribution (GFL / LD) head: one per box side, 17 bins.
+NUM_SIDES = {'small': 1_000, 'large': 200_000}
+DFL_BINS = 17
+# RoIs per step for the LVIS (1203 classes) Seesaw head.
+NUM_ROIS = {'small': 256, 'large': 4_096}
+SEESAW_CLASSES = 1203
+# Mask2Former-style point-sampled masks: queries x points.
+DICE_SHAPE = {'small': (4, 784), 'large': (200, 12_544)}
+# CenterNet heatmap: batch x classes x H x W.
+HEATMAP_SHAPE = {'small': (1, NUM_CLASSES, 32, 32),
+                 'large': (4, NUM_CLASSES, 128, 128)}
+
+RTOL = 1e-4
+MB = 1e6
+
+# --------------------------------------------------------------------------
+# Inputs. Every maker returns ``(args, shape)``: ``args[0]`` is the
+# prediction, the one input that requires grad; the rest go to the loss
+# positionally, exactly as a detection head calls it.
+# --------------------------------------------------------------------------
+
+Inputs = Tuple[tuple, str]
+
+
+def _class_labels(n: int, num_classes: int, gen: torch.Generator,
+                  pos_fraction: float = 0.02) -> torch.Tensor:
+    """Labels in ``[0, num_classes]``; ``num_classes`` is background."""
+    labels = torch.randint(0, num_classes, (n, ), generator=gen)
+    background = torch.rand(n, generator=gen) >= pos_fraction
+    return labels.masked_fill(background, num_classes)
+
+
+def _boxes(n: int, gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(pred, target)``: valid (x1, y1, x2, y2) boxes, pred near target."""
+    xy = torch.rand(n, 2, generator=gen) * 800
+    wh = torch.rand(n, 2, generator=gen) * 200 + 4
+    target = torch.cat([xy, xy + wh], dim=1)
+    noise = (torch.rand(n, 4, generator=gen) * 2 - 1) * 0.25 * wh.repeat(1, 2)
+    moved = target + noise
+    pred = torch.cat([torch.minimum(moved[:, :2], moved[:, 2:]),
+                      torch.maximum(moved[:, :2], moved[:, 2:]) + 0.5], dim=1)
+    return pred, target
+
+
+def sigmoid_cls_inputs(size: str, gen: torch.Generator) -> Inputs:
+    """Logits (N, 80) and integer labels (N,), 80 = background."""
+    n = NUM_ANCHORS[size]
+    pred = torch.randn(n, NUM_CLASSES, generator=gen) * 2
+    return (pred, _class_labels(n, NUM_CLASSES, gen)), f'{n}x{NUM_CLASSES}'
+
+
+def ghmc_inputs(size: str, gen: torch.Generator) -> Inputs:
+    """As a RetinaNet head calls GHM-C: logits, labels, label_weight (N,)."""
+    (pred, labels), shape = sigmoid_cls_inputs(size, gen)
+    label_weight = (torch.rand(len(labels), generator=gen) > 0.1).float()
+    return (pred, labels, label_weight), shape
+
+
+def softmax_cls_inputs(size: str, gen: torch.Generator) -> Inputs:
+    """Logits (N, 81) and labels (N,) for a softmax classifier."""
+    n = NUM_ANCHORS[size]
+    pred = torch.randn(n, NUM_CLASSES + 1, generator=gen) * 2
+    labels = _class_labels(n, NUM_CLASSES, gen)
+    return (pred, labels), f'{n}x{NUM_CLASSES + 1}'
+
+
+def varifocal_inputs(size: str, gen: torch.Generator) -> Inputs:
+    """Logits (N, 80), IoU-aware targets (N, 80): IoU at the gt class."""
+    (pred, labels), shape = sigmoid_cls_inputs(size, gen)
+    target = torch.zeros_like(pred)
+    pos = (labels < NUM_CLASSES).nonzero().squeeze(1)
+    target[pos, labels[pos]] = torch.rand(len(pos), generator=gen)
+    return (pred, target), shape
+
+
+def quality_focal_inputs(size: str, gen: torch.Generator) -> Inputs:
+    """Logits (N, 80) and the ``(labels, scores)`` tuple QFL takes."""
+    (pred, labels), shape = sigmoid_cls_inputs(size, gen)
+    scores = torch.rand(len(labels), generator=gen)
+    scores = scores.masked_fill(labels == NUM_CLASSES, 0.0)
+    return (pred, (labels, scores)), shape
+
+
+def distribution_inputs(size: str, gen: torch.Generator) -> Inputs:
+    """Side-distribution logits (N, 17) and float distances in [0, 16)."""
+    n = NUM_SIDES[size]
+    pred = torch.randn(n, DFL_BINS, generator=gen)
+    label = torch.rand(n, generator=gen) * (DFL_BINS - 1 - 1e-2)
+    return (pred, label), f'{n}x{DFL_BINS}'
+
+
+def distillation_inputs(size: str, gen: torch.Generator) -> Inputs:
+    """Student and teacher logits, (N, 17) each."""
+    n = NUM_SIDES[size]
+    pred = torch.randn(n, DFL_BINS, generator=gen)
+    soft_label = torch.randn(n, DFL_BINS, generator=gen)
+    return (pred, soft_label), f'{n}x{DFL_BINS}'
+
+
+def heatmap_inputs(size: str, gen: torch.Generator) -> Inputs:
+    """Probabilities and a Gaussian-like heatmap with a few exact peaks."""
+    shape = HEATMAP_SHAPE[size]
+    pred = torch.rand(shape, generator=gen) * 0.98 + 0.01
+    target = torch.rand(shape, generator=gen) ** 8
+    target[torch.rand(shape, generator=gen) < 1e-3] = 1.0
+    return (pred, target), 'x'.join(map(str, shape))
+
+
+def seesaw_inputs(size: str, gen: torch.Generator) -> Inputs:
+    """Scores (N, 1203 + 2) and labels (N,), 1203 = background."""
+    n = NUM_ROIS[size]
+    pred = torch.randn(n, SEESAW_CLASSES + 2, generator=gen)
+    labels = _class_labels(n, SEESAW_CLASSES, gen, pos_fraction=0.25)
+    return (pred, labels), f'{n}x{SEESAW_CLASSES + 2}'
+
+
+def mask_inputs(size: str, gen: torch.Generator) -> Inputs:
+    """Mask logits and binary mask targets, (queries, points)."""
+    shape = DICE_SHAPE[size]
+    pred = torch.randn(shape, generator=gen)
+    target = (torch.rand(shape, generator=gen) > 0.7).float()
+    return (pred, target), 'x'.join(map(str, shape))
+
+
+def delta_inputs(size: str, gen: torch.Generator) -> Inputs:
+    """Regression deltas (N, 4) and their targets."""
+    n = NUM_BOXES[size]
+    pred = torch.randn(n, 4, generator=gen) * 0.5
+    target = torch.randn(n, 4, generator=gen) * 0.5
+    return (pred, target), f'{n}x4'
+
+
+def ghmr_inputs(size: str, gen: torch.Generator) -> Inputs:
+    """Deltas, targets and a (N, 4) label_weight, as GHM-R takes them."""
+    (pred, target), shape = delta_inputs(size, gen)
+    valid = (torch.rand(len(pred), 1, generator=gen) > 0.1).float()
+    return (pred, target, valid.expand(-1, 4).contiguous()), shape
+
+
+def box_inputs(size: str, gen: torch.Generator) -> Inputs:
+    """Predicted and target boxes (N, 4), (x1, y1, x2, y2)."""
+    n = NUM_BOXES[size]
+    return _boxes(n, gen), f'{n}x4'
+
+
+# --------------------------------------------------------------------------
+# The cases: one per twin (mmdet has a loss of the same name) and one per
+# mmloss-only loss. ``cfg`` is the config dict without ``type``.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row family of the benchmark.
+
+    Attributes:
+        key: the row's name, unique (``'CrossEntropyLoss(sigmoid)'``).
+        loss_type: the registered class name in both registries.
+        cfg: the constructor arguments, shared by both libraries.
+        make_inputs: ``(size, generator) -> (args, shape)``.
+        in_mmdet: whether mmdet has a twin to compare against.
+    """
+    key: str
+    loss_type: str
+    cfg: Dict = field(default_factory=dict)
+    make_inputs: Callable[[str, torch.Generator], Inputs] = box_inputs
+    in_mmdet: bool = True
+
+
+CASES: Tuple[Case, ...] = (
+    Case('FocalLoss', 'FocalLoss', dict(use_sigmoid=True, gamma=2.0,
+                                        alpha=0.25), sigmoid_cls_inputs),
+    Case('GHMC', 'GHMC', dict(bins=30, momentum=0.75, use_sigmoid=True),
+         ghmc_inputs),
+    Case('GHMR', 'GHMR', dict(mu=0.02, bins=10, momentum=0.7), ghmr_inputs),
+    Case('CrossEntropyLoss', 'CrossEntropyLoss', dict(use_sigmoid=False),
+         softmax_cls_inputs),
+    Case('CrossEntropyLoss(sigmoid)', 'CrossEntropyLoss',
+         dict(use_sigmoid=True), sigmoid_cls_inputs),
+    Case('VarifocalLoss', 'VarifocalLoss', dict(use_sigmoid=True, alpha=0.75,
+                                                gamma=2.0, iou_weighted=True),
+         varifocal_inputs),
+    Case('QualityFocalLoss', 'QualityFocalLoss', dict(use_sigmoid=True,
+                                                      beta=2.0),
+         quality_focal_inputs),
+    Case('DistributionFocalLoss', 'DistributionFocalLoss', dict(),
+         distribution_inputs),
+    Case('GaussianFocalLoss', 'GaussianFocalLoss', dict(alpha=2.0, gamma=4.0),
+         heatmap_inputs),
+    Case('SeesawLoss', 'SeesawLoss', dict(p=0.8, q=2.0,
+                                          num_classes=SEESAW_CLASSES),
+         seesaw_inputs),
+    Case('KnowledgeDistillationKLDivLoss', 'KnowledgeDistillationKLDivLoss',
+         dict(T=10), distillation_inputs),
+    Case('DiceLoss', 'DiceLoss', dict(use_sigmoid=True, activate=True),
+         mask_inputs),
+    Case('L1Loss', 'L1Loss', dict(), delta_inputs),
+    Case('SmoothL1Loss', 'SmoothL1Loss', dict(beta=1.0), delta_inputs),
+    Case('BalancedL1Loss', 'BalancedL1Loss', dict(alpha=0.5, gamma=1.5,
+                                                  beta=1.0), delta_inputs),
+    Case('MSELoss', 'MSELoss', dict(), delta_inputs),
+    Case('IoULoss', 'IoULoss', dict(mode='log'), box_inputs),
+    Case('GIoULoss', 'GIoULoss', dict(), box_inputs),
+    Case('DIoULoss', 'DIoULoss', dict(), box_inputs),
+    Case('CIoULoss', 'CIoULoss', dict(), box_inputs),
+    Case('EIoULoss', 'EIoULoss', dict(), box_inputs),
+    Case('SIoULoss', 'SIoULoss', dict(), box_inputs),
+    Case('BoundedIoULoss', 'BoundedIoULoss', dict(beta=0.2, eps=1e-3),
+         box_inputs),
+    # mmloss only: benchmarked alone, no mmdet column.
+    Case('AlphaIoULoss', 'AlphaIoULoss', dict(), box_inputs, in_mmdet=False),
+    Case('WiseIoULoss', 'WiseIoULoss', dict(), box_inputs, in_mmdet=False),
+    Case('MPDIoULoss', 'MPDIoULoss', dict(), box_inputs, in_mmdet=False),
+    Case('NWDLoss', 'NWDLoss', dict(), box_inputs, in_mmdet=False),
+    Case('Poly1FocalLoss', 'Poly1FocalLoss', dict(), sigmoid_cls_inputs,
+         in_mmdet=False),
+)
+
+# Issue targets at the large size on CPU: minimum speed-up, maximum ratio of
+# saved-for-backward bytes, and whether peak memory may exceed mmdet's.
+TARGETS = {
+    'FocalLoss': dict(speedup=3.0, saved_ratio=0.25),
+    'GHMC': dict(speedup=8.0, saved_ratio=1.0),
+}
+DEFAULT_TARGET = dict(speedup=1.5, saved_ratio=1.0)
+
+
+def select_cases(names: Optional[Sequence[str]]) -> List[Case]:
+    """The cases named (by row key or loss class name); all when ``None``.
+
+    Raises:
+        ValueError: for a name matching no case, listing the known ones.
+    """
+    if not names:
+        return list(CASES)
+    chosen, unknown = [], []
+    for name in names:
+        hits = [c for c in CASES
+                if name.lower() in (c.key.lower(), c.loss_type.lower())]
+        if not hits:
+            unknown.append(name)
+        chosen.extend(c for c in hits if c not in chosen)
+    if unknown:
+        known = sorted({c.key for c in CASES} | {c.loss_type for c in CASES})
+        raise ValueError(f'unknown loss name(s): {", ".join(unknown)}; '
+                         f'known: {", ".join(known)}')
+    return chosen
+
+
+# --------------------------------------------------------------------------
+# Building the two libraries' modules.
+# --------------------------------------------------------------------------
+
+
+def mmloss_registry():
+    """mmloss's MODELS registry (importing mmloss registers every loss)."""
+    import mmloss  # noqa: F401
+    from mmloss.registry import MODELS
+    return MODELS
+
+
+_MMDET_REGISTRY = []
+
+
+def mmdet_registry():
+    """mmdet's MODELS registry with its modules registered, or ``None``."""
+    if not _MMDET_REGISTRY:
+        try:
+            from mmdet.registry import MODELS
+            from mmdet.utils import register_all_modules
+            register_all_modules(init_default_scope=False)
+            _MMDET_REGISTRY.append(MODELS)
+        except ImportError:
+            _MMDET_REGISTRY.append(None)
+    return _MMDET_REGISTRY[0]
+
+
+def has_mmloss(case: Case) -> bool:
+    """Whether mmloss registers ``case.loss_type`` (in its own scope)."""
+    return case.loss_type in mmloss_registry().module_dict
+
+
+def build_mmloss(case: Case, device: torch.device) -> torch.nn.Module:
+    cfg = dict(type=f'mmloss.{case.loss_type}', **copy.deepcopy(case.cfg))
+    return mmloss_registry().build(cfg).to(device)
+
+
+def build_mmdet(case: Case, device: torch.device) -> torch.nn.Module:
+    cfg = dict(type=case.loss_type, **copy.deepcopy(case.cfg))
+    return mmdet_registry().build(cfg).to(device)
+
+
+# --------------------------------------------------------------------------
+# Measuring one module.
+# --------------------------------------------------------------------------
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device) for o in obj)
+    return obj
+
+
+def _scalar(out) -> torch.Tensor:
+    """A loss output as one scalar: dict outputs (Seesaw) are summed."""
+    if isinstance(out, dict):
+        out = sum(_scalar(v) for v in out.values())
+    elif isinstance(out, (tuple, list)):
+        out = sum(_scalar(v) for v in out)
+    return out if out.dim() == 0 else out.sum()
+
+
+def forward_backward(loss: torch.nn.Module,
+                     args: tuple) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One forward + backward on a fresh leaf; ``(value, grad of pred)``."""
+    pred = args[0].detach().requires_grad_()
+    value = _scalar(loss(pred, *args[1:]))
+    value.backward()
+    return value.detach(), pred.grad
+
+
+def time_once(loss: torch.nn.Module, args: tuple, device: torch.device) -> float:
+    """Milliseconds of one forward + backward."""
+    pred = args[0].detach().requires_grad_()
+    rest = args[1:]
+    if device.type == 'cuda':
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        _scalar(loss(pred, *rest)).backward()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end)
+    begin = time.perf_counter()
+    _scalar(loss(pred, *rest)).backward()
+    return (time.perf_counter() - begin) * 1e3
+
+
+def _record_storage(storages: dict, tensor) -> None:
+    if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
+        return
+    try:
+        storage = tensor.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return
+    storages[(str(storage.device), storage.data_ptr())] = storage.nbytes()
+
+
+def _graph_nodes(root) -> List:
+    seen, stack, nodes = set(), [root], []
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        stack.extend(n for n, _ in getattr(node, 'next_functions', ()))
+    return nodes
+
+
+def saved_bytes_of(value: torch.Tensor, packed: dict) -> int:
+    """Bytes of distinct storages the graph of ``value`` keeps alive.
+
+    ``packed`` holds the storages seen by the ``saved_tensors_hooks``; to
+    them we add tensors that a custom ``autograd.Function`` kept as ``ctx``
+    attributes, which the hooks cannot see.
+    """
+    storages = dict(packed)
+    for node in _graph_nodes(value.grad_fn):
+        for attr in getattr(node, '__dict__', {}).values():
+            items = attr if isinstance(attr, (tuple, list)) else (attr, )
+            for item in items:
+                _record_storage(storages, item)
+    return sum(storages.values())
+
+
+@contextlib.contextmanager
+def _silenced_stderr_fd():
+    """Mute file descriptor 2: kineto logs every profiler start and stop."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, 'w') as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _cpu_peak_from_profiler(run: Callable[[], None]) -> int:
+    """Peak bytes above the start, from the profiler's allocation events."""
+    from torch.profiler import ProfilerActivity, profile
+    with _silenced_stderr_fd(), profile(activities=[ProfilerActivity.CPU],
+                                        profile_memory=True) as prof:
+        run()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == '[memory]'
+              and e.device_type() == torch.autograd.DeviceType.CPU]
+    if not events:
+        raise RuntimeError('the profiler recorded no allocations')
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def _read_status_kb(field_name: str) -> int:
+    with open('/proc/self/status') as status:
+        for line in status:
+            if line.startswith(field_name + ':'):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f'{field_name} not in /proc/self/status')
+
+
+def _cpu_peak_from_rss(run: Callable[[], None]) -> int:
+    """Approximate peak: growth of the peak resident set during ``run``."""
+    with open('/proc/self/clear_refs', 'w') as refs:
+        refs.write('5')  # resets VmHWM to the current resident set
+    start = _read_status_kb('VmRSS')
+    run()
+    return max(_read_status_kb('VmHWM') - start, 0)
+
+
+def measure_memory(loss: torch.nn.Module, args: tuple,
+                   device: torch.device) -> Dict:
+    """Saved-for-backward bytes and peak bytes of one forward + backward."""
+    packed = {}
+    result = {}
+
+    def pack(tensor):
+        _record_storage(packed, tensor)
+        return tensor
+
+    def run():
+        pred = args[0].detach().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            value = _scalar(loss(pred, *args[1:]))
+        result['saved_bytes'] = saved_bytes_of(value, packed)
+        value.backward()
+        del value, pred
+
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        run()
+        torch.cuda.synchronize(device)
+        result['peak_bytes'] = torch.cuda.max_memory_allocated(device) - base
+        result['peak_method'] = 'cuda.max_memory_allocated'
+        return result
+    try:
+        result['peak_bytes'] = _cpu_peak_from_profiler(run)
+        result['peak_method'] = 'profiler'
+    except Exception:  # noqa: BLE001 - any profiler failure: fall back
+        packed.clear()
+        try:
+            result['peak_bytes'] = _cpu_peak_from_rss(run)
+            result['peak_method'] = 'rss (approximate)'
+        except (OSError, RuntimeError):
+            run()
+            result['peak_bytes'] = None
+            result['peak_method'] = 'unavailable'
+    return result
+
+
+# --------------------------------------------------------------------------
+# Agreement.
+# --------------------------------------------------------------------------
+
+
+def compare(ours: torch.Tensor, ref: torch.Tensor,
+            rtol: float = RTOL) -> Tuple[bool, float, str]:
+    """``(agree, max relative error, note)`` of ours against mmdet's.
+
+    Elements where mmdet is not finite are skipped (the numerics policy
+    lets mmloss return a finite value there); everywhere else ours must be
+    finite and within ``rtol`` of mmdet's, with an absolute floor of
+    ``rtol * 0.1 * max|ref|`` for elements that cancel to about zero.
+    """
+    if ours is None or ref is None:
+        return (ours is None) == (ref is None), 0.0, 'no gradient'
+    if ours.shape != ref.shape:
+        return False, math.inf, f'shape {tuple(ours.shape)} vs ' \
+                                f'{tuple(ref.shape)}'
+    ours, ref = ours.double(), ref.double()
+    finite = torch.isfinite(ref)
+    note = '' if bool(finite.all()) else 'mmdet non-finite skipped'
+    if not bool(torch.isfinite(ours[finite]).all()):
+        return False, math.inf, 'mmloss non-finite'
+    ours, ref = ours[finite], ref[finite]
+    if ref.numel() == 0:
+        return True, 0.0, note
+    scale = float(ref.abs().max())
+    floor = rtol * 0.1 * scale
+    err = (ours - ref).abs()
+    agree = bool((err <= rtol * ref.abs() + floor).all())
+    rel = float((err / (ref.abs() + floor)).max()) if scale > 0 \
+        else float(err.max())
+    return agree, rel, note
+
+
+def check_agreement(case: Case, args: tuple, device: torch.device) -> Dict:
+    """Value and gradient of fresh mmloss and mmdet modules, compared."""
+    ours_value, ours_grad = forward_backward(build_mmloss(case, device), args)
+    ref_value, ref_grad = forward_backward(build_mmdet(case, device), args)
+    value_ok, value_err, value_note = compare(ours_value, ref_value)
+    grad_ok, grad_err, grad_note = compare(ours_grad, ref_grad)
+    notes = [f'{what}: {note}' for what, note in
+             (('value', value_note), ('grad', grad_note)) if note]
+    return dict(agree=value_ok and grad_ok, value_rel_err=value_err,
+                grad_rel_err=grad_err, mmloss_value=float(ours_value),
+                mmdet_value=float(ref_value), note='; '.join(notes))
+
+
+# --------------------------------------------------------------------------
+# Running a case.
+# --------------------------------------------------------------------------
+
+
+def _side(status: str, **extra) -> Dict:
+    return dict(status=status, ms=None, runs_ms=[], saved_bytes=None,
+                peak_bytes=None, error=None, **extra)
+
+
+def _safe_ratio(num, den) -> Optional[float]:
+    if num is None or den is None or den == 0:
+        return None
+    return num / den
+
+
+def target_verdict(row: Dict) -> Optional[str]:
+    """``'met'``, ``'missed: ...'``, or ``None`` where no target applies."""
+    if row['size'] != 'large' or row['speedup'] is None:
+        return None
+    goal = TARGETS.get(row['loss_type'], DEFAULT_TARGET)
+    misses = []
+    if row['speedup'] < goal['speedup']:
+        misses.append(f'speed {row["speedup"]:.2f}x < {goal["speedup"]}x')
+    ratio = row['saved_ratio']
+    if ratio is not None and ratio > goal['saved_ratio']:
+        misses.append(f'saved {ratio:.2f} > {goal["saved_ratio"]}')
+    if row['peak_ratio'] is not None and row['peak_ratio'] > 1.0:
+        misses.append(f'peak {row["peak_ratio"]:.2f} > 1')
+    return 'met' if not misses else 'missed: ' + ', '.join(misses)
+
+
+def run_case(case: Case, size: str, device: torch.device, repeat: int,
+             warmup: int, use_mmdet: bool, seed: int = 0) -> Dict:
+    """Measure one case at one size; never raises for a loss's failure."""
+    gen = torch.Generator().manual_seed(seed)
+    args, shape = case.make_inputs(size, gen)
+    args = _to(args, device)
+    row = dict(loss=case.key, loss_type=case.loss_type, size=size,
+               shape=shape, cfg=copy.deepcopy(case.cfg))
+    sides = {}
+    modules = {}
+    if has_mmloss(case):
+        sides['mmloss'] = _side('ok')
+        try:
+            modules['mmloss'] = build_mmloss(case, device)
+        except Exception as exc:  # noqa: BLE001 - reported in the row
+            sides['mmloss'] = _side('error', error=f'build: {exc!r}')
+    else:
+        sides['mmloss'] = _side('missing')
+    compare_mmdet = use_mmdet and case.in_mmdet
+    if compare_mmdet:
+        sides['mmdet'] = _side('ok')
+        try:
+            modules['mmdet'] = build_mmdet(case, device)
+        except Exception as exc:  # noqa: BLE001
+            sides['mmdet'] = _side('error', error=f'build: {exc!r}')
+
+    row['agree'] = None
+    row['agreement'] = None
+    if 'mmloss' in modules and 'mmdet' in modules:
+        try:
+            row['agreement'] = check_agreement(case, args, device)
+            row['agree'] = row['agreement']['agree']
+        except Exception as exc:  # noqa: BLE001
+            row['agreement'] = dict(agree=False, error=repr(exc))
+            row['agree'] = False
+
+    for name, module in list(modules.items()):
+        try:
+            sides[name].update(measure_memory(module, args, device))
+        except Exception as exc:  # noqa: BLE001
+            sides[name].update(status='error', error=f'run: {exc!r}')
+            del modules[name]
+
+    order = list(modules)
+    for i in range(warmup + repeat):
+        # Alternate who goes first so neither always runs on a warm cache.
+        for name in (order if i % 2 == 0 else order[::-1]):
+            if name not in modules:
+                continue
+            try:
+                ms = time_once(modules[name], args, device)
+            except Exception as exc:  # noqa: BLE001
+                sides[name].update(status='error', error=f'run: {exc!r}')
+                del modules[name]
+                continue
+            if i >= warmup:
+                sides[name]['runs_ms'].append(ms)
+    for side in sides.values():
+        if side['runs_ms']:
+            side['ms'] = statistics.median(side['runs_ms'])
+
+    row['mmloss'] = sides['mmloss']
+    row['mmdet'] = sides.get('mmdet')
+    ours, ref = sides['mmloss'], sides.get('mmdet') or _side('absent')
+    row['speedup'] = _safe_ratio(ref['ms'], ours['ms'])
+    row['saved_ratio'] = _safe_ratio(ours['saved_bytes'], ref['saved_bytes'])
+    row['peak_ratio'] = _safe_ratio(ours['peak_bytes'], ref['peak_bytes'])
+    row['target'] = target_verdict(row) if device.type == 'cpu' else None
+    return row
+
+
+def row_failed(row: Dict) -> bool:
+    """A failed agreement check or a loss that raised."""
+    sides = [row['mmloss'], row['mmdet'] or {}]
+    return row['agree'] is False or any(
+        s.get('status') == 'error' for s in sides)
+
+
+# --------------------------------------------------------------------------
+# Progress and reports.
+# --------------------------------------------------------------------------
+
+
+class _TextBar:
+    """A minimal progress bar on stderr for when tqdm is not installed."""
+
+    def __init__(self, total: int, disable: bool = False):
+        self.total, self.done, self.disable = total, 0, disable
+        self.text = ''
+
+    def set_description(self, text: str) -> None:
+        self.text = text
+        self._draw()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self._draw()
+
+    def _draw(self) -> None:
+        if self.disable:
+            return
+        width = 30
+        filled = width * self.done // max(self.total, 1)
+        sys.stderr.write(f'\r[{"#" * filled}{"." * (width - filled)}] '
+                         f'{self.done}/{self.total} {self.text:<40}')
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if not self.disable:
+            sys.stderr.write('\n')
+            sys.stderr.flush()
+
+
+def progress_bar(total: int, disable: bool = False):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _TextBar(total, disable)
+    return tqdm(total=total, disable=disable, unit='case', file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _fmt(value, spec: str, missing: str = '-') -> str:
+    return missing if value is None else format(value, spec)
+
+
+def _mb(nbytes) -> Optional[float]:
+    return None if nbytes is None else nbytes / MB
+
+
+def _agree_cell(row: Dict) -> str:
+    if row['mmloss']['status'] == 'missing':
+        return 'missing'
+    if any((s or {}).get('status') == 'error'
+           for s in (row['mmloss'], row['mmdet'])):
+        return 'ERROR'
+    if row['agree'] is None:
+        return '-'
+    return 'ok' if row['agree'] else 'MISMATCH'
+
+
+COLUMNS = ('loss', 'size', 'shape', 'mmdet ms', 'mmloss ms', 'speed-up',
+           'mmdet saved MB', 'mmloss saved MB', 'saved ratio',
+           'mmdet peak MB', 'mmloss peak MB', 'agree', 'target')
+
+
+def table_rows(rows: List[Dict]) -> List[List[str]]:
+    """The report's cells, one list per row, in ``COLUMNS`` order."""
+    cells = []
+    for row in rows:
+        ours, ref = row['mmloss'], row['mmdet'] or {}
+        cells.append([
+            row['loss'], row['size'], row['shape'],
+            _fmt(ref.get('ms'), '.2f'), _fmt(ours['ms'], '.2f'),
+            _fmt(row['speedup'], '.2f', '-') + ('x' if row['speedup'] else ''),
+            _fmt(_mb(ref.get('saved_bytes')), '.1f'),
+            _fmt(_mb(ours['saved_bytes']), '.1f'),
+            _fmt(row['saved_ratio'], '.2f'),
+            _fmt(_mb(ref.get('peak_bytes')), '.1f'),
+            _fmt(_mb(ours['peak_bytes']), '.1f'),
+            _agree_cell(row), row['target'] or '-'])
+    return cells
+
+
+def format_text_table(rows: List[Dict]) -> str:
+    cells = [list(COLUMNS)] + table_rows(rows)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+    lines = ['  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+             for r in cells]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    return '\n'.join(lines)
+
+
+def format_markdown(rows: List[Dict], meta: Dict) -> str:
+    header = '| ' + ' | '.join(COLUMNS) + ' |'
+    align = '|' + '|'.join('---' if i < 3 else '---:'
+                           for i in range(len(COLUMNS))) + '|'
+    body = ['| ' + ' | '.join(r) + ' |' for r in table_rows(rows)]
+    peak_methods = sorted({s['peak_method'] for r in rows
+                           for s in (r['mmloss'], r['mmdet'] or {})
+                           if s.get('peak_method')})
+    lines = [
+        '# mmloss vs MMDetection: forward + backward',
+        '',
+        f'{meta["date"]} · device `{meta["device_name"]}` · '
+        f'{meta["threads"]} thread(s) · median of {meta["repeat"]} runs '
+        f'after {meta["warmup"]} warm-up · torch {meta["torch"]} · '
+        f'mmdet {meta["mmdet"] or "not installed"} · mmloss {meta["mmloss"]}',
+        '',
+        header, align, *body,
+        '',
+        '*ms*: median wall time of forward + backward. *speed-up*: mmdet ms '
+        '/ mmloss ms. *saved MB*: distinct storages kept alive for backward '
+        '(1 MB = 10^6 bytes). *saved ratio*: mmloss / mmdet. *peak MB*: '
+        'highest memory allocated above the start during forward + '
+        f'backward ({", ".join(peak_methods) or "n/a"}). *agree*: loss '
+        f'value and input gradient within rtol {RTOL:g}. *target*: the '
+        'issue\'s goal at the large size on CPU (FocalLoss ≥ 3x and ≤ 0.25 '
+        'saved, GHMC ≥ 8x, every other twin ≥ 1.5x; never more memory).',
+        '',
+    ]
+    return '\n'.join(lines)
+
+
+def collect_meta(args, device: torch.device) -> Dict:
+    try:
+        import mmdet
+        mmdet_version = mmdet.__version__
+    except ImportError:
+        mmdet_version = None
+    import mmloss
+    if device.type == 'cuda':
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = platform.processor() or platform.machine()
+        try:
+            with open('/proc/cpuinfo') as info:
+                for line in info:
+                    if line.startswith('model name'):
+                        device_name = line.split(':', 1)[1].strip()
+                        break
+        except OSError:
+            pass
+    return dict(
+        date=datetime.datetime.now().isoformat(timespec='seconds'),
+        device=device.type, device_name=device_name,
+        threads=torch.get_num_threads(), repeat=args.repeat,
+        warmup=args.warmup, sizes=list(args.sizes), torch=torch.__version__,
+        mmdet=mmdet_version, mmloss=mmloss.__version__,
+        python=platform.python_version(), rtol=RTOL)
+
+
+def write_results(rows: List[Dict], meta: Dict, out_dir: str) -> Tuple[str,
+                                                                      str]:
+    """Write ``benchmark.json`` and ``benchmark.md``; return their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, 'benchmark.json')
+    md_path = os.path.join(out_dir, 'benchmark.md')
+    with open(json_path, 'w') as f:
+        json.dump(dict(meta=meta, rows=rows), f, indent=2,
+                  default=lambda o: repr(o))
+        f.write('\n')
+    with open(md_path, 'w') as f:
+        f.write(format_markdown(rows, meta))
+    return json_path, md_path
+
+
+# --------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Time and measure mmloss losses against mmdet\'s.')
+    parser.add_argument('--losses', nargs='+', metavar='NAME',
+                        help='losses to run (row or class name; default all)')
+    parser.add_argument('--size', choices=('small', 'large', 'both'),
+                        default='both', help='input sizes (default both)')
+    parser.add_argument('--threads', type=int, default=2,
+                        help='torch CPU threads (default 2)')
+    parser.add_argument('--repeat', type=int, default=7,
+                        help='timed runs per loss; the median is reported')
+    parser.add_argument('--warmup', type=int, default=2,
+                        help='untimed runs first')
+    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
+    parser.add_argument('--out', default='benchmark_results',
+                        help='folder for benchmark.json and benchmark.md')
+    parser.add_argument('--no-mmdet', action='store_true',
+                        help='benchmark mmloss alone even if mmdet is here')
+    parser.add_argument('--check-targets', action='store_true',
+                        help='also exit 1 when an issue target is missed')
+    parser.add_argument('--no-progress', action='store_true')
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.warmup < 0 or args.threads < 1:
+        parser.error('--repeat and --threads must be >= 1, --warmup >= 0')
+    try:
+        args.cases = select_cases(args.losses)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: CUDA is not available here')
+    args.sizes = SIZES if args.size == 'both' else (args.size, )
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    use_mmdet = not args.no_mmdet and mmdet_registry() is not None
+    if not use_mmdet and not args.no_mmdet:
+        print('mmdet is not installed: benchmarking mmloss alone',
+              file=sys.stderr)
+    meta = collect_meta(args, device)
+    jobs = [(case, size) for case in args.cases for size in args.sizes]
+    bar = progress_bar(len(jobs), disable=args.no_progress)
+    rows = []
+    for case, size in jobs:
+        bar.set_description(f'{case.key} ({size})')
+        gc.collect()
+        rows.append(run_case(case, size, device, args.repeat, args.warmup,
+                             use_mmdet, args.seed))
+        bar.update(1)
+    bar.close()
+
+    print(format_text_table(rows))
+    json_path, md_path = write_results(rows, meta, args.out)
+    print(f'\nwrote {json_path} and {md_path}')
+    status = 0
+    for row in rows:
+        if row_failed(row):
+            detail = row['agreement'] or {}
+            errors = [s['error'] for s in (row['mmloss'], row['mmdet'] or {})
+                      if s.get('error')]
+            print(f'FAILED {row["loss"]} ({row["size"]}): '
+                  f'{"; ".join(errors) or detail}', file=sys.stderr)
+            status = 1
+        elif args.check_targets and (row['target'] or '').startswith(
+                'missed'):
+            print(f'TARGET {row["loss"]} ({row["size"]}): {row["target"]}',
+                  file=sys.stderr)
+            status = 1
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())
