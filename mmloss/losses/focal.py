@@ -1,2 +1,608 @@
-"""Placeholder: this family is being written."""
-__all__ = []
+"""Sigmoid focal loss and its Poly-1 variant.
+
+Focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017,
+https://arxiv.org/abs/1708.02002) for a logit ``x``, its probability
+``p = sigmoid(x)`` and a (possibly soft) target ``t`` in ``[0, 1]``::
+
+    pt'   = (1 - p) * t + p * (1 - t)          # 1 - pt of the paper
+    a_t   = alpha * t + (1 - alpha) * (1 - t)
+    FL    = a_t * pt' ** gamma * BCE(x, t)
+
+Poly-1 focal loss (Leng et al., "PolyLoss: A Polynomial Expansion Perspective
+of Classification Loss Functions", ICLR 2022, https://arxiv.org/abs/2204.12511)
+adds the first polynomial term, not alpha-balanced::
+
+    Poly1 = FL + epsilon * pt' ** (gamma + 1)
+
+With integer labels (background index ``num_classes``) every entry is a
+negative except the one of each foreground row, so the fast path computes the
+negative formula for all ``N x C`` entries and overwrites the ``N`` positive
+entries, never building a one-hot target. For a negative (``t = 0``) with
+``sp(x) = softplus(x) = -log(1 - p)``::
+
+    loss  = (1 - alpha) * p**g * sp(x)          + eps * p**(g+1)
+    dl/dx = (1 - alpha) * p**g * (g*(1-p)*sp(x) + p) + eps*(g+1) * p**(g+1)*(1-p)
+
+and for a positive (``t = 1``) with ``q = 1 - p``, ``sp(-x) = -log(p)``::
+
+    loss  = alpha * q**g * sp(-x)               + eps * q**(g+1)
+    dl/dx = -alpha * q**g * (g*p*sp(-x) + q)    - eps*(g+1) * q**(g+1)*p
+
+Written with softplus these stay finite for logits of +-100, and no power
+``p**(g-1)`` appears, so ``gamma < 1`` has no singularity at ``p = 0``.
+:class:`SigmoidFocalFunction` computes the loss and this gradient in one pass
+and saves only the gradient (one ``N x C`` tensor) for backward.
+
+Setting the environment variable ``MMLOSS_COMPILE=1`` runs that pass through
+``torch.compile`` (one fused loop; the first call compiles for tens of
+seconds). If compilation is unavailable or fails, it warns once and falls
+back to the eager kernel, which gives the same values.
+"""
+import os
+import warnings
+from numbers import Real
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..checks import (check_in_range, check_integer_labels, check_positive,
+                      check_reduction, check_tensor)
+from ..reduction import FLOAT32_EPS, weight_reduce_loss
+from ..registry import MODELS
+from .base import BaseLoss
+
+__all__ = [
+    'elementwise_focal_loss', 'sigmoid_focal_loss', 'poly1_focal_loss',
+    'FocalLoss', 'Poly1FocalLoss'
+]
+
+# ``binary_cross_entropy`` on probabilities clamps ``log`` at -100; the
+# ``activated`` path does the same so it agrees with it (and with mmdet).
+_LOG_CLAMP = -100.0
+
+COMPILE_ENV = 'MMLOSS_COMPILE'
+
+
+# ---------------------------------------------------------------------------
+# input checks shared by the focal-family losses
+# ---------------------------------------------------------------------------
+def check_label_range(loss_name: str, labels: Tensor, num_classes: int,
+                      argument: str = 'target') -> None:
+    """Raise unless every label lies in ``[0, num_classes]``.
+
+    ``num_classes`` itself is the background index. This is the one value
+    check of the family (a single ``aminmax``): an out-of-range label would
+    otherwise index out of bounds or silently become background.
+    """
+    if labels.numel() == 0:
+        return
+    low, high = torch.aminmax(labels)
+    low, high = int(low), int(high)
+    if low < 0 or high > num_classes:
+        raise ValueError(f'{loss_name}: {argument} labels must lie in '
+                         f'[0, {num_classes}] ({num_classes} is background), '
+                         f'but got values in [{low}, {high}]')
+
+
+def check_focal_params(loss_name: str, gamma, alpha,
+                       epsilon: Optional[float] = None) -> None:
+    """Raise unless ``gamma >= 0``, ``0 <= alpha <= 1`` and ``epsilon`` real."""
+    check_positive(loss_name, 'gamma', gamma, allow_zero=True)
+    check_in_range(loss_name, 'alpha', alpha, 0.0, 1.0, high_inclusive=True)
+    if epsilon is not None and (isinstance(epsilon, bool) or not isinstance(
+            epsilon, Real) or epsilon != epsilon
+                                or abs(epsilon) == float('inf')):
+        raise ValueError(f'{loss_name}: epsilon must be a finite number, '
+                         f'but got {epsilon!r}')
+
+
+def _classification_weight(loss_name: str, weight: Optional[Tensor],
+                           num_rows: int, num_classes: int
+                           ) -> Optional[Tensor]:
+    """``weight`` as (N, 1) or (N, C), accepting mmdet's layouts.
+
+    mmdet accepts a per-anchor weight ``(N,)``/``(N, 1)``, a per-anchor
+    per-class weight ``(N, C)`` and the latter flattened to ``(N * C,)``.
+    """
+    if weight is None:
+        return None
+    check_tensor(loss_name, 'weight', weight)
+    shape = tuple(weight.shape)
+    if shape == (num_rows, num_classes):
+        return weight
+    if weight.dim() >= 1 and shape[0] == num_rows and weight.numel() == \
+            num_rows:
+        return weight.reshape(num_rows, 1)
+    if weight.dim() == 1 and weight.numel() == num_rows * num_classes:
+        return weight.reshape(num_rows, num_classes)
+    raise ValueError(f'{loss_name}: weight has shape {shape}, but must be '
+                     f'({num_rows},), ({num_rows}, 1), ({num_rows}, '
+                     f'{num_classes}) or ({num_rows * num_classes},) for '
+                     f'pred of shape ({num_rows}, {num_classes})')
+
+
+def _check_pred_target(loss_name: str, pred: Tensor, target: Tensor) -> bool:
+    """Validate ``pred``/``target``; True when ``target`` holds labels."""
+    check_tensor(loss_name, 'pred', pred)
+    check_tensor(loss_name, 'target', target)
+    if not pred.dtype.is_floating_point:
+        raise TypeError(f'{loss_name}: pred must be a floating point tensor, '
+                        f'but has dtype {pred.dtype}')
+    if pred.dim() == target.dim():
+        if pred.shape != target.shape:
+            raise ValueError(f'{loss_name}: pred has shape '
+                             f'{tuple(pred.shape)} but target has shape '
+                             f'{tuple(target.shape)}')
+        return False
+    if pred.dim() != 2 or target.dim() != 1 or \
+            target.shape[0] != pred.shape[0]:
+        raise ValueError(f'{loss_name}: pred must have shape (N, C) and '
+                         f'target shape (N,) (labels) or (N, C) (one-hot or '
+                         f'soft), but got pred {tuple(pred.shape)} and '
+                         f'target {tuple(target.shape)}')
+    check_integer_labels(loss_name, target)
+    check_label_range(loss_name, target, pred.shape[1])
+    return True
+
+
+# ---------------------------------------------------------------------------
+# the plain formula (any target, autograd)
+# ---------------------------------------------------------------------------
+def elementwise_focal_loss(pred: Tensor,
+                           target: Tensor,
+                           gamma: float = 2.0,
+                           alpha: float = 0.25,
+                           epsilon: float = 0.0,
+                           activated: bool = False) -> Tensor:
+    """The element-wise (Poly-1) focal loss for a one-hot or soft target.
+
+    ``a_t * pt' ** gamma * BCE + epsilon * pt' ** (gamma + 1)`` with
+    ``pt' = (1 - p) t + p (1 - t)`` and ``a_t = alpha t + (1 - alpha)(1 - t)``
+    (see the module docstring). This is the plain formula, differentiated by
+    autograd; the label path of :func:`sigmoid_focal_loss` is checked against
+    it.
+
+    Args:
+        pred (Tensor): logits, or probabilities if ``activated``; any shape.
+        target (Tensor): same shape as ``pred``, values in ``[0, 1]``.
+        gamma (float): focusing exponent.
+        alpha (float): weight of the positive part, ``1 - alpha`` of the
+            negative part.
+        epsilon (float): Poly-1 coefficient (0 gives the focal loss).
+        activated (bool): ``pred`` holds probabilities, not logits.
+
+    Returns:
+        Tensor: the element-wise loss, shape of ``pred``.
+    """
+    target = target.type_as(pred)
+    if activated:
+        prob = pred
+        bce = F.binary_cross_entropy(pred, target, reduction='none')
+    else:
+        prob = pred.sigmoid()
+        bce = F.binary_cross_entropy_with_logits(pred, target,
+                                                 reduction='none')
+    one_minus_pt = (1 - prob) * target + prob * (1 - target)
+    alpha_t = alpha * target + (1 - alpha) * (1 - target)
+    loss = bce * alpha_t * one_minus_pt.pow(gamma)
+    if epsilon != 0:
+        loss = loss + epsilon * one_minus_pt.pow(gamma + 1)
+    return loss
+
+
+def _positive_columns(labels: Tensor, num_classes: int
+                      ) -> Tuple[Tensor, Tensor]:
+    """(N, 1) column index of each row's label (clamped) and its fg mask."""
+    labels = labels.reshape(-1, 1)
+    foreground = labels < num_classes
+    return labels.clamp(max=num_classes - 1), foreground
+
+
+def _label_focal_loss_autograd(pred: Tensor, labels: Tensor, gamma: float,
+                               alpha: float, epsilon: float,
+                               activated: bool) -> Tensor:
+    """Element-wise loss for integer labels, differentiated by autograd.
+
+    Used for probabilities (``activated``) and whenever ``weight`` itself
+    needs a gradient. Computes the negative formula everywhere, then puts
+    the positive formula at each foreground row's label.
+    """
+    num_classes = pred.shape[1]
+    if activated:
+        prob = pred
+        neg_ce = -torch.log1p(-prob).clamp(min=_LOG_CLAMP)
+    else:
+        prob = pred.sigmoid()
+        neg_ce = F.softplus(pred)
+    prob_pow = prob.pow(gamma)
+    loss = (1 - alpha) * prob_pow * neg_ce
+    if epsilon != 0:
+        loss = loss + epsilon * prob_pow * prob
+    if num_classes == 0:
+        return loss
+    column, foreground = _positive_columns(labels, num_classes)
+    pos_pred = pred.gather(1, column)
+    if activated:
+        pos_prob = pos_pred
+        pos_ce = -torch.log(pos_prob).clamp(min=_LOG_CLAMP)
+    else:
+        pos_prob = pos_pred.sigmoid()
+        pos_ce = F.softplus(-pos_pred)
+    one_minus = 1 - pos_prob
+    pos_loss = alpha * one_minus.pow(gamma) * pos_ce
+    if epsilon != 0:
+        pos_loss = pos_loss + epsilon * one_minus.pow(gamma + 1)
+    # background rows keep their (negative) value at the clamped column
+    pos_loss = torch.where(foreground, pos_loss, loss.gather(1, column))
+    return loss.scatter(1, column, pos_loss)
+
+
+# ---------------------------------------------------------------------------
+# the fast path: integer labels, logits, analytic gradient
+# ---------------------------------------------------------------------------
+def _pow(base: Tensor, exponent: float) -> Tensor:
+    """``base ** exponent`` with the common integer exponents as products."""
+    if exponent == 0:
+        return torch.ones_like(base)
+    if exponent == 1:
+        return base.clone()  # callers update the result in place
+    if exponent == 2:
+        return base * base
+    return base.pow(exponent)
+
+
+def sigmoid_focal_kernel(logits: Tensor, labels: Tensor,
+                         weight: Optional[Tensor], gamma: float, alpha: float,
+                         epsilon: float, reduce_sum: bool, need_grad: bool
+                         ) -> Tuple[Tensor, Optional[Tensor]]:
+    """Loss (element-wise or summed) and ``d loss / d logits`` in one pass.
+
+    Pure tensor code (no host sync, no data-dependent shapes), so
+    ``torch.compile`` can fuse it into a single loop. ``weight`` is (N, 1),
+    (N, C) or None and already multiplies both results. ``labels`` (N,) are
+    in ``[0, C]``; ``C`` is background.
+
+    Returns:
+        (loss, grad): loss is (N, C) or a scalar sum; grad is (N, C) or None.
+    """
+    # In-place updates on fresh tensors: at 8M entries every allocation
+    # costs page faults, so each formula reuses its buffers.
+    num_classes = logits.shape[1]
+    prob = torch.sigmoid(logits)
+    softplus = F.softplus(logits)  # -log(1 - p), stable for any logit
+    scaled_pow = _pow(prob, gamma) * (1 - alpha)  # (1 - alpha) p**g
+    loss = scaled_pow * softplus
+    if epsilon != 0:
+        poly = _pow(prob, gamma + 1).mul_(epsilon)  # eps p**(g+1)
+        loss.add_(poly)
+    grad = None
+    if need_grad:
+        one_minus = torch.sub(1, prob)
+        grad = torch.mul(one_minus, softplus).mul_(gamma).add_(prob)
+        grad.mul_(scaled_pow)
+        if epsilon != 0:
+            grad.addcmul_(poly, one_minus, value=gamma + 1)
+        del one_minus
+    del softplus, scaled_pow, prob
+
+    if num_classes > 0:
+        column, foreground = _positive_columns(labels, num_classes)
+        pos_logit = logits.gather(1, column)
+        pos_prob = torch.sigmoid(pos_logit)
+        pos_one_minus = 1 - pos_prob
+        pos_softplus = F.softplus(-pos_logit)  # -log(p)
+        pos_pow = _pow(pos_one_minus, gamma)
+        pos_loss = alpha * pos_pow * pos_softplus
+        if epsilon != 0:
+            pos_loss = pos_loss + epsilon * pos_pow * pos_one_minus
+        # background rows keep the negative value at the clamped column
+        loss.scatter_(1, column,
+                      torch.where(foreground, pos_loss,
+                                  loss.gather(1, column)))
+        if grad is not None:
+            pos_grad = -alpha * pos_pow * (
+                gamma * pos_prob * pos_softplus + pos_one_minus)
+            if epsilon != 0:
+                pos_grad = pos_grad - (epsilon * (gamma + 1)) * pos_pow * \
+                    pos_one_minus * pos_prob
+            grad.scatter_(1, column,
+                          torch.where(foreground, pos_grad,
+                                      grad.gather(1, column)))
+    if weight is not None:
+        loss.mul_(weight)
+        if grad is not None:
+            grad.mul_(weight)
+    if reduce_sum:
+        loss = loss.sum()
+    return loss, grad
+
+
+_compiled_kernel = None
+_compile_failed = False
+
+
+def compile_enabled() -> bool:
+    """Whether ``MMLOSS_COMPILE=1`` asks for the compiled kernel."""
+    return os.environ.get(COMPILE_ENV, '0').strip().lower() in ('1', 'true',
+                                                                'yes', 'on')
+
+
+def _run_kernel(*args) -> Tuple[Tensor, Optional[Tensor]]:
+    """The compiled kernel when asked for and working, else the eager one."""
+    global _compiled_kernel, _compile_failed
+    if compile_enabled() and not _compile_failed:
+        try:
+            if _compiled_kernel is None:
+                _compiled_kernel = torch.compile(
+                    sigmoid_focal_kernel, dynamic=True)
+            return _compiled_kernel(*args)
+        except Exception as error:  # any backend failure: fall back
+            _compile_failed = True
+            warnings.warn(f'mmloss: torch.compile of the sigmoid focal '
+                          f'kernel failed ({type(error).__name__}: {error}); '
+                          f'using the eager kernel')
+    return sigmoid_focal_kernel(*args)
+
+
+class SigmoidFocalFunction(torch.autograd.Function):
+    """(Poly-1) sigmoid focal loss of logits and integer labels.
+
+    The forward pass computes the loss and its gradient together (they share
+    the sigmoid, softplus and power) and saves only the gradient, one
+    ``N x C`` tensor of ``logits``' dtype; backward scales it by the incoming
+    gradient. Half inputs are computed in float32.
+
+    ``apply(logits, labels, weight, gamma, alpha, epsilon, reduce_sum)``:
+    ``logits`` (N, C), ``labels`` (N,) int in ``[0, C]``, ``weight`` (N, 1),
+    (N, C) or None (no gradient flows to it). Returns the weighted
+    element-wise loss (N, C) in ``logits``' dtype, or if ``reduce_sum`` its
+    sum in float32 at least.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels, weight, gamma, alpha, epsilon,
+                reduce_sum):
+        compute_dtype = torch.promote_types(logits.dtype, torch.float32)
+        x = logits.to(compute_dtype)
+        if weight is not None:
+            weight = weight.to(compute_dtype)
+        need_grad = ctx.needs_input_grad[0]
+        loss, grad = _run_kernel(x, labels, weight, float(gamma),
+                                 float(alpha), float(epsilon),
+                                 bool(reduce_sum), need_grad)
+        if grad is not None:
+            ctx.save_for_backward(grad.to(logits.dtype))
+        # a sum stays in float32, so a half 'mean' cannot overflow before
+        # it is divided; the caller casts the reduced loss back
+        return loss if reduce_sum else loss.to(logits.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        grad, = ctx.saved_tensors
+        return grad * grad_output, None, None, None, None, None, None
+
+
+def _reduce_sum_result(loss_name: str, total: Tensor, numel: int,
+                       reduction: str, avg_factor) -> Tensor:
+    """mmdet's 'mean' / 'sum' given the weighted sum of the loss."""
+    if reduction == 'sum':
+        if avg_factor is not None:
+            raise ValueError(f'{loss_name}: avg_factor can not be used with '
+                             f'reduction="sum"')
+        return total
+    if avg_factor is not None:
+        return total / (avg_factor + FLOAT32_EPS)
+    # the mean of nothing is 0 (connected to the graph), not NaN
+    return total / numel if numel > 0 else total
+
+
+def _focal_loss(loss_name: str, pred: Tensor, target: Tensor,
+                weight: Optional[Tensor], gamma: float, alpha: float,
+                epsilon: float, reduction: str,
+                avg_factor: Optional[Union[float, Tensor]],
+                activated: bool) -> Tensor:
+    check_reduction(loss_name, reduction)
+    labels_given = _check_pred_target(loss_name, pred, target)
+    if not labels_given:
+        # one-hot or soft targets: the plain formula. mmdet reshapes a
+        # per-row weight to (N, 1) for 2-D inputs; so do we.
+        if weight is not None and pred.dim() == 2:
+            weight = _classification_weight(loss_name, weight, *pred.shape)
+        loss = elementwise_focal_loss(pred, target, gamma, alpha, epsilon,
+                                      activated)
+        return weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+    weight = _classification_weight(loss_name, weight, *pred.shape)
+    if activated or (weight is not None and weight.requires_grad):
+        loss = _label_focal_loss_autograd(pred, target, gamma, alpha,
+                                          epsilon, activated)
+        return weight_reduce_loss(loss, weight, reduction, avg_factor)
+    if reduction == 'none':
+        return SigmoidFocalFunction.apply(pred, target, weight, gamma, alpha,
+                                          epsilon, False)
+    total = SigmoidFocalFunction.apply(pred, target, weight, gamma, alpha,
+                                       epsilon, True)
+    return _reduce_sum_result(loss_name, total, pred.numel(), reduction,
+                              avg_factor).to(pred.dtype)
+
+
+def sigmoid_focal_loss(pred: Tensor,
+                       target: Tensor,
+                       weight: Optional[Tensor] = None,
+                       gamma: float = 2.0,
+                       alpha: float = 0.25,
+                       reduction: str = 'mean',
+                       avg_factor: Optional[Union[float, Tensor]] = None,
+                       activated: bool = False) -> Tensor:
+    """Sigmoid focal loss (Lin et al. 2017), weighted and reduced.
+
+    ``FL = a_t * pt' ** gamma * BCE(x, t)``, see the module docstring.
+
+    Args:
+        pred (Tensor): logits (N, C), or probabilities if ``activated``.
+        target (Tensor): integer labels (N,) in ``[0, C]`` with ``C`` the
+            background, or a one-hot / soft target of ``pred``'s shape.
+        weight (Tensor, optional): (N,), (N, 1), (N, C) or (N * C,).
+        gamma (float): focusing exponent, ``>= 0``.
+        alpha (float): positive/negative balance in ``[0, 1]``.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        avg_factor (float | Tensor, optional): denominator of the mean.
+        activated (bool): ``pred`` holds probabilities.
+
+    Returns:
+        Tensor: (N, C) for ``'none'``, else a scalar.
+    """
+    check_focal_params('sigmoid_focal_loss', gamma, alpha)
+    return _focal_loss('sigmoid_focal_loss', pred, target, weight, gamma,
+                       alpha, 0.0, reduction, avg_factor, activated)
+
+
+def poly1_focal_loss(pred: Tensor,
+                     target: Tensor,
+                     weight: Optional[Tensor] = None,
+                     gamma: float = 2.0,
+                     alpha: float = 0.25,
+                     epsilon: float = 1.0,
+                     reduction: str = 'mean',
+                     avg_factor: Optional[Union[float, Tensor]] = None,
+                     activated: bool = False) -> Tensor:
+    """Poly-1 focal loss (Leng et al. 2022), weighted and reduced.
+
+    ``Poly1 = FL + epsilon * pt' ** (gamma + 1)`` with ``pt' = 1 - pt`` the
+    probability mass away from the target. For a positive at ``p = 0.5``,
+    ``gamma = 2``, ``alpha = 0.25``, ``epsilon = 1``:
+    ``0.25 * 0.25 * log 2 + 0.125 = 0.1683``.
+
+    Args: as :func:`sigmoid_focal_loss`, plus
+        epsilon (float): coefficient of the first polynomial term.
+
+    Returns:
+        Tensor: (N, C) for ``'none'``, else a scalar.
+    """
+    check_focal_params('poly1_focal_loss', gamma, alpha, epsilon)
+    return _focal_loss('poly1_focal_loss', pred, target, weight, gamma, alpha,
+                       float(epsilon), reduction, avg_factor, activated)
+
+
+# ---------------------------------------------------------------------------
+# registered modules
+# ---------------------------------------------------------------------------
+def _check_use_sigmoid(loss_name: str, use_sigmoid) -> bool:
+    if use_sigmoid is not True:
+        raise ValueError(f'{loss_name}: only the sigmoid form is supported, '
+                         f'use_sigmoid must be True, but got {use_sigmoid!r}')
+    return True
+
+
+@MODELS.register_module()
+class FocalLoss(BaseLoss):
+    """Sigmoid focal loss (Lin et al. 2017), twin of mmdet's ``FocalLoss``.
+
+    ``FL = a_t * pt' ** gamma * BCE(x, t)``; see :func:`sigmoid_focal_loss`.
+    Integer labels (background ``num_classes``) take the fast analytic path.
+
+    Args:
+        use_sigmoid (bool): must be True (softmax focal loss is not
+            supported).
+        gamma (float): focusing exponent. Defaults to 2.0.
+        alpha (float): positive/negative balance. Defaults to 0.25.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        loss_weight (float): factor applied to the loss.
+        activated (bool): ``pred`` holds probabilities, not logits.
+    """
+
+    def __init__(self,
+                 use_sigmoid=True,
+                 gamma=2.0,
+                 alpha=0.25,
+                 reduction='mean',
+                 loss_weight=1.0,
+                 activated=False):
+        super().__init__(reduction, loss_weight)
+        self.use_sigmoid = _check_use_sigmoid(self.loss_name, use_sigmoid)
+        check_focal_params(self.loss_name, gamma, alpha)
+        self.gamma = gamma
+        self.alpha = alpha
+        self.activated = bool(activated)
+
+    def forward(self,
+                pred,
+                target,
+                weight=None,
+                avg_factor=None,
+                reduction_override=None):
+        """Weighted focal loss of ``pred`` (N, C) and ``target`` (N,)/(N, C).
+
+        Args:
+            pred (Tensor): logits, or probabilities if ``activated``.
+            target (Tensor): labels (N,) in ``[0, C]`` or (N, C) targets.
+            weight (Tensor, optional): (N,), (N, 1), (N, C) or (N * C,).
+            avg_factor (float | Tensor, optional): denominator of the mean.
+            reduction_override (str, optional): overrides ``reduction``.
+        """
+        reduction = self.resolve_reduction(reduction_override)
+        return self.loss_weight * _focal_loss(
+            self.loss_name, pred, target, weight, self.gamma, self.alpha,
+            0.0, reduction, avg_factor, self.activated)
+
+    def extra_repr(self) -> str:
+        return (f'gamma={self.gamma}, alpha={self.alpha}, '
+                f'activated={self.activated}, ' + super().extra_repr())
+
+
+@MODELS.register_module()
+class Poly1FocalLoss(BaseLoss):
+    """Poly-1 focal loss (Leng et al. 2022, https://arxiv.org/abs/2204.12511).
+
+    ``Poly1 = FL + epsilon * pt' ** (gamma + 1)`` where ``FL`` is the
+    sigmoid focal loss and ``pt' = (1 - p) t + p (1 - t)``; the epsilon term
+    is not alpha-balanced, as in the paper. Same interface as
+    :class:`FocalLoss`, plus ``epsilon`` (the paper's default 1.0).
+
+    Args:
+        use_sigmoid (bool): must be True.
+        gamma (float): focusing exponent. Defaults to 2.0.
+        alpha (float): positive/negative balance. Defaults to 0.25.
+        epsilon (float): coefficient of the first polynomial term.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        loss_weight (float): factor applied to the loss.
+        activated (bool): ``pred`` holds probabilities, not logits.
+    """
+
+    def __init__(self,
+                 use_sigmoid=True,
+                 gamma=2.0,
+                 alpha=0.25,
+                 epsilon=1.0,
+                 reduction='mean',
+                 loss_weight=1.0,
+                 activated=False):
+        super().__init__(reduction, loss_weight)
+        self.use_sigmoid = _check_use_sigmoid(self.loss_name, use_sigmoid)
+        check_focal_params(self.loss_name, gamma, alpha, epsilon)
+        self.gamma = gamma
+        self.alpha = alpha
+        self.epsilon = float(epsilon)
+        self.activated = bool(activated)
+
+    def forward(self,
+                pred,
+                target,
+                weight=None,
+                avg_factor=None,
+                reduction_override=None):
+        """Weighted Poly-1 focal loss; arguments as :meth:`FocalLoss.forward`.
+        """
+        reduction = self.resolve_reduction(reduction_override)
+        return self.loss_weight * _focal_loss(
+            self.loss_name, pred, target, weight, self.gamma, self.alpha,
+            self.epsilon, reduction, avg_factor, self.activated)
+
+    def extra_repr(self) -> str:
+        return (f'gamma={self.gamma}, alpha={self.alpha}, '
+                f'epsilon={self.epsilon}, activated={self.activated}, ' +
+                super().extra_repr())

@@ -1,0 +1,489 @@
+"""FocalLoss and Poly1FocalLoss: mmdet 3.3 parity, hand values, hardening."""
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmloss import MODELS
+from mmloss.losses import focal
+from mmloss.losses.focal import (FocalLoss, Poly1FocalLoss,
+                                 SigmoidFocalFunction, elementwise_focal_loss,
+                                 poly1_focal_loss, sigmoid_focal_loss)
+from tests.helpers import assert_close
+
+REDUCTIONS = ('none', 'mean', 'sum')
+WEIGHT_KINDS = ('none', 'row', 'row_column', 'class', 'flat')
+
+
+def make_inputs(n, c, seed, background=0.5, dtype=torch.float32, scale=2.0):
+    """Logits (n, c) and labels (n,) in [0, c] with a background share."""
+    g = torch.Generator().manual_seed(seed)
+    pred = (torch.randn(n, c, generator=g, dtype=torch.float64) *
+            scale).to(dtype)
+    labels = torch.randint(0, c, (n, ), generator=g)
+    labels[torch.rand(n, generator=g) < background] = c
+    return pred, labels
+
+
+def make_weight(kind, n, c, seed):
+    g = torch.Generator().manual_seed(seed + 100)
+    if kind == 'none':
+        return None
+    if kind == 'row':
+        return torch.rand(n, generator=g)
+    if kind == 'row_column':
+        return torch.rand(n, 1, generator=g)
+    if kind == 'class':
+        return torch.rand(n, c, generator=g)
+    return torch.rand(n * c, generator=g)  # flattened per-class weight
+
+
+def assert_grad_close(grad, ref, what=''):
+    """Gradients at rtol 1e-5 relative to the largest entry.
+
+    mmdet's BCE-with-logits evaluates ``log(1 + exp(-|x|))`` without log1p,
+    so its float32 gradient of a well-classified entry is off by up to ~1e-4
+    relative (``test_more_accurate_than_mmdet`` checks ours against float64).
+    With ``avg_factor=0`` every entry is scaled by 1 / eps ~ 8e6, so the
+    absolute tolerance must scale too.
+    """
+    scale = ref.abs().max().clamp(min=1.0)
+    assert_close(grad / scale, ref / scale, what=what)
+
+
+def run_both(ours, theirs, pred, target, **kwargs):
+    """Loss value and d loss / d pred of both modules."""
+    results = []
+    for module in (ours, theirs):
+        x = pred.clone().requires_grad_()
+        loss = module(x, target, **kwargs)
+        loss.sum().backward()
+        results.append((loss.detach(), x.grad))
+    return results
+
+
+@pytest.fixture
+def mm_focal(mmdet_losses):
+    return mmdet_losses.FocalLoss
+
+
+# ---------------------------------------------------------------------------
+# mmdet parity
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('weight_kind', WEIGHT_KINDS)
+def test_labels_match_mmdet(mm_focal, seed, weight_kind):
+    n, c = 37, 6
+    pred, labels = make_inputs(n, c, seed)
+    weight = make_weight(weight_kind, n, c, seed)
+    ours, theirs = FocalLoss(), mm_focal()
+    for reduction, avg_factor in itertools.product(REDUCTIONS,
+                                                   (None, 0, 7.5)):
+        if reduction == 'sum' and avg_factor is not None:
+            continue
+        kwargs = dict(weight=weight, avg_factor=avg_factor,
+                      reduction_override=reduction)
+        (value, grad), (ref, ref_grad) = run_both(ours, theirs, pred, labels,
+                                                  **kwargs)
+        what = f'{reduction} avg_factor={avg_factor}'
+        assert_close(value, ref, what=what)
+        assert_grad_close(grad, ref_grad, what=what + ' grad')
+
+
+@pytest.mark.parametrize('gamma,alpha', [(2.0, 0.25), (0.0, 0.5),
+                                         (1.5, 0.75), (3.0, 1.0)])
+def test_parameters_and_loss_weight_match_mmdet(mm_focal, gamma, alpha):
+    pred, labels = make_inputs(50, 9, seed=3)
+    for reduction in REDUCTIONS:
+        kwargs = dict(gamma=gamma, alpha=alpha, reduction=reduction,
+                      loss_weight=0.7)
+        (value, grad), (ref, ref_grad) = run_both(
+            FocalLoss(**kwargs), mm_focal(**kwargs), pred, labels)
+        assert_close(value, ref, what=reduction)
+        assert_grad_close(grad, ref_grad, what=reduction + ' grad')
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+@pytest.mark.parametrize('activated', [False, True])
+@pytest.mark.parametrize('soft', [False, True])
+def test_dense_targets_match_mmdet(mm_focal, seed, activated, soft):
+    """One-hot (int) and soft (float) targets of pred's shape."""
+    n, c = 29, 5
+    pred, labels = make_inputs(n, c, seed)
+    if activated:
+        pred = pred.sigmoid()
+    if soft:
+        g = torch.Generator().manual_seed(seed)
+        target = torch.rand(n, c, generator=g)
+    else:
+        target = F.one_hot(labels, c + 1)[:, :c]
+    weight = make_weight('row', n, c, seed)
+    ours, theirs = FocalLoss(activated=activated), mm_focal(
+        activated=activated)
+    for reduction in REDUCTIONS:
+        for w in (None, weight):
+            (value, grad), (ref, ref_grad) = run_both(
+                ours, theirs, pred, target, weight=w,
+                reduction_override=reduction)
+            assert_close(value, ref, what=reduction)
+            assert_grad_close(grad, ref_grad, what=reduction + ' grad')
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_activated_labels_match_mmdet(mm_focal, seed):
+    n, c = 40, 7
+    pred, labels = make_inputs(n, c, seed)
+    prob = pred.sigmoid()
+    ours, theirs = FocalLoss(activated=True), mm_focal(activated=True)
+    for reduction, weight_kind in itertools.product(REDUCTIONS,
+                                                    ('none', 'row', 'class')):
+        weight = make_weight(weight_kind, n, c, seed)
+        (value, grad), (ref, ref_grad) = run_both(
+            ours, theirs, prob, labels, weight=weight,
+            avg_factor=3.0 if reduction == 'mean' else None,
+            reduction_override=reduction)
+        assert_close(value, ref, what=reduction)
+        assert_grad_close(grad, ref_grad, what=reduction + ' grad')
+
+
+def test_retinanet_sized_batch_matches_mmdet(mm_focal):
+    """100k anchors x 80 classes, 90% background, per-anchor weight."""
+    n, c = 100_000, 80
+    pred, labels = make_inputs(n, c, seed=7, background=0.9)
+    weight = make_weight('row', n, c, seed=7)
+    avg_factor = float((labels < c).sum())
+    (value, grad), (ref, ref_grad) = run_both(
+        FocalLoss(), mm_focal(), pred, labels, weight=weight,
+        avg_factor=avg_factor)
+    assert_close(value, ref, what='loss')
+    assert_grad_close(grad, ref_grad, what='grad')
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_more_accurate_than_mmdet(mm_focal, seed):
+    """Against the float64 result, our float32 gradient is within 2e-5
+    relative everywhere; mmdet's is not as close (see assert_grad_close)."""
+    pred, labels = make_inputs(37, 6, seed)
+
+    def grad(module, x):
+        x = x.clone().requires_grad_()
+        module(x, labels, reduction_override='sum').backward()
+        return x.grad.double()
+
+    truth = grad(FocalLoss(), pred.double())
+    assert_close(grad(mm_focal(), pred.double()), truth, rtol=1e-12,
+                 atol=1e-14)
+    ours_error = ((grad(FocalLoss(), pred) - truth) / truth).abs().max()
+    mmdet_error = ((grad(mm_focal(), pred) - truth) / truth).abs().max()
+    assert ours_error < 2e-5 and ours_error < mmdet_error
+
+
+def test_sum_with_avg_factor_raises_like_mmdet(mm_focal):
+    pred, labels = make_inputs(8, 3, seed=0)
+    with pytest.raises(ValueError):
+        mm_focal()(pred, labels, avg_factor=2.0, reduction_override='sum')
+    with pytest.raises(ValueError, match='FocalLoss'):
+        FocalLoss()(pred, labels, avg_factor=2.0, reduction_override='sum')
+
+
+def test_empty_input_mean_is_zero_not_nan(mm_focal):
+    """mmdet's 'mean' of an empty loss is 0/0 = NaN; we return a 0 that is
+    connected to the graph, so a batch without anchors cannot poison
+    training. 'sum', 'none' and avg_factor agree with mmdet."""
+    pred = torch.zeros(0, 4, requires_grad=True)
+    labels = torch.zeros(0, dtype=torch.long)
+    assert torch.isnan(mm_focal()(pred, labels))
+    for reduction in REDUCTIONS:
+        for avg_factor in (None, 0.0, 5.0):
+            if reduction == 'sum' and avg_factor is not None:
+                continue
+            loss = FocalLoss()(pred, labels, avg_factor=avg_factor,
+                               reduction_override=reduction)
+            assert loss.shape == ((0, 4) if reduction == 'none' else ())
+            assert torch.isfinite(loss).all()
+            assert loss.sum().item() == 0
+            loss.sum().backward()
+            assert pred.grad.shape == (0, 4)
+
+
+# ---------------------------------------------------------------------------
+# the fast path against the plain formula; gradcheck
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize('gamma,alpha,epsilon', [(2.0, 0.25, 0.0),
+                                                 (1.5, 0.4, 0.0),
+                                                 (0.0, 0.25, 0.0),
+                                                 (2.0, 0.25, 1.0),
+                                                 (0.5, 0.9, -0.7)])
+def test_fast_path_matches_plain_formula(gamma, alpha, epsilon):
+    n, c = 64, 11
+    pred, labels = make_inputs(n, c, seed=5, dtype=torch.float64, scale=4.0)
+    weight = make_weight('row', n, c, 5).double().view(-1, 1)
+    one_hot = F.one_hot(labels, c + 1)[:, :c]
+    x = pred.clone().requires_grad_()
+    loss = SigmoidFocalFunction.apply(x, labels, weight, gamma, alpha,
+                                      epsilon, False)
+    loss.sum().backward()
+    x_ref = pred.clone().requires_grad_()
+    ref = elementwise_focal_loss(x_ref, one_hot, gamma, alpha,
+                                 epsilon) * weight
+    ref.sum().backward()
+    assert_close(loss, ref, rtol=1e-10, atol=1e-12)
+    assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('gamma', [2.0, 1.5, 0.0])
+@pytest.mark.parametrize('reduce_sum', [False, True])
+def test_gradcheck_fast_path(gamma, reduce_sum):
+    pred, labels = make_inputs(6, 4, seed=1, dtype=torch.float64)
+    weight = make_weight('class', 6, 4, 1).double()
+    x = pred.clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x: SigmoidFocalFunction.apply(x, labels, weight, gamma, 0.25,
+                                             0.5, reduce_sum), (x, ))
+
+
+@pytest.mark.parametrize('kind', ['labels', 'activated', 'soft', 'weight'])
+def test_gradcheck_module(kind):
+    pred, labels = make_inputs(6, 4, seed=2, dtype=torch.float64)
+    weight = None
+    if kind == 'activated':
+        pred = pred.sigmoid()
+    if kind == 'soft':
+        labels = torch.rand(6, 4, dtype=torch.float64,
+                            generator=torch.Generator().manual_seed(0))
+    inputs = [pred.clone().requires_grad_()]
+    if kind == 'weight':  # a weight that needs a gradient takes autograd
+        weight = torch.rand(6, dtype=torch.float64).requires_grad_()
+        inputs.append(weight)
+    loss = FocalLoss(activated=kind == 'activated', gamma=1.5)
+
+    def f(x, w=weight):
+        return loss(x, labels, weight=w, avg_factor=3.0)
+
+    assert torch.autograd.gradcheck(f, tuple(inputs))
+
+
+# ---------------------------------------------------------------------------
+# hand-computed values
+# ---------------------------------------------------------------------------
+def test_hand_values():
+    # one row, label 0 of 2 classes, logits 0 -> p = 0.5 everywhere:
+    # positive 0.25 * 0.5**2 * log 2, negative 0.75 * 0.5**2 * log 2
+    pred = torch.zeros(1, 2, requires_grad=True)
+    loss = FocalLoss(reduction='none')(pred, torch.tensor([0]))
+    log2 = math.log(2)
+    assert_close(loss, torch.tensor([[0.0625 * log2, 0.1875 * log2]]))
+    loss.sum().backward()
+    # d/dx at p = 1/2: positive -0.25 * 0.25 * (2 * 0.5 * log2 + 0.5),
+    # negative 0.75 * 0.25 * (2 * 0.5 * log2 + 0.5)
+    inner = log2 + 0.5
+    assert_close(pred.grad, torch.tensor([[-0.0625 * inner,
+                                           0.1875 * inner]]))
+
+
+def test_poly1_hand_values():
+    # p = 0.5, gamma = 2, alpha = 0.25, epsilon = 1:
+    # positive 0.25 * 0.25 * log 2 + 0.5**3 = 0.168321...
+    # negative 0.75 * 0.25 * log 2 + 0.5**3 = 0.254965...
+    pred = torch.zeros(1, 2)
+    loss = Poly1FocalLoss(reduction='none')(pred, torch.tensor([0]))
+    assert_close(loss, torch.tensor([[0.1683216, 0.2549648]]))
+    # p = 0.75 (x = log 3), negative, epsilon = 2, gamma = 1, alpha = 0.5:
+    # 0.5 * 0.75 * log 4 + 2 * 0.75**2 = 1.644860...
+    pred = torch.tensor([[math.log(3)]])
+    loss = poly1_focal_loss(pred, torch.tensor([1]), gamma=1.0, alpha=0.5,
+                            epsilon=2.0, reduction='sum')
+    assert_close(loss, torch.tensor(1.6448604))
+
+
+def test_poly1_with_zero_epsilon_is_focal(mm_focal):
+    pred, labels = make_inputs(30, 5, seed=4)
+    weight = make_weight('row', 30, 5, 4)
+    ours = Poly1FocalLoss(epsilon=0.0)(pred, labels, weight, avg_factor=4)
+    ref = mm_focal()(pred, labels, weight, avg_factor=4)
+    assert_close(ours, ref)
+
+
+@pytest.mark.parametrize('activated', [False, True])
+def test_poly1_paths_agree(activated):
+    """Labels (fast / autograd path) against the one-hot plain formula."""
+    pred, labels = make_inputs(40, 6, seed=6, dtype=torch.float64)
+    if activated:
+        pred = pred.sigmoid()
+    one_hot = F.one_hot(labels, 7)[:, :6]
+    module = Poly1FocalLoss(epsilon=0.8, activated=activated)
+    (value, grad), (ref, ref_grad) = run_both(module, module, pred, labels)
+    x = pred.clone().requires_grad_()
+    dense = module(x, one_hot)
+    dense.backward()
+    assert_close(value, dense.detach(), rtol=1e-10, atol=1e-12)
+    assert_close(grad, x.grad, rtol=1e-10, atol=1e-12)
+    x = pred.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: module(x, labels), (x, ))
+
+
+# ---------------------------------------------------------------------------
+# hardening
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize('module', [FocalLoss(), Poly1FocalLoss()])
+def test_all_background_and_zero_weights(module, mm_focal):
+    pred, _ = make_inputs(20, 4, seed=0)
+    background = torch.full((20, ), 4)
+    x = pred.clone().requires_grad_()
+    loss = module(x, background, weight=torch.zeros(20))
+    loss.backward()
+    assert loss.item() == 0 and torch.count_nonzero(x.grad) == 0
+    if isinstance(module, FocalLoss):
+        (value, grad), (ref, ref_grad) = run_both(module, mm_focal(), pred,
+                                                  background)
+        assert_close(value, ref)
+        assert_close(grad, ref_grad)
+
+
+@pytest.mark.parametrize('module', [FocalLoss(), Poly1FocalLoss()])
+def test_extreme_logits(module):
+    """Logits of +-100: finite loss and gradient, and the exact limits."""
+    pred = torch.tensor([[100., -100.], [-100., 100.]], requires_grad=True)
+    labels = torch.tensor([0, 2])  # row 0: class 0 positive; row 1: bg
+    loss = module(pred, labels, reduction_override='none')
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(pred.grad).all()
+    # confident and right -> 0; negative at +100 -> 0.75 * 100 (+ eps * 1)
+    poly = 1.0 if isinstance(module, Poly1FocalLoss) else 0.0
+    assert_close(loss, torch.tensor([[0., 0.], [0., 75. + poly]]))
+    assert_close(pred.grad, torch.tensor([[0., 0.], [0., 0.75]]))
+    # confident and wrong positive: alpha * 100 (+ eps), gradient -alpha
+    pred = torch.tensor([[-100.]], requires_grad=True)
+    loss = module(pred, torch.tensor([0]))
+    loss.backward()
+    assert_close(loss, torch.tensor(25. + poly))
+    assert_close(pred.grad, torch.tensor([[-0.25]]))
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('path', ['labels', 'soft', 'activated'])
+def test_half_precision(dtype, path):
+    pred, labels = make_inputs(50, 8, seed=0)
+    module = FocalLoss(activated=path == 'activated')
+    if path == 'activated':
+        pred = pred.sigmoid()
+    target = labels if path != 'soft' else F.one_hot(labels, 9)[:, :8] * 0.7
+    ref = module(pred, target)
+    x = pred.to(dtype).requires_grad_()
+    loss = module(x, target)
+    loss.backward()
+    assert loss.dtype == dtype and x.grad.dtype == dtype
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+    assert_close(loss.float(), ref, rtol=3e-2, atol=1e-3)
+    # a large sum does not overflow half: the kernel sums in float32
+    if path == 'labels':
+        big = torch.full((200, 80), 10.0, dtype=dtype)
+        total = FocalLoss(reduction='sum')(big, torch.full((200, ), 80))
+        assert torch.isfinite(total) or dtype == torch.float16
+        assert_close(FocalLoss()(big, torch.full((200, ), 80)).float(),
+                     torch.tensor(7.5, dtype=torch.float32), rtol=1e-2,
+                     atol=0)
+
+
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+def test_nan_propagates(reduction):
+    pred, labels = make_inputs(10, 3, seed=0)
+    pred[2, 1] = float('nan')
+    loss = FocalLoss(reduction=reduction)(pred, labels)
+    if reduction == 'none':
+        assert torch.isnan(loss[2, 1]) and torch.isfinite(
+            loss[torch.arange(10) != 2]).all()
+    else:
+        assert torch.isnan(loss)
+
+
+def test_invalid_inputs():
+    pred, labels = make_inputs(10, 3, seed=0)
+    loss = FocalLoss()
+    with pytest.raises(TypeError, match='FocalLoss.*target'):
+        loss(pred, labels.float())
+    with pytest.raises(ValueError, match=r'FocalLoss.*\[0, 3\]'):
+        loss(pred, torch.full((10, ), 4))
+    with pytest.raises(ValueError, match='FocalLoss'):
+        loss(pred, torch.full((10, ), -1))
+    with pytest.raises(ValueError, match=r'FocalLoss: pred has shape'):
+        loss(pred, torch.zeros(10, 4))
+    with pytest.raises(ValueError, match='FocalLoss'):
+        loss(pred, labels[:9])
+    with pytest.raises(ValueError, match='FocalLoss.*weight'):
+        loss(pred, labels, weight=torch.ones(7))
+    with pytest.raises(ValueError, match='FocalLoss.*reduction_override'):
+        loss(pred, labels, reduction_override='avg')
+    with pytest.raises(TypeError, match='FocalLoss'):
+        loss(pred.long(), labels)
+    with pytest.raises(TypeError, match='Poly1FocalLoss'):
+        Poly1FocalLoss()(pred, labels.float())
+    with pytest.raises(ValueError, match='sigmoid_focal_loss'):
+        sigmoid_focal_loss(pred, labels, reduction='avg')
+
+
+@pytest.mark.parametrize('cls', [FocalLoss, Poly1FocalLoss])
+@pytest.mark.parametrize('kwargs,argument', [
+    (dict(use_sigmoid=False), 'use_sigmoid'),
+    (dict(alpha=1.5), 'alpha'),
+    (dict(alpha=-0.1), 'alpha'),
+    (dict(gamma=-1.0), 'gamma'),
+    (dict(gamma='2'), 'gamma'),
+    (dict(loss_weight=-1.0), 'loss_weight'),
+    (dict(reduction='avg'), 'reduction'),
+])
+def test_bad_constructor_arguments(cls, kwargs, argument):
+    with pytest.raises(ValueError, match=f'{cls.__name__}.*{argument}'):
+        cls(**kwargs)
+
+
+def test_bad_epsilon():
+    with pytest.raises(ValueError, match='Poly1FocalLoss.*epsilon'):
+        Poly1FocalLoss(epsilon=float('nan'))
+
+
+# ---------------------------------------------------------------------------
+# registry, attributes heads read, the compile switch
+# ---------------------------------------------------------------------------
+def test_built_from_config():
+    from mmdet.registry import MODELS as MMDET_MODELS
+    loss = MMDET_MODELS.build(dict(type='mmloss.FocalLoss', gamma=1.0,
+                                   loss_weight=2.0))
+    assert isinstance(loss, FocalLoss) and loss.use_sigmoid is True
+    assert loss.gamma == 1.0 and loss.loss_weight == 2.0
+    poly = MODELS.build(dict(type='Poly1FocalLoss', epsilon=0.5))
+    assert isinstance(poly, Poly1FocalLoss) and poly.use_sigmoid is True
+
+
+def test_no_gradient_work_without_grad():
+    """Under no_grad the kernel skips the gradient (nothing is saved)."""
+    pred, labels = make_inputs(10, 3, seed=0)
+    with torch.no_grad():
+        value = FocalLoss()(pred.requires_grad_(), labels)
+    assert value.grad_fn is None
+    assert_close(value, FocalLoss()(pred.detach(), labels))
+
+
+def test_compile_fallback(monkeypatch):
+    """MMLOSS_COMPILE=1 with a failing compiler warns once and falls back to
+    the eager kernel with identical results (no real compile here)."""
+    pred, labels = make_inputs(12, 3, seed=0)
+    eager = FocalLoss()(pred, labels)
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError('no compiler')
+        return run
+
+    monkeypatch.setenv(focal.COMPILE_ENV, '1')
+    monkeypatch.setattr(torch, 'compile', broken_compile)
+    monkeypatch.setattr(focal, '_compiled_kernel', None)
+    monkeypatch.setattr(focal, '_compile_failed', False)
+    assert focal.compile_enabled()
+    with pytest.warns(UserWarning, match='eager'):
+        first = FocalLoss()(pred, labels)
+    assert focal._compile_failed
+    assert torch.equal(first, eager)
+    assert torch.equal(FocalLoss()(pred, labels), eager)
