@@ -136,22 +136,22 @@ class _StashingProduct(torch.autograd.Function):
         return grad * ctx.twice_y / 2, None
 
 
-def _saved_bytes(fn, x):
-    packed = {}
-
-    def pack(tensor):
-        bench._record_storage(packed, tensor)
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+def _saved_bytes(fn, x, what='storage_bytes'):
+    meter = bench.SavedTensorMeter()
+    with meter.hooks():
         value = fn(x)
-    return bench.saved_bytes_of(value, packed)
+    return getattr(meter.finish(value), what)
 
 
 def test_saved_bytes_counts_distinct_storages():
     x = torch.randn(1000, requires_grad=True)  # 4000 bytes
-    # mul saves both operands; x[:500] is a view of x: one storage more.
+    # mul saves both operands: x and a new 1000-element tensor.
     assert _saved_bytes(lambda t: (t * t[:500].repeat(2)).sum(), x) == 8000
+    # Two saved views of one storage: it counts once, and whole ...
+    assert _saved_bytes(lambda t: (t[:250] * t[:250]).sum(), x) == 4000
+    # ... while the per-tensor count adds the two 1000-byte views.
+    assert _saved_bytes(lambda t: (t[:250] * t[:250]).sum(), x,
+                        'tensor_bytes') == 2000
     # exp saves its result, a new storage; x itself is not saved.
     assert _saved_bytes(lambda t: t.exp().sum(), x) == 4000
     # Nothing saved for a plain sum.
@@ -174,7 +174,7 @@ def test_measure_memory_reports_saved_and_peak():
     memory = bench.measure_memory(Square(), (pred, target),
                                   torch.device('cpu'))
     # pow saves the difference (1 MB); nothing else is kept.
-    assert memory['saved_bytes'] == 1_000_000
+    assert memory['saved_bytes'] == memory['saved_tensor_bytes'] == 1_000_000
     if memory['peak_method'] == 'profiler':
         # At least the difference and the gradient; at most those plus the
         # square and a few backward temporaries of the same size.

@@ -77,7 +77,7 @@ HEATMAP_SHAPE = {'small': (1, NUM_CLASSES, 32, 32),
                  'large': (4, NUM_CLASSES, 128, 128)}
 
 RTOL = 1e-4
-MB = 1e6
+MIB = 2 ** 20
 
 # --------------------------------------------------------------------------
 # Inputs. Every maker returns ``(args, shape)``: ``args[0]`` is the
@@ -405,16 +405,6 @@ def time_once(loss: torch.nn.Module, args: tuple, device: torch.device) -> float
     return (time.perf_counter() - begin) * 1e3
 
 
-def _record_storage(storages: dict, tensor) -> None:
-    if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
-        return
-    try:
-        storage = tensor.untyped_storage()
-    except (RuntimeError, NotImplementedError):
-        return
-    storages[(str(storage.device), storage.data_ptr())] = storage.nbytes()
-
-
 def _graph_nodes(root) -> List:
     seen, stack, nodes = set(), [root], []
     while stack:
@@ -427,20 +417,60 @@ def _graph_nodes(root) -> List:
     return nodes
 
 
-def saved_bytes_of(value: torch.Tensor, packed: dict) -> int:
-    """Bytes of distinct storages the graph of ``value`` keeps alive.
+class SavedTensorMeter:
+    """Counts what an autograd graph keeps alive for its backward pass.
 
-    ``packed`` holds the storages seen by the ``saved_tensors_hooks``; to
-    them we add tensors that a custom ``autograd.Function`` kept as ``ctx``
-    attributes, which the hooks cannot see.
+    Use :meth:`hooks` around the forward, then :meth:`finish` with its
+    output. Two totals come out:
+
+    * ``storage_bytes``: the bytes of the *distinct storages* behind the
+      saved tensors (a view keeps its whole storage alive; a tensor saved
+      twice counts once). This is the memory the graph really holds.
+    * ``tensor_bytes``: ``numel * element_size`` summed over every saved
+      tensor, repeats included -- the simpler count the issue quotes.
+
+    The hooks see every tensor saved by built-in ops and by
+    ``ctx.save_for_backward``; :meth:`finish` adds tensors a custom
+    ``autograd.Function`` kept as plain ``ctx`` attributes.
     """
-    storages = dict(packed)
-    for node in _graph_nodes(value.grad_fn):
-        for attr in getattr(node, '__dict__', {}).values():
-            items = attr if isinstance(attr, (tuple, list)) else (attr, )
-            for item in items:
-                _record_storage(storages, item)
-    return sum(storages.values())
+
+    def __init__(self):
+        self.storages = {}
+        self.tensor_bytes = 0
+
+    def record(self, tensor) -> None:
+        if not isinstance(tensor, torch.Tensor) or \
+                tensor.layout != torch.strided:
+            return
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return
+        key = (str(storage.device), storage.data_ptr())
+        self.storages[key] = storage.nbytes()
+        self.tensor_bytes += tensor.numel() * tensor.element_size()
+
+    def _pack(self, tensor):
+        self.record(tensor)
+        return tensor
+
+    def hooks(self):
+        """The ``saved_tensors_hooks`` context that does the counting."""
+        return torch.autograd.graph.saved_tensors_hooks(self._pack,
+                                                        lambda t: t)
+
+    def finish(self, value: torch.Tensor) -> 'SavedTensorMeter':
+        """Add the ``ctx`` attributes of custom Functions in ``value``'s graph."""
+        for node in _graph_nodes(value.grad_fn):
+            for attr in getattr(node, '__dict__', {}).values():
+                items = attr if isinstance(attr, (tuple, list)) else (attr, )
+                for item in items:
+                    self.record(item)
+        return self
+
+    @property
+    def storage_bytes(self) -> int:
+        return sum(self.storages.values())
 
 
 @contextlib.contextmanager
@@ -496,20 +526,18 @@ def _cpu_peak_from_rss(run: Callable[[], None]) -> int:
 def measure_memory(loss: torch.nn.Module, args: tuple,
                    device: torch.device) -> Dict:
     """Saved-for-backward bytes and peak bytes of one forward + backward."""
-    packed = {}
     result = {}
 
-    def pack(tensor):
-        _record_storage(packed, tensor)
-        return tensor
-
     def run():
+        meter = SavedTensorMeter()
         pred = args[0].detach().requires_grad_()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with meter.hooks():
             value = _scalar(loss(pred, *args[1:]))
-        result['saved_bytes'] = saved_bytes_of(value, packed)
+        meter.finish(value)
+        result['saved_bytes'] = meter.storage_bytes
+        result['saved_tensor_bytes'] = meter.tensor_bytes
         value.backward()
-        del value, pred
+        del value, pred, meter
 
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
@@ -524,7 +552,6 @@ def measure_memory(loss: torch.nn.Module, args: tuple,
         result['peak_bytes'] = _cpu_peak_from_profiler(run)
         result['peak_method'] = 'profiler'
     except Exception:  # noqa: BLE001 - any profiler failure: fall back
-        packed.clear()
         try:
             result['peak_bytes'] = _cpu_peak_from_rss(run)
             result['peak_method'] = 'rss (approximate)'
@@ -743,7 +770,7 @@ def _fmt(value, spec: str, missing: str = '-') -> str:
 
 
 def _mb(nbytes) -> Optional[float]:
-    return None if nbytes is None else nbytes / MB
+    return None if nbytes is None else nbytes / MIB
 
 
 def _agree_cell(row: Dict) -> str:
@@ -758,8 +785,8 @@ def _agree_cell(row: Dict) -> str:
 
 
 COLUMNS = ('loss', 'size', 'shape', 'mmdet ms', 'mmloss ms', 'speed-up',
-           'mmdet saved MB', 'mmloss saved MB', 'saved ratio',
-           'mmdet peak MB', 'mmloss peak MB', 'agree', 'target')
+           'mmdet saved MiB', 'mmloss saved MiB', 'saved ratio',
+           'mmdet peak MiB', 'mmloss peak MiB', 'agree', 'target')
 
 
 def table_rows(rows: List[Dict]) -> List[List[str]]:
@@ -808,8 +835,10 @@ def format_markdown(rows: List[Dict], meta: Dict) -> str:
         header, align, *body,
         '',
         '*ms*: median wall time of forward + backward. *speed-up*: mmdet ms '
-        '/ mmloss ms. *saved MB*: distinct storages kept alive for backward '
-        '(1 MB = 10^6 bytes). *saved ratio*: mmloss / mmdet. *peak MB*: '
+        '/ mmloss ms. *saved MiB*: the distinct storages the graph keeps '
+        'alive for backward, inputs included (the JSON also has '
+        '`saved_tensor_bytes`, every saved tensor counted, repeats '
+        'included). *saved ratio*: mmloss / mmdet. *peak MiB*: '
         'highest memory allocated above the start during forward + '
         f'backward ({", ".join(peak_methods) or "n/a"}). *agree*: loss '
         f'value and input gradient within rtol {RTOL:g}. *target*: the '
