@@ -31,7 +31,7 @@ FIRST_TO_LAND = ('FocalLoss', 'GIoULoss', 'GHMC')
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """``main`` sets the thread count; give the suite its single thread back."""
+    """``main`` sets the thread count; hand the suite its one thread back."""
     yield
     torch.set_num_threads(1)
 
