@@ -98,41 +98,59 @@ def check_label_range(loss_name: str, label: Tensor, high: int,
                             f'{loss_name}: {argument} out of range')
 
 
+def check_avg_factor(loss_name: str, reduction: str, avg_factor) -> None:
+    """Raise, naming the loss, if ``avg_factor`` comes with ``'sum'``."""
+    if reduction == 'sum' and avg_factor is not None:
+        raise ValueError(f'{loss_name}: avg_factor can not be used with '
+                         f'reduction="sum" (got avg_factor={avg_factor!r})')
+
+
 # --------------------------------------------------------------------------
 # Softmax cross-entropy
 # --------------------------------------------------------------------------
 class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     """Row-wise ``logsumexp(x_i) - x_il_i`` with an analytic backward.
 
-    Forward saves the logits, the labels and the per-row ``logsumexp``;
-    backward rebuilds ``softmax(x) - onehot(l)`` in a single N x C buffer.
-    (``F.cross_entropy`` keeps the N x C log-softmax for backward and builds
-    two N x C buffers there.) Half inputs are computed in float32.
+    Rows whose label is ``ignore_index`` give 0 and get no gradient. Forward
+    saves only the logits and the labels; backward rebuilds ``softmax(x) -
+    onehot(l)`` in a single N x C buffer. (``F.cross_entropy`` keeps its
+    N x C log-softmax for backward and builds two N x C buffers there.)
+    Half inputs are computed in float32.
 
     Args (of ``apply``):
         logits (Tensor): (N, C).
-        label (Tensor): (N,) int64 in ``[0, C)``.
+        label (Tensor): (N,) integer labels in ``[0, C)`` or
+            ``ignore_index``.
+        ignore_index (int): label of the rows to ignore.
 
     Returns:
         Tensor: (N,), float32 for half ``logits``, else their dtype.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, label: Tensor) -> Tensor:
+    def forward(ctx, logits: Tensor, label: Tensor,
+                ignore_index: int) -> Tensor:
         work = logits.to(_compute_dtype(logits))
-        lse = torch.logsumexp(work, dim=1)
-        picked = work.gather(1, label[:, None]).squeeze(1)
-        ctx.save_for_backward(logits, label, lse)
-        return lse - picked
+        valid = label != ignore_index
+        column = torch.where(valid, label, 0).long()[:, None]
+        # log_softmax is one fused pass, cheaper than logsumexp's max + exp
+        picked = torch.log_softmax(work, dim=1).gather(1, column).squeeze(1)
+        ctx.ignore_index = ignore_index
+        ctx.save_for_backward(logits, label)
+        return torch.where(valid, -picked, picked.new_zeros(()))
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        logits, label, lse = ctx.saved_tensors
-        grad_out = grad_out.to(lse.dtype)
-        grad = logits.to(lse.dtype).sub(lse[:, None]).exp_()
+        logits, label = ctx.saved_tensors
+        work_dtype = _compute_dtype(logits)
+        valid = label != ctx.ignore_index
+        column = torch.where(valid, label, 0).long()[:, None]
+        grad_out = torch.where(valid, grad_out.to(work_dtype),
+                               grad_out.new_zeros((), dtype=work_dtype))
+        grad = torch.softmax(logits.to(work_dtype), dim=1)
         grad.mul_(grad_out[:, None])
-        grad.scatter_add_(1, label[:, None], -grad_out[:, None])
-        return grad.to(logits.dtype), None
+        grad.scatter_add_(1, column, -grad_out[:, None])
+        return grad.to(logits.dtype), None, None
 
 
 def _softmax_cross_entropy_work(pred: Tensor, label: Tensor,
@@ -150,13 +168,12 @@ def _softmax_cross_entropy_work(pred: Tensor, label: Tensor,
         return F.cross_entropy(
             work, label, weight=class_weight, reduction='none',
             ignore_index=ignore_index)
-    valid = label != ignore_index
-    # ignored rows read column 0 and are zeroed below
-    safe_label = torch.where(valid, label, 0).long()
-    loss = SoftmaxCrossEntropyFunction.apply(pred, safe_label)
+    loss = SoftmaxCrossEntropyFunction.apply(pred, label, ignore_index)
     if class_weight is not None:
-        loss = loss * class_weight.to(loss.dtype)[safe_label]
-    return torch.where(valid, loss, loss.new_zeros(()))
+        valid = label != ignore_index
+        loss = loss * class_weight.to(loss.dtype)[torch.where(valid, label,
+                                                              0).long()]
+    return loss
 
 
 def softmax_cross_entropy(pred: Tensor,
@@ -585,6 +602,7 @@ class CrossEntropyLoss(BaseLoss):
             Tensor: the weighted loss.
         """
         reduction = self.resolve_reduction(reduction_override)
+        check_avg_factor(self.loss_name, reduction, avg_factor)
         if kwargs:
             raise TypeError(f'{self.loss_name}: unexpected arguments '
                             f'{sorted(kwargs)}')

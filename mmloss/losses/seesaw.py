@@ -1,2 +1,323 @@
-"""Placeholder: this family is being written."""
-__all__ = []
+"""Seesaw loss: cross-entropy re-balanced for long-tailed classification.
+
+Wang et al., "Seesaw Loss for Long-Tailed Instance Segmentation", CVPR 2021,
+https://arxiv.org/abs/2008.10032.
+
+For a sample of class ``l`` the logit of every other class ``j`` is shifted
+by ``log S_lj`` before the softmax cross-entropy, ``S_lj = M_lj * C_lj``::
+
+    M_lj = min(1, N_j / N_l) ** p            mitigation (N: cumulative counts,
+                                             clamped to >= 1)
+    C_lj = max(1, s_j / max(s_l, eps)) ** q  compensation (s = softmax(x),
+                                             no gradient)
+
+so ``log S_lj = p * min(0, log N_j - log N_l) + q * max(0, log s_j -
+max(log s_l, log eps))``, which is 0 for ``j == l``. Everything is computed
+in log space from the label vector: no C x C ratio matrix and no one-hot.
+
+:class:`SeesawLoss` works on ``num_classes + 2`` channels (the classes and a
+2-way objectness) and keeps the cumulative class counts ``cum_samples`` as a
+registered buffer (saved in checkpoints, same key as MMDetection's).
+"""
+from numbers import Integral
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..checks import check_integer_labels, check_positive, check_tensor
+from ..reduction import weight_reduce_loss
+from ..registry import MODELS
+from .base import BaseLoss
+from .cross_entropy import (SoftmaxCrossEntropyFunction, check_avg_factor,
+                            check_label_range,
+                            softmax_cross_entropy, top1_accuracy)
+
+__all__ = ['seesaw_log_weights', 'seesaw_ce_loss', 'SeesawLoss']
+
+
+def seesaw_log_weights(cls_score: Tensor, labels: Tensor,
+                       cum_samples: Tensor, p: float, q: float,
+                       eps: float) -> Tensor:
+    """``log S`` (N, C): the logit shift of every class for every sample.
+
+    Args:
+        cls_score (Tensor): (N, C) class logits (only read, no gradient).
+        labels (Tensor): (N,) labels in ``[0, C)``.
+        cum_samples (Tensor): (C,) cumulative sample count per class.
+        p (float): mitigation exponent (0 turns it off).
+        q (float): compensation exponent (0 turns it off).
+        eps (float): floor of the own-class score in the compensation.
+
+    Returns:
+        Tensor: (N, C) float, ``0`` at each sample's own class.
+    """
+    with torch.no_grad():
+        work = cls_score.detach()
+        if work.dtype in (torch.float16, torch.bfloat16):
+            work = work.float()
+        log_weights = work.new_zeros(work.shape)
+        if p > 0:
+            log_counts = cum_samples.to(work.dtype).clamp(min=1).log()
+            log_weights += (log_counts[None, :] -
+                            log_counts[labels][:, None]).clamp_(max=0) * p
+        if q > 0:
+            log_scores = work.log_softmax(dim=1)
+            own = log_scores.gather(1, labels[:, None]).clamp(
+                min=torch.log(work.new_tensor(eps)))
+            log_weights += (log_scores - own).clamp_(min=0) * q
+    return log_weights
+
+
+def _seesaw_rows(cls_score: Tensor, labels: Tensor, cum_samples: Tensor,
+                 p: float, q: float, eps: float, fast: bool) -> Tensor:
+    """Unweighted per-sample seesaw CE (N,), compute dtype."""
+    labels = labels.long()
+    if not fast:
+        return _seesaw_rows_plain(cls_score, labels, cum_samples, p, q, eps)
+    shifted = cls_score.to(torch.float32 if cls_score.dtype in (
+        torch.float16, torch.bfloat16) else cls_score.dtype)
+    shifted = shifted + seesaw_log_weights(cls_score, labels, cum_samples, p,
+                                           q, eps)
+    return SoftmaxCrossEntropyFunction.apply(shifted, labels, -100)
+
+
+def _seesaw_rows_plain(cls_score: Tensor, labels: Tensor,
+                       cum_samples: Tensor, p: float, q: float,
+                       eps: float) -> Tensor:
+    """The paper's formula, term by term (the reference of the fast path)."""
+    num_classes = cls_score.size(1)
+    onehot = F.one_hot(labels, num_classes).to(cls_score.dtype)
+    factors = cls_score.new_ones(cls_score.shape)
+    if p > 0:
+        counts = cum_samples.to(cls_score.dtype).clamp(min=1)
+        ratio = counts[None, :] / counts[labels][:, None]
+        factors = factors * torch.where(ratio < 1, ratio.pow(p), 1.0)
+    if q > 0:
+        scores = F.softmax(cls_score.detach(), dim=1)
+        own = scores.gather(1, labels[:, None]).clamp(min=eps)
+        ratio = scores / own
+        factors = factors * torch.where(ratio > 1, ratio.pow(q), 1.0)
+    shifted = cls_score + factors.log() * (1 - onehot)
+    return F.cross_entropy(shifted, labels, reduction='none')
+
+
+def seesaw_ce_loss(cls_score: Tensor,
+                   labels: Tensor,
+                   label_weights: Optional[Tensor],
+                   cum_samples: Tensor,
+                   num_classes: int,
+                   p: float,
+                   q: float,
+                   eps: float,
+                   reduction: str = 'mean',
+                   avg_factor: Optional[Union[float, Tensor]] = None,
+                   fast: bool = True) -> Tensor:
+    """Seesaw cross-entropy of class logits (see the module docstring).
+
+    Args:
+        cls_score (Tensor): (N, num_classes) logits.
+        labels (Tensor): (N,) labels in ``[0, num_classes)``.
+        label_weights (Tensor, optional): (N,) per-sample weight.
+        cum_samples (Tensor): (num_classes,) cumulative counts.
+        num_classes (int): number of classes.
+        p, q, eps (float): see :func:`seesaw_log_weights`.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        avg_factor (float | Tensor, optional): denominator of the mean.
+        fast (bool): log-space shift + analytic-backward softmax CE;
+            ``False`` runs the term-by-term formula.
+
+    Returns:
+        Tensor: the reduced loss.
+    """
+    if cls_score.size(-1) != num_classes or cum_samples.numel() != \
+            num_classes:
+        raise ValueError(
+            f'seesaw_ce_loss: cls_score has shape {tuple(cls_score.shape)} '
+            f'and cum_samples {tuple(cum_samples.shape)}, but num_classes '
+            f'is {num_classes}')
+    loss = _seesaw_rows(cls_score, labels, cum_samples, p, q, eps, fast)
+    if label_weights is not None:
+        label_weights = label_weights.to(loss.dtype)
+    return weight_reduce_loss(loss, label_weights, reduction,
+                              avg_factor).to(cls_score.dtype)
+
+
+@MODELS.register_module()
+class SeesawLoss(BaseLoss):
+    """Seesaw loss with a 2-way objectness branch (MMDetection 3.3's twin).
+
+    The classifier has ``num_classes + 2`` channels: the class logits, then
+    (object, background) logits. Labels lie in ``[0, num_classes]``, with
+    ``num_classes`` the background. The class term covers the foreground
+    samples only; the objectness term is a softmax CE over all samples.
+
+    Args:
+        use_sigmoid (bool): must be False (only softmax is defined).
+        p (float): mitigation exponent. Defaults to 0.8.
+        q (float): compensation exponent. Defaults to 2.0.
+        num_classes (int): foreground classes (1203 for LVIS v1).
+        eps (float): floor of the own-class score. Defaults to 1e-2.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        loss_weight (float): factor applied to both terms.
+        return_dict (bool): return ``{'loss_cls_objectness',
+            'loss_cls_classes'}`` instead of their sum.
+    """
+
+    def __init__(self,
+                 use_sigmoid: bool = False,
+                 p: float = 0.8,
+                 q: float = 2.0,
+                 num_classes: int = 1203,
+                 eps: float = 1e-2,
+                 reduction: str = 'mean',
+                 loss_weight: float = 1.0,
+                 return_dict: bool = True) -> None:
+        super().__init__(reduction, loss_weight)
+        if use_sigmoid:
+            raise ValueError(f'{self.loss_name}: use_sigmoid=True is not '
+                             'supported, only softmax')
+        if isinstance(num_classes, bool) or not isinstance(
+                num_classes, Integral) or num_classes <= 0:
+            raise ValueError(f'{self.loss_name}: num_classes must be a '
+                             f'positive int, but got {num_classes!r}')
+        self.use_sigmoid = False
+        self.p = check_positive(self.loss_name, 'p', p, allow_zero=True)
+        self.q = check_positive(self.loss_name, 'q', q, allow_zero=True)
+        self.eps = check_positive(self.loss_name, 'eps', eps)
+        self.num_classes = int(num_classes)
+        self.return_dict = bool(return_dict)
+        # cumulative samples per label (the background last); persistent,
+        # so a resumed run continues the same re-balancing
+        self.register_buffer(
+            'cum_samples', torch.zeros(self.num_classes + 1,
+                                       dtype=torch.float))
+        self.custom_cls_channels = True
+        self.custom_activation = True
+        self.custom_accuracy = True
+
+    def extra_repr(self) -> str:
+        return (f'{super().extra_repr()}, p={self.p}, q={self.q}, '
+                f'num_classes={self.num_classes}, eps={self.eps}')
+
+    def _split_cls_score(self, cls_score: Tensor) -> Tuple[Tensor, Tensor]:
+        """(..., C + 2) -> class logits (..., C), objectness (..., 2)."""
+        if cls_score.size(-1) != self.num_classes + 2:
+            raise ValueError(
+                f'{self.loss_name}: cls_score must have num_classes + 2 = '
+                f'{self.num_classes + 2} channels, but has shape '
+                f'{tuple(cls_score.shape)}')
+        return cls_score[..., :-2], cls_score[..., -2:]
+
+    def get_cls_channels(self, num_classes: int) -> int:
+        """The classifier needs ``num_classes + 2`` channels."""
+        if num_classes != self.num_classes:
+            raise ValueError(f'{self.loss_name}: the head has {num_classes} '
+                             f'classes but the loss {self.num_classes}')
+        return num_classes + 2
+
+    def get_activation(self, cls_score: Tensor) -> Tensor:
+        """Scores (..., C + 1): ``softmax(classes) * P(object)``, then
+        ``P(background)``."""
+        classes, objectness = self._split_cls_score(cls_score)
+        objectness = F.softmax(objectness, dim=-1)
+        return torch.cat([
+            F.softmax(classes, dim=-1) * objectness[..., :1],
+            objectness[..., 1:]
+        ], dim=-1)
+
+    def get_accuracy(self, cls_score: Tensor,
+                     labels: Tensor) -> Dict[str, Tensor]:
+        """Top-1 accuracy of the objectness and of the foreground classes."""
+        positive = labels < self.num_classes
+        classes, objectness = self._split_cls_score(cls_score)
+        return dict(
+            acc_objectness=top1_accuracy(
+                objectness, (labels == self.num_classes).long()),
+            acc_classes=top1_accuracy(classes[positive], labels[positive]))
+
+    def _check_inputs(self, cls_score: Tensor, labels: Tensor,
+                      label_weights: Optional[Tensor]) -> None:
+        name = self.loss_name
+        check_tensor(name, 'cls_score', cls_score)
+        check_tensor(name, 'labels', labels)
+        check_integer_labels(name, labels, 'labels')
+        if cls_score.dim() != 2 or cls_score.size(1) != self.num_classes + 2:
+            raise ValueError(
+                f'{name}: cls_score must have shape (N, num_classes + 2 = '
+                f'{self.num_classes + 2}), but has shape '
+                f'{tuple(cls_score.shape)}')
+        if labels.shape != cls_score.shape[:1]:
+            raise ValueError(f'{name}: cls_score has shape '
+                             f'{tuple(cls_score.shape)} but labels has shape '
+                             f'{tuple(labels.shape)}')
+        if label_weights is not None:
+            check_tensor(name, 'label_weights', label_weights)
+            if label_weights.shape != labels.shape:
+                raise ValueError(
+                    f'{name}: label_weights has shape '
+                    f'{tuple(label_weights.shape)} but labels has shape '
+                    f'{tuple(labels.shape)}')
+        check_label_range(name, labels, self.num_classes,
+                          high_inclusive=True, argument='labels')
+
+    def _class_loss(self, classes: Tensor, labels: Tensor,
+                    label_weights: Tensor, reduction: str,
+                    avg_factor) -> Tensor:
+        """Seesaw CE over the foreground samples only.
+
+        Selecting them costs one host sync (MMDetection syncs once per
+        distinct label), but keeps only foreground rows for backward.
+        """
+        index = (labels < self.num_classes).nonzero().squeeze(1)
+        if index.numel() == 0:
+            # MMDetection's value here: the sum of no rows
+            return classes[index].sum()
+        return self.loss_weight * seesaw_ce_loss(
+            classes[index], labels[index], label_weights[index],
+            self.cum_samples[:self.num_classes], self.num_classes, self.p,
+            self.q, self.eps, reduction, avg_factor)
+
+    def forward(
+        self,
+        cls_score: Tensor,
+        labels: Tensor,
+        label_weights: Optional[Tensor] = None,
+        avg_factor: Optional[Union[float, Tensor]] = None,
+        reduction_override: Optional[str] = None
+    ) -> Union[Tensor, Dict[str, Tensor]]:
+        """Compute the loss and update ``cum_samples`` with ``labels``.
+
+        Args:
+            cls_score (Tensor): (N, num_classes + 2) logits.
+            labels (Tensor): (N,) labels in ``[0, num_classes]``.
+            label_weights (Tensor, optional): (N,) per-sample weight.
+            avg_factor (float | Tensor, optional): denominator of the mean.
+            reduction_override (str, optional): reduction for this call.
+
+        Returns:
+            Tensor | dict: the summed loss, or the two terms by name if
+            ``return_dict``.
+        """
+        reduction = self.resolve_reduction(reduction_override)
+        check_avg_factor(self.loss_name, reduction, avg_factor)
+        self._check_inputs(cls_score, labels, label_weights)
+        labels = labels.long()
+        # count before computing, as MMDetection does; one scatter, no loop
+        self.cum_samples.index_add_(
+            0, labels, torch.ones_like(labels, dtype=self.cum_samples.dtype))
+        if label_weights is None:
+            label_weights = labels.new_ones(labels.shape, dtype=torch.float)
+        else:
+            label_weights = label_weights.float()
+        classes, objectness = self._split_cls_score(cls_score)
+        loss_classes = self._class_loss(classes, labels, label_weights,
+                                        reduction, avg_factor)
+        loss_objectness = self.loss_weight * softmax_cross_entropy(
+            objectness, (labels == self.num_classes).long(), label_weights,
+            reduction, avg_factor)
+        if self.return_dict:
+            return dict(loss_cls_objectness=loss_objectness,
+                        loss_cls_classes=loss_classes)
+        return loss_classes + loss_objectness

@@ -1,0 +1,389 @@
+"""CrossEntropyLoss / CrossEntropyCustomLoss against MMDetection 3.3."""
+import warnings
+
+import pytest
+import torch
+
+import mmloss
+from mmloss.losses.cross_entropy import (SigmoidOneHotCrossEntropyFunction,
+                                         SoftmaxCrossEntropyFunction,
+                                         binary_cross_entropy,
+                                         softmax_cross_entropy)
+from tests.helpers import assert_close
+
+REDUCTIONS = ('none', 'mean', 'sum')
+CLASS_WEIGHT = [1.0, 2.0, 0.5, 1.5, 3.0, 0.25, 1.0]
+C = len(CLASS_WEIGHT)
+
+
+def build_pair(mmdet_losses, name='CrossEntropyLoss', **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return (getattr(mmdet_losses, name)(**kwargs),
+                getattr(mmloss, name)(**kwargs))
+
+
+def run_pair(ref, ours, pred, *args, **kwargs):
+    """Values and input gradients of both modules."""
+    outs, grads = [], []
+    for module in (ref, ours):
+        x = pred.detach().clone().requires_grad_()
+        out = module(x, *args, **kwargs)
+        # a random projection checks every element of the gradient
+        proj = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+        (out * proj).sum().backward()
+        outs.append(out.detach())
+        grads.append(x.grad)
+    return outs, grads
+
+
+def assert_parity(ref, ours, pred, *args, what='', **kwargs):
+    (a, b), (ga, gb) = run_pair(ref, ours, pred, *args, **kwargs)
+    assert b.shape == a.shape, what
+    assert_close(b, a, what=f'{what} value')
+    assert_close(gb, ga, what=f'{what} grad')
+
+
+# ---------------------------------------------------------------- parity
+@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+@pytest.mark.parametrize('use_sigmoid', [False, True])
+def test_parity_grid(mmdet_losses, seed, reduction, use_sigmoid):
+    g = torch.Generator().manual_seed(seed)
+    n = 64
+    pred = torch.randn(n, C, generator=g) * 3
+    high = C + 1 if use_sigmoid else C
+    label = torch.randint(0, high, (n,), generator=g)
+    weight = torch.rand(n, generator=g)
+    for cw in (None, CLASS_WEIGHT):
+        ref, ours = build_pair(mmdet_losses, use_sigmoid=use_sigmoid,
+                               reduction=reduction, class_weight=cw,
+                               loss_weight=0.7)
+        what = f'sigmoid={use_sigmoid} {reduction} cw={cw is not None}'
+        assert_parity(ref, ours, pred, label, what=what)
+        assert_parity(ref, ours, pred, label, weight, what=what + ' w')
+        if reduction == 'mean':
+            for avg in (0, 0.0, 17.5, torch.tensor(9.0)):
+                assert_parity(ref, ours, pred, label, weight,
+                              avg_factor=avg, what=f'{what} avg={avg}')
+        for override in REDUCTIONS:
+            assert_parity(ref, ours, pred, label, weight,
+                          reduction_override=override,
+                          what=f'{what} override={override}')
+
+
+@pytest.mark.parametrize('use_sigmoid', [False, True])
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+def test_parity_ignore_index_avg_non_ignore(mmdet_losses, use_sigmoid,
+                                            reduction):
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randn(50, C, generator=g)
+    label = torch.randint(0, C, (50,), generator=g)
+    label[::4] = 255
+    if use_sigmoid:
+        label[1::7] = -1  # negative labels: ignored by the sigmoid path
+        label[2::9] = C   # background
+    weight = torch.rand(50, generator=g)
+    for avg_non_ignore in (False, True):
+        ref, ours = build_pair(mmdet_losses, use_sigmoid=use_sigmoid,
+                               reduction=reduction, ignore_index=255,
+                               avg_non_ignore=avg_non_ignore)
+        assert_parity(ref, ours, pred, label, weight,
+                      what=f'avg_non_ignore={avg_non_ignore}')
+        # ignore_index given to forward overrides the module's
+        assert_parity(ref, ours, pred, torch.where(label == 255, 3, label),
+                      weight, ignore_index=3, what='forward ignore_index')
+
+
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+def test_parity_sigmoid_dense_targets(mmdet_losses, reduction):
+    """pred and label with the same dims: label is the (soft) target."""
+    g = torch.Generator().manual_seed(4)
+    pred = torch.randn(30, C, generator=g)
+    target = torch.rand(30, C, generator=g)
+    target[0, 0] = -1  # negative target: masked out, as MMDetection does
+    ref, ours = build_pair(mmdet_losses, use_sigmoid=True,
+                           reduction=reduction, avg_non_ignore=True)
+    assert_parity(ref, ours, pred, target)
+    assert_parity(ref, ours, pred, target, torch.rand(30, 1, generator=g))
+    # RPN-style (N,) logits with (N,) integer labels
+    logits = torch.randn(40, generator=g)
+    labels = torch.randint(0, 2, (40,), generator=g)
+    assert_parity(ref, ours, logits, labels, torch.rand(40, generator=g))
+
+
+def test_parity_softmax_dense_prediction(mmdet_losses):
+    """(N, C, H, W) logits with (N, H, W) labels (segmentation heads)."""
+    g = torch.Generator().manual_seed(5)
+    pred = torch.randn(2, C, 5, 6, generator=g)
+    label = torch.randint(0, C, (2, 5, 6), generator=g)
+    label[0, 0] = 255
+    for reduction in REDUCTIONS:
+        ref, ours = build_pair(mmdet_losses, reduction=reduction,
+                               ignore_index=255, avg_non_ignore=True,
+                               class_weight=CLASS_WEIGHT)
+        assert_parity(ref, ours, pred, label, what=reduction)
+
+
+def test_parity_mask(mmdet_losses):
+    g = torch.Generator().manual_seed(6)
+    pred = torch.randn(6, 4, 7, 7, generator=g)
+    target = torch.rand(6, 7, 7, generator=g)
+    labels = torch.randint(0, 4, (6,), generator=g)
+    ref, ours = build_pair(mmdet_losses, use_mask=True, loss_weight=2.0)
+    assert_parity(ref, ours, pred, target, labels)
+    ref, ours = build_pair(mmdet_losses, use_mask=True,
+                           class_weight=[0.5] * 7)
+    assert_parity(ref, ours, pred, target, labels, what='class_weight')
+    # MMDetection: NaN for no RoIs; ours: 0 that backpropagates
+    empty = torch.zeros(0, 4, 7, 7, requires_grad=True)
+    out = ours(empty, torch.zeros(0, 7, 7), torch.zeros(0, dtype=torch.long))
+    assert out.shape == (1,) and out.item() == 0
+    out.sum().backward()
+
+
+@pytest.mark.parametrize('use_sigmoid', [False, True])
+def test_parity_realistic_size(mmdet_losses, use_sigmoid):
+    g = torch.Generator().manual_seed(7)
+    n, c = 100_000, 80 if use_sigmoid else 81
+    pred = torch.randn(n, c, generator=g) * 2
+    label = torch.randint(0, 81, (n,), generator=g)
+    weight = torch.rand(n, generator=g)
+    ref, ours = build_pair(mmdet_losses, use_sigmoid=use_sigmoid)
+    (a, b), (ga, gb) = run_pair(ref, ours, pred, label, weight,
+                                avg_factor=1234.0)
+    assert_close(b, a, what='value')
+    assert_close(gb, ga, what='grad')
+
+
+def test_custom_loss_parity(mmdet_losses):
+    g = torch.Generator().manual_seed(8)
+    for use_sigmoid in (False, True):
+        ref, ours = build_pair(mmdet_losses, 'CrossEntropyCustomLoss',
+                               use_sigmoid=use_sigmoid, num_classes=6)
+        for attr in ('custom_cls_channels', 'custom_activation',
+                     'custom_accuracy'):
+            assert getattr(ours, attr) is True
+        channels = ref.get_cls_channels(6)
+        assert ours.get_cls_channels(6) == channels
+        score = torch.randn(20, channels, generator=g)
+        labels = torch.randint(0, 7, (20,), generator=g)
+        assert_close(ours.get_activation(score), ref.get_activation(score))
+        acc_ref = ref.get_accuracy(score, labels)
+        acc = ours.get_accuracy(score, labels)
+        assert_close(acc['acc_classes'], acc_ref['acc_classes'])
+        if not use_sigmoid:
+            assert_parity(ref, ours, score, labels, what='custom loss')
+    with pytest.raises(ValueError, match='CrossEntropyCustomLoss'):
+        mmloss.CrossEntropyCustomLoss()
+    with pytest.raises(ValueError, match='CrossEntropyCustomLoss'):
+        mmloss.CrossEntropyCustomLoss(num_classes=3).get_cls_channels(4)
+
+
+def test_head_attributes(mmdet_losses):
+    ref, ours = build_pair(mmdet_losses, use_sigmoid=True)
+    assert ours.use_sigmoid is True
+    for attr in ('custom_cls_channels', 'custom_activation',
+                 'custom_accuracy'):
+        assert getattr(ours, attr, False) == getattr(ref, attr, False)
+
+
+def test_registry_build():
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    ours = MODELS.build(dict(type='mmloss.CrossEntropyLoss',
+                             use_sigmoid=True, loss_weight=2.0))
+    assert type(ours) is mmloss.CrossEntropyLoss and ours.loss_weight == 2
+    assert type(MODELS.build(dict(type='CrossEntropyLoss'))) \
+        is not mmloss.CrossEntropyLoss
+
+
+def test_no_warning_on_default_paths():
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        mmloss.CrossEntropyLoss()
+        mmloss.CrossEntropyLoss(use_sigmoid=True, ignore_index=3,
+                                avg_non_ignore=True)
+        mmloss.CrossEntropyLoss(ignore_index=3, reduction='sum')
+    with pytest.warns(UserWarning, match='avg_non_ignore'):
+        mmloss.CrossEntropyLoss(ignore_index=3)
+
+
+# ---------------------------------------------- fast paths vs plain formula
+def test_fast_matches_plain():
+    g = torch.Generator().manual_seed(9)
+    pred = torch.randn(40, C, generator=g, dtype=torch.float64)
+    label = torch.randint(0, C + 1, (40,), generator=g)
+    label[3] = -100
+    weight = torch.rand(40, generator=g, dtype=torch.float64)
+    cw = torch.tensor(CLASS_WEIGHT, dtype=torch.float64)
+    for reduction in ('mean', 'sum'):
+        for fn, lab in ((softmax_cross_entropy, label.clamp(max=C - 1)),
+                        (binary_cross_entropy, label)):
+            results = []
+            for fast in (True, False):
+                x = pred.clone().requires_grad_()
+                out = fn(x, lab, weight, reduction, class_weight=cw,
+                         fast=fast)
+                out.backward()
+                results.append((out.detach(), x.grad))
+            assert_close(results[0][0], results[1][0], rtol=1e-12,
+                         atol=1e-12, what=f'{fn.__name__} value')
+            assert_close(results[0][1], results[1][1], rtol=1e-12,
+                         atol=1e-12, what=f'{fn.__name__} grad')
+
+
+def test_gradcheck():
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64,
+                    requires_grad=True)
+    label = torch.tensor([0, 4, 2, -100, 1, 3])
+    assert torch.autograd.gradcheck(
+        lambda t: SoftmaxCrossEntropyFunction.apply(t, label, -100), (x,))
+    bin_label = torch.tensor([0, 5, 2, -1, 4, 3])
+    pw = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda t: SigmoidOneHotCrossEntropyFunction.apply(t, bin_label, pw),
+        (x,))
+    weight = torch.rand(6, generator=g, dtype=torch.float64,
+                        requires_grad=True)
+    for use_sigmoid in (False, True):
+        loss = mmloss.CrossEntropyLoss(use_sigmoid=use_sigmoid,
+                                       class_weight=[1, 2, 3, 4, 5])
+        lab = bin_label if use_sigmoid else label
+        assert torch.autograd.gradcheck(
+            lambda t, w: loss(t, lab, w, avg_factor=3.0), (x, weight))
+
+
+def test_hand_computed():
+    # softmax: -log(e^2 / (e^0 + e^2)) = log(1 + e^-2)
+    pred = torch.tensor([[0.0, 2.0]])
+    out = mmloss.CrossEntropyLoss()(pred, torch.tensor([1]))
+    assert_close(out, torch.log1p(torch.exp(torch.tensor(-2.0))))
+    # sigmoid one-hot: softplus(0) + softplus(-2) for label 1
+    out = mmloss.CrossEntropyLoss(use_sigmoid=True, reduction='sum')(
+        pred, torch.tensor([1]))
+    expected = torch.nn.functional.softplus(torch.tensor(0.0)) + \
+        torch.nn.functional.softplus(torch.tensor(-2.0))
+    assert_close(out, expected)
+
+
+# ------------------------------------------------------------- hardening
+@pytest.mark.parametrize('use_sigmoid', [False, True])
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+def test_empty_input(use_sigmoid, reduction):
+    loss = mmloss.CrossEntropyLoss(use_sigmoid=use_sigmoid,
+                                   reduction=reduction)
+    pred = torch.zeros(0, C, requires_grad=True)
+    out = loss(pred, torch.zeros(0, dtype=torch.long))
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert pred.grad is not None and pred.grad.shape == pred.shape
+
+
+@pytest.mark.parametrize('use_sigmoid', [False, True])
+def test_all_ignored(mmdet_losses, use_sigmoid):
+    """Every label ignored with avg_non_ignore: the mean is 0, finite."""
+    pred = torch.randn(10, C, requires_grad=True)
+    label = torch.full((10,), 255)
+    ref, ours = build_pair(mmdet_losses, use_sigmoid=use_sigmoid,
+                           ignore_index=255, avg_non_ignore=True)
+    out = ours(pred, label)
+    assert out.item() == 0
+    out.backward()
+    assert torch.equal(pred.grad, torch.zeros_like(pred))
+    assert_close(out, ref(pred, label))
+
+
+def test_all_zero_weight():
+    pred = torch.randn(10, C, requires_grad=True)
+    out = mmloss.CrossEntropyLoss()(pred, torch.zeros(10, dtype=torch.long),
+                                    torch.zeros(10))
+    assert out.item() == 0
+    out.backward()
+
+
+@pytest.mark.parametrize('use_sigmoid', [False, True])
+def test_extreme_logits(mmdet_losses, use_sigmoid):
+    pred = torch.tensor([[100.0, -100.0, 0.0], [-100.0, 100.0, -100.0]])
+    label = torch.tensor([1, 2])
+    ref, ours = build_pair(mmdet_losses, use_sigmoid=use_sigmoid)
+    assert_parity(ref, ours, pred, label)
+    assert torch.isfinite(ours(pred, label))
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('use_sigmoid', [False, True])
+def test_half_precision(dtype, use_sigmoid):
+    g = torch.Generator().manual_seed(11)
+    pred = (torch.randn(3000, C, generator=g) * 4)
+    label = torch.randint(0, C, (3000,), generator=g)
+    loss = mmloss.CrossEntropyLoss(use_sigmoid=use_sigmoid,
+                                   reduction='sum')
+    x = pred.to(dtype).requires_grad_()
+    out = loss(x, label)
+    assert out.dtype == dtype and torch.isfinite(out)
+    out.backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
+    # the float32 sum would overflow a float16 accumulator (> 65504)
+    expected = loss(pred.to(dtype).float(), label)
+    assert_close(out.float(), expected, rtol=1e-2, atol=0)
+
+
+@pytest.mark.parametrize('use_sigmoid', [False, True])
+def test_nan_propagates(use_sigmoid):
+    pred = torch.randn(4, C)
+    pred[1, 2] = float('nan')
+    out = mmloss.CrossEntropyLoss(use_sigmoid=use_sigmoid)(
+        pred, torch.tensor([0, 1, 2, 3]))
+    assert torch.isnan(out)
+
+
+def test_invalid_inputs():
+    ce = mmloss.CrossEntropyLoss()
+    bce = mmloss.CrossEntropyLoss(use_sigmoid=True)
+    pred = torch.randn(5, C)
+    with pytest.raises(TypeError, match='CrossEntropyLoss'):
+        ce(pred, torch.zeros(5))
+    with pytest.raises(TypeError, match='CrossEntropyLoss'):
+        bce(pred, torch.zeros(5))
+    with pytest.raises(ValueError, match='CrossEntropyLoss.*7'):
+        ce(pred, torch.tensor([0, 1, 7, 2, 3]))
+    with pytest.raises(ValueError, match='CrossEntropyLoss'):
+        ce(pred, torch.tensor([0, 1, -3, 2, 3]))
+    with pytest.raises(ValueError, match='CrossEntropyLoss'):
+        bce(pred, torch.tensor([0, 1, C + 1, 2, 3]))
+    with pytest.raises(ValueError, match='CrossEntropyLoss'):
+        ce(pred, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match='CrossEntropyLoss'):
+        ce(pred, torch.zeros(5, dtype=torch.long), torch.ones(4))
+    with pytest.raises(ValueError, match='CrossEntropyLoss'):
+        bce(pred, torch.zeros(5, dtype=torch.long), torch.ones(4))
+    with pytest.raises(ValueError, match='CrossEntropyLoss'):
+        ce(pred, torch.zeros(5, dtype=torch.long), reduction_override='avg')
+    with pytest.raises(ValueError, match='CrossEntropyLoss'):
+        mmloss.CrossEntropyLoss(class_weight=[1.0, 2.0])(
+            pred, torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match='CrossEntropyLoss'):
+        ce(pred, torch.zeros(5, dtype=torch.long), reduction_override='sum',
+           avg_factor=2.0)
+    with pytest.raises(TypeError, match='CrossEntropyLoss'):
+        ce(pred, torch.zeros(5, dtype=torch.long), bogus=1)
+    with pytest.raises(ValueError, match='CrossEntropyLoss'):
+        mmloss.CrossEntropyLoss(loss_weight=-1.0)
+    with pytest.raises(ValueError, match='CrossEntropyLoss'):
+        mmloss.CrossEntropyLoss(reduction='avg')
+    with pytest.raises(ValueError, match='CrossEntropyLoss'):
+        mmloss.CrossEntropyLoss(use_sigmoid=True, use_mask=True)
+    with pytest.raises(TypeError, match='CrossEntropyLoss'):
+        mmloss.CrossEntropyLoss(class_weight='heavy')
+    with pytest.raises(TypeError, match='CrossEntropyLoss'):
+        mmloss.CrossEntropyLoss(ignore_index=2.5)
+    mask = mmloss.CrossEntropyLoss(use_mask=True)
+    with pytest.raises(ValueError, match='CrossEntropyLoss'):
+        mask(torch.randn(2, 3, 4, 4), torch.rand(2, 4, 4),
+             torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match='CrossEntropyLoss'):
+        mask(torch.randn(2, 3, 4, 4), torch.rand(2, 4, 5),
+             torch.tensor([0, 1]))
