@@ -58,14 +58,15 @@ def _present(names):
 def test_case_table_covers_issue_losses():
     keys = {c.key for c in bench.CASES}
     twins = {'FocalLoss', 'GHMC', 'GHMR', 'CrossEntropyLoss',
-             'CrossEntropyLoss(sigmoid)', 'VarifocalLoss', 'QualityFocalLoss',
+             'CrossEntropyLoss(sigmoid)', 'CrossEntropyCustomLoss',
+             'VarifocalLoss', 'QualityFocalLoss',
              'DistributionFocalLoss', 'GaussianFocalLoss', 'SeesawLoss',
              'KnowledgeDistillationKLDivLoss', 'DiceLoss', 'L1Loss',
              'SmoothL1Loss', 'BalancedL1Loss', 'MSELoss', 'IoULoss',
              'GIoULoss', 'DIoULoss', 'CIoULoss', 'EIoULoss', 'SIoULoss',
              'BoundedIoULoss'}
     only_ours = {'AlphaIoULoss', 'WiseIoULoss', 'MPDIoULoss', 'NWDLoss',
-                 'Poly1FocalLoss'}
+                 'Poly1FocalLoss', 'FocalEIoULoss', 'VariantIoULoss'}
     assert keys == twins | only_ours
     assert {c.key for c in bench.CASES if not c.in_mmdet} == only_ours
     assert len(keys) == len(bench.CASES)

@@ -243,6 +243,8 @@ CASES: Tuple[Case, ...] = (
          softmax_cls_inputs),
     Case('CrossEntropyLoss(sigmoid)', 'CrossEntropyLoss',
          dict(use_sigmoid=True), sigmoid_cls_inputs),
+    Case('CrossEntropyCustomLoss', 'CrossEntropyCustomLoss',
+         dict(use_sigmoid=False, num_classes=NUM_CLASSES), softmax_cls_inputs),
     Case('VarifocalLoss', 'VarifocalLoss', dict(use_sigmoid=True, alpha=0.75,
                                                 gamma=2.0, iou_weighted=True),
          varifocal_inputs),
@@ -276,7 +278,11 @@ CASES: Tuple[Case, ...] = (
     # mmloss only: benchmarked alone, no mmdet column.
     Case('AlphaIoULoss', 'AlphaIoULoss', dict(), box_inputs, in_mmdet=False),
     Case('WiseIoULoss', 'WiseIoULoss', dict(), box_inputs, in_mmdet=False),
-    Case('MPDIoULoss', 'MPDIoULoss', dict(), box_inputs, in_mmdet=False),
+    Case('MPDIoULoss', 'MPDIoULoss', dict(img_size=(1024, 1024)), box_inputs,
+         in_mmdet=False),
+    Case('FocalEIoULoss', 'FocalEIoULoss', dict(), box_inputs, in_mmdet=False),
+    Case('VariantIoULoss', 'VariantIoULoss', dict(), box_inputs,
+         in_mmdet=False),
     Case('NWDLoss', 'NWDLoss', dict(), box_inputs, in_mmdet=False),
     Case('Poly1FocalLoss', 'Poly1FocalLoss', dict(), sigmoid_cls_inputs,
          in_mmdet=False),
@@ -950,6 +956,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print('mmdet is not installed: benchmarking mmloss alone',
               file=sys.stderr)
     meta = collect_meta(args, device)
+    uncovered = sorted(set(mmloss_registry().module_dict)
+                       - {case.loss_type for case in CASES})
+    if uncovered:
+        print(f'note: no benchmark case for {", ".join(uncovered)}',
+              file=sys.stderr)
     jobs = [(case, size) for case in args.cases for size in args.sizes]
     bar = progress_bar(len(jobs), disable=args.no_progress)
     rows = []
