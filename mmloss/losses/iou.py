@@ -1,2 +1,1091 @@
-"""Placeholder: this family is being written."""
-__all__ = []
+"""The IoU family of box-regression losses.
+
+Boxes are ``(x1, y1, x2, y2)``, shape ``(..., 4)``; ``pred[i]`` is compared
+with ``target[i]``. Every loss is built from :mod:`mmloss.geometry`:
+
+* MMDetection 3.3 twins (same names, arguments, defaults and values):
+  :func:`iou_loss`, :func:`giou_loss`, :func:`diou_loss`, :func:`ciou_loss`,
+  :func:`eiou_loss`, :func:`siou_loss`, :func:`bounded_iou_loss` and the
+  modules ``IoULoss``, ``GIoULoss``, ``DIoULoss``, ``CIoULoss``, ``EIoULoss``,
+  ``SIoULoss``, ``BoundedIoULoss``.
+* Newer losses: Alpha-IoU, Wise-IoU (v1/v2/v3), MPDIoU, Focal-EIoU, and the
+  Inner-IoU / Focaler-IoU modifiers that apply to every IoU variant.
+
+Speed: IoU, GIoU, DIoU and CIoU run through ``torch.autograd.Function``s
+whose backward is written by hand. They save only ``pred`` and ``target``
+and recompute the few intermediates in backward, where autograd would keep
+about a dozen per-box tensors alive. ``fast=False`` selects the plain
+autograd formula (the tests check that both agree).
+
+Deliberate differences from MMDetection (all where mmdet gives NaN/Inf or
+has no defined result):
+
+* CIoU of identical boxes: mmdet's trade-off weight ``v / (1 - IoU + v)`` is
+  ``0/0``; here it is 0 (the aspect term vanishes), so the loss is finite.
+* Half/bfloat16 boxes are computed in float32 and cast back, so areas of
+  boxes a few hundred pixels wide no longer overflow to Inf.
+* SIoU of two zero-width (or zero-height) boxes: mmdet's shape term is
+  ``0/0``; here it is 0 (equal widths).
+* The mean of an empty input is 0 (connected to the graph), not NaN.
+* All-zero weights: mmdet returns ``(pred * weight).sum()`` after checking
+  ``any(weight > 0)`` on the host; here the ordinary weighted reduction
+  gives the same zero (and zero gradient) without a host sync. With
+  ``reduction='none'`` the result therefore keeps its element-wise shape
+  (mmdet returns a scalar 0 there for every loss but ``IoULoss``).
+"""
+import math
+import warnings
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .. import geometry as geo
+from ..checks import (check_box_shape, check_in_range, check_positive,
+                      check_tensor, check_weight_shape)
+from ..reduction import weight_reduce_loss, weighted_loss
+from ..registry import MODELS
+from .base import BaseLoss
+
+__all__ = [
+    # metrics (similarities, plain autograd)
+    'iou_terms', 'focaler_iou',
+    # mmdet twins
+    'iou_loss', 'giou_loss', 'diou_loss', 'ciou_loss', 'eiou_loss',
+    'siou_loss', 'bounded_iou_loss',
+    # beyond mmdet
+    'variant_iou_loss', 'alpha_iou_loss', 'wise_iou_loss', 'mpdiou_loss',
+    'focal_eiou_loss',
+    # modules
+    'IoULoss', 'GIoULoss', 'DIoULoss', 'CIoULoss', 'EIoULoss', 'SIoULoss',
+    'BoundedIoULoss', 'VariantIoULoss', 'AlphaIoULoss', 'WiseIoULoss',
+    'MPDIoULoss', 'FocalEIoULoss'
+]
+
+IOU_MODES = ('iou', 'giou', 'diou', 'ciou')
+SCALE_MODES = ('linear', 'square', 'log')
+
+# ``bbox_overlaps`` (used by mmdet's IoU loss) floors the union at this.
+_UNION_FLOOR = 1e-6
+
+
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` where ``den != 0``, else ``0`` (for ``0 / 0`` limits).
+
+    The denominator is replaced before dividing, so no NaN reaches the
+    gradient of the branch that is thrown away.
+    """
+    zero = den == 0
+    return torch.where(zero, torch.zeros_like(num),
+                       num / torch.where(zero, torch.ones_like(den), den))
+
+
+# ---------------------------------------------------------------------------
+# Metrics: IoU and its penalties, composed from the geometry
+# ---------------------------------------------------------------------------
+def _diou_terms(pred: Tensor, target: Tensor, eps: float):
+    """IoU ``I/(U+eps)`` and DIoU's penalty ``rho**2 / (c**2 + eps)``."""
+    iou = geo.aligned_iou(pred, target, eps)
+    penalty = geo.centre_distance_sq(pred, target) / \
+        geo.enclosing_diagonal_sq(pred, target, eps)
+    return iou, penalty
+
+
+def _ciou_weight(iou: Tensor, v: Tensor) -> Tensor:
+    """CIoU's trade-off ``alpha = [IoU > 0.5] v / (1 - IoU + v)``, detached.
+
+    The ``0/0`` of identical boxes (``IoU = 1``, ``v = 0``) is taken as 0.
+    """
+    with torch.no_grad():
+        return _safe_div((iou > 0.5).to(v.dtype) * v, 1 - iou + v)
+
+
+def iou_terms(pred: Tensor, target: Tensor, mode: str = 'giou',
+              eps: float = 1e-7):
+    """``(IoU, penalty)`` of an IoU variant; the metric is ``IoU - penalty``.
+
+    * ``iou``:  ``IoU = I / (U + eps)``, penalty 0
+    * ``giou``: ``IoU = I / max(U, eps)``, penalty ``(C - U) / C`` with ``C``
+      the enclosing area, ``max(C, eps)`` (Rezatofighi et al., CVPR 2019)
+    * ``diou``: penalty ``rho**2 / (c**2 + eps)``: squared centre distance
+      over the squared enclosing diagonal (Zheng et al., AAAI 2020)
+    * ``ciou``: DIoU's penalty ``+ alpha * v`` with the aspect consistency
+      ``v = 4/pi**2 (atan(w_t/h_t) - atan(w_p/h_p))**2`` and the detached
+      ``alpha = [IoU > 0.5] v / (1 - IoU + v)`` (Zheng et al., TCYB 2021)
+
+    Args:
+        pred, target (Tensor): boxes, shape (..., 4), float32/64.
+        mode (str): one of ``'iou'``, ``'giou'``, ``'diou'``, ``'ciou'``.
+        eps (float): stabiliser, as in MMDetection.
+
+    Returns:
+        (Tensor, Tensor): IoU and penalty, each of shape (...).
+    """
+    if mode == 'iou':
+        iou = geo.aligned_iou(pred, target, eps)
+        return iou, torch.zeros_like(iou)
+    if mode == 'giou':
+        inter, union = geo.box_inter_union(pred, target)
+        union = union.clamp(min=eps)
+        enclose = geo.enclosing_area(pred, target).clamp(min=eps)
+        return inter / union, (enclose - union) / enclose
+    iou, penalty = _diou_terms(pred, target, eps)
+    if mode == 'diou':
+        return iou, penalty
+    if mode == 'ciou':
+        v = geo.aspect_consistency(pred, target, eps)
+        return iou, penalty + _ciou_weight(iou, v) * v
+    raise ValueError(f'iou_terms: mode must be one of {IOU_MODES}, '
+                     f'but got {mode!r}')
+
+
+def focaler_iou(iou: Tensor, low: float = 0.0, high: float = 0.95) -> Tensor:
+    """Focaler-IoU's linear interval mapping of the IoU.
+
+    ``IoU_f = clamp((IoU - d) / (u - d), 0, 1)`` with ``[d, u] = [low,
+    high]``: samples with IoU below ``d`` give no gradient, above ``u`` count
+    as perfect, and ``[d, u]`` is stretched to ``[0, 1]`` (Zhang & Zhang,
+    "Focaler-IoU: More Focused Intersection over Union Loss", 2024,
+    arXiv:2401.10525).
+    """
+    return ((iou - low) / (high - low)).clamp(min=0, max=1)
+
+
+# ---------------------------------------------------------------------------
+# Fast paths: hand-written backward, saving only pred and target
+# ---------------------------------------------------------------------------
+class _Overlap:
+    """Intersection/union of a box pair, recomputed in backward."""
+
+    def __init__(self, pred: Tensor, target: Tensor):
+        self.pred, self.target = pred, target
+        self.inter_raw = torch.minimum(pred[..., 2:], target[..., 2:]) - \
+            torch.maximum(pred[..., :2], target[..., :2])
+        self.inter_wh = self.inter_raw.clamp(min=0)
+        self.inter = self.inter_wh[..., 0] * self.inter_wh[..., 1]
+        self.pred_wh = geo.box_wh(pred)
+        self.target_wh = geo.box_wh(target)
+        self.union = self.pred_wh[..., 0] * self.pred_wh[..., 1] + \
+            self.target_wh[..., 0] * self.target_wh[..., 1] - self.inter
+
+    def enclose(self):
+        """Enclosing width/height before and after ``clamp(min=0)``."""
+        raw = torch.maximum(self.pred[..., 2:], self.target[..., 2:]) - \
+            torch.minimum(self.pred[..., :2], self.target[..., :2])
+        return raw, raw.clamp(min=0)
+
+    def backward(self, g_inter: Tensor, g_union: Tensor, need_target: bool,
+                 **extra):
+        """Gradients of ``g_inter * I + g_union * U (+ extra primitives)``.
+
+        ``extra`` are further primitive gradients for
+        :func:`mmloss.geometry.pair_backward`; ``pred_wh``/``target_wh`` in
+        it are added to the area terms of the union.
+        """
+        g_inter = (g_inter - g_union).unsqueeze(-1)
+        g_union = g_union.unsqueeze(-1)
+        inter_wh = g_inter * self.inter_wh.flip(-1) * \
+            (self.inter_raw >= 0).to(g_inter.dtype)
+        pred_wh = g_union * self.pred_wh.flip(-1) + extra.pop('pred_wh', 0)
+        target_wh = None
+        if need_target:
+            target_wh = g_union * self.target_wh.flip(-1) + \
+                extra.pop('target_wh', 0)
+        return geo.pair_backward(self.pred, self.target, inter_wh=inter_wh,
+                                 pred_wh=pred_wh, target_wh=target_wh,
+                                 need_target=need_target, **extra)
+
+
+def _scaled(iou: Tensor, mode: str) -> Tensor:
+    if mode == 'linear':
+        return 1 - iou
+    if mode == 'square':
+        return 1 - iou**2
+    return -iou.log()
+
+
+class _IoULossFunction(torch.autograd.Function):
+    """``iou_loss`` element-wise, with MMDetection's union floor and clamp."""
+
+    @staticmethod
+    def forward(ctx, pred, target, mode, eps):
+        ctx.save_for_backward(pred, target)
+        ctx.mode, ctx.eps = mode, eps
+        inter, union = geo.box_inter_union(pred, target)
+        iou = (inter / union.clamp(min=_UNION_FLOOR)).clamp(min=eps)
+        return _scaled(iou, mode)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pred, target = ctx.saved_tensors
+        need_target = ctx.needs_input_grad[1]
+        ov = _Overlap(pred, target)
+        union = ov.union.clamp(min=_UNION_FLOOR)
+        iou = ov.inter / union
+        clamped = iou.clamp(min=ctx.eps)
+        if ctx.mode == 'linear':
+            g_iou = -grad
+        elif ctx.mode == 'square':
+            g_iou = -2 * clamped * grad
+        else:
+            g_iou = -grad / clamped
+        g_iou = g_iou * (iou >= ctx.eps).to(grad.dtype)
+        g_union = -g_iou * iou / union * \
+            (ov.union >= _UNION_FLOOR).to(grad.dtype)
+        grads = ov.backward(g_iou / union, g_union, need_target)
+        return grads[0], grads[1], None, None
+
+
+class _GIoULossFunction(torch.autograd.Function):
+    """``1 - GIoU`` element-wise (MMDetection's ``bbox_overlaps`` form)."""
+
+    @staticmethod
+    def forward(ctx, pred, target, eps):
+        ctx.save_for_backward(pred, target)
+        ctx.eps = eps
+        iou, penalty = iou_terms(pred, target, 'giou', eps)
+        return 1 - (iou - penalty)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pred, target = ctx.saved_tensors
+        eps = ctx.eps
+        ov = _Overlap(pred, target)
+        union = ov.union.clamp(min=eps)
+        enc_raw, enc_wh = ov.enclose()
+        enclose_raw = enc_wh[..., 0] * enc_wh[..., 1]
+        enclose = enclose_raw.clamp(min=eps)
+        # loss = 1 - I/U + (C - U)/C = 2 - I/U - U/C
+        g_inter = -grad / union
+        g_union = (grad * ov.inter / union**2 - grad / enclose) * \
+            (ov.union >= eps).to(grad.dtype)
+        g_enclose = grad * union / enclose**2 * \
+            (enclose_raw >= eps).to(grad.dtype)
+        enclose_wh = g_enclose.unsqueeze(-1) * enc_wh.flip(-1) * \
+            (enc_raw >= 0).to(grad.dtype)
+        grads = ov.backward(g_inter, g_union, ctx.needs_input_grad[1],
+                            enclose_wh=enclose_wh)
+        return grads[0], grads[1], None
+
+
+class _DIoULossFunction(torch.autograd.Function):
+    """``1 - DIoU`` (``ciou=False``) or ``1 - clamp(CIoU, -1, 1)``."""
+
+    @staticmethod
+    def forward(ctx, pred, target, eps, ciou):
+        ctx.save_for_backward(pred, target)
+        ctx.eps, ctx.ciou = eps, ciou
+        iou, penalty = iou_terms(pred, target, 'ciou' if ciou else 'diou',
+                                 eps)
+        metric = iou - penalty
+        return 1 - (metric.clamp(min=-1.0, max=1.0) if ciou else metric)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pred, target = ctx.saved_tensors
+        eps, need_target = ctx.eps, ctx.needs_input_grad[1]
+        ov = _Overlap(pred, target)
+        union = ov.union + eps
+        iou = ov.inter / union
+        enc_raw, enc_wh = ov.enclose()
+        diag = enc_wh[..., 0]**2 + enc_wh[..., 1]**2 + eps
+        offset = geo.centre_offset(pred, target)
+        rho = offset[..., 0]**2 / 4 + offset[..., 1]**2 / 4
+        extra = {}
+        if ctx.ciou:
+            # atan(w / (h + eps)) of each box and its partials
+            p_h = ov.pred_wh[..., 1] + eps
+            t_h = ov.target_wh[..., 1] + eps
+            p_r = ov.pred_wh[..., 0] / p_h
+            t_r = ov.target_wh[..., 0] / t_h
+            diff = torch.atan(t_r) - torch.atan(p_r)
+            v = geo.ASPECT_SCALE * diff**2
+            alpha = _ciou_weight(iou, v)
+            metric = iou - (rho / diag + alpha * v)
+            grad = grad * ((metric >= -1) & (metric <= 1)).to(grad.dtype)
+            # d loss / d diff = alpha * dv/d diff
+            g_diff = grad * alpha * (2 * geo.ASPECT_SCALE) * diff
+            g_p = -g_diff / (1 + p_r**2) / p_h
+            extra['pred_wh'] = torch.stack([g_p, -g_p * p_r], -1)
+            if need_target:
+                g_t = g_diff / (1 + t_r**2) / t_h
+                extra['target_wh'] = torch.stack([g_t, -g_t * t_r], -1)
+        # loss = 1 - I/(U + eps) + rho/diag
+        g_inter = -grad / union
+        g_union = grad * iou / union
+        g_diag = -grad * rho / diag**2
+        extra['enclose_wh'] = (2 * g_diag).unsqueeze(-1) * enc_wh * \
+            (enc_raw >= 0).to(grad.dtype)
+        extra['offset'] = (grad / diag / 2).unsqueeze(-1) * offset
+        grads = ov.backward(g_inter, g_union, need_target, **extra)
+        return grads[0], grads[1], None, None
+
+
+# ---------------------------------------------------------------------------
+# MMDetection twins (pure functions)
+# ---------------------------------------------------------------------------
+def _run(fast_function, plain, pred: Tensor, target: Tensor, fast: bool,
+         *args) -> Tensor:
+    """Upcast, run the fast Function or the plain formula, cast back."""
+    p, t = geo.upcast(pred, target)
+    if fast:
+        loss = fast_function.apply(p, t, *args)
+    else:
+        loss = plain(p, t, *args)
+    return geo.restore_dtype(loss, pred)
+
+
+def _plain_iou_loss(pred, target, mode, eps):
+    iou = geo.aligned_iou(pred, target, _UNION_FLOOR, floor=True)
+    return _scaled(iou.clamp(min=eps), mode)
+
+
+@weighted_loss
+def iou_loss(pred: Tensor, target: Tensor, linear: bool = False,
+             mode: str = 'log', eps: float = 1e-6, fast: bool = True) -> Tensor:
+    """IoU loss (Yu et al., "UnitBox", ACM MM 2016), element-wise.
+
+    ``IoU = max(I / max(U, 1e-6), eps)``, then ``1 - IoU`` (``'linear'``),
+    ``1 - IoU**2`` (``'square'``) or ``-log IoU`` (``'log'``).
+
+    Args:
+        pred, target (Tensor): boxes (..., 4).
+        linear (bool): deprecated, same as ``mode='linear'``.
+        mode (str): ``'linear'``, ``'square'`` or ``'log'``.
+        eps (float): lower clamp of the IoU.
+        fast (bool): use the hand-written backward.
+
+    Also takes ``weight``, ``reduction`` and ``avg_factor`` (see
+    :func:`mmloss.reduction.weighted_loss`). Returns shape (...) or a scalar.
+    """
+    if linear:
+        mode = 'linear'
+        warnings.warn('iou_loss: linear=True is deprecated, use '
+                      "mode='linear'", DeprecationWarning)
+    if mode not in SCALE_MODES:
+        raise ValueError(f'iou_loss: mode must be one of {SCALE_MODES}, '
+                         f'but got {mode!r}')
+    return _run(_IoULossFunction, _plain_iou_loss, pred, target, fast, mode,
+                eps)
+
+
+def _plain_giou_loss(pred, target, eps):
+    iou, penalty = iou_terms(pred, target, 'giou', eps)
+    return 1 - (iou - penalty)
+
+
+@weighted_loss
+def giou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
+              fast: bool = True) -> Tensor:
+    """GIoU loss ``1 - IoU + (C - U) / C``, element-wise (shape (...)).
+
+    ``C`` is the area of the smallest enclosing box; union and ``C`` are
+    floored at ``eps``. Rezatofighi et al., "Generalized Intersection over
+    Union", CVPR 2019, arXiv:1902.09630.
+    """
+    return _run(_GIoULossFunction, _plain_giou_loss, pred, target, fast, eps)
+
+
+def _plain_diou_loss(pred, target, eps, ciou):
+    iou, penalty = iou_terms(pred, target, 'ciou' if ciou else 'diou', eps)
+    metric = iou - penalty
+    return 1 - (metric.clamp(min=-1.0, max=1.0) if ciou else metric)
+
+
+@weighted_loss
+def diou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
+              fast: bool = True) -> Tensor:
+    """DIoU loss ``1 - I/(U + eps) + rho**2 / (c**2 + eps)``, element-wise.
+
+    ``rho`` is the centre distance, ``c`` the enclosing box's diagonal.
+    Zheng et al., "Distance-IoU Loss", AAAI 2020, arXiv:1911.08287.
+    """
+    return _run(_DIoULossFunction, _plain_diou_loss, pred, target, fast, eps,
+                False)
+
+
+@weighted_loss
+def ciou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
+              fast: bool = True) -> Tensor:
+    """CIoU loss ``1 - clamp(IoU - rho**2/c**2 - alpha v, -1, 1)``.
+
+    ``v = 4/pi**2 (atan(w_t/(h_t+eps)) - atan(w_p/(h_p+eps)))**2`` and the
+    detached ``alpha = [IoU > 0.5] v / (1 - IoU + v)`` (0 for identical
+    boxes, where mmdet gets 0/0). Zheng et al., "Enhancing Geometric Factors
+    in Model Learning and Inference", TCYB 2021, arXiv:2005.03572.
+    """
+    return _run(_DIoULossFunction, _plain_diou_loss, pred, target, fast, eps,
+                True)
+
+
+def _smooth(loss: Tensor, beta: float) -> Tensor:
+    """Smooth-L1 shape: ``0.5 x**2 / beta`` below ``beta``, else
+    ``x - 0.5 beta``."""
+    return torch.where(loss < beta, 0.5 * loss * loss / beta,
+                       loss - 0.5 * beta)
+
+
+@weighted_loss
+def eiou_loss(pred: Tensor, target: Tensor, smooth_point: float = 0.1,
+              eps: float = 1e-7) -> Tensor:
+    """Extended-IoU loss of libfacedetection, smoothed, element-wise.
+
+    ``x = 1 - I_ext / (A_p + A_t - I_ext + eps)`` with the signed extended
+    intersection :func:`mmloss.geometry.extended_intersection` (negative for
+    disjoint boxes), then ``0.5 x**2 / s`` for ``x < s`` and ``x - 0.5 s``
+    otherwise (``s = smooth_point``). Peng & Yu, "A Systematic IoU-Related
+    Method: Beyond Simplified Regression for Better Localization", TIP 2021.
+    """
+    p, t = geo.upcast(pred, target)
+    inter = geo.extended_intersection(p, t)
+    union = geo.box_area(p) + geo.box_area(t) - inter + eps
+    return geo.restore_dtype(_smooth(1 - inter / union, smooth_point), pred)
+
+
+@weighted_loss
+def siou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
+              neg_gamma: bool = False) -> Tensor:
+    """SIoU loss ``1 - clamp(IoU - (Delta + Omega) / 2, -1, 1)``.
+
+    With ``s = centre offset + eps`` and the enclosing size ``(c_w, c_h)``
+    (floored at ``eps``):
+
+    * angle cost ``Lambda = cos(2 arcsin(sin alpha) - pi/2)`` with
+      ``sin alpha = min(|s_x|, |s_y|) / |s|`` (0 when ``s = 0``)
+    * distance cost ``Delta = sum_{x,y} 1 - exp(gamma (s / c)**2)`` with
+      ``gamma = 2 - Lambda`` (``Lambda - 2`` with ``neg_gamma``, the paper)
+    * shape cost ``Omega = sum_{w,h} (1 - exp(-|w_p - w_t| / max(w_p,
+      w_t)))**4`` (heights get ``+ eps``; equal sizes give 0, also 0/0)
+
+    Gevorgyan, "SIoU Loss", 2022, arXiv:2205.12740.
+    """
+    p, t = geo.upcast(pred, target)
+    iou = geo.aligned_iou(p, t, eps)
+    enclose = geo.enclosing_wh(p, t, min_size=eps)
+    # summed left to right (not geo.centre_offset's grouping): thin boxes
+    # make this offset cancel, and the reference rounds it this way
+    s = (t[..., :2] + t[..., 2:] - p[..., :2] - p[..., 2:]) * 0.5 + eps
+    # sin(alpha) of the smaller angle to an axis; 0/0 (no offset) -> 0
+    sin = _safe_div(s.abs(), (s[..., :1]**2 + s[..., 1:]**2).sqrt())
+    sin = torch.where(sin[..., 0] > math.sqrt(0.5), sin[..., 1], sin[..., 0])
+    angle = torch.cos(torch.asin(sin) * 2 - math.pi / 2)
+    gamma = angle - 2 if neg_gamma else 2 - angle
+    rho = (s / enclose)**2
+    distance = 2 - torch.exp(gamma * rho[..., 0]) - \
+        torch.exp(gamma * rho[..., 1])
+    eps_h = p.new_tensor([0.0, eps])
+    wh_p, wh_t = geo.box_wh(p) + eps_h, geo.box_wh(t) + eps_h
+    omega = _safe_div((wh_p - wh_t).abs(), torch.maximum(wh_p, wh_t))
+    shape = (1 - torch.exp(-omega)).pow(4).sum(-1)
+    siou = iou - 0.5 * (distance + shape)
+    return geo.restore_dtype(1 - siou.clamp(min=-1.0, max=1.0), pred)
+
+
+@weighted_loss
+def bounded_iou_loss(pred: Tensor, target: Tensor, beta: float = 0.2,
+                     eps: float = 1e-3) -> Tensor:
+    """Bounded IoU loss, element-wise per coordinate (shape (..., 4)).
+
+    The target is a constant (no gradient flows into it). With the centre
+    offset ``d`` and sizes ``w_p``, ``w_t`` (and the same for y/h):
+
+    * ``1 - max(0, (w_t - 2|d_x|) / (w_t + 2|d_x| + eps))`` for x, y
+    * ``1 - min(w_t / (w_p + eps), w_p / (w_t + eps))`` for w, h
+
+    each passed through smooth L1 with ``beta``. Tychsen-Smith & Petersson,
+    "Improving Object Localization with Fitness NMS and Bounded IoU Loss",
+    CVPR 2018, arXiv:1711.00164.
+    """
+    p, t = geo.upcast(pred, target)
+    t = t.detach()
+    offset = (geo.box_centre(t) - geo.box_centre(p)).abs()
+    wh_p, wh_t = geo.box_wh(p), geo.box_wh(t)
+    loss_xy = 1 - ((wh_t - 2 * offset) /
+                   (wh_t + 2 * offset + eps)).clamp(min=0)
+    loss_wh = 1 - torch.minimum(wh_t / (wh_p + eps), wh_p / (wh_t + eps))
+    loss = torch.cat([loss_xy, loss_wh], dim=-1)
+    return geo.restore_dtype(_smooth(loss, beta), pred)
+
+
+# ---------------------------------------------------------------------------
+# Beyond MMDetection
+# ---------------------------------------------------------------------------
+def _variant_metric(pred, target, mode, eps, fast):
+    """``(IoU, loss)`` of an IoU variant; ``loss = 1 - IoU + penalty``."""
+    if fast and mode != 'iou':
+        if mode == 'giou':
+            loss = _GIoULossFunction.apply(pred, target, eps)
+        else:
+            loss = _DIoULossFunction.apply(pred, target, eps, mode == 'ciou')
+        # the plain IoU for the modifiers; cheap next to the variant
+        return None, loss
+    iou, penalty = iou_terms(pred, target, mode, eps)
+    metric = iou - penalty
+    if mode == 'ciou':
+        # as mmdet's CIoU loss, so mode='ciou' without options is its twin
+        metric = metric.clamp(min=-1.0, max=1.0)
+    return iou, 1 - metric
+
+
+@weighted_loss
+def variant_iou_loss(pred: Tensor, target: Tensor, mode: str = 'giou',
+                     eps: float = 1e-7, inner_ratio: Optional[float] = None,
+                     focaler: Optional[Sequence[float]] = None,
+                     fast: bool = True) -> Tensor:
+    """Any IoU variant, optionally with the Inner-IoU / Focaler-IoU terms.
+
+    ``L = L_mode + IoU - IoU'``, where ``L_mode = 1 - IoU + penalty`` is the
+    ``mode`` loss of :func:`iou_terms` and ``IoU'`` replaces the IoU by
+
+    * Inner-IoU (``inner_ratio = r``): the IoU of the auxiliary boxes
+      scaled by ``r`` about their centres (``r < 1`` helps high-IoU pairs,
+      ``r > 1`` low-IoU ones). Zhang, Xu & Zhang, "Inner-IoU: More Effective
+      Intersection over Union Loss with Auxiliary Bounding Box", 2023,
+      arXiv:2311.02877.
+    * Focaler-IoU (``focaler = (d, u)``): :func:`focaler_iou` of it.
+
+    With neither option it is ``L_mode`` itself (``1 - IoU`` for ``'iou'``).
+    Shapes: boxes (..., 4) -> loss (...).
+    """
+    p, t = geo.upcast(pred, target)
+    iou, loss = _variant_metric(p, t, mode, eps, fast)
+    if inner_ratio is not None or focaler is not None:
+        if iou is None:
+            iou = geo.aligned_iou(p, t, eps, floor=mode == 'giou')
+        modified = iou
+        if inner_ratio is not None:
+            modified = geo.aligned_iou(geo.scale_boxes(p, inner_ratio),
+                                       geo.scale_boxes(t, inner_ratio), eps)
+        if focaler is not None:
+            modified = focaler_iou(modified, *focaler)
+        loss = loss + iou - modified
+    return geo.restore_dtype(loss, pred)
+
+
+@weighted_loss
+def alpha_iou_loss(pred: Tensor, target: Tensor, alpha: float = 3.0,
+                   mode: str = 'iou', eps: float = 1e-7) -> Tensor:
+    """Alpha-IoU: the power generalisation of an IoU loss.
+
+    ``L = 1 - IoU**a + P**a`` where the penalty term is, per ``mode``:
+    none (``'iou'``), ``((C - U) / C)**a`` (``'giou'``),
+    ``(rho**2 / c**2)**a`` (``'diou'``), and for ``'ciou'``
+    ``(rho**2 / c**2)**a + (beta v)**a``. ``a = 1`` recovers the plain
+    losses. He et al., "Alpha-IoU: A Family of Power Intersection over Union
+    Losses for Bounding Box Regression", NeurIPS 2021, arXiv:2110.13675.
+
+    Shapes: boxes (..., 4) -> loss (...).
+    """
+    p, t = geo.upcast(pred, target)
+    if mode == 'ciou':
+        iou, penalty = _diou_terms(p, t, eps)
+        v = geo.aspect_consistency(p, t, eps)
+        penalty = penalty.pow(alpha) + (_ciou_weight(iou, v) * v).pow(alpha)
+    else:
+        iou, penalty = iou_terms(p, t, mode, eps)
+        # clamp: GIoU's penalty can round to a hair below 0 (NaN under pow)
+        penalty = penalty.clamp(min=0).pow(alpha)
+    loss = 1 - iou.clamp(min=0).pow(alpha) + penalty
+    return geo.restore_dtype(loss, pred)
+
+
+def wise_iou_loss(pred: Tensor, target: Tensor,
+                  running_mean: Optional[Tensor] = None,
+                  version: str = 'v3', alpha: float = 1.9, delta: float = 3.0,
+                  gamma: float = 0.5, eps: float = 1e-7) -> Tensor:
+    """Wise-IoU, element-wise (shape (...)).
+
+    ``L_v1 = R * L_IoU`` with ``L_IoU = 1 - IoU`` and the distance attention
+    ``R = exp(rho**2 / (W_g**2 + H_g**2)*)``; ``*`` marks a detached term,
+    ``W_g, H_g`` the enclosing box's size. With the outlier degree
+    ``beta = L_IoU* / mean(L_IoU)`` (``mean`` a running mean):
+
+    * ``'v2'`` (monotonic): ``L = (L_IoU* / mean)**gamma * L_v1``
+    * ``'v3'`` (non-monotonic): ``L = beta / (delta alpha**(beta - delta))
+      * L_v1``: ordinary anchors (``beta`` near ``delta``) weigh most.
+
+    Tong et al., "Wise-IoU: Bounding Box Regression Loss with Dynamic
+    Focusing Mechanism", 2023, arXiv:2301.10051.
+
+    Args:
+        running_mean (Tensor, optional): scalar running mean of ``L_IoU``
+            (required by v2/v3; the module keeps it as a buffer).
+    """
+    p, t = geo.upcast(pred, target)
+    iou_loss_ = 1 - geo.aligned_iou(p, t, eps)
+    with torch.no_grad():
+        size = geo.enclosing_wh(p, t)
+        attention = torch.exp(geo.centre_distance_sq(p, t) /
+                              ((size**2).sum(-1) + eps))
+    loss = attention * iou_loss_
+    if version != 'v1':
+        with torch.no_grad():
+            beta = iou_loss_ / running_mean.clamp(min=eps)
+            if version == 'v2':
+                focus = beta.pow(gamma)
+            else:
+                focus = beta / (delta * torch.pow(alpha, beta - delta))
+        loss = focus * loss
+    return geo.restore_dtype(loss, pred)
+
+
+def _img_size(img_size, like: Tensor) -> Tensor:
+    """``(w, h)`` as a tensor broadcasting against (..., 2)."""
+    if isinstance(img_size, Tensor):
+        return img_size.to(like.dtype)
+    return like.new_tensor(tuple(img_size))
+
+
+@weighted_loss
+def mpdiou_loss(pred: Tensor, target: Tensor,
+                img_size: Union[Sequence[float], Tensor] = (640, 640),
+                eps: float = 1e-7) -> Tensor:
+    """MPDIoU loss ``1 - IoU + (d_1**2 + d_2**2) / (w**2 + h**2)``.
+
+    ``d_1``/``d_2`` are the distances between the top-left and between the
+    bottom-right corners, ``(w, h)`` the input image size (``img_size``, a
+    pair or a tensor (..., 2) per box). Ma & Xu, "MPDIoU: A Loss for
+    Efficient and Accurate Bounding Box Regression", 2023, arXiv:2307.07662.
+    """
+    p, t = geo.upcast(pred, target)
+    iou = geo.aligned_iou(p, t, eps)
+    diag = (_img_size(img_size, p)**2).sum(-1)
+    corner = ((p - t)**2).view(*p.shape[:-1], 2, 2).sum(-1).sum(-1)
+    return geo.restore_dtype(1 - iou + corner / diag, pred)
+
+
+@weighted_loss
+def focal_eiou_loss(pred: Tensor, target: Tensor, gamma: float = 0.5,
+                    eps: float = 1e-7) -> Tensor:
+    """Focal-EIoU ``IoU**gamma * L_EIoU`` (the efficient IoU, not mmdet's
+    EIoU), element-wise.
+
+    ``L_EIoU = 1 - IoU + rho**2 / c**2 + (w_p - w_t)**2 / C_w**2
+    + (h_p - h_t)**2 / C_h**2`` with the enclosing size ``(C_w, C_h)``; the
+    focal factor uses the detached IoU. Zhang et al., "Focal and Efficient
+    IOU Loss for Accurate Bounding Box Regression", Neurocomputing 2022,
+    arXiv:2101.08158.
+    """
+    p, t = geo.upcast(pred, target)
+    iou, penalty = _diou_terms(p, t, eps)
+    size = geo.enclosing_wh(p, t)
+    wh = ((geo.box_wh(p) - geo.box_wh(t))**2 / (size**2 + eps)).sum(-1)
+    loss = 1 - iou + penalty + wh
+    return geo.restore_dtype(iou.detach().clamp(min=0).pow(gamma) * loss,
+                             pred)
+
+
+# ---------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------
+class IoUFamilyLoss(BaseLoss):
+    """Shared base of every IoU-family module.
+
+    Subclasses name their pure function in ``loss_function`` and its extra
+    arguments in :meth:`loss_kwargs`; this class validates the inputs,
+    maps MMDetection's (n, 4) weights to per-box weights and reduces.
+
+    Forward args (as MMDetection's):
+        pred (Tensor): predicted boxes (..., 4).
+        target (Tensor): target boxes (..., 4).
+        weight (Tensor, optional): per-box weight (...), or (..., 4) which
+            is averaged over the last dimension.
+        avg_factor (float | Tensor, optional): denominator of the mean.
+        reduction_override (str, optional): ``'none'``, ``'mean'``, ``'sum'``.
+    """
+
+    loss_function = None
+    #: per-coordinate losses (BoundedIoU) keep (..., 4) weights as they are
+    elementwise_coords = False
+
+    def __init__(self, eps: float = 1e-6, reduction: str = 'mean',
+                 loss_weight: float = 1.0):
+        super().__init__(reduction=reduction, loss_weight=loss_weight)
+        self.eps = check_positive(self.loss_name, 'eps', eps, allow_zero=True)
+
+    def loss_kwargs(self) -> dict:
+        return dict(eps=self.eps)
+
+    def check_inputs(self, pred: Tensor, target: Tensor,
+                     weight: Optional[Tensor]) -> Optional[Tensor]:
+        """Validate boxes and weight; return the weight in the loss shape."""
+        name = self.loss_name
+        check_box_shape(name, pred, target)
+        for arg, value in (('pred', pred), ('target', target)):
+            if not value.dtype.is_floating_point:
+                raise TypeError(f'{name}: {arg} must be a floating point '
+                                f'tensor, but has dtype {value.dtype}')
+        if weight is None:
+            return None
+        check_tensor(name, 'weight', weight)
+        if self.elementwise_coords:
+            if weight.dim() == pred.dim() - 1:
+                weight = weight.unsqueeze(-1)
+            check_weight_shape(name, weight, pred.shape)
+            return weight
+        if weight.shape == pred.shape and pred.dim() > 1:
+            # MMDetection heads pass (n, 4) box weights: average them
+            weight = weight.mean(-1)
+        check_weight_shape(name, weight, pred.shape[:-1])
+        return weight
+
+    def forward(self, pred: Tensor, target: Tensor,
+                weight: Optional[Tensor] = None,
+                avg_factor: Optional[Union[float, Tensor]] = None,
+                reduction_override: Optional[str] = None,
+                **kwargs) -> Tensor:
+        reduction = self.resolve_reduction(reduction_override)
+        weight = self.check_inputs(pred, target, weight)
+        extra = self.call_kwargs(kwargs)
+        loss = type(self).loss_function(
+            pred, target, weight, reduction=reduction, avg_factor=avg_factor,
+            **self.loss_kwargs(), **extra)
+        return self.loss_weight * loss
+
+    def call_kwargs(self, kwargs: dict) -> dict:
+        """Per-call keyword arguments; the mmdet twins take none."""
+        if kwargs:
+            raise TypeError(f'{self.loss_name}: unexpected keyword '
+                            f'argument(s) {sorted(kwargs)}')
+        return {}
+
+    def extra_repr(self) -> str:
+        args = ', '.join(f'{k}={v!r}' for k, v in self.loss_kwargs().items())
+        return f'{args}, {super().extra_repr()}'
+
+
+@MODELS.register_module()
+class IoULoss(IoUFamilyLoss):
+    """IoU loss (UnitBox): ``-log IoU``, ``1 - IoU`` or ``1 - IoU**2``.
+
+    Args:
+        linear (bool): deprecated; ``True`` means ``mode='linear'``.
+        eps (float): lower clamp of the IoU.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        loss_weight (float): factor on the loss.
+        mode (str): ``'linear'``, ``'square'`` or ``'log'``.
+    """
+
+    loss_function = staticmethod(iou_loss)
+
+    def __init__(self, linear: bool = False, eps: float = 1e-6,
+                 reduction: str = 'mean', loss_weight: float = 1.0,
+                 mode: str = 'log'):
+        super().__init__(eps=eps, reduction=reduction,
+                         loss_weight=loss_weight)
+        if mode not in SCALE_MODES:
+            raise ValueError(f'IoULoss: mode must be one of {SCALE_MODES}, '
+                             f'but got {mode!r}')
+        if linear:
+            mode = 'linear'
+            warnings.warn("IoULoss: linear=True is deprecated, use "
+                          "mode='linear'", DeprecationWarning)
+        self.linear = linear
+        self.mode = mode
+
+    def loss_kwargs(self) -> dict:
+        return dict(mode=self.mode, eps=self.eps)
+
+
+@MODELS.register_module()
+class GIoULoss(IoUFamilyLoss):
+    """GIoU loss ``1 - GIoU`` (see :func:`giou_loss`)."""
+
+    loss_function = staticmethod(giou_loss)
+
+
+@MODELS.register_module()
+class DIoULoss(IoUFamilyLoss):
+    """DIoU loss ``1 - DIoU`` (see :func:`diou_loss`)."""
+
+    loss_function = staticmethod(diou_loss)
+
+
+@MODELS.register_module()
+class CIoULoss(IoUFamilyLoss):
+    """CIoU loss ``1 - CIoU`` (see :func:`ciou_loss`)."""
+
+    loss_function = staticmethod(ciou_loss)
+
+
+@MODELS.register_module()
+class EIoULoss(IoUFamilyLoss):
+    """MMDetection's (libfacedetection's) extended IoU loss, smoothed.
+
+    Args:
+        eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
+        smooth_point (float): where the quadratic turns linear (> 0).
+    """
+
+    loss_function = staticmethod(eiou_loss)
+
+    def __init__(self, eps: float = 1e-6, reduction: str = 'mean',
+                 loss_weight: float = 1.0, smooth_point: float = 0.1):
+        super().__init__(eps=eps, reduction=reduction,
+                         loss_weight=loss_weight)
+        self.smooth_point = check_positive(self.loss_name, 'smooth_point',
+                                           smooth_point)
+
+    def loss_kwargs(self) -> dict:
+        return dict(smooth_point=self.smooth_point, eps=self.eps)
+
+
+@MODELS.register_module()
+class SIoULoss(IoUFamilyLoss):
+    """SIoU loss (see :func:`siou_loss`).
+
+    Args:
+        eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
+        neg_gamma (bool): ``gamma = Lambda - 2`` as in the paper.
+    """
+
+    loss_function = staticmethod(siou_loss)
+
+    def __init__(self, eps: float = 1e-6, reduction: str = 'mean',
+                 loss_weight: float = 1.0, neg_gamma: bool = False):
+        super().__init__(eps=eps, reduction=reduction,
+                         loss_weight=loss_weight)
+        if not isinstance(neg_gamma, bool):
+            raise TypeError(f'SIoULoss: neg_gamma must be a bool, but got '
+                            f'{neg_gamma!r}')
+        self.neg_gamma = neg_gamma
+
+    def loss_kwargs(self) -> dict:
+        return dict(eps=self.eps, neg_gamma=self.neg_gamma)
+
+
+@MODELS.register_module()
+class BoundedIoULoss(IoUFamilyLoss):
+    """Bounded IoU loss (see :func:`bounded_iou_loss`), per coordinate.
+
+    A per-box weight (...) is broadcast over the four coordinates.
+
+    Args:
+        beta (float): smooth-L1 threshold (> 0).
+        eps (float): stabiliser of the ratios.
+        reduction, loss_weight: as :class:`IoUFamilyLoss`.
+    """
+
+    loss_function = staticmethod(bounded_iou_loss)
+    elementwise_coords = True
+
+    def __init__(self, beta: float = 0.2, eps: float = 1e-3,
+                 reduction: str = 'mean', loss_weight: float = 1.0):
+        super().__init__(eps=eps, reduction=reduction,
+                         loss_weight=loss_weight)
+        self.beta = check_positive(self.loss_name, 'beta', beta)
+
+    def loss_kwargs(self) -> dict:
+        return dict(beta=self.beta, eps=self.eps)
+
+
+def _check_mode(name: str, mode: str) -> str:
+    if mode not in IOU_MODES:
+        raise ValueError(f'{name}: mode must be one of {IOU_MODES}, but got '
+                         f'{mode!r}')
+    return mode
+
+
+def _check_focaler(name: str, focaler):
+    if focaler is None:
+        return None
+    if not isinstance(focaler, (tuple, list)) or len(focaler) != 2:
+        raise ValueError(f'{name}: focaler must be a pair (d, u), but got '
+                         f'{focaler!r}')
+    low = check_in_range(name, 'focaler[0]', focaler[0], 0, 1)
+    high = check_in_range(name, 'focaler[1]', focaler[1], 0, 1,
+                          high_inclusive=True)
+    if not low < high:
+        raise ValueError(f'{name}: focaler must have d < u, but got '
+                         f'{focaler!r}')
+    return (float(low), float(high))
+
+
+@MODELS.register_module()
+class VariantIoULoss(IoUFamilyLoss):
+    """Any IoU variant with optional Inner-IoU and Focaler-IoU terms.
+
+    See :func:`variant_iou_loss`. E.g. Inner-CIoU:
+    ``dict(type='mmloss.VariantIoULoss', mode='ciou', inner_ratio=0.8)``;
+    Focaler-GIoU: ``mode='giou', focaler=(0.0, 0.95)``.
+
+    Args:
+        mode (str): ``'iou'``, ``'giou'``, ``'diou'`` or ``'ciou'``.
+        inner_ratio (float, optional): Inner-IoU's auxiliary box scale (> 0).
+        focaler (tuple[float, float], optional): Focaler-IoU's ``(d, u)``.
+        eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
+    """
+
+    loss_function = staticmethod(variant_iou_loss)
+
+    def __init__(self, mode: str = 'giou',
+                 inner_ratio: Optional[float] = None,
+                 focaler: Optional[Sequence[float]] = None,
+                 eps: float = 1e-7, reduction: str = 'mean',
+                 loss_weight: float = 1.0):
+        super().__init__(eps=eps, reduction=reduction,
+                         loss_weight=loss_weight)
+        self.mode = _check_mode(self.loss_name, mode)
+        self.inner_ratio = None if inner_ratio is None else check_positive(
+            self.loss_name, 'inner_ratio', inner_ratio)
+        self.focaler = _check_focaler(self.loss_name, focaler)
+
+    def loss_kwargs(self) -> dict:
+        return dict(mode=self.mode, inner_ratio=self.inner_ratio,
+                    focaler=self.focaler, eps=self.eps)
+
+
+@MODELS.register_module()
+class AlphaIoULoss(IoUFamilyLoss):
+    """Alpha-IoU loss (see :func:`alpha_iou_loss`).
+
+    Args:
+        alpha (float): the power (> 0; the paper recommends 3).
+        mode (str): ``'iou'``, ``'giou'``, ``'diou'`` or ``'ciou'``.
+        eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
+    """
+
+    loss_function = staticmethod(alpha_iou_loss)
+
+    def __init__(self, alpha: float = 3.0, mode: str = 'iou',
+                 eps: float = 1e-7, reduction: str = 'mean',
+                 loss_weight: float = 1.0):
+        super().__init__(eps=eps, reduction=reduction,
+                         loss_weight=loss_weight)
+        self.alpha = check_positive(self.loss_name, 'alpha', alpha)
+        self.mode = _check_mode(self.loss_name, mode)
+
+    def loss_kwargs(self) -> dict:
+        return dict(alpha=self.alpha, mode=self.mode, eps=self.eps)
+
+
+@MODELS.register_module()
+class MPDIoULoss(IoUFamilyLoss):
+    """MPDIoU loss (see :func:`mpdiou_loss`).
+
+    Args:
+        img_size (tuple[float, float]): input image ``(width, height)``;
+            ``forward(..., img_size=...)`` overrides it per call (a pair or
+            a per-box tensor (..., 2)).
+        eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
+    """
+
+    loss_function = staticmethod(mpdiou_loss)
+
+    def __init__(self, img_size: Sequence[float] = (640, 640),
+                 eps: float = 1e-7, reduction: str = 'mean',
+                 loss_weight: float = 1.0):
+        super().__init__(eps=eps, reduction=reduction,
+                         loss_weight=loss_weight)
+        if not isinstance(img_size, (tuple, list)) or len(img_size) != 2:
+            raise ValueError(f'MPDIoULoss: img_size must be a pair (width, '
+                             f'height), but got {img_size!r}')
+        self.img_size = tuple(
+            check_positive(self.loss_name, 'img_size', float(s))
+            for s in img_size)
+
+    def loss_kwargs(self) -> dict:
+        return dict(eps=self.eps)
+
+    def call_kwargs(self, kwargs: dict) -> dict:
+        img_size = kwargs.pop('img_size', None)
+        super().call_kwargs(kwargs)
+        if img_size is None:
+            img_size = self.img_size
+        elif isinstance(img_size, Tensor):
+            if img_size.shape[-1:] != (2, ):
+                raise ValueError(f'MPDIoULoss: img_size must have shape '
+                                 f'(..., 2), but has shape '
+                                 f'{tuple(img_size.shape)}')
+        elif not isinstance(img_size, (tuple, list)) or len(img_size) != 2:
+            raise ValueError(f'MPDIoULoss: img_size must be a pair (width, '
+                             f'height), but got {img_size!r}')
+        return dict(img_size=img_size)
+
+
+@MODELS.register_module()
+class FocalEIoULoss(IoUFamilyLoss):
+    """Focal-EIoU loss (see :func:`focal_eiou_loss`); not mmdet's EIoU.
+
+    Args:
+        gamma (float): power of the IoU focal factor (>= 0).
+        eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
+    """
+
+    loss_function = staticmethod(focal_eiou_loss)
+
+    def __init__(self, gamma: float = 0.5, eps: float = 1e-7,
+                 reduction: str = 'mean', loss_weight: float = 1.0):
+        super().__init__(eps=eps, reduction=reduction,
+                         loss_weight=loss_weight)
+        self.gamma = check_positive(self.loss_name, 'gamma', gamma,
+                                    allow_zero=True)
+
+    def loss_kwargs(self) -> dict:
+        return dict(gamma=self.gamma, eps=self.eps)
+
+
+WISE_VERSIONS = ('v1', 'v2', 'v3')
+
+
+@MODELS.register_module()
+class WiseIoULoss(IoUFamilyLoss):
+    """Wise-IoU loss (see :func:`wise_iou_loss`).
+
+    The running mean of ``1 - IoU`` is the buffer ``running_mean`` (saved in
+    checkpoints), updated in training mode after each call as
+    ``mean <- (1 - momentum) mean + momentum * batch mean`` (no host sync).
+
+    Args:
+        version (str): ``'v1'``, ``'v2'`` or ``'v3'``.
+        alpha, delta (float): v3's focusing parameters (paper: 1.9, 3).
+        gamma (float): v2's power (paper: 0.5).
+        momentum (float): running-mean momentum in (0, 1] (paper: 1e-2).
+        eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
+    """
+
+    def __init__(self, version: str = 'v3', alpha: float = 1.9,
+                 delta: float = 3.0, gamma: float = 0.5,
+                 momentum: float = 1e-2, eps: float = 1e-7,
+                 reduction: str = 'mean', loss_weight: float = 1.0):
+        super().__init__(eps=eps, reduction=reduction,
+                         loss_weight=loss_weight)
+        if version not in WISE_VERSIONS:
+            raise ValueError(f'WiseIoULoss: version must be one of '
+                             f'{WISE_VERSIONS}, but got {version!r}')
+        self.version = version
+        self.alpha = check_positive(self.loss_name, 'alpha', alpha)
+        self.delta = check_positive(self.loss_name, 'delta', delta)
+        self.gamma = check_positive(self.loss_name, 'gamma', gamma)
+        self.momentum = check_in_range(self.loss_name, 'momentum', momentum,
+                                       0, 1, high_inclusive=True)
+        if momentum == 0:
+            raise ValueError('WiseIoULoss: momentum must lie in (0, 1], but '
+                             'got 0')
+        self.register_buffer('running_mean', torch.ones(()))
+
+    def loss_kwargs(self) -> dict:
+        return dict(version=self.version, alpha=self.alpha, delta=self.delta,
+                    gamma=self.gamma, eps=self.eps)
+
+    def forward(self, pred: Tensor, target: Tensor,
+                weight: Optional[Tensor] = None,
+                avg_factor: Optional[Union[float, Tensor]] = None,
+                reduction_override: Optional[str] = None,
+                **kwargs) -> Tensor:
+        reduction = self.resolve_reduction(reduction_override)
+        weight = self.check_inputs(pred, target, weight)
+        self.call_kwargs(kwargs)
+        loss = wise_iou_loss(pred, target, self.running_mean,
+                             **self.loss_kwargs())
+        if self.training and loss.numel() > 0:
+            self._update_mean(pred, target)
+        return self.loss_weight * weight_reduce_loss(loss, weight, reduction,
+                                                     avg_factor)
+
+    @torch.no_grad()
+    def _update_mean(self, pred: Tensor, target: Tensor) -> None:
+        p, t = geo.upcast(pred.detach(), target.detach())
+        batch = (1 - geo.aligned_iou(p, t, self.eps)).mean()
+        self.running_mean.mul_(1 - self.momentum).add_(
+            batch.to(self.running_mean.dtype), alpha=self.momentum)

@@ -1,0 +1,251 @@
+"""Aligned box geometry shared by every box loss.
+
+Boxes are ``(x1, y1, x2, y2)`` in the last dimension, shape ``(..., 4)``;
+every function pairs box ``i`` of ``a`` with box ``i`` of ``b`` (aligned, not
+all-pairs). Corners are handled as ``(..., 2)`` halves (``lo = (x1, y1)``,
+``hi = (x2, y2)``) so x and y travel together through one op.
+
+The losses compose these pieces (CIoU = DIoU + aspect term, DIoU = IoU +
+centre-distance term) instead of repeating the arithmetic. Ties in
+``torch.maximum``/``torch.minimum`` share the gradient half and half, and
+``clamp(min=0)`` passes the gradient at exactly zero: :func:`pair_backward`,
+the hand-written backward of the primitives, follows the same rules so the
+fast autograd paths reproduce autograd's gradients bit for bit in spirit.
+
+Half and bfloat16 boxes overflow in squared terms (a 300 px box has an area
+of 90000 > 65504), so :func:`upcast` lifts them to float32; losses cast the
+result back with :func:`restore_dtype`.
+"""
+import math
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+#: ``4 / pi**2``, the scale of CIoU's aspect-ratio consistency term.
+ASPECT_SCALE = 4 / math.pi**2
+
+__all__ = [
+    'ASPECT_SCALE', 'upcast', 'restore_dtype', 'corners', 'box_wh',
+    'box_area', 'box_centre', 'intersection_wh', 'box_inter_union',
+    'aligned_iou', 'enclosing_box', 'enclosing_wh', 'enclosing_area',
+    'enclosing_diagonal_sq', 'centre_offset', 'centre_distance_sq',
+    'aspect_consistency', 'extended_intersection', 'scale_boxes',
+    'tie_share', 'pair_backward'
+]
+
+
+def upcast(*boxes: Tensor) -> Tuple[Tensor, ...]:
+    """Lift half/bfloat16 tensors to float32; leave float32/64 as they are.
+
+    All tensors are first promoted to their common dtype, so a float16
+    ``pred`` with a float32 ``target`` computes in float32.
+    """
+    dtype = boxes[0].dtype
+    for box in boxes[1:]:
+        dtype = torch.promote_types(dtype, box.dtype)
+    if dtype in (torch.float16, torch.bfloat16) or not dtype.is_floating_point:
+        dtype = torch.float32
+    return tuple(box.to(dtype) for box in boxes)
+
+
+def restore_dtype(value: Tensor, like: Tensor) -> Tensor:
+    """Cast a result computed by :func:`upcast` back to ``like``'s dtype."""
+    return value if value.dtype == like.dtype else value.to(like.dtype)
+
+
+def corners(boxes: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(lo, hi)``: the ``(x1, y1)`` and ``(x2, y2)`` halves, each (..., 2)."""
+    return boxes[..., :2], boxes[..., 2:]
+
+
+def box_wh(boxes: Tensor) -> Tensor:
+    """Width and height ``(x2 - x1, y2 - y1)``, shape (..., 2)."""
+    lo, hi = corners(boxes)
+    return hi - lo
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Area ``(x2 - x1) * (y2 - y1)``, shape (...)."""
+    wh = box_wh(boxes)
+    return wh[..., 0] * wh[..., 1]
+
+
+def box_centre(boxes: Tensor) -> Tensor:
+    """Centre ``((x1 + x2) / 2, (y1 + y2) / 2)``, shape (..., 2)."""
+    lo, hi = corners(boxes)
+    return (lo + hi) * 0.5
+
+
+def intersection_wh(a: Tensor, b: Tensor) -> Tensor:
+    """Width/height of the overlap, ``max(0, min(hi) - max(lo))``, (..., 2)."""
+    return (torch.minimum(a[..., 2:], b[..., 2:]) -
+            torch.maximum(a[..., :2], b[..., :2])).clamp(min=0)
+
+
+def box_inter_union(a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
+    """Intersection and union areas ``I`` and ``U = A_a + A_b - I``, (...)."""
+    wh = intersection_wh(a, b)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter, box_area(a) + box_area(b) - inter
+
+
+def aligned_iou(a: Tensor, b: Tensor, eps: float = 1e-6,
+                floor: bool = False) -> Tensor:
+    """IoU ``I / (U + eps)``, or ``I / max(U, eps)`` with ``floor=True``.
+
+    MMDetection uses both forms (``bbox_overlaps`` floors the union, the DIoU
+    family adds ``eps``), so both are offered to keep the twins exact.
+    """
+    inter, union = box_inter_union(a, b)
+    union = union.clamp(min=eps) if floor else union + eps
+    return inter / union
+
+
+def enclosing_box(a: Tensor, b: Tensor) -> Tensor:
+    """The smallest box holding both, ``(min lo, max hi)``, (..., 4)."""
+    return torch.cat([torch.minimum(a[..., :2], b[..., :2]),
+                      torch.maximum(a[..., 2:], b[..., 2:])], dim=-1)
+
+
+def enclosing_wh(a: Tensor, b: Tensor, min_size: float = 0.0) -> Tensor:
+    """Width/height of the enclosing box, clamped at ``min_size``, (..., 2)."""
+    return (torch.maximum(a[..., 2:], b[..., 2:]) -
+            torch.minimum(a[..., :2], b[..., :2])).clamp(min=min_size)
+
+
+def enclosing_area(a: Tensor, b: Tensor) -> Tensor:
+    """Area of the enclosing box, (...)."""
+    wh = enclosing_wh(a, b)
+    return wh[..., 0] * wh[..., 1]
+
+
+def enclosing_diagonal_sq(a: Tensor, b: Tensor, eps: float = 0.0) -> Tensor:
+    """Squared diagonal ``c**2 = cw**2 + ch**2 + eps`` of the enclosing box."""
+    wh = enclosing_wh(a, b)
+    return wh[..., 0]**2 + wh[..., 1]**2 + eps
+
+
+def centre_offset(a: Tensor, b: Tensor) -> Tensor:
+    """Twice the centre offset, ``(b_lo + b_hi) - (a_lo + a_hi)``, (..., 2).
+
+    Kept doubled (no rounding from the halving) because the squared distance
+    below divides by 4 once.
+    """
+    return (b[..., :2] + b[..., 2:]) - (a[..., :2] + a[..., 2:])
+
+
+def centre_distance_sq(a: Tensor, b: Tensor) -> Tensor:
+    """Squared distance ``rho**2`` between the box centres, (...)."""
+    d = centre_offset(a, b)
+    return d[..., 0]**2 / 4 + d[..., 1]**2 / 4
+
+
+def aspect_consistency(a: Tensor, b: Tensor, eps: float = 0.0) -> Tensor:
+    """CIoU's ``v = 4/pi**2 * (atan(w_b / h_b) - atan(w_a / h_a))**2``.
+
+    ``eps`` is added to the heights, as in the CIoU reference code.
+    """
+    wa, wb = box_wh(a), box_wh(b)
+    diff = torch.atan(wb[..., 0] / (wb[..., 1] + eps)) - \
+        torch.atan(wa[..., 0] / (wa[..., 1] + eps))
+    return ASPECT_SCALE * diff**2
+
+
+def extended_intersection(a: Tensor, b: Tensor) -> Tensor:
+    """The signed "extended" overlap of the EIoU reference (libfacedetection).
+
+    With ``i_lo = max(lo)``, ``i_hi = min(hi)``, the enclosing corner
+    ``e = min(lo)`` and ``X_k = i_k - e`` (same for Y), the overlap area
+    ``(X_hi - X_lo) * (Y_hi - Y_lo)`` is written as the signed sum
+    ``X_hi*Y_hi + X_min*Y_min - X_lo*Y_max - X_max*Y_lo``, where ``min``/
+    ``max`` sort the pair ``(X_lo, X_hi)``. For overlapping boxes this is
+    the intersection; for disjoint boxes it turns negative and keeps a
+    gradient that pulls the boxes together.
+    """
+    lo = torch.maximum(a[..., :2], b[..., :2])
+    hi = torch.minimum(a[..., 2:], b[..., 2:])
+    corner = torch.minimum(a[..., :2], b[..., :2])
+    first = torch.minimum(lo, hi) - corner
+    last = torch.maximum(lo, hi) - corner
+    lo = lo - corner
+    hi = hi - corner
+    return (hi[..., 0] * hi[..., 1] + first[..., 0] * first[..., 1] -
+            lo[..., 0] * last[..., 1] - last[..., 0] * lo[..., 1])
+
+
+def scale_boxes(boxes: Tensor, ratio: float) -> Tensor:
+    """Boxes scaled by ``ratio`` about their centres (Inner-IoU's auxiliary
+    boxes): ``centre +- ratio * (w, h) / 2``."""
+    centre = box_centre(boxes)
+    half = box_wh(boxes) * (0.5 * ratio)
+    return torch.cat([centre - half, centre + half], dim=-1)
+
+
+def tie_share(x: Tensor, y: Tensor, larger: bool) -> Tensor:
+    """d max(x, y)/dx (``larger``) or d min(x, y)/dx, with ties at 1/2.
+
+    This is how autograd differentiates ``torch.maximum``/``minimum``.
+    """
+    win = x > y if larger else x < y
+    return win.to(x.dtype) + (x == y).to(x.dtype) * 0.5
+
+
+def pair_backward(pred: Tensor, target: Tensor, *, inter_wh=None,
+                  pred_wh=None, target_wh=None, enclose_wh=None,
+                  offset=None, need_target: bool = False):
+    """Chain gradients of the pair primitives back to the corners.
+
+    Each keyword is the gradient (..., 2) of the loss w.r.t. one primitive,
+    taken *before* any clamp (callers apply their clamp masks):
+
+    * ``inter_wh``: ``min(hi) - max(lo)``
+    * ``pred_wh`` / ``target_wh``: ``hi - lo`` of each box
+    * ``enclose_wh``: ``max(hi) - min(lo)``
+    * ``offset``: :func:`centre_offset`, ``(t_lo + t_hi) - (p_lo + p_hi)``
+
+    Returns:
+        (Tensor, Tensor | None): gradients for ``pred`` and (when
+        ``need_target``) ``target``, each (..., 4).
+    """
+    p_lo, p_hi = corners(pred)
+    t_lo, t_hi = corners(target)
+    zero = pred.new_zeros(())
+    g_lo = zero
+    g_hi = zero
+    t_g_lo = zero
+    t_g_hi = zero
+    if inter_wh is not None:
+        share_lo = tie_share(p_lo, t_lo, larger=True)
+        share_hi = tie_share(p_hi, t_hi, larger=False)
+        g_lo = g_lo - inter_wh * share_lo
+        g_hi = g_hi + inter_wh * share_hi
+        if need_target:
+            t_g_lo = t_g_lo - inter_wh * (1 - share_lo)
+            t_g_hi = t_g_hi + inter_wh * (1 - share_hi)
+    if enclose_wh is not None:
+        share_lo = tie_share(p_lo, t_lo, larger=False)
+        share_hi = tie_share(p_hi, t_hi, larger=True)
+        g_lo = g_lo - enclose_wh * share_lo
+        g_hi = g_hi + enclose_wh * share_hi
+        if need_target:
+            t_g_lo = t_g_lo - enclose_wh * (1 - share_lo)
+            t_g_hi = t_g_hi + enclose_wh * (1 - share_hi)
+    if pred_wh is not None:
+        g_lo = g_lo - pred_wh
+        g_hi = g_hi + pred_wh
+    if offset is not None:
+        g_lo = g_lo - offset
+        g_hi = g_hi - offset
+        if need_target:
+            t_g_lo = t_g_lo + offset
+            t_g_hi = t_g_hi + offset
+    if need_target and target_wh is not None:
+        t_g_lo = t_g_lo - target_wh
+        t_g_hi = t_g_hi + target_wh
+    grad_pred = torch.cat([g_lo.expand_as(p_lo), g_hi.expand_as(p_hi)], -1)
+    grad_target = None
+    if need_target:
+        grad_target = torch.cat(
+            [t_g_lo.expand_as(t_lo), t_g_hi.expand_as(t_hi)], -1)
+    return grad_pred, grad_target

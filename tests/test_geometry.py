@@ -1,0 +1,116 @@
+"""mmloss.geometry: hand-computed boxes, torchvision-style identities, and
+the hand-written backward of the pair primitives against autograd."""
+import math
+
+import pytest
+import torch
+
+from mmloss import geometry as geo
+from tests.helpers import assert_close, random_boxes
+
+# (0, 0, 2, 2) and (1, 1, 3, 3): overlap 1, union 7, enclosing (0, 0, 3, 3)
+A = torch.tensor([[0., 0., 2., 2.]], dtype=torch.float64)
+B = torch.tensor([[1., 1., 3., 3.]], dtype=torch.float64)
+
+
+def test_hand_values():
+    assert_close(geo.box_area(A), torch.tensor([4.], dtype=torch.float64))
+    assert_close(geo.box_wh(B), torch.tensor([[2., 2.]], dtype=torch.float64))
+    assert_close(geo.box_centre(B),
+                 torch.tensor([[2., 2.]], dtype=torch.float64))
+    inter, union = geo.box_inter_union(A, B)
+    assert inter.item() == 1 and union.item() == 7
+    assert geo.aligned_iou(A, B, eps=0).item() == pytest.approx(1 / 7)
+    assert geo.aligned_iou(A, B, eps=1, floor=True).item() == \
+        pytest.approx(1 / 7)
+    assert_close(geo.enclosing_box(A, B),
+                 torch.tensor([[0., 0., 3., 3.]], dtype=torch.float64))
+    assert geo.enclosing_area(A, B).item() == 9
+    assert geo.enclosing_diagonal_sq(A, B).item() == 18
+    assert_close(geo.centre_offset(A, B),
+                 torch.tensor([[2., 2.]], dtype=torch.float64))
+    assert geo.centre_distance_sq(A, B).item() == 2
+    # same aspect ratio -> no aspect term; 1:2 against 1:1
+    assert geo.aspect_consistency(A, B).item() == 0
+    tall = torch.tensor([[0., 0., 1., 2.]], dtype=torch.float64)
+    expected = 4 / math.pi**2 * (math.atan(1) - math.atan(0.5))**2
+    assert geo.aspect_consistency(tall, A).item() == pytest.approx(expected)
+
+
+def test_disjoint_and_inverted():
+    far = A + 10
+    inter, union = geo.box_inter_union(A, far)
+    assert inter.item() == 0 and union.item() == 8
+    assert geo.enclosing_area(A, far).item() == 144
+    inverted = A[:, [2, 3, 0, 1]]
+    # the overlap clamps at zero; the enclosing size never goes negative
+    assert geo.box_inter_union(inverted, A)[0].item() == 0
+    assert (geo.enclosing_wh(inverted, inverted) >= 0).all()
+
+
+def test_extended_intersection():
+    # equals the intersection for overlapping boxes
+    assert geo.extended_intersection(A, B).item() == 1
+    # negative (a signed gap term) for disjoint boxes
+    assert geo.extended_intersection(A, A + 5).item() < 0
+
+
+def test_scale_boxes():
+    assert_close(geo.scale_boxes(A, 0.5),
+                 torch.tensor([[0.5, 0.5, 1.5, 1.5]], dtype=torch.float64))
+    assert_close(geo.scale_boxes(B, 1.0), B)
+
+
+def test_upcast_and_restore():
+    half = A.half()
+    up, = geo.upcast(half)
+    assert up.dtype == torch.float32
+    mixed = geo.upcast(A.bfloat16(), A.float())
+    assert all(t.dtype == torch.float32 for t in mixed)
+    assert geo.upcast(A)[0].dtype == torch.float64
+    assert geo.restore_dtype(up, half).dtype == torch.float16
+    # a 300 px box overflows float16 once squared, not after upcasting
+    big = torch.tensor([[0., 0., 300., 300.]]).half()
+    assert torch.isinf(geo.box_area(big)).all()
+    assert torch.isfinite(geo.box_area(*geo.upcast(big))).all()
+
+
+def test_shapes_broadcast_over_leading_dims(generator):
+    a = random_boxes(24, generator).view(2, 3, 4, 4)
+    b = random_boxes(24, generator).view(2, 3, 4, 4)
+    assert geo.aligned_iou(a, b).shape == (2, 3, 4)
+    assert_close(geo.aligned_iou(a, b).flatten(),
+                 geo.aligned_iou(a.view(-1, 4), b.view(-1, 4)))
+
+
+def test_tie_share():
+    x = torch.tensor([1., 2., 3.])
+    y = torch.tensor([2., 2., 2.])
+    assert geo.tie_share(x, y, larger=True).tolist() == [0, 0.5, 1]
+    assert geo.tie_share(x, y, larger=False).tolist() == [1, 0.5, 0]
+
+
+@pytest.mark.parametrize('ties', [False, True])
+def test_pair_backward_matches_autograd(generator, ties):
+    """A weighted sum of every primitive, differentiated both ways."""
+    pred = random_boxes(50, generator, dtype=torch.float64)
+    target = random_boxes(50, generator, dtype=torch.float64)
+    if ties:  # shared corners exercise the half/half tie rule
+        target[::2] = pred[::2]
+        target[1::4, 0] = pred[1::4, 0]
+    weights = [torch.rand(50, 2, generator=generator, dtype=torch.float64)
+               for _ in range(5)]
+    p = pred.clone().requires_grad_()
+    t = target.clone().requires_grad_()
+    total = sum((w * f).sum() for w, f in zip(weights, (
+        torch.minimum(p[:, 2:], t[:, 2:]) - torch.maximum(p[:, :2], t[:, :2]),
+        geo.box_wh(p), geo.box_wh(t),
+        torch.maximum(p[:, 2:], t[:, 2:]) - torch.minimum(p[:, :2], t[:, :2]),
+        geo.centre_offset(p, t))))
+    total.backward()
+    grad_p, grad_t = geo.pair_backward(
+        pred, target, inter_wh=weights[0], pred_wh=weights[1],
+        target_wh=weights[2], enclose_wh=weights[3], offset=weights[4],
+        need_target=True)
+    assert_close(grad_p, p.grad, rtol=1e-12, atol=1e-12)
+    assert_close(grad_t, t.grad, rtol=1e-12, atol=1e-12)

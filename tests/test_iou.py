@@ -1,0 +1,442 @@
+"""The IoU family: parity with mmdet 3.3, fast path == plain formula,
+hand-computed values of the newer losses, gradcheck and hardening."""
+import itertools
+import math
+
+import pytest
+import torch
+
+import mmloss
+from mmloss.losses import iou as iou_family
+from tests.helpers import assert_close, jitter_boxes, random_boxes
+
+REDUCTIONS = ('none', 'mean', 'sum')
+
+# (registered name, constructor kwargs): every mmdet twin and its options
+TWINS = [
+    ('IoULoss', {}),
+    ('IoULoss', {'mode': 'linear'}),
+    ('IoULoss', {'mode': 'square', 'eps': 1e-4}),
+    ('GIoULoss', {}),
+    ('DIoULoss', {}),
+    ('CIoULoss', {}),
+    ('EIoULoss', {}),
+    ('EIoULoss', {'smooth_point': 0.3}),
+    ('SIoULoss', {}),
+    ('SIoULoss', {'neg_gamma': True}),
+    ('BoundedIoULoss', {}),
+    ('BoundedIoULoss', {'beta': 0.5, 'eps': 1e-2}),
+]
+TWIN_IDS = [f'{n}-{"-".join(f"{k}={v}" for k, v in kw.items())}'
+            for n, kw in TWINS]
+FAST = [('IoULoss', {'mode': m}) for m in ('log', 'linear', 'square')] + [
+    ('GIoULoss', {}), ('DIoULoss', {}), ('CIoULoss', {})]
+
+NEW = ['VariantIoULoss', 'AlphaIoULoss', 'WiseIoULoss', 'MPDIoULoss',
+       'FocalEIoULoss']
+ALL = sorted({n for n, _ in TWINS}) + NEW
+
+
+def make_pairs(n, seed, dtype=torch.float32):
+    """Overlapping, containing and disjoint pairs in one batch."""
+    gen = torch.Generator().manual_seed(seed)
+    target = random_boxes(n, gen, 100.0, torch.float64)
+    pred = jitter_boxes(target, gen, amount=0.5)
+    k = n // 5  # independent (mostly disjoint) boxes
+    pred[:k] = random_boxes(k, gen, 100.0, torch.float64)
+    pred[k:2 * k] = target[k:2 * k] * 0.5 + pred[k:2 * k] * 0.5
+    return pred.to(dtype), target.to(dtype)
+
+
+def weights_for(name, pred, seed):
+    gen = torch.Generator().manual_seed(seed + 100)
+    n = pred.shape[0]
+    sparse = (torch.rand(n, generator=gen) > 0.5).float()
+    out = {'none': None,
+           'box4': torch.rand(n, 4, generator=gen),
+           'sparse': sparse[:, None].repeat(1, 4)}
+    if name != 'BoundedIoULoss':  # mmdet's bounded loss is (n, 4) only
+        out['box'] = torch.rand(n, generator=gen)
+        out['sparse'] = sparse
+    return out
+
+
+def run(module, pred, target, **kwargs):
+    """Loss and gradients w.r.t. pred and target."""
+    p = pred.clone().requires_grad_()
+    t = target.clone().requires_grad_()
+    loss = module(p, t, **kwargs)
+    loss.sum().backward()
+    return loss.detach(), p.grad, t.grad
+
+
+def assert_grad_close(actual, expected, what):
+    """rtol 1e-5, plus an atol of 1e-6 x the largest gradient.
+
+    Box gradients are sums of terms that cancel (GIoU's dL/dC is
+    ``-1/C + (C - U)/C**2`` in mmdet's graph, ``U/C**2`` in ours), so each
+    side carries rounding noise of a few float32 ulps *of the gradient's
+    scale*; an element that cancels to nearly 0 cannot match to 1e-5 of
+    itself. Values are compared with the plain rtol 1e-5.
+    """
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    assert_close(actual, expected, rtol=1e-5, atol=max(1e-6, 1e-6 * scale),
+                 what=what)
+
+
+def assert_same(ours, ref, what):
+    assert_close(ours[0], ref[0], what=f'{what} value')
+    assert_grad_close(ours[1], ref[1], what=f'{what} grad pred')
+    if ref[2] is not None:  # mmdet's bounded loss never grads the target
+        assert_grad_close(ours[2], ref[2], what=f'{what} grad target')
+    else:
+        assert ours[2] is None or not ours[2].any()
+
+
+# ---------------------------------------------------------------------------
+# Parity with mmdet
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize('name,kw', TWINS, ids=TWIN_IDS)
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_parity_with_mmdet(mmdet_losses, name, kw, seed):
+    pred, target = make_pairs(300, seed)
+    for (wname, weight), reduction, avg_factor in itertools.product(
+            weights_for(name, pred, seed).items(), REDUCTIONS,
+            (None, 37.5, 0)):
+        if reduction == 'sum' and avg_factor is not None:
+            continue
+        ref = getattr(mmdet_losses, name)(**kw, reduction=reduction,
+                                          loss_weight=2.0)
+        ours = getattr(mmloss, name)(**kw, reduction=reduction,
+                                     loss_weight=2.0)
+        call = dict(weight=weight, avg_factor=avg_factor)
+        assert_same(run(ours, pred, target, **call),
+                    run(ref, pred, target, **call),
+                    f'{name} {wname} {reduction} avg={avg_factor}')
+
+
+@pytest.mark.parametrize('name,kw', TWINS, ids=TWIN_IDS)
+def test_parity_reduction_override(mmdet_losses, name, kw):
+    pred, target = make_pairs(200, 3)
+    weight = torch.rand(200, 4, generator=torch.Generator().manual_seed(3))
+    ref = getattr(mmdet_losses, name)(**kw, reduction='sum')
+    ours = getattr(mmloss, name)(**kw, reduction='sum')
+    for override, avg in (('mean', None), ('mean', 12.0), ('none', None),
+                          ('sum', None)):
+        call = dict(weight=weight, avg_factor=avg,
+                    reduction_override=override)
+        assert_same(run(ours, pred, target, **call),
+                    run(ref, pred, target, **call), f'{name} {override}')
+
+
+@pytest.mark.parametrize('name,kw', TWINS, ids=TWIN_IDS)
+def test_sum_with_avg_factor_raises(name, kw):
+    pred, target = make_pairs(10, 0)
+    with pytest.raises(ValueError, match='avg_factor'):
+        getattr(mmloss, name)(**kw)(pred, target, avg_factor=3.0,
+                                    reduction_override='sum')
+
+
+def test_parity_large_batch(mmdet_losses):
+    """One realistic case: 200k pairs, every twin, 'mean' with weights."""
+    pred, target = make_pairs(200_000, 7)
+    weight = torch.rand(200_000, 4, generator=torch.Generator().manual_seed(7))
+    for name, kw in TWINS[::2] + [('SIoULoss', {})]:
+        call = dict(weight=weight, avg_factor=1234.0)
+        assert_same(run(getattr(mmloss, name)(**kw), pred, target, **call),
+                    run(getattr(mmdet_losses, name)(**kw), pred, target,
+                        **call), f'{name} 200k')
+
+
+def test_deprecated_linear(mmdet_losses):
+    pred, target = make_pairs(50, 0)
+    with pytest.warns(DeprecationWarning, match='linear'):
+        ours = mmloss.IoULoss(linear=True)
+    assert ours.mode == 'linear'
+    assert_same(run(ours, pred, target),
+                run(mmdet_losses.IoULoss(linear=True), pred, target),
+                'IoULoss linear=True')
+
+
+def test_functional_matches_mmdet_functional(mmdet_losses):
+    pred, target = make_pairs(100, 4)
+    weight = torch.rand(100)
+    assert_close(
+        mmloss.functional.iou_loss(pred, target, weight, mode='square',
+                                   avg_factor=10.),
+        mmdet_losses.iou_loss(pred, target, weight, mode='square',
+                              avg_factor=10.))
+    assert_close(
+        mmloss.functional.bounded_iou_loss(pred, target, reduction='sum'),
+        mmdet_losses.bounded_iou_loss(pred, target, reduction='sum'))
+
+
+def test_builds_from_registries():
+    from mmdet.registry import MODELS as MMDET_MODELS
+    for name in ALL:
+        assert type(mmloss.MODELS.build(dict(type=name))).__name__ == name
+        built = MMDET_MODELS.build(dict(type=f'mmloss.{name}'))
+        assert isinstance(built, getattr(mmloss, name))
+    # mmdet's own names stay mmdet's
+    assert type(MMDET_MODELS.build(dict(type='GIoULoss'))).__module__ \
+        .startswith('mmdet')
+
+
+# ---------------------------------------------------------------------------
+# Fast path == plain formula (values and gradients, incl. ties)
+# ---------------------------------------------------------------------------
+def _functional(name):
+    return {'IoULoss': iou_family.iou_loss, 'GIoULoss': iou_family.giou_loss,
+            'DIoULoss': iou_family.diou_loss,
+            'CIoULoss': iou_family.ciou_loss}[name]
+
+
+@pytest.mark.parametrize('name,kw', FAST, ids=[f'{n}-{k}' for n, k in FAST])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_fast_path_equals_plain(name, kw, dtype):
+    pred, target = make_pairs(400, 5, dtype)
+    # ties: identical boxes, shared edges, touching boxes, containment
+    pred[:20] = target[:20]
+    pred[20:40, 0] = target[20:40, 0]
+    pred[40:60, 2] = target[40:60, 0]
+    pred[60:80] = target[60:80] + torch.tensor([1., 1., -1., -1.],
+                                                dtype=dtype)
+    fn = _functional(name)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else {}
+    for reduction in REDUCTIONS:
+        results = []
+        for fast in (True, False):
+            p = pred.clone().requires_grad_()
+            t = target.clone().requires_grad_()
+            loss = fn(p, t, reduction=reduction, fast=fast, **kw)
+            torch.autograd.backward(loss, torch.ones_like(loss) * 1.5)
+            results.append((loss.detach(), p.grad, t.grad))
+        for a, b, what in zip(results[0], results[1],
+                              ('value', 'grad pred', 'grad target')):
+            assert_close(a, b, what=f'{name} {reduction} {what}', **tol)
+
+
+@pytest.mark.parametrize('name,kw', FAST, ids=[f'{n}-{k}' for n, k in FAST])
+def test_fast_path_gradcheck(name, kw):
+    pred, target = make_pairs(12, 9, torch.float64)
+    if name == 'CIoULoss':
+        # CIoU's alpha is detached (a constant in the paper's gradient), so
+        # finite differences only agree where alpha = 0 (IoU <= 0.5); the
+        # alpha > 0 branch is checked against autograd in
+        # test_fast_path_equals_plain.
+        pred = pred + torch.tensor([30., 30., 30., 30.], dtype=pred.dtype)
+        assert (iou_family.iou_terms(pred, target, 'iou')[0] <= 0.5).all()
+    fn = _functional(name)
+    assert torch.autograd.gradcheck(
+        lambda p, t: fn(p, t, reduction='none', **kw),
+        (pred.requires_grad_(), target.requires_grad_()))
+
+
+def test_fast_path_saves_only_inputs():
+    pred, target = make_pairs(1000, 0)
+    pred.requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t) or t, lambda t: t):
+        for fn in (iou_family.iou_loss, iou_family.giou_loss,
+                   iou_family.diou_loss, iou_family.ciou_loss):
+            fn(pred, target, reduction='none')
+    assert saved and all(t.data_ptr() in (pred.data_ptr(), target.data_ptr())
+                         for t in saved)
+
+
+# ---------------------------------------------------------------------------
+# Deliberate differences from mmdet (mmdet NaN/Inf, ours finite)
+# ---------------------------------------------------------------------------
+def test_ciou_identical_boxes_is_finite(mmdet_losses):
+    # mmdet: alpha = v / (1 - IoU + v) is 0/0 once IoU rounds to 1 -> NaN.
+    # The aspect term vanishes for identical boxes, so alpha * v = 0.
+    target = torch.tensor([[10., 20., 110., 220.], [0., 0., 300., 400.]])
+    assert torch.isnan(mmdet_losses.CIoULoss(reduction='none')(
+        target, target)).all()
+    _, grad_p, _ = loss_and_grad = run(mmloss.CIoULoss(reduction='none'),
+                                       target, target)
+    assert_close(loss_and_grad[0], torch.zeros(2), atol=1e-6)
+    assert torch.isfinite(grad_p).all()
+
+
+@pytest.mark.parametrize('name', ['IoULoss', 'GIoULoss', 'DIoULoss',
+                                  'CIoULoss', 'EIoULoss', 'SIoULoss',
+                                  'BoundedIoULoss'])
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_large_half_boxes(mmdet_losses, name, dtype):
+    # areas of 300-400 px boxes exceed float16's 65504: mmdet gives NaN/Inf
+    # (or -log(eps)) for most twins. We compute in float32 and cast back.
+    target = torch.tensor([[10., 20., 400., 380.], [0., 0., 300., 300.]])
+    pred = target + torch.tensor([5., -3., 8., 2.])
+    ours = getattr(mmloss, name)(reduction='none')
+    loss, grad, _ = run(ours, pred.to(dtype), target.to(dtype))
+    assert loss.dtype == dtype and grad.dtype == dtype
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    expected = ours(pred, target).to(dtype)
+    assert_close(loss.float(), expected.float(), rtol=1e-2, atol=1e-3)
+    if dtype == torch.float16 and name not in ('BoundedIoULoss', ):
+        ref = getattr(mmdet_losses, name)(reduction='none')(
+            pred.half(), target.half())
+        assert not torch.allclose(ref.float(), expected.float(), atol=1e-2)
+
+
+@pytest.mark.parametrize('name', ALL)
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+@pytest.mark.parametrize('with_weight', [False, True])
+@pytest.mark.parametrize('avg_factor', [None, 0, 5.0])
+def test_empty_input(name, reduction, with_weight, avg_factor):
+    # mmdet: the mean of an empty loss is NaN. Ours: 0, connected to the
+    # graph, so backward() works in a batch without positives.
+    if reduction == 'sum' and avg_factor is not None:
+        return
+    pred = torch.zeros(0, 4, requires_grad=True)
+    weight = torch.zeros(0, 4) if with_weight else None
+    loss = getattr(mmloss, name)(reduction=reduction)(
+        pred, torch.zeros(0, 4), weight=weight, avg_factor=avg_factor)
+    assert torch.isfinite(loss).all()
+    if reduction != 'none':
+        assert loss.item() == 0
+    loss.sum().backward()
+    assert pred.grad is not None and pred.grad.shape == (0, 4)
+
+
+def test_empty_mean_mmdet_is_nan(mmdet_losses):
+    empty = torch.zeros(0, 4)
+    assert torch.isnan(mmdet_losses.GIoULoss()(empty, empty))
+    assert mmloss.GIoULoss()(empty, empty).item() == 0
+
+
+def test_siou_zero_width_boxes(mmdet_losses):
+    # mmdet's shape cost |w_p - w_t| / max(w_p, w_t) is 0/0 for two
+    # zero-width boxes; equal widths have no shape cost, so we take 0 and
+    # keep every other term of the reference formula as it is.
+    boxes = torch.tensor([[5., 5., 5., 9.], [1., 2., 1., 2.]])
+    assert torch.isnan(mmdet_losses.SIoULoss(reduction='none')(
+        boxes, boxes)).all()
+    loss, grad, _ = run(mmloss.SIoULoss(reduction='none'), boxes, boxes)
+    assert torch.isfinite(grad).all()
+    # By hand: IoU = 0; the centre offset is eps and the zero enclosing
+    # width is floored at eps, so rho_x = 1 (rho_y ~ 0 for the 4 px tall
+    # box); the angle is 45 deg, gamma = 1. Box 0: SIoU = -(1 - e)/2.
+    # Box 1 (a point, rho_x = rho_y = 1): SIoU = e - 1 > 1, clamped to 1.
+    assert_close(loss, torch.tensor([1 + (1 - math.e) / 2, 0.0]))
+
+
+@pytest.mark.parametrize('name,kw', TWINS, ids=TWIN_IDS)
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+def test_all_zero_weight(mmdet_losses, name, kw, reduction):
+    # mmdet checks any(weight > 0) on the host and returns (pred*w).sum();
+    # ours reaches the same zero arithmetically (no host sync). Only the
+    # shape differs for 'none': we keep the element-wise zeros.
+    pred, target = make_pairs(50, 1)
+    for weight in (torch.zeros(50, 4), torch.zeros(50)):
+        if name == 'BoundedIoULoss' and weight.dim() == 1:
+            continue
+        ours = run(getattr(mmloss, name)(**kw, reduction=reduction), pred,
+                   target, weight=weight)
+        ref = run(getattr(mmdet_losses, name)(**kw, reduction=reduction),
+                  pred, target, weight=weight)
+        assert not ours[0].any() and not ours[1].any()
+        if reduction != 'none':
+            assert_same(ours, ref, f'{name} zero weight')
+
+
+# ---------------------------------------------------------------------------
+# Hardening
+# ---------------------------------------------------------------------------
+def _edge_boxes():
+    t = torch.tensor([[10., 10., 50., 60.]] * 7)
+    p = torch.tensor([
+        [10., 10., 50., 60.],            # identical
+        [30., 30., 30., 30.],            # zero area (a point)
+        [20., 10., 20., 60.],            # zero width
+        [50., 60., 10., 10.],            # inverted
+        [5000., 5000., 5040., 5050.],    # far apart
+        [12., 11., 48., 62.],            # overlapping
+        [10., 10., 50., 60.]])
+    big = torch.tensor([[1e6, 1e6, 1.0004e6, 1.0005e6]])
+    return (torch.cat([p, big + 10]), torch.cat([t, big]))
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_edge_boxes_finite(mmdet_losses, name):
+    pred, target = _edge_boxes()
+    loss, grad, _ = run(getattr(mmloss, name)(reduction='none'), pred, target)
+    assert torch.isfinite(loss).all(), loss
+    assert torch.isfinite(grad).all(), grad
+    if hasattr(mmdet_losses, name):
+        # equal to mmdet wherever mmdet is finite
+        ref = getattr(mmdet_losses, name)(reduction='none')(pred, target)
+        finite = torch.isfinite(ref)
+        assert_close(loss[finite], ref[finite], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ALL)
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_inputs_keep_dtype(name, dtype):
+    pred, target = make_pairs(64, 2, dtype)
+    loss, grad, _ = run(getattr(mmloss, name)(), pred, target,
+                        weight=torch.rand(64).to(dtype))
+    assert loss.dtype == dtype and grad.dtype == dtype
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_nan_propagates(name):
+    pred, target = make_pairs(8, 0)
+    pred[3, 1] = float('nan')
+    loss = getattr(mmloss, name)(reduction='none')(pred, target)
+    assert torch.isnan(loss.reshape(8, -1)[3]).any()
+    assert torch.isnan(getattr(mmloss, name)()(pred, target))
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_invalid_inputs_raise(name):
+    cls = getattr(mmloss, name)
+    loss = cls()
+    box = torch.rand(10, 4)
+    with pytest.raises(ValueError, match=name):
+        loss(box, torch.rand(9, 4))
+    with pytest.raises(ValueError, match=name):
+        loss(torch.rand(10, 5), torch.rand(10, 5))
+    with pytest.raises(TypeError, match=name):
+        loss(box.long(), box.long())
+    with pytest.raises(TypeError, match=name):
+        loss(box.tolist(), box)
+    with pytest.raises(ValueError, match=name):
+        loss(box, box, weight=torch.rand(7))
+    with pytest.raises(ValueError, match=name):
+        loss(box, box, reduction_override='avg')
+    with pytest.raises(TypeError, match=name):
+        loss(box, box, unknown=1)
+    with pytest.raises(ValueError, match=name):
+        cls(reduction='avg')
+    with pytest.raises(ValueError, match=name):
+        cls(loss_weight=-1.0)
+    with pytest.raises(ValueError, match=name):
+        cls(eps=-1.0)
+
+
+@pytest.mark.parametrize('name,kw', [
+    ('IoULoss', {'mode': 'cube'}), ('EIoULoss', {'smooth_point': 0}),
+    ('SIoULoss', {'neg_gamma': 'yes'}), ('BoundedIoULoss', {'beta': 0}),
+    ('VariantIoULoss', {'mode': 'xiou'}),
+    ('VariantIoULoss', {'inner_ratio': 0}),
+    ('VariantIoULoss', {'focaler': (0.5, 0.2)}),
+    ('VariantIoULoss', {'focaler': 0.5}),
+    ('AlphaIoULoss', {'alpha': 0}), ('AlphaIoULoss', {'mode': 'eiou'}),
+    ('WiseIoULoss', {'version': 'v4'}), ('WiseIoULoss', {'momentum': 0}),
+    ('WiseIoULoss', {'momentum': 2}), ('MPDIoULoss', {'img_size': 640}),
+    ('MPDIoULoss', {'img_size': (640, -1)}), ('FocalEIoULoss', {'gamma': -1}),
+])
+def test_bad_constructor_arguments(name, kw):
+    with pytest.raises((ValueError, TypeError), match=name):
+        getattr(mmloss, name)(**kw)
+
+
+def test_leading_dims():
+    pred, target = make_pairs(24, 0)
+    loss = mmloss.GIoULoss(reduction='none')
+    assert_close(loss(pred.view(2, 12, 4), target.view(2, 12, 4)).flatten(),
+                 loss(pred, target))
