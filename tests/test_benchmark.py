@@ -281,3 +281,39 @@ def test_cli_on_landed_losses_writes_json_and_markdown(tmp_path, capsys):
     for name in names:
         assert f'| {name} | small |' in markdown
         assert any(line.startswith(name) for line in printed.splitlines())
+
+
+class _Broken(torch.nn.Module):
+    def forward(self, *args):
+        raise RuntimeError('broken on purpose')
+
+
+def _run_giou_small(tmp_path):
+    return bench.main(['--losses', 'GIoULoss', '--size', 'small', '--repeat',
+                       '1', '--warmup', '0', '--threads', '1', '--out',
+                       str(tmp_path), '--no-progress'])
+
+
+def test_mmloss_error_fails_the_run(monkeypatch, mmdet_losses, tmp_path,
+                                    capsys):
+    monkeypatch.setattr(bench, 'has_mmloss', lambda case: True)
+    monkeypatch.setattr(bench, 'build_mmloss', lambda case, device: _Broken())
+    assert _run_giou_small(tmp_path) == 1
+    captured = capsys.readouterr()
+    assert 'ERROR' in captured.out and 'broken on purpose' in captured.err
+    row = json.loads((tmp_path / 'benchmark.json').read_text())['rows'][0]
+    assert row['mmloss']['status'] == 'error' and row['agree'] is None
+    # mmdet's side is still measured.
+    assert row['mmdet']['status'] == 'ok' and row['mmdet']['ms'] > 0
+
+
+def test_mmdet_error_is_reported_not_failed(monkeypatch, mmdet_as_mmloss,
+                                            tmp_path, capsys):
+    monkeypatch.setattr(bench, 'build_mmdet', lambda case, device: _Broken())
+    monkeypatch.setattr(bench, 'build_mmloss',
+                        lambda case, device: bench.mmdet_registry().build(
+                            dict(type='GIoULoss')))
+    assert _run_giou_small(tmp_path) == 0
+    assert 'mmdet error' in capsys.readouterr().out
+    row = json.loads((tmp_path / 'benchmark.json').read_text())['rows'][0]
+    assert row['mmdet']['status'] == 'error' and row['mmloss']['ms'] > 0
