@@ -1,0 +1,179 @@
+"""KnowledgeDistillationKLDivLoss against MMDetection 3.3."""
+import pytest
+import torch
+
+import mmloss
+from mmloss.losses.kd import (KLDivDistillFunction,
+                              knowledge_distillation_kl_div_loss)
+from mmloss.reduction import FLOAT32_EPS
+from tests.helpers import assert_close
+
+REDUCTIONS = ('none', 'mean', 'sum')
+
+
+def compare(ref, ours, pred, soft, *args, grad_atol=1e-6, **kwargs):
+    xa, xb = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    sa, sb = soft.clone().requires_grad_(), soft.clone().requires_grad_()
+    a, b = ref(xa, sa, *args, **kwargs), ours(xb, sb, *args, **kwargs)
+    assert b.shape == a.shape
+    assert_close(b, a, what='value')
+    proj = torch.linspace(-1, 1, a.numel()).reshape(a.shape)
+    (a * proj).sum().backward()
+    (b * proj).sum().backward()
+    assert_close(xb.grad, xa.grad, atol=grad_atol, what='grad')
+    # the teacher is detached in both
+    assert sa.grad is None and sb.grad is None
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+@pytest.mark.parametrize('T', [1, 10])
+def test_parity_grid(mmdet_losses, seed, reduction, T):
+    g = torch.Generator().manual_seed(seed)
+    pred = torch.randn(48, 17, generator=g) * 3
+    soft = torch.randn(48, 17, generator=g) * 3
+    weight = torch.rand(48, generator=g)
+    kwargs = dict(reduction=reduction, T=T, loss_weight=0.25)
+    ref = mmdet_losses.KnowledgeDistillationKLDivLoss(**kwargs)
+    ours = mmloss.KnowledgeDistillationKLDivLoss(**kwargs)
+    compare(ref, ours, pred, soft)
+    compare(ref, ours, pred, soft, weight)
+    if reduction == 'mean':
+        compare(ref, ours, pred, soft, weight, avg_factor=12.0)
+        # avg_factor=0 divides by the float32 eps: gradients scale by 1e7
+        compare(ref, ours, pred, soft, weight, avg_factor=0,
+                grad_atol=1e-6 / FLOAT32_EPS)
+    for override in REDUCTIONS:
+        compare(ref, ours, pred, soft, weight, reduction_override=override)
+
+
+def test_parity_realistic_size(mmdet_losses):
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randn(100_000, 17, generator=g) * 2
+    soft = torch.randn(100_000, 17, generator=g) * 2
+    weight = torch.rand(100_000, generator=g)
+    compare(mmdet_losses.KnowledgeDistillationKLDivLoss(),
+            mmloss.KnowledgeDistillationKLDivLoss(), pred, soft, weight,
+            avg_factor=4.0)
+
+
+def test_hand_computed():
+    pred = torch.tensor([[0.0, 0.0]])
+    soft = torch.tensor([[2.0, 0.0]])
+    t = torch.softmax(soft / 2, 1)
+    expected = (t * (t.log() - torch.log(torch.tensor(0.5)))).mean() * 4
+    out = mmloss.KnowledgeDistillationKLDivLoss(T=2)(pred, soft)
+    assert_close(out, expected)
+    # identical logits: zero loss
+    assert mmloss.KnowledgeDistillationKLDivLoss()(soft, soft).item() == \
+        pytest.approx(0, abs=1e-7)
+
+
+def test_fast_matches_plain_and_gradcheck():
+    g = torch.Generator().manual_seed(4)
+    pred = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    soft = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    for reduction in REDUCTIONS:
+        results = []
+        for fast in (True, False):
+            x = pred.clone().requires_grad_()
+            out = knowledge_distillation_kl_div_loss(
+                x, soft, reduction=reduction, T=3, fast=fast)
+            out.sum().backward()
+            results.append((out.detach(), x.grad))
+        assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+        assert_close(results[0][1], results[1][1], rtol=1e-12, atol=1e-12)
+    x = pred.clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t: KLDivDistillFunction.apply(t, soft, 3.0), (x,))
+    assert torch.autograd.gradcheck(
+        lambda t: mmloss.KnowledgeDistillationKLDivLoss(T=2)(t, soft), (x,))
+    # the plain path with a live teacher is differentiable in both
+    s = soft.clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b: knowledge_distillation_kl_div_loss(
+            a, b, T=2, detach_target=False), (x, s))
+
+
+# ------------------------------------------------------------- hardening
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+def test_empty_input(reduction):
+    pred = torch.zeros(0, 17, requires_grad=True)
+    out = mmloss.KnowledgeDistillationKLDivLoss(reduction=reduction)(
+        pred, torch.zeros(0, 17))
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert pred.grad is not None
+
+
+def test_zero_weight_and_extreme_logits(mmdet_losses):
+    pred = torch.tensor([[100.0, -100.0, 0.0], [-100.0, 100.0, 3.0]])
+    soft = torch.tensor([[-100.0, 100.0, 0.0], [0.0, 0.0, 100.0]])
+    compare(mmdet_losses.KnowledgeDistillationKLDivLoss(T=1),
+            mmloss.KnowledgeDistillationKLDivLoss(T=1), pred, soft)
+    out = mmloss.KnowledgeDistillationKLDivLoss()(pred, soft,
+                                                  torch.zeros(2))
+    assert out.item() == 0
+
+
+def test_masked_teacher_logit(mmdet_losses):
+    """A -inf teacher logit is a zero probability: it adds 0, as in
+    F.kl_div (MMDetection's value), never NaN."""
+    pred = torch.randn(3, 4)
+    soft = torch.randn(3, 4)
+    soft[0, 1] = float('-inf')
+    compare(mmdet_losses.KnowledgeDistillationKLDivLoss(T=1),
+            mmloss.KnowledgeDistillationKLDivLoss(T=1), pred, soft)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision(dtype):
+    g = torch.Generator().manual_seed(5)
+    pred = torch.randn(5000, 17, generator=g) * 3
+    soft = torch.randn(5000, 17, generator=g) * 3
+    loss = mmloss.KnowledgeDistillationKLDivLoss(reduction='sum')
+    x = pred.to(dtype).requires_grad_()
+    out = loss(x, soft.to(dtype))
+    assert out.dtype == dtype and torch.isfinite(out)
+    out.backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
+    expected = loss(pred.to(dtype).float(), soft.to(dtype).float())
+    assert_close(out.float(), expected, rtol=1e-2, atol=0)
+
+
+def test_nan_propagates():
+    pred = torch.randn(3, 4)
+    pred[1, 1] = float('nan')
+    assert torch.isnan(
+        mmloss.KnowledgeDistillationKLDivLoss()(pred, torch.randn(3, 4)))
+
+
+def test_invalid_inputs():
+    loss = mmloss.KnowledgeDistillationKLDivLoss()
+    with pytest.raises(ValueError, match='KnowledgeDistillationKLDivLoss'):
+        loss(torch.randn(3, 4), torch.randn(3, 5))
+    with pytest.raises(ValueError, match='KnowledgeDistillationKLDivLoss'):
+        loss(torch.randn(4), torch.randn(4))
+    with pytest.raises(TypeError, match='KnowledgeDistillationKLDivLoss'):
+        loss(torch.randn(3, 4), torch.ones(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match='KnowledgeDistillationKLDivLoss'):
+        loss(torch.randn(3, 4), torch.randn(3, 4), torch.ones(4))
+    with pytest.raises(ValueError, match='KnowledgeDistillationKLDivLoss'):
+        loss(torch.randn(3, 4), torch.randn(3, 4), reduction_override='x')
+    with pytest.raises(ValueError, match='KnowledgeDistillationKLDivLoss'):
+        loss(torch.randn(3, 4), torch.randn(3, 4), reduction_override='sum',
+             avg_factor=2)
+    for kwargs in (dict(T=0.5), dict(T='hot'), dict(loss_weight=-1.0),
+                   dict(reduction='avg')):
+        with pytest.raises(ValueError, match='KnowledgeDistillationKLDiv'):
+            mmloss.KnowledgeDistillationKLDivLoss(**kwargs)
+
+
+def test_registry_build():
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    built = MODELS.build(dict(type='mmloss.KnowledgeDistillationKLDivLoss',
+                              T=5, loss_weight=0.5))
+    assert isinstance(built, mmloss.KnowledgeDistillationKLDivLoss)
+    assert built.T == 5
