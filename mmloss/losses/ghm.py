@@ -201,7 +201,7 @@ class HarmonizedLossFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         coeff, scale = ctx.saved_tensors
-        grad = grad.float()
+        grad = grad.to(coeff.dtype)
         if scale is not None:
             grad = grad * scale
         grad = coeff * grad
@@ -292,7 +292,7 @@ def _ghmc_label_parts(pred: Tensor, labels: Tensor, label_weight: Tensor,
         flat.index_copy_(0, cell,
                          torch.where(foreground, foreground_value(old), old))
 
-    g = torch.sigmoid(x).float()
+    g = torch.sigmoid(x)
     patch(g, lambda s: 1 - s)
 
     valid_row = label_weight > 0
@@ -300,10 +300,11 @@ def _ghmc_label_parts(pred: Tensor, labels: Tensor, label_weight: Tensor,
     index = gradient_bin_index(g, bins, 1.0 + GHMC_TOP_EDGE_PAD,
                                valid_row[:, None])
     bin_weight = harmonized_bin_weights(index, bins, tot, momentum, acc_sum)
-    weight = bin_weight.index_select(0, index.view(-1)).view_as(g)
+    weight = bin_weight.to(g.dtype).index_select(0, index.view(-1))
+    weight = weight.view_as(g)
 
-    x_cell = x.reshape(-1).index_select(0, cell).float()
-    bce = F.softplus(x).float()
+    x_cell = x.reshape(-1).index_select(0, cell)
+    bce = F.softplus(x)
     patch(bce, lambda _: F.softplus(-x_cell))
     denominator = _mean_denominator(tot)
     value = _reduce(bce, weight, reduction, denominator)
@@ -321,16 +322,17 @@ def _ghmc_onehot_parts(pred: Tensor, target: Tensor, label_weight: Tensor,
     x = pred.detach().to(_compute_dtype(pred))
     t = target.detach().to(x.dtype)
     residual = torch.sigmoid(x).sub_(t)
-    g = residual.abs().float()
+    g = residual.abs()
     valid = label_weight > 0
     tot = valid.sum().clamp_(min=1).float()
     index = gradient_bin_index(g, bins, 1.0 + GHMC_TOP_EDGE_PAD, valid)
     bin_weight = harmonized_bin_weights(index, bins, tot, momentum, acc_sum)
-    weight = bin_weight.index_select(0, index.view(-1)).view_as(g)
-    bce = F.binary_cross_entropy_with_logits(x, t, reduction='none').float()
+    weight = bin_weight.to(g.dtype).index_select(0, index.view(-1))
+    weight = weight.view_as(g)
+    bce = F.binary_cross_entropy_with_logits(x, t, reduction='none')
     denominator = _mean_denominator(tot)
     value = _reduce(bce, weight, reduction, denominator)
-    coeff = residual.float().mul_(weight)
+    coeff = residual.mul_(weight)
     scale = denominator.reciprocal() if reduction == 'mean' else None
     return value, coeff, scale, weight, tot
 
@@ -420,16 +422,17 @@ def _ghmr_parts(pred: Tensor, target: Tensor, label_weight: Tensor,
     # MMDetection's own rounding: sqrt(d * d + float32(mu * mu))
     root = (diff * diff).add_(mu * mu).sqrt_()
     slope = diff / root                     # d ASL1 / d pred, in (-1, 1)
-    g = slope.abs().float()
+    g = slope.abs()
     valid = label_weight > 0
     tot = label_weight.float().sum().clamp_(min=1)
     index = gradient_bin_index(g, bins, GHMR_TOP_EDGE, valid)
     bin_weight = harmonized_bin_weights(index, bins, tot, momentum, acc_sum)
-    weight = bin_weight.index_select(0, index.view(-1)).view_as(g)
-    asl1 = root.sub_(mu).float()
+    weight = bin_weight.to(g.dtype).index_select(0, index.view(-1))
+    weight = weight.view_as(g)
+    asl1 = root.sub_(mu)
     denominator = _mean_denominator(tot)
     value = _reduce(asl1, weight, reduction, denominator)
-    coeff = slope.float().mul_(weight)
+    coeff = slope.mul_(weight)
     scale = denominator.reciprocal() if reduction == 'mean' else None
     return value, coeff, scale, weight, tot
 

@@ -1,0 +1,526 @@
+"""GHM-C and GHM-R against MMDetection 3.3, by hand, and under stress."""
+import math
+
+import pytest
+import torch
+
+from mmloss.losses.ghm import (GHMC, GHMR, ghm_edges, ghmc_loss, ghmr_loss,
+                               gradient_bin_index, harmonized_bin_weights)
+from tests.helpers import assert_close
+
+NUM_CLASSES = 8
+
+
+# --------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------
+def cls_inputs(seed, n=600, num_classes=NUM_CLASSES, background=0.9,
+               scale=3.0, ignored=0.1):
+    """Logits (n, C), labels (n,) with ``C`` = background, label_weight."""
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.randn(n, num_classes, generator=gen) * scale
+    labels = torch.randint(0, num_classes, (n, ), generator=gen)
+    labels[torch.rand(n, generator=gen) < background] = num_classes
+    label_weight = (torch.rand(n, generator=gen) >= ignored).float()
+    return pred, labels, label_weight
+
+
+def onehot_of(labels, num_classes=NUM_CLASSES):
+    return torch.nn.functional.one_hot(labels, num_classes + 1)[:, :-1] \
+        .float()
+
+
+def reg_inputs(seed, n=500, scale=0.1, ignored=0.2):
+    """Deltas, targets and a (n, 4) label_weight."""
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.randn(n, 4, generator=gen) * scale
+    target = torch.randn(n, 4, generator=gen) * scale
+    valid = (torch.rand(n, 1, generator=gen) >= ignored).float()
+    return pred, target, valid.expand(-1, 4).contiguous()
+
+
+def loss_and_grad(module, pred, *args, **kwargs):
+    pred = pred.detach().clone().requires_grad_()
+    loss = module(pred, *args, **kwargs)
+    loss.sum().backward()
+    return loss.detach(), pred.grad
+
+
+def assert_same_step(ours, theirs, pred, *args, what='', **kwargs):
+    """One forward + backward of both modules: same value and gradient.
+
+    Element-wise results (the gradient, the 'none' loss) are compared with
+    ``atol = 1e-6 * max|expected|``: a float32 sigmoid is exact only to an
+    ulp of 1, so ``(sigmoid(x) - t) * w`` carries ~1e-7 * w of rounding in
+    any float32 implementation (mmdet's own 'none' BCE, ``x -
+    logsigmoid(x)``, loses ~1e-6 * w to cancellation). A wrong weight or
+    bin is off by O(w) and still fails."""
+    value, grad = loss_and_grad(ours, pred, *args, **kwargs)
+    ref_value, ref_grad = loss_and_grad(theirs, pred, *args, **kwargs)
+    assert torch.isfinite(ref_value).all(), what
+
+    def scaled_atol(expected):
+        return max(1e-6 * float(expected.abs().max()), 1e-12) \
+            if expected.numel() else 1e-6
+
+    assert_close(value, ref_value, atol=scaled_atol(ref_value),
+                 what=f'{what} value')
+    assert_close(grad, ref_grad, atol=scaled_atol(ref_grad),
+                 what=f'{what} grad')
+    return value, grad
+
+
+# --------------------------------------------------------------------------
+# Bins
+# --------------------------------------------------------------------------
+def brute_force_bins(g, edges):
+    """MMDetection's comparisons, bin by bin."""
+    bins = len(edges) - 1
+    index = torch.full(g.shape, bins, dtype=torch.int32)
+    for i in range(bins):
+        index[(g >= edges[i]) & (g < edges[i + 1])] = i
+    return index
+
+
+@pytest.mark.parametrize('top', [1.0 + 1e-6, 1e3])
+def test_bin_index_is_mmdet_bin_at_every_edge(top):
+    # floor(g * bins) alone is off by one next to the edges for most bins
+    # (e.g. 11, 12, 19, 20, ...): probe every edge and its neighbour ulps.
+    for bins in list(range(1, 70)) + [97, 100, 128, 255, 256, 1000]:
+        edges = ghm_edges(bins, top)
+        down = torch.nextafter(edges, torch.tensor(-1.0))
+        up = torch.nextafter(edges, torch.tensor(2e3))
+        g = torch.cat([edges, down, up, torch.nextafter(down, up - 1),
+                       torch.rand(200),
+                       torch.tensor([0.0, 1.0, 1.0000001, 1 + 1e-6, 2.0,
+                                     999.0, 1e3, 1e4])]).clamp_min(0)
+        assert torch.equal(gradient_bin_index(g, bins, top),
+                           brute_force_bins(g, edges)), bins
+
+
+def test_bin_index_marks_invalid_and_stays_in_range_for_nan():
+    g = torch.tensor([0.05, 0.5, 0.95, float('nan'), float('inf')])
+    valid = torch.tensor([True, False, True, True, True])
+    index = gradient_bin_index(g, 10, 1 + 1e-6, valid)
+    assert index[:3].tolist() == [0, 10, 9]
+    # non-finite norms land in some bin (the loss is NaN anyway), never
+    # outside the table
+    assert ((index[3:] >= 0) & (index[3:] <= 10)).all()
+
+
+def test_bin_weights_by_hand():
+    # bins 0, 0, 1, 3 of 4 -> counts (2, 1, 0, 1), n = 3, tot = 8
+    index = torch.tensor([0, 0, 1, 3, 4], dtype=torch.int32)
+    tot = torch.tensor(8.0)
+    weight = harmonized_bin_weights(index, 4, tot)
+    assert_close(weight, torch.tensor([8 / 2, 8 / 1, 0, 8 / 1, 0]) / 3)
+    acc = torch.tensor([4.0, 0.0, 2.0, 0.0])
+    weight = harmonized_bin_weights(index, 4, tot, 0.5, acc)
+    # non-empty bins move: 0.5 * A + 0.5 * c; bin 2 (empty) keeps 2.0
+    assert_close(acc, torch.tensor([3.0, 0.5, 2.0, 0.5]))
+    assert_close(weight, torch.tensor([8 / 3, 8 / 0.5, 0, 8 / 0.5, 0]) / 3)
+
+
+# --------------------------------------------------------------------------
+# GHM-C
+# --------------------------------------------------------------------------
+def test_ghmc_by_hand():
+    # two logits, bins=2: g = sigmoid(x) (negatives), one per bin -> w = 1
+    pred = torch.tensor([[-2.0, 1.0]], requires_grad=True)
+    target = torch.zeros(1, 2)
+    loss = GHMC(bins=2)(pred, target, torch.ones(1, 2))
+    # tot = 2, n = 2: w = tot / (n * 1) = 1; loss = sum(BCE) / 2
+    expected = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(1.0))) / 2
+    assert_close(loss, torch.tensor(expected))
+    loss.backward()
+    assert_close(pred.grad, torch.sigmoid(pred.detach()) / 2)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('momentum', [0.0, 0.75])
+@pytest.mark.parametrize('onehot', [False, True])
+def test_ghmc_matches_mmdet(mmdet_losses, seed, momentum, onehot):
+    pred, labels, label_weight = cls_inputs(seed)
+    target = onehot_of(labels) if onehot else labels
+    if onehot:
+        label_weight = label_weight[:, None].expand(-1, NUM_CLASSES)
+    for reduction in ('mean', 'none'):
+        ours = GHMC(bins=30, momentum=momentum, loss_weight=2.0,
+                    reduction=reduction)
+        theirs = mmdet_losses.GHMC(bins=30, momentum=momentum,
+                                   loss_weight=2.0, reduction=reduction)
+        assert_same_step(ours, theirs, pred, target, label_weight,
+                         what=f'{reduction}')
+        # the override, and the avg_factor heads pass (ignored by both)
+        override = 'none' if reduction == 'mean' else 'mean'
+        assert_same_step(ours, theirs, pred, target, label_weight,
+                         reduction_override=override, avg_factor=0.0,
+                         what=f'{reduction} override')
+
+
+@pytest.mark.parametrize('momentum', [0.0, 0.75])
+def test_ghmc_momentum_matches_mmdet_over_iterations(mmdet_losses, momentum):
+    ours = GHMC(bins=30, momentum=momentum)
+    theirs = mmdet_losses.GHMC(bins=30, momentum=momentum)
+    for step in range(4):
+        # the batches differ in size and in their share of ignored anchors
+        pred, labels, label_weight = cls_inputs(
+            10 + step, n=400 + 150 * step, ignored=0.05 * step)
+        assert_same_step(ours, theirs, pred, labels, label_weight,
+                         what=f'step {step}')
+        if momentum:
+            # the same float32 operations in the same order: bit-identical
+            assert torch.equal(ours.acc_sum, theirs.acc_sum), step
+
+
+def test_ghmc_state_dict_restores_momentum(mmdet_losses):
+    theirs = mmdet_losses.GHMC(bins=30, momentum=0.75)
+    ours = GHMC(bins=30, momentum=0.75)
+    assert set(ours.state_dict()) == set(theirs.state_dict()) \
+        == {'edges', 'acc_sum'}
+    for step in range(2):
+        pred, labels, label_weight = cls_inputs(20 + step)
+        theirs(pred, labels, label_weight)
+        ours(pred, labels, label_weight)
+    # an mmdet checkpoint loads strictly and resumes the same statistics
+    resumed = GHMC(bins=30, momentum=0.75)
+    resumed.load_state_dict(theirs.state_dict(), strict=True)
+    assert torch.equal(resumed.acc_sum, theirs.acc_sum)
+    # ... and so does our own, which differs from a fresh module
+    restored = GHMC(bins=30, momentum=0.75)
+    restored.load_state_dict(ours.state_dict())
+    fresh = GHMC(bins=30, momentum=0.75)
+    pred, labels, label_weight = cls_inputs(30)
+    expected = theirs(pred, labels, label_weight)
+    assert_close(resumed(pred, labels, label_weight), expected)
+    assert_close(restored(pred, labels, label_weight), expected)
+    assert not torch.allclose(fresh(pred, labels, label_weight), expected)
+    # no momentum, no state: the same keys as mmdet
+    assert set(GHMC(momentum=0).state_dict()) == {'edges'}
+
+
+def test_ghmc_sum_is_sum_of_none(mmdet_losses):
+    # mmdet raises for 'sum' (it always passes tot as avg_factor); ours sums
+    pred, labels, label_weight = cls_inputs(3)
+    with pytest.raises(ValueError):
+        mmdet_losses.GHMC(bins=10, reduction='sum')(pred, labels,
+                                                     label_weight)
+    loss_sum, grad_sum = loss_and_grad(GHMC(bins=10, reduction='sum'), pred,
+                                       labels, label_weight)
+    loss_none, grad_none = loss_and_grad(GHMC(bins=10, reduction='none'),
+                                         pred, labels, label_weight)
+    assert_close(loss_sum, loss_none.sum())
+    assert_close(grad_sum, grad_none)
+
+
+@pytest.mark.parametrize('onehot', [False, True])
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_ghmc_fast_matches_plain(reduction, onehot):
+    pred, labels, label_weight = cls_inputs(4)
+    target = onehot_of(labels) if onehot else labels
+    if onehot:
+        label_weight = label_weight[:, None].expand(-1, NUM_CLASSES)
+    results = []
+    for fast in (True, False):
+        acc = torch.zeros(30)
+        x = pred.clone().requires_grad_()
+        for _ in range(2):
+            loss = ghmc_loss(x, target, label_weight, bins=30, momentum=0.75,
+                             acc_sum=acc, reduction=reduction, fast=fast)
+        loss.sum().backward()
+        results.append((loss.detach(), x.grad, acc))
+    for got, expected in zip(*results):
+        assert_close(got, expected)
+
+
+def test_ghmc_soft_target_with_grad_uses_plain_formula():
+    pred, labels, label_weight = cls_inputs(5, n=50)
+    target = (onehot_of(labels) * 0.8).requires_grad_()
+    weight = label_weight[:, None].expand(-1, NUM_CLASSES)
+    loss = ghmc_loss(pred, target, weight, bins=10)
+    loss.backward()
+    assert target.grad is not None and torch.isfinite(target.grad).all()
+
+
+def test_ghmc_large_matches_mmdet(mmdet_losses):
+    # RetinaNet's size: 100k anchors x 80 classes, 90 % background
+    pred, labels, label_weight = cls_inputs(6, n=100_000, num_classes=80,
+                                            scale=2.0)
+    ours = GHMC(bins=30, momentum=0.75)
+    theirs = mmdet_losses.GHMC(bins=30, momentum=0.75)
+    assert_same_step(ours, theirs, pred, labels, label_weight, what='large')
+    assert torch.equal(ours.acc_sum, theirs.acc_sum)
+
+
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_ghmc_gradcheck(reduction):
+    pred, labels, label_weight = cls_inputs(7, n=12, num_classes=3)
+    pred = pred.double().requires_grad_()
+    for target, weight in ((labels, label_weight),
+                           (onehot_of(labels, 3).double(),
+                            label_weight[:, None].expand(-1, 3))):
+        assert torch.autograd.gradcheck(
+            lambda x: ghmc_loss(x, target, weight, bins=5,
+                                reduction=reduction), (pred, ))
+
+
+# --------------------------------------------------------------------------
+# GHM-C hardening
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_ghmc_empty_input(reduction):
+    module = GHMC(bins=10, momentum=0.75, reduction=reduction)
+    pred = torch.zeros(0, NUM_CLASSES, requires_grad=True)
+    loss = module(pred, torch.zeros(0, dtype=torch.long), torch.zeros(0))
+    assert torch.isfinite(loss).all()
+    loss.sum().backward()
+    assert pred.grad.shape == pred.shape
+    assert torch.equal(module.acc_sum, torch.zeros(10))
+
+
+def test_ghmc_all_ignored_is_zero_and_connected(mmdet_losses):
+    # mmdet: tot = 1, every weight 0 -> 0 as well; the state does not move
+    pred, labels, _ = cls_inputs(8, n=100)
+    label_weight = torch.zeros(100)
+    ours = GHMC(bins=10, momentum=0.75)
+    value, grad = assert_same_step(
+        ours, mmdet_losses.GHMC(bins=10, momentum=0.75), pred, labels,
+        label_weight, what='all ignored')
+    assert value == 0 and torch.equal(grad, torch.zeros_like(grad))
+    assert torch.equal(ours.acc_sum, torch.zeros(10))
+
+
+def test_ghmc_extreme_logits_match_mmdet(mmdet_losses):
+    pred, labels, label_weight = cls_inputs(9, n=200)
+    pred = torch.sign(pred) * 100
+    value, grad = assert_same_step(GHMC(bins=10),
+                                   mmdet_losses.GHMC(bins=10), pred, labels,
+                                   label_weight, what='+-100')
+    assert torch.isfinite(value) and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_ghmc_half_inputs(dtype):
+    # mmdet fails on half logits (float targets); ours runs in float32
+    pred, labels, label_weight = cls_inputs(10, n=300, scale=2.0)
+    reference = GHMC(bins=10)(pred.to(dtype).float(), labels, label_weight)
+    x = pred.to(dtype).requires_grad_()
+    loss = GHMC(bins=10)(x, labels, label_weight)
+    loss.backward()
+    assert loss.dtype == dtype and x.grad.dtype == dtype
+    assert torch.isfinite(x.grad.float()).all()
+    assert_close(loss.float(), reference, rtol=1e-2, atol=1e-3)
+
+
+def test_ghmc_nan_propagates():
+    pred, labels, label_weight = cls_inputs(11, n=50)
+    pred[3, 2] = float('nan')
+    x = pred.requires_grad_()
+    loss = GHMC(bins=10, momentum=0.5)(x, labels, label_weight)
+    loss.backward()
+    assert torch.isnan(loss) and torch.isnan(x.grad[3, 2])
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(bins=0), dict(bins=2.5), dict(bins=True), dict(momentum=1.0),
+    dict(momentum=-0.1), dict(use_sigmoid=False), dict(loss_weight=-1.0),
+    dict(reduction='avg')
+])
+def test_ghmc_bad_arguments(kwargs):
+    with pytest.raises(ValueError, match='GHMC'):
+        GHMC(**kwargs)
+
+
+def test_ghmc_bad_inputs():
+    pred, labels, label_weight = cls_inputs(12, n=20)
+    module = GHMC()
+    with pytest.raises(ValueError, match='GHMC'):
+        module(pred, labels[:10], label_weight)
+    with pytest.raises(ValueError, match='GHMC'):
+        module(pred, labels, label_weight[:10])
+    with pytest.raises(ValueError, match='GHMC'):
+        module(pred, onehot_of(labels)[:, :3], label_weight)
+    with pytest.raises(ValueError, match='GHMC'):
+        module(pred, onehot_of(labels), label_weight)  # weight not (N, C)
+    with pytest.raises(TypeError, match='GHMC'):
+        module(pred, labels.float(), label_weight)
+    with pytest.raises(ValueError, match='GHMC'):
+        module(pred, labels + NUM_CLASSES + 1, label_weight)
+    with pytest.raises(ValueError, match='GHMC'):
+        module(pred, labels - 100, label_weight)
+    with pytest.raises(ValueError, match='GHMC'):
+        module(pred, labels, label_weight, reduction_override='avg')
+
+
+def test_ghmc_builds_from_registry():
+    from mmloss.registry import MODELS
+    module = MODELS.build(dict(type='mmloss.GHMC', bins=30, momentum=0.75))
+    assert isinstance(module, GHMC) and module.use_sigmoid
+    assert module.acc_sum.shape == (30, )
+
+
+# --------------------------------------------------------------------------
+# GHM-R
+# --------------------------------------------------------------------------
+def test_ghmr_by_hand():
+    # d = (0, 1), mu = 1, bins = 2: g = 0 and 1/sqrt(2) -> one per bin, w = 1
+    pred = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    loss = GHMR(mu=1.0, bins=2)(pred, torch.zeros(1, 2), torch.ones(1, 2))
+    # tot = 2: loss = (0 + sqrt(2) - 1) / 2
+    assert_close(loss, torch.tensor((math.sqrt(2) - 1) / 2))
+    loss.backward()
+    assert_close(pred.grad, torch.tensor([[0.0, 1 / math.sqrt(2) / 2]]))
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('momentum', [0.0, 0.7])
+def test_ghmr_matches_mmdet(mmdet_losses, seed, momentum):
+    pred, target, label_weight = reg_inputs(seed)
+    for reduction in ('mean', 'none'):
+        ours = GHMR(mu=0.02, bins=10, momentum=momentum, loss_weight=3.0,
+                    reduction=reduction)
+        theirs = mmdet_losses.GHMR(mu=0.02, bins=10, momentum=momentum,
+                                   loss_weight=3.0, reduction=reduction)
+        assert_same_step(ours, theirs, pred, target, label_weight,
+                         what=reduction)
+        for avg_factor in (None, 0, 17.0):  # ignored by both
+            assert_same_step(ours, theirs, pred, target, label_weight,
+                             avg_factor=avg_factor,
+                             reduction_override='none' if reduction == 'mean'
+                             else 'mean', what=f'{reduction} override')
+
+
+def test_ghmr_fractional_label_weight_matches_mmdet(mmdet_losses):
+    # tot is sum(label_weight), not the count of valid elements
+    pred, target, _ = reg_inputs(3)
+    label_weight = torch.rand(pred.shape, generator=torch.Generator()
+                              .manual_seed(3))
+    label_weight[label_weight < 0.3] = 0
+    assert_same_step(GHMR(bins=7), mmdet_losses.GHMR(bins=7), pred, target,
+                     label_weight, what='fractional')
+
+
+def test_ghmr_momentum_matches_mmdet_over_iterations(mmdet_losses):
+    ours = GHMR(mu=0.02, bins=10, momentum=0.7)
+    theirs = mmdet_losses.GHMR(mu=0.02, bins=10, momentum=0.7)
+    for step in range(4):
+        pred, target, label_weight = reg_inputs(
+            10 + step, n=300 + 100 * step, scale=0.05 * (step + 1))
+        assert_same_step(ours, theirs, pred, target, label_weight,
+                         what=f'step {step}')
+        assert torch.equal(ours.acc_sum, theirs.acc_sum), step
+
+
+def test_ghmr_state_dict_restores_momentum(mmdet_losses):
+    theirs = mmdet_losses.GHMR(momentum=0.7)
+    assert set(GHMR(momentum=0.7).state_dict()) == set(theirs.state_dict())
+    for step in range(2):
+        theirs(*reg_inputs(20 + step))
+    resumed = GHMR(momentum=0.7)
+    resumed.load_state_dict(theirs.state_dict(), strict=True)
+    inputs = reg_inputs(30)
+    assert_close(resumed(*inputs), theirs(*inputs))
+    assert torch.equal(resumed.acc_sum, theirs.acc_sum)
+
+
+def test_ghmr_sum_is_sum_of_none(mmdet_losses):
+    inputs = reg_inputs(4)
+    with pytest.raises(ValueError):
+        mmdet_losses.GHMR(reduction='sum')(*inputs)
+    loss_sum, grad_sum = loss_and_grad(GHMR(reduction='sum'), *inputs)
+    loss_none, grad_none = loss_and_grad(GHMR(reduction='none'), *inputs)
+    assert_close(loss_sum, loss_none.sum())
+    assert_close(grad_sum, grad_none)
+
+
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_ghmr_fast_matches_plain(reduction):
+    pred, target, label_weight = reg_inputs(5)
+    results = []
+    for fast in (True, False):
+        acc = torch.zeros(10)
+        x = pred.clone().requires_grad_()
+        t = target.clone().requires_grad_()
+        for _ in range(2):
+            loss = ghmr_loss(x, t, label_weight, momentum=0.7, acc_sum=acc,
+                             reduction=reduction, fast=fast)
+        loss.sum().backward()
+        results.append((loss.detach(), x.grad, t.grad, acc))
+    for got, expected in zip(*results):
+        assert_close(got, expected)
+
+
+def test_ghmr_large_matches_mmdet(mmdet_losses):
+    pred, target, label_weight = reg_inputs(6, n=200_000, scale=0.5)
+    ours = GHMR(mu=0.02, bins=10, momentum=0.7)
+    theirs = mmdet_losses.GHMR(mu=0.02, bins=10, momentum=0.7)
+    assert_same_step(ours, theirs, pred, target, label_weight, what='large')
+    assert torch.equal(ours.acc_sum, theirs.acc_sum)
+
+
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_ghmr_gradcheck(reduction):
+    pred, target, label_weight = reg_inputs(7, n=6)
+    pred = pred.double().requires_grad_()
+    target = target.double().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x, t: ghmr_loss(x, t, label_weight, mu=0.05, bins=4,
+                               reduction=reduction), (pred, target))
+
+
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_ghmr_empty_input(reduction):
+    pred = torch.zeros(0, 4, requires_grad=True)
+    loss = GHMR(momentum=0.7, reduction=reduction)(pred, torch.zeros(0, 4),
+                                                   torch.zeros(0, 4))
+    assert torch.isfinite(loss).all()
+    loss.sum().backward()
+    assert pred.grad.shape == pred.shape
+
+
+def test_ghmr_all_ignored_is_zero_and_connected(mmdet_losses):
+    pred, target, _ = reg_inputs(8, n=50)
+    value, grad = assert_same_step(GHMR(), mmdet_losses.GHMR(), pred, target,
+                                   torch.zeros(50, 4), what='all ignored')
+    assert value == 0 and torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_ghmr_half_inputs(dtype):
+    pred, target, label_weight = reg_inputs(9, scale=30.0)
+    x = pred.to(dtype).requires_grad_()
+    loss = GHMR()(x, target.to(dtype), label_weight.to(dtype))
+    loss.backward()
+    reference = GHMR()(pred.to(dtype).float(), target.to(dtype).float(),
+                       label_weight)
+    assert loss.dtype == dtype and x.grad.dtype == dtype
+    assert torch.isfinite(loss) and torch.isfinite(x.grad.float()).all()
+    assert_close(loss.float(), reference, rtol=1e-2, atol=1e-3)
+
+
+def test_ghmr_nan_propagates():
+    pred, target, label_weight = reg_inputs(10, n=20)
+    pred[0, 0] = float('nan')
+    x = pred.requires_grad_()
+    loss = GHMR()(x, target, torch.ones(20, 4))
+    loss.backward()
+    assert torch.isnan(loss) and torch.isnan(x.grad[0, 0])
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(mu=0), dict(mu=-0.1), dict(bins=0), dict(momentum=1.0),
+    dict(momentum=-0.5), dict(loss_weight=-2.0), dict(reduction='max')
+])
+def test_ghmr_bad_arguments(kwargs):
+    with pytest.raises(ValueError, match='GHMR'):
+        GHMR(**kwargs)
+
+
+def test_ghmr_bad_inputs():
+    pred, target, label_weight = reg_inputs(11, n=10)
+    with pytest.raises(ValueError, match='GHMR'):
+        GHMR()(pred, target[:, :3], label_weight)
+    with pytest.raises(ValueError, match='GHMR'):
+        GHMR()(pred, target, label_weight[:, :1])
+    with pytest.raises(TypeError, match='GHMR'):
+        GHMR()(pred.long(), target, label_weight)
