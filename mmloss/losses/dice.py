@@ -67,11 +67,13 @@ class DiceFunction(torch.autograd.Function):
         if sigmoid:
             prob = prob.sigmoid()
         tgt = target.to(dtype)
-        inter = (prob * tgt).sum(1)
+        # row dot products: no N x D product is ever materialised
+        inter = torch.linalg.vecdot(prob, tgt)
         if naive_dice:
             pred_sum, target_sum = prob.sum(1), tgt.sum(1)
         else:
-            pred_sum, target_sum = (prob * prob).sum(1), (tgt * tgt).sum(1)
+            pred_sum = torch.linalg.vecdot(prob, prob)
+            target_sum = torch.linalg.vecdot(tgt, tgt)
         ctx.eps, ctx.naive_dice, ctx.sigmoid = eps, naive_dice, sigmoid
         ctx.save_for_backward(pred, target, inter, pred_sum, target_sum)
         return _dice_from_sums(inter, pred_sum, target_sum, eps, naive_dice)
@@ -81,24 +83,27 @@ class DiceFunction(torch.autograd.Function):
         pred, target, inter, pred_sum, target_sum = ctx.saved_tensors
         eps, naive_dice = ctx.eps, ctx.naive_dice
         dtype = inter.dtype
+        grad_out = grad_out.to(dtype)
         prob = pred.to(dtype)
         if ctx.sigmoid:
             prob = prob.sigmoid()
+        tgt = target.to(dtype)
         if naive_dice:
             # d/dp of -(2a + eps) / S, S = sum p + sum t + eps
             denom = pred_sum + target_sum + eps
-            coef_t = -2 / denom
-            coef_1 = (2 * inter + eps) / denom.square()
-            grad = target.to(dtype) * coef_t[:, None] + coef_1[:, None]
+            coef_t = -2 / denom * grad_out
+            coef_1 = (2 * inter + eps) / denom.square() * grad_out
+            grad = torch.addcmul(coef_1[:, None], tgt, coef_t[:, None])
         else:
             # d/dp of -2a / S, S = sum p^2 + sum t^2 + 2 eps
             denom = pred_sum + target_sum + 2 * eps
-            coef_t = -2 / denom
-            coef_p = 4 * inter / denom.square()
-            grad = target.to(dtype) * coef_t[:, None] + prob * coef_p[:, None]
-        grad.mul_(grad_out.to(dtype)[:, None])
+            coef_t = -2 / denom * grad_out
+            coef_p = 4 * inter / denom.square() * grad_out
+            grad = prob * coef_p[:, None]
+            grad.addcmul_(tgt, coef_t[:, None])
         if ctx.sigmoid:
-            grad.mul_(prob * (1 - prob))
+            # times p (1 - p), fused
+            grad = torch.ops.aten.sigmoid_backward(grad, prob)
         return grad.to(pred.dtype), None, None, None, None
 
 
