@@ -269,3 +269,13 @@ def test_committed_figures_are_small_valid_pngs():
     for path in glob.glob(osp.join(FIGURES, '*.png')):
         assert osp.getsize(path) < 200 * 1024, path
         assert_png(path)
+
+
+def test_family_token_expands_to_its_plottable_losses(tmp_path):
+    focal = pl.expand_families(['@focal'])
+    assert 'FocalLoss' in focal and 'Poly1FocalLoss' in focal
+    assert pl.expand_families(['GIoULoss', '@focal']) == ['GIoULoss'] + focal
+    assert pl.expand_families(['@no_such'], strict=False) == []
+    with pytest.raises(pl.PlotLossesError,
+                       match="no plottable loss in family 'no_such'"):
+        pl.plot_losses(['@no_such'], str(tmp_path))

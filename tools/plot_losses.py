@@ -18,7 +18,8 @@ colon::
     python tools/plot_losses.py --preset readme --out-dir docs/figures
     python tools/plot_losses.py --list           # the plottable losses
 
-``Name(k=v, ...)`` works too. Writes ``<prefix>cls_probability.png`` when
+``Name(k=v, ...)`` works too, and ``@iou`` names every plottable loss of a
+family. Writes ``<prefix>cls_probability.png`` when
 classification losses are given, and ``<prefix>box_<sweep>.png`` per box
 sweep when box losses are given.
 
@@ -225,7 +226,7 @@ PRESETS = {
         ('iou_', ['IoULoss:mode="linear"', 'GIoULoss', 'DIoULoss',
                   'CIoULoss', 'EIoULoss', 'SIoULoss',
                   'SIoULoss:neg_gamma=True']),
-        ('more_', ['GIoULoss', 'AlphaIoULoss', 'WiseIoULoss', 'NWDLoss',
+        ('more_', ['GIoULoss', 'AlphaIoULoss', 'WiseIoULoss', '@wasserstein',
                    'BoundedIoULoss', 'BalancedL1Loss', 'SmoothL1Loss']),
     ],
 }
@@ -298,6 +299,34 @@ def parse_spec(spec: str) -> LossSpec:
     return LossSpec(name, kwargs)
 
 
+def family_of(cls: type) -> str:
+    return cls.__module__[len(LOSSES_PACKAGE):].split('.')[0]
+
+
+def expand_families(specs: Sequence[str], strict: bool = True) -> List[str]:
+    """``@family`` stands for every plottable loss of that family.
+
+    Raises:
+        PlotLossesError: (``strict``) a family with no plottable loss.
+    """
+    out = []
+    for spec in specs:
+        if not spec.startswith('@'):
+            out.append(spec)
+            continue
+        family = spec[1:]
+        names = sorted(n for n, cls in registered_losses().items()
+                       if family_of(cls) == family and adapter_for(n))
+        if strict and not names:
+            families = sorted({family_of(registered_losses()[n])
+                               for n in plottable_losses()})
+            raise PlotLossesError(
+                f'plot_losses: no plottable loss in family {family!r}; '
+                f'families: {", ".join(families)}')
+        out += names
+    return out
+
+
 def registered_losses() -> Dict[str, type]:
     return {
         name: cls for name, cls in MODELS.module_dict.items()
@@ -311,8 +340,7 @@ def adapter_for(name: str) -> Optional[Adapter]:
     cls = registered_losses().get(name)
     if cls is None:
         return None
-    family = cls.__module__[len(LOSSES_PACKAGE):].split('.')[0]
-    return FAMILY_ADAPTERS.get(family)
+    return FAMILY_ADAPTERS.get(family_of(cls))
 
 
 def plottable_losses() -> List[str]:
@@ -572,7 +600,12 @@ def plot_losses(specs: Sequence[str], out_dir: str, prefix: str = '',
     if box_size <= 0 or box_aspect <= 0:
         raise PlotLossesError('plot_losses: --box-size and --box-aspect '
                               'must be positive')
-    parsed = [parse_spec(s) if isinstance(s, str) else s for s in specs]
+    parsed = []
+    for spec in specs:
+        if isinstance(spec, str):
+            parsed += [parse_spec(s) for s in expand_families([spec])]
+        else:
+            parsed.append(spec)
     built = [(spec, *build(spec)) for spec in parsed]
     cls_items = [b for b in built if b[2].kind == 'cls']
     box_items = [b for b in built if b[2].kind == 'box']
@@ -599,7 +632,8 @@ def parse_args(argv=None):
         'against IoU, centre offset and aspect mismatch.')
     parser.add_argument(
         'losses', nargs='*', metavar='LOSS',
-        help='Name, Name:key=value,... or "Name(key=value, ...)"')
+        help='Name, Name:key=value,..., "Name(key=value, ...)" or @family '
+        '(every plottable loss of mmloss/losses/<family>.py)')
     parser.add_argument('--out-dir', default='work_dirs/loss_landscapes',
                         help='folder for the PNGs')
     parser.add_argument('--prefix', default='', help='file name prefix')
@@ -638,7 +672,8 @@ def main(argv=None) -> int:
     try:
         for prefix, specs in groups:
             if args.preset:
-                specs = [s for s in specs
+                # A preset draws what is registered today.
+                specs = [s for s in expand_families(specs, strict=False)
                          if parse_spec(s).name in registered_losses()]
                 prefix = args.prefix + prefix
             written += plot_losses(specs, args.out_dir, prefix, args.sweeps,
