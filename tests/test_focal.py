@@ -233,6 +233,36 @@ def test_fast_path_matches_plain_formula(gamma, alpha, epsilon):
     assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize('epsilon', [0.0, 1.0])
+@pytest.mark.parametrize('weight_kind', ['none', 'row_column', 'class'])
+def test_kernels_agree(epsilon, weight_kind):
+    """The eager kernel and the element-wise one ``MMLOSS_COMPILE`` compiles
+    (run eagerly here: no compile time in the tests) give the same loss and
+    gradient, and the gradient is the plain formula's."""
+    n, c = 50, 7
+    pred, labels = make_inputs(n, c, seed=8, dtype=torch.float64, scale=5.0)
+    weight = make_weight(weight_kind, n, c, 8)
+    weight = None if weight is None else weight.double()
+    results = []
+    for kernel in (focal.sigmoid_focal_kernel,
+                   focal.fused_sigmoid_focal_kernel):
+        for reduce_sum in (False, True):
+            loss, grad, scale = kernel(pred, labels, weight, 1.5, 0.3,
+                                       epsilon, reduce_sum, True)
+            results.append((loss, grad * scale))
+    x = pred.clone().requires_grad_()
+    ref = elementwise_focal_loss(x, F.one_hot(labels, c + 1)[:, :c], 1.5,
+                                 0.3, epsilon)
+    if weight is not None:
+        ref = ref * weight
+    ref.sum().backward()
+    # F.softplus returns x itself above x = 20 (error < 2e-9)
+    for i, (loss, grad) in enumerate(results):
+        expected = ref.sum() if i % 2 else ref
+        assert_close(loss, expected.detach(), rtol=1e-9, atol=1e-8)
+        assert_close(grad, x.grad, rtol=1e-9, atol=1e-8)
+
+
 @pytest.mark.parametrize('gamma', [2.0, 1.5, 0.0])
 @pytest.mark.parametrize('reduce_sum', [False, True])
 def test_gradcheck_fast_path(gamma, reduce_sum):
