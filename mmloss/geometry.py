@@ -31,7 +31,7 @@ __all__ = [
     'aligned_iou', 'enclosing_box', 'enclosing_wh', 'enclosing_area',
     'enclosing_diagonal_sq', 'centre_offset', 'centre_distance_sq',
     'aspect_consistency', 'extended_intersection', 'scale_boxes',
-    'tie_share', 'pair_backward'
+    'tie_share', 'column_major', 'pair_backward'
 ]
 
 
@@ -191,61 +191,62 @@ def tie_share(x: Tensor, y: Tensor, larger: bool) -> Tensor:
     return win.to(x.dtype) + (x == y).to(x.dtype) * 0.5
 
 
+def column_major(boxes: Tensor) -> Tensor:
+    """The same (N, 4) boxes stored coordinate by coordinate.
+
+    Slices such as ``boxes[:, :2]`` of a row-major (N, 4) tensor are strided
+    with an inner extent of 2, which elementwise kernels walk slowly; in
+    column-major storage each slice is one contiguous run per coordinate.
+    """
+    return boxes.t().contiguous().t()
+
+
 def pair_backward(pred: Tensor, target: Tensor, *, inter_wh=None,
                   pred_wh=None, target_wh=None, enclose_wh=None,
                   offset=None, need_target: bool = False):
     """Chain gradients of the pair primitives back to the corners.
 
-    Each keyword is the gradient (..., 2) of the loss w.r.t. one primitive,
-    taken *before* any clamp (callers apply their clamp masks):
+    ``pred`` and ``target`` are (N, 4) (fastest in :func:`column_major`
+    storage). Each keyword is the gradient (N, 2) of the loss w.r.t. one
+    primitive, taken *before* any clamp (callers apply their clamp masks):
 
     * ``inter_wh``: ``min(hi) - max(lo)``
     * ``pred_wh`` / ``target_wh``: ``hi - lo`` of each box
     * ``enclose_wh``: ``max(hi) - min(lo)``
     * ``offset``: :func:`centre_offset`, ``(t_lo + t_hi) - (p_lo + p_hi)``
 
+    With ``s = sign(pred - target) / 2`` the shares of ``max``/``min`` are
+    ``1/2 +- s`` (ties: 1/2), which folds the four corner rules into
+
+    ``grad_pred = [-A, A] - s * D - offset`` with ``A = (G_i + G_e)/2 + G_p``
+    and ``D = G_i - G_e`` (``+ s * D + offset`` and ``G_t`` for the target).
+
     Returns:
         (Tensor, Tensor | None): gradients for ``pred`` and (when
-        ``need_target``) ``target``, each (..., 4).
+        ``need_target``) ``target``, each (N, 4).
     """
-    p_lo, p_hi = corners(pred)
-    t_lo, t_hi = corners(target)
-    zero = pred.new_zeros(())
-    g_lo = zero
-    g_hi = zero
-    t_g_lo = zero
-    t_g_hi = zero
-    if inter_wh is not None:
-        share_lo = tie_share(p_lo, t_lo, larger=True)
-        share_hi = tie_share(p_hi, t_hi, larger=False)
-        g_lo = g_lo - inter_wh * share_lo
-        g_hi = g_hi + inter_wh * share_hi
-        if need_target:
-            t_g_lo = t_g_lo - inter_wh * (1 - share_lo)
-            t_g_hi = t_g_hi + inter_wh * (1 - share_hi)
-    if enclose_wh is not None:
-        share_lo = tie_share(p_lo, t_lo, larger=False)
-        share_hi = tie_share(p_hi, t_hi, larger=True)
-        g_lo = g_lo - enclose_wh * share_lo
-        g_hi = g_hi + enclose_wh * share_hi
-        if need_target:
-            t_g_lo = t_g_lo - enclose_wh * (1 - share_lo)
-            t_g_hi = t_g_hi + enclose_wh * (1 - share_hi)
-    if pred_wh is not None:
-        g_lo = g_lo - pred_wh
-        g_hi = g_hi + pred_wh
+    n = pred.shape[0]
+
+    def planes(grad):  # (N, 2) -> (2, N), contiguous for column-major
+        return None if grad is None else grad.t()
+
+    g_inter, g_enclose = planes(inter_wh), planes(enclose_wh)
+    if g_inter is None:
+        g_inter = pred.new_zeros(())
+    if g_enclose is None:
+        g_enclose = pred.new_zeros(())
+    both = (g_inter + g_enclose) * 0.5
+    half_sign = torch.sign(pred - target).t().reshape(2, 2, n) * 0.5
+    turn = half_sign * (g_inter - g_enclose)
     if offset is not None:
-        g_lo = g_lo - offset
-        g_hi = g_hi - offset
-        if need_target:
-            t_g_lo = t_g_lo + offset
-            t_g_hi = t_g_hi + offset
-    if need_target and target_wh is not None:
-        t_g_lo = t_g_lo - target_wh
-        t_g_hi = t_g_hi + target_wh
-    grad_pred = torch.cat([g_lo.expand_as(p_lo), g_hi.expand_as(p_hi)], -1)
-    grad_target = None
-    if need_target:
-        grad_target = torch.cat(
-            [t_g_lo.expand_as(t_lo), t_g_hi.expand_as(t_hi)], -1)
+        turn = turn + planes(offset)
+
+    def corner_grads(size_grad, sign):
+        a = both if size_grad is None else both + planes(size_grad)
+        a = a.expand(2, n)
+        wh = torch.stack([-a, a])
+        return (wh - turn if sign < 0 else wh + turn).view(4, n).t()
+
+    grad_pred = corner_grads(pred_wh, -1)
+    grad_target = corner_grads(target_wh, 1) if need_target else None
     return grad_pred, grad_target

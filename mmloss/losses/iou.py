@@ -154,6 +154,11 @@ def focaler_iou(iou: Tensor, low: float = 0.0, high: float = 0.95) -> Tensor:
 # ---------------------------------------------------------------------------
 # Fast paths: hand-written backward, saving only pred and target
 # ---------------------------------------------------------------------------
+def _masked(mask: Tensor, value: Tensor) -> Tensor:
+    """``value`` where ``mask``, else 0 (a clamp's gradient gate)."""
+    return torch.where(mask, value, 0.0)
+
+
 class _Overlap:
     """Intersection/union of a box pair, recomputed in backward."""
 
@@ -162,11 +167,11 @@ class _Overlap:
         self.inter_raw = torch.minimum(pred[..., 2:], target[..., 2:]) - \
             torch.maximum(pred[..., :2], target[..., :2])
         self.inter_wh = self.inter_raw.clamp(min=0)
-        self.inter = self.inter_wh[..., 0] * self.inter_wh[..., 1]
+        self.inter = self.inter_wh.prod(-1)
         self.pred_wh = geo.box_wh(pred)
         self.target_wh = geo.box_wh(target)
-        self.union = self.pred_wh[..., 0] * self.pred_wh[..., 1] + \
-            self.target_wh[..., 0] * self.target_wh[..., 1] - self.inter
+        self.union = self.pred_wh.prod(-1) + self.target_wh.prod(-1) - \
+            self.inter
 
     def enclose(self):
         """Enclosing width/height before and after ``clamp(min=0)``."""
@@ -184,13 +189,17 @@ class _Overlap:
         """
         g_inter = (g_inter - g_union).unsqueeze(-1)
         g_union = g_union.unsqueeze(-1)
-        inter_wh = g_inter * self.inter_wh.flip(-1) * \
-            (self.inter_raw >= 0).to(g_inter.dtype)
-        pred_wh = g_union * self.pred_wh.flip(-1) + extra.pop('pred_wh', 0)
+        inter_wh = _masked(self.inter_raw >= 0,
+                           g_inter * self.inter_wh.flip(-1))
+        pred_wh = g_union * self.pred_wh.flip(-1)
+        if 'pred_wh' in extra:
+            pred_wh = pred_wh + extra.pop('pred_wh')
         target_wh = None
         if need_target:
-            target_wh = g_union * self.target_wh.flip(-1) + \
-                extra.pop('target_wh', 0)
+            target_wh = g_union * self.target_wh.flip(-1)
+            if 'target_wh' in extra:
+                target_wh = target_wh + extra.pop('target_wh')
+        extra.pop('target_wh', None)
         return geo.pair_backward(self.pred, self.target, inter_wh=inter_wh,
                                  pred_wh=pred_wh, target_wh=target_wh,
                                  need_target=need_target, **extra)
@@ -204,132 +213,141 @@ def _scaled(iou: Tensor, mode: str) -> Tensor:
     return -iou.log()
 
 
-class _IoULossFunction(torch.autograd.Function):
-    """``iou_loss`` element-wise, with MMDetection's union floor and clamp."""
+def _iou_loss_core(pred, target, need_grad, need_target, mode, eps):
+    """``iou_loss`` and its per-box Jacobian (see :class:`_LocalJacobian`)."""
+    ov = _Overlap(pred, target)
+    union = ov.union.clamp(min=_UNION_FLOOR)
+    iou = ov.inter / union
+    clamped = iou.clamp(min=eps)
+    loss = _scaled(clamped, mode)
+    if not need_grad:
+        return loss, None, None
+    if mode == 'linear':
+        g_iou = torch.full_like(iou, -1.0)
+    elif mode == 'square':
+        g_iou = -2 * clamped
+    else:
+        g_iou = -1 / clamped
+    g_iou = _masked(iou >= eps, g_iou)
+    g_union = _masked(ov.union >= _UNION_FLOOR, -g_iou * iou / union)
+    return (loss, ) + ov.backward(g_iou / union, g_union, need_target)
+
+
+def _giou_loss_core(pred, target, need_grad, need_target, eps):
+    """``1 - GIoU`` (``bbox_overlaps`` form) and its per-box Jacobian."""
+    ov = _Overlap(pred, target)
+    union = ov.union.clamp(min=eps)
+    enc_raw, enc_wh = ov.enclose()
+    enclose_raw = enc_wh.prod(-1)
+    enclose = enclose_raw.clamp(min=eps)
+    iou = ov.inter / union
+    loss = 1 - (iou - (enclose - union) / enclose)
+    if not need_grad:
+        return loss, None, None
+    # loss = 1 - I/U + (C - U)/C = 2 - I/U - U/C
+    g_inter = -1 / union
+    g_union = _masked(ov.union >= eps, iou / union - 1 / enclose)
+    g_enclose = _masked(enclose_raw >= eps, union / enclose**2)
+    enclose_wh = _masked(enc_raw >= 0,
+                         g_enclose.unsqueeze(-1) * enc_wh.flip(-1))
+    return (loss, ) + ov.backward(g_inter, g_union, need_target,
+                                  enclose_wh=enclose_wh)
+
+
+def _diou_loss_core(pred, target, need_grad, need_target, eps, ciou):
+    """``1 - DIoU`` or ``1 - clamp(CIoU, -1, 1)`` and the per-box Jacobian."""
+    ov = _Overlap(pred, target)
+    union = ov.union + eps
+    iou = ov.inter / union
+    enc_raw, enc_wh = ov.enclose()
+    diag = enc_wh[..., 0]**2 + enc_wh[..., 1]**2 + eps
+    offset = geo.centre_offset(pred, target)
+    rho = offset[..., 0]**2 / 4 + offset[..., 1]**2 / 4
+    penalty = rho / diag
+    if ciou:
+        # atan(w / (h + eps)) of each box, as geo.aspect_consistency
+        p_h = ov.pred_wh[..., 1] + eps
+        t_h = ov.target_wh[..., 1] + eps
+        p_r = ov.pred_wh[..., 0] / p_h
+        t_r = ov.target_wh[..., 0] / t_h
+        diff = torch.atan(t_r) - torch.atan(p_r)
+        v = geo.ASPECT_SCALE * diff**2
+        alpha = _ciou_weight(iou, v)
+        metric = iou - (penalty + alpha * v)
+        loss = 1 - metric.clamp(min=-1.0, max=1.0)
+    else:
+        loss = 1 - (iou - penalty)
+    if not need_grad:
+        return loss, None, None
+    one = torch.ones_like(iou)
+    extra = {}
+    if ciou:
+        one = _masked((metric >= -1) & (metric <= 1), one)
+        # d loss / d diff = alpha * dv/d diff (alpha is a constant)
+        g_diff = one * alpha * (2 * geo.ASPECT_SCALE) * diff
+        g_p = -g_diff / (1 + p_r**2) / p_h
+        extra['pred_wh'] = torch.stack([g_p, -g_p * p_r], -1)
+        if need_target:
+            g_t = g_diff / (1 + t_r**2) / t_h
+            extra['target_wh'] = torch.stack([g_t, -g_t * t_r], -1)
+    # loss = 1 - I/(U + eps) + rho/diag
+    g_inter = -one / union
+    g_union = one * iou / union
+    g_diag = -one * rho / diag**2
+    extra['enclose_wh'] = _masked(enc_raw >= 0,
+                                  (2 * g_diag).unsqueeze(-1) * enc_wh)
+    extra['offset'] = (one / diag / 2).unsqueeze(-1) * offset
+    return (loss, ) + ov.backward(g_inter, g_union, need_target, **extra)
+
+
+class _LocalJacobian(torch.autograd.Function):
+    """Element-wise box loss with a hand-derived gradient.
+
+    Loss ``i`` depends only on box pair ``i``, so its full Jacobian is one
+    (N, 4) row per differentiable input. The forward pass computes it next
+    to the loss from the same intermediates (no recomputation, no graph of
+    a dozen per-box temporaries) and saves only that; backward is a single
+    product. ``core(pred, target, need_grad, need_target, *args)`` returns
+    ``(loss, d loss/d pred, d loss/d target)``; boxes are (N, 4).
+    """
 
     @staticmethod
-    def forward(ctx, pred, target, mode, eps):
-        ctx.save_for_backward(pred, target)
-        ctx.mode, ctx.eps = mode, eps
-        inter, union = geo.box_inter_union(pred, target)
-        iou = (inter / union.clamp(min=_UNION_FLOOR)).clamp(min=eps)
-        return _scaled(iou, mode)
+    def forward(ctx, core, pred, target, *args):
+        need_pred, need_target = ctx.needs_input_grad[1:3]
+        loss, jac_pred, jac_target = core(
+            geo.column_major(pred), geo.column_major(target),
+            need_pred or need_target, need_target, *args)
+        ctx.save_for_backward(jac_pred, jac_target)
+        ctx.extra = len(args)
+        return loss
 
     @staticmethod
     def backward(ctx, grad):
-        pred, target = ctx.saved_tensors
-        need_target = ctx.needs_input_grad[1]
-        ov = _Overlap(pred, target)
-        union = ov.union.clamp(min=_UNION_FLOOR)
-        iou = ov.inter / union
-        clamped = iou.clamp(min=ctx.eps)
-        if ctx.mode == 'linear':
-            g_iou = -grad
-        elif ctx.mode == 'square':
-            g_iou = -2 * clamped * grad
-        else:
-            g_iou = -grad / clamped
-        g_iou = g_iou * (iou >= ctx.eps).to(grad.dtype)
-        g_union = -g_iou * iou / union * \
-            (ov.union >= _UNION_FLOOR).to(grad.dtype)
-        grads = ov.backward(g_iou / union, g_union, need_target)
-        return grads[0], grads[1], None, None
-
-
-class _GIoULossFunction(torch.autograd.Function):
-    """``1 - GIoU`` element-wise (MMDetection's ``bbox_overlaps`` form)."""
-
-    @staticmethod
-    def forward(ctx, pred, target, eps):
-        ctx.save_for_backward(pred, target)
-        ctx.eps = eps
-        iou, penalty = iou_terms(pred, target, 'giou', eps)
-        return 1 - (iou - penalty)
-
-    @staticmethod
-    def backward(ctx, grad):
-        pred, target = ctx.saved_tensors
-        eps = ctx.eps
-        ov = _Overlap(pred, target)
-        union = ov.union.clamp(min=eps)
-        enc_raw, enc_wh = ov.enclose()
-        enclose_raw = enc_wh[..., 0] * enc_wh[..., 1]
-        enclose = enclose_raw.clamp(min=eps)
-        # loss = 1 - I/U + (C - U)/C = 2 - I/U - U/C
-        g_inter = -grad / union
-        g_union = (grad * ov.inter / union**2 - grad / enclose) * \
-            (ov.union >= eps).to(grad.dtype)
-        g_enclose = grad * union / enclose**2 * \
-            (enclose_raw >= eps).to(grad.dtype)
-        enclose_wh = g_enclose.unsqueeze(-1) * enc_wh.flip(-1) * \
-            (enc_raw >= 0).to(grad.dtype)
-        grads = ov.backward(g_inter, g_union, ctx.needs_input_grad[1],
-                            enclose_wh=enclose_wh)
-        return grads[0], grads[1], None
-
-
-class _DIoULossFunction(torch.autograd.Function):
-    """``1 - DIoU`` (``ciou=False``) or ``1 - clamp(CIoU, -1, 1)``."""
-
-    @staticmethod
-    def forward(ctx, pred, target, eps, ciou):
-        ctx.save_for_backward(pred, target)
-        ctx.eps, ctx.ciou = eps, ciou
-        iou, penalty = iou_terms(pred, target, 'ciou' if ciou else 'diou',
-                                 eps)
-        metric = iou - penalty
-        return 1 - (metric.clamp(min=-1.0, max=1.0) if ciou else metric)
-
-    @staticmethod
-    def backward(ctx, grad):
-        pred, target = ctx.saved_tensors
-        eps, need_target = ctx.eps, ctx.needs_input_grad[1]
-        ov = _Overlap(pred, target)
-        union = ov.union + eps
-        iou = ov.inter / union
-        enc_raw, enc_wh = ov.enclose()
-        diag = enc_wh[..., 0]**2 + enc_wh[..., 1]**2 + eps
-        offset = geo.centre_offset(pred, target)
-        rho = offset[..., 0]**2 / 4 + offset[..., 1]**2 / 4
-        extra = {}
-        if ctx.ciou:
-            # atan(w / (h + eps)) of each box and its partials
-            p_h = ov.pred_wh[..., 1] + eps
-            t_h = ov.target_wh[..., 1] + eps
-            p_r = ov.pred_wh[..., 0] / p_h
-            t_r = ov.target_wh[..., 0] / t_h
-            diff = torch.atan(t_r) - torch.atan(p_r)
-            v = geo.ASPECT_SCALE * diff**2
-            alpha = _ciou_weight(iou, v)
-            metric = iou - (rho / diag + alpha * v)
-            grad = grad * ((metric >= -1) & (metric <= 1)).to(grad.dtype)
-            # d loss / d diff = alpha * dv/d diff
-            g_diff = grad * alpha * (2 * geo.ASPECT_SCALE) * diff
-            g_p = -g_diff / (1 + p_r**2) / p_h
-            extra['pred_wh'] = torch.stack([g_p, -g_p * p_r], -1)
-            if need_target:
-                g_t = g_diff / (1 + t_r**2) / t_h
-                extra['target_wh'] = torch.stack([g_t, -g_t * t_r], -1)
-        # loss = 1 - I/(U + eps) + rho/diag
-        g_inter = -grad / union
-        g_union = grad * iou / union
-        g_diag = -grad * rho / diag**2
-        extra['enclose_wh'] = (2 * g_diag).unsqueeze(-1) * enc_wh * \
-            (enc_raw >= 0).to(grad.dtype)
-        extra['offset'] = (grad / diag / 2).unsqueeze(-1) * offset
-        grads = ov.backward(g_inter, g_union, need_target, **extra)
-        return grads[0], grads[1], None, None
+        jac_pred, jac_target = ctx.saved_tensors
+        grad = grad.unsqueeze(-1)
+        grad_pred = None if jac_pred is None else grad * jac_pred
+        grad_target = None
+        if ctx.needs_input_grad[2] and jac_target is not None:
+            grad_target = grad * jac_target
+        return (None, grad_pred, grad_target) + (None, ) * ctx.extra
 
 
 # ---------------------------------------------------------------------------
 # MMDetection twins (pure functions)
 # ---------------------------------------------------------------------------
-def _run(fast_function, plain, pred: Tensor, target: Tensor, fast: bool,
+def _fast(core, pred: Tensor, target: Tensor, *args) -> Tensor:
+    """Run a :class:`_LocalJacobian` core on boxes of any leading shape."""
+    loss = _LocalJacobian.apply(core, pred.reshape(-1, 4),
+                                target.reshape(-1, 4), *args)
+    return loss.view(pred.shape[:-1])
+
+
+def _run(fast_core, plain, pred: Tensor, target: Tensor, fast: bool,
          *args) -> Tensor:
     """Upcast, run the fast Function or the plain formula, cast back."""
     p, t = geo.upcast(pred, target)
     if fast:
-        loss = fast_function.apply(p, t, *args)
+        loss = _fast(fast_core, p, t, *args)
     else:
         loss = plain(p, t, *args)
     return geo.restore_dtype(loss, pred)
@@ -365,7 +383,7 @@ def iou_loss(pred: Tensor, target: Tensor, linear: bool = False,
     if mode not in SCALE_MODES:
         raise ValueError(f'iou_loss: mode must be one of {SCALE_MODES}, '
                          f'but got {mode!r}')
-    return _run(_IoULossFunction, _plain_iou_loss, pred, target, fast, mode,
+    return _run(_iou_loss_core, _plain_iou_loss, pred, target, fast, mode,
                 eps)
 
 
@@ -383,7 +401,7 @@ def giou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
     floored at ``eps``. Rezatofighi et al., "Generalized Intersection over
     Union", CVPR 2019, arXiv:1902.09630.
     """
-    return _run(_GIoULossFunction, _plain_giou_loss, pred, target, fast, eps)
+    return _run(_giou_loss_core, _plain_giou_loss, pred, target, fast, eps)
 
 
 def _plain_diou_loss(pred, target, eps, ciou):
@@ -400,7 +418,7 @@ def diou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
     ``rho`` is the centre distance, ``c`` the enclosing box's diagonal.
     Zheng et al., "Distance-IoU Loss", AAAI 2020, arXiv:1911.08287.
     """
-    return _run(_DIoULossFunction, _plain_diou_loss, pred, target, fast, eps,
+    return _run(_diou_loss_core, _plain_diou_loss, pred, target, fast, eps,
                 False)
 
 
@@ -414,7 +432,7 @@ def ciou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
     boxes, where mmdet gets 0/0). Zheng et al., "Enhancing Geometric Factors
     in Model Learning and Inference", TCYB 2021, arXiv:2005.03572.
     """
-    return _run(_DIoULossFunction, _plain_diou_loss, pred, target, fast, eps,
+    return _run(_diou_loss_core, _plain_diou_loss, pred, target, fast, eps,
                 True)
 
 
@@ -514,9 +532,9 @@ def _variant_metric(pred, target, mode, eps, fast):
     """``(IoU, loss)`` of an IoU variant; ``loss = 1 - IoU + penalty``."""
     if fast and mode != 'iou':
         if mode == 'giou':
-            loss = _GIoULossFunction.apply(pred, target, eps)
+            loss = _fast(_giou_loss_core, pred, target, eps)
         else:
-            loss = _DIoULossFunction.apply(pred, target, eps, mode == 'ciou')
+            loss = _fast(_diou_loss_core, pred, target, eps, mode == 'ciou')
         # the plain IoU for the modifiers; cheap next to the variant
         return None, loss
     iou, penalty = iou_terms(pred, target, mode, eps)
