@@ -1,2 +1,411 @@
-"""Placeholder: this family is being written."""
-__all__ = []
+"""Quality-aware classification losses: Varifocal, Quality Focal, DFL.
+
+* Varifocal loss (Zhang et al., "VarifocalNet: An IoU-aware Dense Object
+  Detector", CVPR 2021, https://arxiv.org/abs/2008.13367), for logits ``x``,
+  ``p = sigmoid(x)`` and an IoU-aware target ``q`` of the same shape::
+
+      VFL = q * BCE(x, q)                         if q > 0   (iou_weighted)
+            BCE(x, q)                             if q > 0   (otherwise)
+            alpha * |p - q| ** gamma * BCE(x, q)  if q <= 0
+
+* Quality focal loss and distribution focal loss (Li et al., "Generalized
+  Focal Loss", NeurIPS 2020, https://arxiv.org/abs/2006.04388). QFL with a
+  quality score ``y`` at each row's label and 0 elsewhere, summed over the
+  classes of a row::
+
+      QFL = |y - p| ** beta * BCE(x, y)
+
+  DFL of a continuous target ``y`` between the integers ``l <= y < l + 1``
+  over the softmax distribution ``S`` of a row::
+
+      DFL = -((l + 1 - y) * log S_l + (y - l) * log S_(l+1))
+
+The label form of QFL never builds an ``N x C`` target: the background
+formula ``p ** beta * softplus(x)`` is summed per row and each foreground
+row's label entry is corrected, so the work is one pass over the logits.
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..checks import (check_integer_labels, check_positive, check_reduction,
+                      check_tensor, check_weight_shape)
+from ..reduction import weight_reduce_loss
+from ..registry import MODELS
+from .base import BaseLoss
+from .focal import _check_use_sigmoid, check_label_range
+
+__all__ = [
+    'varifocal_loss', 'quality_focal_loss', 'distribution_focal_loss',
+    'VarifocalLoss', 'QualityFocalLoss', 'DistributionFocalLoss'
+]
+
+# ``binary_cross_entropy`` on probabilities clamps ``log`` at -100
+_LOG_CLAMP = -100.0
+
+
+def _compute_dtype(pred: Tensor) -> torch.dtype:
+    # half inputs: logs, powers and sums in float32, result cast back
+    return torch.promote_types(pred.dtype, torch.float32)
+
+
+def _check_float_pred(loss_name: str, pred: Tensor) -> None:
+    check_tensor(loss_name, 'pred', pred)
+    if not pred.dtype.is_floating_point:
+        raise TypeError(f'{loss_name}: pred must be a floating point tensor, '
+                        f'but has dtype {pred.dtype}')
+
+
+# ---------------------------------------------------------------------------
+# Varifocal loss
+# ---------------------------------------------------------------------------
+def varifocal_loss(pred: Tensor,
+                   target: Tensor,
+                   weight: Optional[Tensor] = None,
+                   alpha: float = 0.75,
+                   gamma: float = 2.0,
+                   iou_weighted: bool = True,
+                   reduction: str = 'mean',
+                   avg_factor: Optional[Union[float, Tensor]] = None
+                   ) -> Tensor:
+    """Varifocal loss (Zhang et al. 2021), weighted and reduced.
+
+    ``q * BCE(x, q)`` where ``q > 0`` (``BCE`` alone unless
+    ``iou_weighted``) and ``alpha * |p - q| ** gamma * BCE(x, q)`` where
+    ``q <= 0``.
+
+    Args:
+        pred (Tensor): logits (N, C).
+        target (Tensor): IoU-aware targets of ``pred``'s shape.
+        weight (Tensor, optional): broadcast to the element-wise loss.
+        alpha (float): weight of the negatives, ``>= 0``.
+        gamma (float): focusing exponent of the negatives.
+        iou_weighted (bool): weight the positives by their target.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        avg_factor (float | Tensor, optional): denominator of the mean.
+
+    Returns:
+        Tensor: (N, C) for ``'none'``, else a scalar.
+    """
+    return _varifocal_loss('varifocal_loss', pred, target, weight, alpha,
+                           gamma, iou_weighted, reduction, avg_factor)
+
+
+def _varifocal_loss(loss_name, pred, target, weight, alpha, gamma,
+                    iou_weighted, reduction, avg_factor):
+    check_reduction(loss_name, reduction)
+    _check_float_pred(loss_name, pred)
+    check_tensor(loss_name, 'target', target)
+    if pred.shape != target.shape:
+        raise ValueError(f'{loss_name}: pred has shape {tuple(pred.shape)} '
+                         f'but target has shape {tuple(target.shape)}')
+    check_weight_shape(loss_name, weight, pred.shape)
+    dtype = _compute_dtype(pred)
+    x = pred.to(dtype)
+    target = target.to(dtype)
+    prob = torch.sigmoid(x)
+    bce = F.binary_cross_entropy_with_logits(x, target, reduction='none')
+    negative_weight = alpha * (prob - target).abs().pow(gamma)
+    positive_weight = target if iou_weighted else torch.ones_like(target)
+    loss = bce * torch.where(target > 0, positive_weight, negative_weight)
+    return weight_reduce_loss(loss, weight, reduction,
+                              avg_factor).to(pred.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Quality focal loss
+# ---------------------------------------------------------------------------
+def _negative_terms(x: Tensor, activated: bool) -> Tuple[Tensor, Tensor]:
+    """``(p, -log(1 - p))`` for logits or (``activated``) probabilities."""
+    if activated:
+        return x, -torch.log1p(-x).clamp(min=_LOG_CLAMP)
+    return torch.sigmoid(x), F.softplus(x)
+
+
+def _bce(x: Tensor, target: Tensor, activated: bool) -> Tensor:
+    if activated:
+        return F.binary_cross_entropy(x, target, reduction='none')
+    return F.binary_cross_entropy_with_logits(x, target, reduction='none')
+
+
+def quality_focal_loss_labels(pred: Tensor, labels: Tensor, scores: Tensor,
+                              beta: float = 2.0,
+                              activated: bool = False) -> Tensor:
+    """Per-row QFL for labels (N,) in ``[0, C]`` and quality scores (N,).
+
+    Every entry is a negative (target 0: ``p ** beta * BCE(x, 0)``) except
+    each foreground row's label entry (target ``score``:
+    ``|score - p| ** beta * BCE(x, score)``). Returns the row sums (N,).
+    """
+    num_rows, num_classes = pred.shape
+    prob, neg_ce = _negative_terms(pred, activated)
+    loss = (prob.pow(beta) * neg_ce).sum(dim=1)
+    if num_classes == 0:
+        return loss
+    foreground = labels < num_classes
+    flat = torch.arange(num_rows, device=pred.device) * num_classes + \
+        labels.clamp(max=num_classes - 1)
+    label_pred = pred.take(flat)
+    label_prob = prob.take(flat)
+    scores = scores.to(pred.dtype)
+    positive = _bce(label_pred, scores, activated) * (
+        scores - label_prob).abs().pow(beta)
+    negative = label_prob.pow(beta) * neg_ce.take(flat)
+    return loss + torch.where(foreground, positive - negative, 0)
+
+
+def quality_focal_loss_soft(pred: Tensor, target: Tensor, beta: float = 2.0,
+                            activated: bool = False) -> Tensor:
+    """Per-row QFL for a soft target of ``pred``'s shape (N, C, ...).
+
+    Non-zero targets use ``|t - p| ** beta * BCE(x, t)``, zeros the negative
+    form; summed over dim 1.
+    """
+    prob, neg_ce = _negative_terms(pred, activated)
+    negative = prob.pow(beta) * neg_ce
+    positive = _bce(pred, target, activated) * (target - prob).abs().pow(beta)
+    return torch.where(target != 0, positive, negative).sum(dim=1)
+
+
+def quality_focal_loss(pred: Tensor,
+                       target: Union[Tensor, Tuple[Tensor, Tensor]],
+                       weight: Optional[Tensor] = None,
+                       beta: float = 2.0,
+                       reduction: str = 'mean',
+                       avg_factor: Optional[Union[float, Tensor]] = None,
+                       activated: bool = False) -> Tensor:
+    """Quality focal loss (Li et al. 2020), weighted and reduced per row.
+
+    ``QFL = |y - p| ** beta * BCE(x, y)`` summed over the classes of a row.
+
+    Args:
+        pred (Tensor): logits (N, C), or probabilities if ``activated``.
+        target (tuple | Tensor): ``(labels, scores)``, labels (N,) in
+            ``[0, C]`` (``C`` is background) and quality scores (N,); or a
+            soft target of ``pred``'s shape.
+        weight (Tensor, optional): per-row weight (N,).
+        beta (float): focusing exponent, ``>= 0``.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        avg_factor (float | Tensor, optional): denominator of the mean.
+        activated (bool): ``pred`` holds probabilities.
+
+    Returns:
+        Tensor: (N,) for ``'none'``, else a scalar.
+    """
+    return _quality_focal_loss('quality_focal_loss', pred, target, weight,
+                               beta, reduction, avg_factor, activated)
+
+
+def _quality_focal_loss(loss_name, pred, target, weight, beta, reduction,
+                        avg_factor, activated):
+    check_reduction(loss_name, reduction)
+    _check_float_pred(loss_name, pred)
+    dtype = _compute_dtype(pred)
+    if isinstance(target, Tensor):
+        if pred.shape != target.shape:
+            raise ValueError(f'{loss_name}: pred has shape '
+                             f'{tuple(pred.shape)} but target has shape '
+                             f'{tuple(target.shape)}')
+        if pred.dim() < 2:
+            raise ValueError(f'{loss_name}: pred must have shape (N, C, ...) '
+                             f'but has shape {tuple(pred.shape)}')
+        loss = quality_focal_loss_soft(pred.to(dtype), target.to(dtype), beta,
+                                       activated)
+    else:
+        if not isinstance(target, (tuple, list)) or len(target) != 2:
+            raise TypeError(f'{loss_name}: target must be a tensor or a '
+                            f'(labels, scores) pair, but got '
+                            f'{type(target).__name__}')
+        labels, scores = target
+        check_tensor(loss_name, 'labels', labels)
+        check_tensor(loss_name, 'scores', scores)
+        if pred.dim() != 2 or labels.shape != (pred.shape[0], ) or \
+                scores.shape != (pred.shape[0], ):
+            raise ValueError(f'{loss_name}: pred must have shape (N, C) and '
+                             f'labels and scores shape (N,), but got pred '
+                             f'{tuple(pred.shape)}, labels '
+                             f'{tuple(labels.shape)}, scores '
+                             f'{tuple(scores.shape)}')
+        check_integer_labels(loss_name, labels, 'labels')
+        check_label_range(loss_name, labels, pred.shape[1], 'labels')
+        loss = quality_focal_loss_labels(pred.to(dtype), labels,
+                                         scores.to(dtype), beta, activated)
+    check_weight_shape(loss_name, weight, loss.shape)
+    return weight_reduce_loss(loss, weight, reduction,
+                              avg_factor).to(pred.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Distribution focal loss
+# ---------------------------------------------------------------------------
+def distribution_focal_loss(pred: Tensor,
+                            label: Tensor,
+                            weight: Optional[Tensor] = None,
+                            reduction: str = 'mean',
+                            avg_factor: Optional[Union[float, Tensor]] = None
+                            ) -> Tensor:
+    """Distribution focal loss (Li et al. 2020), weighted and reduced.
+
+    ``-((l + 1 - y) log S_l + (y - l) log S_(l+1))`` with ``l = floor(y)``
+    and ``S`` the softmax of a row. A target at the last bin (``y = n``)
+    gives ``-log S_n`` (mmdet indexes past the end there).
+
+    Args:
+        pred (Tensor): logits of the distribution (N, n + 1).
+        label (Tensor): targets (N,) in ``[0, n]``.
+        weight (Tensor, optional): per-row weight (N,).
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        avg_factor (float | Tensor, optional): denominator of the mean.
+
+    Returns:
+        Tensor: (N,) for ``'none'``, else a scalar.
+    """
+    return _distribution_focal_loss('distribution_focal_loss', pred, label,
+                                    weight, reduction, avg_factor)
+
+
+def _distribution_focal_loss(loss_name, pred, label, weight, reduction,
+                             avg_factor):
+    check_reduction(loss_name, reduction)
+    _check_float_pred(loss_name, pred)
+    check_tensor(loss_name, 'target', label)
+    if pred.dim() != 2 or label.shape != (pred.shape[0], ):
+        raise ValueError(f'{loss_name}: pred must have shape (N, n + 1) and '
+                         f'target shape (N,), but got pred '
+                         f'{tuple(pred.shape)} and target '
+                         f'{tuple(label.shape)}')
+    if label.dtype == torch.bool or label.dtype.is_complex:
+        raise TypeError(f'{loss_name}: target must hold real distances, but '
+                        f'has dtype {label.dtype}')
+    last = pred.shape[1] - 1
+    if label.numel():  # the one value check: an index past the bins
+        low, high = torch.aminmax(label)
+        if not (float(low) >= 0 and float(high) <= last):
+            raise ValueError(f'{loss_name}: target must lie in [0, {last}] '
+                             f'for pred with {last + 1} bins, but got values '
+                             f'in [{float(low)}, {float(high)}]')
+    dtype = _compute_dtype(pred)
+    label = label.to(dtype)
+    left = label.long()
+    right = (left + 1).clamp(max=last)
+    weight_left = (left + 1).to(dtype) - label
+    weight_right = label - left.to(dtype)
+    log_prob = F.log_softmax(pred.to(dtype), dim=1)
+    loss = -(log_prob.gather(1, left[:, None]).squeeze(1) * weight_left +
+             log_prob.gather(1, right[:, None]).squeeze(1) * weight_right)
+    check_weight_shape(loss_name, weight, loss.shape)
+    return weight_reduce_loss(loss, weight, reduction,
+                              avg_factor).to(pred.dtype)
+
+
+# ---------------------------------------------------------------------------
+# registered modules
+# ---------------------------------------------------------------------------
+@MODELS.register_module()
+class VarifocalLoss(BaseLoss):
+    """Varifocal loss (Zhang et al. 2021), twin of mmdet's ``VarifocalLoss``.
+
+    See :func:`varifocal_loss`.
+
+    Args:
+        use_sigmoid (bool): must be True.
+        alpha (float): weight of the negatives, ``>= 0``. Defaults to 0.75.
+        gamma (float): focusing exponent. Defaults to 2.0.
+        iou_weighted (bool): weight positives by their IoU target.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        loss_weight (float): factor applied to the loss.
+    """
+
+    def __init__(self,
+                 use_sigmoid: bool = True,
+                 alpha: float = 0.75,
+                 gamma: float = 2.0,
+                 iou_weighted: bool = True,
+                 reduction: str = 'mean',
+                 loss_weight: float = 1.0) -> None:
+        super().__init__(reduction, loss_weight)
+        self.use_sigmoid = _check_use_sigmoid(self.loss_name, use_sigmoid)
+        self.alpha = check_positive(self.loss_name, 'alpha', alpha,
+                                    allow_zero=True)
+        self.gamma = check_positive(self.loss_name, 'gamma', gamma,
+                                    allow_zero=True)
+        self.iou_weighted = bool(iou_weighted)
+
+    def forward(self,
+                pred: Tensor,
+                target: Tensor,
+                weight: Optional[Tensor] = None,
+                avg_factor: Optional[int] = None,
+                reduction_override: Optional[str] = None) -> Tensor:
+        """Weighted VFL of logits (N, C) and IoU-aware targets (N, C)."""
+        reduction = self.resolve_reduction(reduction_override)
+        return self.loss_weight * _varifocal_loss(
+            self.loss_name, pred, target, weight, self.alpha, self.gamma,
+            self.iou_weighted, reduction, avg_factor)
+
+
+@MODELS.register_module()
+class QualityFocalLoss(BaseLoss):
+    """Quality focal loss (Li et al. 2020), twin of mmdet's QFL.
+
+    See :func:`quality_focal_loss`.
+
+    Args:
+        use_sigmoid (bool): must be True.
+        beta (float): focusing exponent. Defaults to 2.0.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        loss_weight (float): factor applied to the loss.
+        activated (bool): ``pred`` holds probabilities, not logits.
+    """
+
+    def __init__(self,
+                 use_sigmoid=True,
+                 beta=2.0,
+                 reduction='mean',
+                 loss_weight=1.0,
+                 activated=False):
+        super().__init__(reduction, loss_weight)
+        self.use_sigmoid = _check_use_sigmoid(self.loss_name, use_sigmoid)
+        self.beta = check_positive(self.loss_name, 'beta', beta,
+                                   allow_zero=True)
+        self.activated = bool(activated)
+
+    def forward(self,
+                pred,
+                target,
+                weight=None,
+                avg_factor=None,
+                reduction_override=None):
+        """Weighted QFL; ``target`` is ``(labels, scores)`` or soft (N, C)."""
+        reduction = self.resolve_reduction(reduction_override)
+        return self.loss_weight * _quality_focal_loss(
+            self.loss_name, pred, target, weight, self.beta, reduction,
+            avg_factor, self.activated)
+
+
+@MODELS.register_module()
+class DistributionFocalLoss(BaseLoss):
+    """Distribution focal loss (Li et al. 2020), twin of mmdet's DFL.
+
+    See :func:`distribution_focal_loss`.
+
+    Args:
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        loss_weight (float): factor applied to the loss.
+    """
+
+    def __init__(self, reduction='mean', loss_weight=1.0):
+        super().__init__(reduction, loss_weight)
+
+    def forward(self,
+                pred,
+                target,
+                weight=None,
+                avg_factor=None,
+                reduction_override=None):
+        """Weighted DFL of logits (N, n + 1) and distances (N,)."""
+        reduction = self.resolve_reduction(reduction_override)
+        return self.loss_weight * _distribution_focal_loss(
+            self.loss_name, pred, target, weight, reduction, avg_factor)
