@@ -236,17 +236,20 @@ def pair_backward(pred: Tensor, target: Tensor, *, inter_wh=None,
     if g_enclose is None:
         g_enclose = pred.new_zeros(())
     both = (g_inter + g_enclose) * 0.5
-    half_sign = torch.sign(pred - target).t().reshape(2, 2, n) * 0.5
-    turn = half_sign * (g_inter - g_enclose)
+    # -turn of the docstring: sign(target - pred) / 2 * D - offset
+    turn = torch.sign(target - pred).t().reshape(2, 2, n) * \
+        ((g_inter - g_enclose) * 0.5)
     if offset is not None:
-        turn = turn + planes(offset)
+        turn = turn - planes(offset)
+    # d(hi - lo)/d(lo, hi) = (-1, +1)
+    direction = pred.new_tensor([-1.0, 1.0]).view(2, 1, 1)
 
-    def corner_grads(size_grad, sign):
+    def corner_grads(size_grad, turned):
         a = both if size_grad is None else both + planes(size_grad)
-        a = a.expand(2, n)
-        wh = torch.stack([-a, a])
-        return (wh - turn if sign < 0 else wh + turn).view(4, n).t()
+        return torch.addcmul(turned, direction, a).view(4, n).t()
 
-    grad_pred = corner_grads(pred_wh, -1)
-    grad_target = corner_grads(target_wh, 1) if need_target else None
+    grad_pred = corner_grads(pred_wh, turn)
+    grad_target = None
+    if need_target:
+        grad_target = corner_grads(target_wh, -turn)
     return grad_pred, grad_target
