@@ -13,12 +13,12 @@ With integer labels (N,) against logits (N, C), ``y`` is the one-hot of the
 label; labels ``>= C`` (background) give an all-zero row and negative labels
 or ``ignore_index`` give a zero-weight row, exactly as MMDetection 3.3 does.
 
-Speed: the softmax path runs through :class:`SoftmaxCrossEntropyFunction` and
-the integer-label sigmoid path (reductions ``'mean'``/``'sum'``) through
-:class:`SigmoidOneHotCrossEntropyFunction`. Both save only their input logits
-(plus a per-row vector) and rebuild the gradient analytically, so neither the
-one-hot target nor any N x C intermediate is kept for backward. The plain
-formulas stay available with ``fast=False``.
+Speed: the softmax path runs through :class:`SoftmaxCrossEntropyFunction`
+(one log-softmax saved, the gradient written into one buffer) and the
+integer-label sigmoid path (reductions ``'mean'``/``'sum'``) through
+:class:`SigmoidOneHotCrossEntropyFunction`, which saves only the logits and
+never builds the one-hot target. The plain formulas stay available with
+``fast=False``.
 """
 import warnings
 from numbers import Integral, Real
@@ -112,10 +112,11 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     """Row-wise ``logsumexp(x_i) - x_il_i`` with an analytic backward.
 
     Rows whose label is ``ignore_index`` give 0 and get no gradient. Forward
-    saves only the logits and the labels; backward rebuilds ``softmax(x) -
-    onehot(l)`` in a single N x C buffer. (``F.cross_entropy`` keeps its
-    N x C log-softmax for backward and builds two N x C buffers there.)
-    Half inputs are computed in float32.
+    runs one fused log-softmax and saves it with the caller's labels (what
+    ``F.cross_entropy`` saves too); backward is ``(exp(log p) - onehot(l))
+    * grad`` written into a single N x C buffer, where ``F.cross_entropy``
+    fills a dense one-hot gradient and then runs the log-softmax backward
+    over it. Half inputs are computed in float32.
 
     Args (of ``apply``):
         logits (Tensor): (N, C).
@@ -133,24 +134,23 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
         work = logits.to(_compute_dtype(logits))
         valid = label != ignore_index
         column = torch.where(valid, label, 0).long()[:, None]
-        # log_softmax is one fused pass, cheaper than logsumexp's max + exp
-        picked = torch.log_softmax(work, dim=1).gather(1, column).squeeze(1)
+        log_prob = torch.log_softmax(work, dim=1)
+        picked = log_prob.gather(1, column).squeeze(1)
+        ctx.logits_dtype = logits.dtype
         ctx.ignore_index = ignore_index
-        ctx.save_for_backward(logits, label)
+        ctx.save_for_backward(log_prob, label)
         return torch.where(valid, -picked, picked.new_zeros(()))
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        logits, label = ctx.saved_tensors
-        work_dtype = _compute_dtype(logits)
+        log_prob, label = ctx.saved_tensors
         valid = label != ctx.ignore_index
         column = torch.where(valid, label, 0).long()[:, None]
-        grad_out = torch.where(valid, grad_out.to(work_dtype),
-                               grad_out.new_zeros((), dtype=work_dtype))
-        grad = torch.softmax(logits.to(work_dtype), dim=1)
-        grad.mul_(grad_out[:, None])
+        grad_out = torch.where(valid, grad_out.to(log_prob.dtype),
+                               grad_out.new_zeros((), dtype=log_prob.dtype))
+        grad = log_prob.exp().mul_(grad_out[:, None])
         grad.scatter_add_(1, column, -grad_out[:, None])
-        return grad.to(logits.dtype), None, None
+        return grad.to(ctx.logits_dtype), None, None
 
 
 def _softmax_cross_entropy_work(pred: Tensor, label: Tensor,

@@ -9,9 +9,10 @@ targets ``t`` (``a = sum p t``)::
     V-Net:  loss_i = 1 - 2a / ((sum p^2 + eps) + (sum t^2 + eps))
     naive:  loss_i = 1 - (2a + eps) / (sum p + sum t + eps)
 
-:class:`DiceFunction` fuses the optional sigmoid: it saves only the logits
-and the target (plus three per-sample sums) and rebuilds the gradient, where
-autograd would also keep the N x D probabilities and products. Sums are taken
+:class:`DiceFunction` fuses the optional sigmoid: it saves only the
+probabilities and the target (plus three per-sample sums), takes the sums as
+row dot products (no N x D product is built) and writes the gradient in one
+buffer with a fused sigmoid backward. Sums are taken
 in float32 at least.
 """
 from numbers import Real
@@ -75,18 +76,18 @@ class DiceFunction(torch.autograd.Function):
             pred_sum = torch.linalg.vecdot(prob, prob)
             target_sum = torch.linalg.vecdot(tgt, tgt)
         ctx.eps, ctx.naive_dice, ctx.sigmoid = eps, naive_dice, sigmoid
-        ctx.save_for_backward(pred, target, inter, pred_sum, target_sum)
+        ctx.pred_dtype = pred.dtype
+        # the probabilities, not the logits: the same size, and backward
+        # needs no second sigmoid
+        ctx.save_for_backward(prob, target, inter, pred_sum, target_sum)
         return _dice_from_sums(inter, pred_sum, target_sum, eps, naive_dice)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        pred, target, inter, pred_sum, target_sum = ctx.saved_tensors
+        prob, target, inter, pred_sum, target_sum = ctx.saved_tensors
         eps, naive_dice = ctx.eps, ctx.naive_dice
         dtype = inter.dtype
         grad_out = grad_out.to(dtype)
-        prob = pred.to(dtype)
-        if ctx.sigmoid:
-            prob = prob.sigmoid()
         tgt = target.to(dtype)
         if naive_dice:
             # d/dp of -(2a + eps) / S, S = sum p + sum t + eps
@@ -104,7 +105,7 @@ class DiceFunction(torch.autograd.Function):
         if ctx.sigmoid:
             # times p (1 - p), fused
             grad = torch.ops.aten.sigmoid_backward(grad, prob)
-        return grad.to(pred.dtype), None, None, None, None
+        return grad.to(ctx.pred_dtype), None, None, None, None
 
 
 def _dice_rows_plain(prob: Tensor, target: Tensor, eps: float,

@@ -10,7 +10,7 @@ log_softmax(x / T)`` (the student), per row over its ``C`` entries::
 
 (mean over the classes times ``T^2``, as MMDetection 3.3). The gradient is
 ``d loss_i / d x_ij = T / C * (q_ij - t_ij)``; :class:`KLDivDistillFunction`
-uses it and saves only the student logits and the teacher probabilities.
+uses it and saves only the student and the teacher probabilities.
 """
 from numbers import Real
 from typing import Optional, Union
@@ -40,10 +40,9 @@ def _compute_dtype(tensor: Tensor) -> torch.dtype:
 class KLDivDistillFunction(torch.autograd.Function):
     """Row-wise ``T^2 / C * KL(softmax(s/T) || softmax(x/T))``, 2-D inputs.
 
-    The teacher ``s`` gets no gradient. Forward saves the student logits and
-    the teacher probabilities (MMDetection keeps the student log-softmax and
-    the teacher probabilities, the same size); backward is ``T / C * (q -
-    t)`` with ``q`` rebuilt by one fused softmax.
+    The teacher ``s`` gets no gradient. Forward saves the student and teacher
+    probabilities ``q`` and ``t`` (MMDetection keeps the student log-softmax
+    and ``t``, the same size); backward is ``T / C * (q - t)``.
 
     Args (of ``apply``):
         pred (Tensor): (N, C) student logits.
@@ -62,21 +61,23 @@ class KLDivDistillFunction(torch.autograd.Function):
         # a -inf teacher logit has t = 0 and adds 0 (x log x -> 0), as in
         # F.kl_div; clamping keeps 0 * -inf from turning into NaN
         log_target.clamp_(min=torch.finfo(dtype).min)
-        log_target.sub_(F.log_softmax(pred.to(dtype) / T, dim=1))
+        log_student = F.log_softmax(pred.to(dtype) / T, dim=1)
+        log_target.sub_(log_student)
         rows = torch.linalg.vecdot(target, log_target) * (
             T * T / pred.size(1))
-        ctx.T = T
-        ctx.save_for_backward(pred, target)
+        ctx.T, ctx.pred_dtype = T, pred.dtype
+        # q itself (the size of the log-softmax MMDetection keeps), so
+        # backward needs no second softmax
+        ctx.save_for_backward(log_student.exp_(), target)
         return rows
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        pred, target = ctx.saved_tensors
+        student, target = ctx.saved_tensors
         T = ctx.T
-        scale = grad_out.to(target.dtype)[:, None] * (T / pred.size(1))
-        grad = F.softmax(pred.to(target.dtype) / T, dim=1)
-        grad.sub_(target).mul_(scale)
-        return grad.to(pred.dtype), None, None
+        scale = grad_out.to(target.dtype)[:, None] * (T / target.size(1))
+        grad = (student - target).mul_(scale)
+        return grad.to(ctx.pred_dtype), None, None
 
 
 def _kd_rows_plain(pred: Tensor, soft_label: Tensor, T: float,
