@@ -2,7 +2,7 @@
 
 Softmax cross-entropy of logits ``x`` (N, C) and a class index ``l``::
 
-    loss_i = w_c[l_i] * (logsumexp_j x_ij - x_il_i)       (0 where l_i is ignored)
+    loss_i = w_c[l_i] * (logsumexp_j x_ij - x_il_i)   (0 if l_i is ignored)
 
 Binary (sigmoid) cross-entropy of logits ``x`` and a 0/1 target ``y``, with
 the per-class positive weight ``p_j`` (``class_weight``)::

@@ -1,7 +1,7 @@
 """Knowledge-distillation loss: KL divergence of temperature-softened logits.
 
 Hinton et al., "Distilling the Knowledge in a Neural Network", 2015,
-https://arxiv.org/abs/1503.02531 (used by LD, https://arxiv.org/abs/2102.12252).
+https://arxiv.org/abs/1503.02531 (used by LD: arXiv 2102.12252).
 
 With ``t = softmax(s / T)`` (the teacher, no gradient) and ``log q =
 log_softmax(x / T)`` (the student), per row over its ``C`` entries::
