@@ -52,7 +52,7 @@ Deliberate differences from MMDetection 3.3:
   meaningless either way).
 """
 from numbers import Integral
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F

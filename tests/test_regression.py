@@ -1,0 +1,301 @@
+"""L1, smooth L1, balanced L1 and MSE against MMDetection 3.3, by hand and
+under stress."""
+import math
+
+import pytest
+import torch
+
+from mmloss.losses.regression import (BalancedL1Loss, L1Loss, MSELoss,
+                                      SmoothL1Loss, balanced_l1_loss,
+                                      l1_loss, mse_loss, smooth_l1_loss)
+from tests.helpers import assert_close
+
+# (name, constructor arguments, our pure function with them)
+CASES = [
+    ('L1Loss', {}),
+    ('SmoothL1Loss', dict(beta=1.0)),
+    ('SmoothL1Loss', dict(beta=0.25)),
+    ('BalancedL1Loss', {}),
+    ('BalancedL1Loss', dict(alpha=0.3, gamma=1.0, beta=0.6)),
+    ('MSELoss', {}),
+]
+IDS = [f'{name}{kwargs}' for name, kwargs in CASES]
+OURS = dict(L1Loss=L1Loss, SmoothL1Loss=SmoothL1Loss,
+            BalancedL1Loss=BalancedL1Loss, MSELoss=MSELoss)
+FUNCTIONS = dict(L1Loss=l1_loss, SmoothL1Loss=smooth_l1_loss,
+                 BalancedL1Loss=balanced_l1_loss, MSELoss=mse_loss)
+
+
+def deltas(seed, n=300, scale=0.7):
+    """Predicted and target deltas (n, 4), and a weight in [0, 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.randn(n, 4, generator=gen) * scale
+    target = torch.randn(n, 4, generator=gen) * scale
+    weight = torch.rand(n, 4, generator=gen)
+    weight[weight < 0.2] = 0
+    return pred, target, weight
+
+
+def loss_and_grad(module, pred, target, *args, **kwargs):
+    pred = pred.detach().clone().requires_grad_()
+    loss = module(pred, target, *args, **kwargs)
+    loss.sum().backward()
+    return loss.detach(), pred.grad
+
+
+def scaled_atol(expected):
+    # element-wise results: mmdet's balanced L1 subtracts two ~alpha * x
+    # terms (cancellation ~1e-7 * max), so compare on the tensor's scale
+    return max(1e-6 * float(expected.abs().max()), 1e-12) \
+        if expected.numel() else 1e-6
+
+
+def assert_same_step(ours, theirs, pred, target, *args, what='', **kwargs):
+    value, grad = loss_and_grad(ours, pred, target, *args, **kwargs)
+    ref_value, ref_grad = loss_and_grad(theirs, pred, target, *args, **kwargs)
+    assert_close(value, ref_value, atol=scaled_atol(ref_value),
+                 what=f'{what} value')
+    assert_close(grad, ref_grad, atol=scaled_atol(ref_grad),
+                 what=f'{what} grad')
+    return value, grad
+
+
+# --------------------------------------------------------------------------
+# Parity
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_matches_mmdet(mmdet_losses, name, kwargs, seed):
+    pred, target, weight = deltas(seed)
+    for reduction in ('mean', 'sum', 'none'):
+        ours = OURS[name](reduction=reduction, loss_weight=1.5, **kwargs)
+        theirs = getattr(mmdet_losses, name)(reduction=reduction,
+                                             loss_weight=1.5, **kwargs)
+        for w in (None, weight, weight[:, :1], weight[0]):
+            avg_factors = [None] if reduction == 'sum' else \
+                [None, 0, 37.5, torch.tensor(12.0)]
+            for avg_factor in avg_factors:
+                assert_same_step(ours, theirs, pred, target, w,
+                                 avg_factor=avg_factor,
+                                 what=f'{reduction} {avg_factor}')
+        for override in ('none', 'mean', 'sum'):
+            assert_same_step(ours, theirs, pred, target, weight,
+                             reduction_override=override,
+                             what=f'{reduction}->{override}')
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+def test_large_matches_mmdet(mmdet_losses, name, kwargs):
+    pred, target, weight = deltas(7, n=200_000, scale=1.0)
+    ours, theirs = OURS[name](**kwargs), getattr(mmdet_losses,
+                                                 name)(**kwargs)
+    assert_same_step(ours, theirs, pred, target, what='unweighted')
+    assert_same_step(ours, theirs, pred, target, weight, avg_factor=5e4,
+                     what='weighted')
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_fast_matches_plain(name, kwargs, reduction):
+    pred, target, weight = deltas(3)
+    function = FUNCTIONS[name]
+    for w in (None, weight, weight[:, 1:2]):
+        results = []
+        for fast in (True, False):
+            x = pred.clone().requires_grad_()
+            t = target.clone().requires_grad_()
+            loss = function(x, t, w, reduction=reduction, fast=fast,
+                            **kwargs)
+            loss.sum().backward()
+            results.append((loss.detach(), x.grad, t.grad))
+        for got, expected in zip(*results):
+            assert_close(got, expected, atol=scaled_atol(expected))
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_gradcheck(name, kwargs, reduction):
+    pred, target, weight = deltas(4, n=6, scale=1.5)
+    pred = pred.double().requires_grad_()
+    target = target.double().requires_grad_()
+    weight = weight.double()
+    avg_factor = 3.0 if reduction == 'mean' else None
+    assert torch.autograd.gradcheck(
+        lambda x, t: FUNCTIONS[name](x, t, weight, reduction=reduction,
+                                     avg_factor=avg_factor, **kwargs),
+        (pred, target))
+
+
+def test_weight_with_grad_gets_its_gradient():
+    # the fast path does not differentiate weights: the plain one steps in
+    pred, target, weight = deltas(5, n=20)
+    weight.requires_grad_()
+    smooth_l1_loss(pred, target, weight).backward()
+    expected = smooth_l1_loss(pred, target, reduction='none') / pred.numel()
+    assert_close(weight.grad, expected)
+
+
+# --------------------------------------------------------------------------
+# By hand
+# --------------------------------------------------------------------------
+def test_values_by_hand():
+    pred = torch.tensor([0.0, 0.5, 3.0])
+    target = torch.zeros(3)
+    assert_close(l1_loss(pred, target, reduction='sum'), torch.tensor(3.5))
+    assert_close(mse_loss(pred, target, reduction='sum'), torch.tensor(9.25))
+    # beta = 1: 0, 0.5 * 0.25, 3 - 0.5
+    assert_close(smooth_l1_loss(pred, target, reduction='none'),
+                 torch.tensor([0.0, 0.125, 2.5]))
+    # alpha = 0.5, gamma = 1.5, beta = 1: b = e^3 - 1
+    b = math.e ** 3 - 1
+    inlier = 0.5 / b * (b * 0.5 + 1) * math.log(b * 0.5 + 1) - 0.25
+    outlier = 1.5 * 3 + 1.5 / b - 0.5
+    assert_close(balanced_l1_loss(pred, target, reduction='none'),
+                 torch.tensor([0.0, inlier, outlier]))
+    # avg_factor: sum / (avg_factor + eps)
+    assert_close(l1_loss(pred, target, avg_factor=2.0), torch.tensor(1.75))
+
+
+def test_balanced_l1_is_continuous_and_slope_matches_formula():
+    b = math.e ** 3 - 1
+    x = torch.tensor([1.0 - 1e-6, 1.0], dtype=torch.float64,
+                     requires_grad=True)
+    loss = balanced_l1_loss(x, torch.zeros(2, dtype=torch.float64),
+                            reduction='none')
+    assert_close(loss[0], loss[1], atol=1e-5)
+    loss.sum().backward()
+    # alpha * ln(b x + 1) inside, gamma outside: equal at x = beta = 1
+    assert_close(x.grad, torch.tensor([0.5 * math.log(b + 1), 1.5],
+                                      dtype=torch.float64), atol=1e-5)
+
+
+@pytest.mark.parametrize('beta', [0.0, 1e-6])
+def test_smooth_l1_small_beta_is_l1(beta):
+    # fvcore's rule; mmdet asserts beta > 0 and for beta = 1e-6 differs from
+    # L1 by at most beta / 2 per element
+    pred, target, weight = deltas(6)
+    assert_same_step(SmoothL1Loss(beta=beta), L1Loss(), pred, target, weight)
+
+
+# --------------------------------------------------------------------------
+# Hardening
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_empty_input(name, kwargs, reduction):
+    # mmdet's MSE gives NaN for an empty mean; ours is 0 and backward works
+    pred = torch.zeros(0, 4, requires_grad=True)
+    for avg_factor in ([None] if reduction == 'sum' else [None, 0.0]):
+        loss = OURS[name](reduction=reduction, **kwargs)(
+            pred, torch.zeros(0, 4), torch.zeros(0, 4),
+            avg_factor=avg_factor)
+        assert torch.isfinite(loss).all()
+        loss.sum().backward()
+        assert pred.grad.shape == pred.shape
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+def test_all_zero_weight(mmdet_losses, name, kwargs):
+    pred, target, _ = deltas(8)
+    zero = torch.zeros_like(pred)
+    for reduction in ('mean', 'sum'):
+        value, grad = assert_same_step(
+            OURS[name](reduction=reduction, **kwargs),
+            getattr(mmdet_losses, name)(reduction=reduction, **kwargs),
+            pred, target, zero, what=reduction)
+        assert value == 0 and torch.equal(grad, zero)
+    # 'none': element-wise zeros (mmdet's L1/SmoothL1 return a scalar 0)
+    value, grad = loss_and_grad(OURS[name](reduction='none', **kwargs), pred,
+                                target, zero)
+    assert torch.equal(value, zero) and torch.equal(grad, zero)
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_inputs(name, kwargs, dtype):
+    pred, target, weight = deltas(9, scale=20.0)
+    pred, target = pred.to(dtype), target.to(dtype)
+    reference = OURS[name](**kwargs)(pred.float(), target.float(), weight)
+    x = pred.clone().requires_grad_()
+    loss = OURS[name](**kwargs)(x, target, weight.to(dtype))
+    loss.backward()
+    assert loss.dtype == dtype and x.grad.dtype == dtype
+    assert torch.isfinite(loss) and torch.isfinite(x.grad.float()).all()
+    assert_close(loss.float(), reference, rtol=1e-2, atol=1e-3)
+
+
+def test_mse_fp16_large_errors_stay_finite(mmdet_losses):
+    # errors of 300: 300^2 = 90000 overflows fp16 (max 65504) in mmdet; the
+    # mean over avg_factor (900) fits, and ours computes it in float32
+    pred = torch.full((10, 4), 300.0, dtype=torch.float16, requires_grad=True)
+    target = torch.zeros(10, 4, dtype=torch.float16)
+    theirs = mmdet_losses.MSELoss()(pred, target, avg_factor=900.0)
+    assert not torch.isfinite(theirs)
+    loss = MSELoss()(pred, target, avg_factor=900.0)
+    assert loss.dtype == torch.float16
+    assert_close(loss.float(), torch.tensor(4000.0), rtol=1e-3)
+    loss.backward()
+    assert torch.isfinite(pred.grad.float()).all()
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+def test_nan_propagates(mmdet_losses, name, kwargs):
+    # the loss is NaN; the gradient of the NaN element is what torch's own
+    # autograd gives mmdet (NaN, or 0 where the slope is sign(d): sign(NaN)
+    # is 0 in torch), and every other element's gradient stays finite
+    pred, target, weight = deltas(10, n=20)
+    pred[2, 1] = float('nan')
+    for reduction in ('mean', 'none'):
+        value, grad = loss_and_grad(
+            OURS[name](reduction=reduction, **kwargs), pred, target, weight)
+        _, ref_grad = loss_and_grad(
+            getattr(mmdet_losses, name)(reduction=reduction, **kwargs), pred,
+            target, weight)
+        assert torch.isnan(value).any()
+        assert torch.equal(torch.isnan(grad), torch.isnan(ref_grad))
+        finite = ~torch.isnan(ref_grad)
+        assert_close(grad[finite], ref_grad[finite])
+
+
+@pytest.mark.parametrize('cls,kwargs', [
+    (SmoothL1Loss, dict(beta=-0.1)), (SmoothL1Loss, dict(beta='1')),
+    (BalancedL1Loss, dict(alpha=0)), (BalancedL1Loss, dict(gamma=-1.0)),
+    (BalancedL1Loss, dict(beta=0)), (BalancedL1Loss, dict(alpha=1e-3,
+                                                          gamma=1e3)),
+    (L1Loss, dict(loss_weight=-1.0)), (MSELoss, dict(reduction='avg')),
+])
+def test_bad_arguments(cls, kwargs):
+    with pytest.raises(ValueError, match=cls.__name__):
+        cls(**kwargs)
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+def test_bad_inputs(name, kwargs):
+    pred, target, weight = deltas(11, n=10)
+    module = OURS[name](**kwargs)
+    with pytest.raises(ValueError, match=name):
+        module(pred, target[:, :3])
+    with pytest.raises(ValueError, match=name):
+        module(pred, target, weight[:5])
+    with pytest.raises(ValueError, match=name):
+        module(pred, target, reduction_override='sum', avg_factor=2.0)
+    with pytest.raises(ValueError, match=name):
+        module(pred, target, reduction_override='max')
+    with pytest.raises(TypeError, match=name):
+        module(pred.long(), target.long())
+    with pytest.raises(TypeError, match=name):
+        module(pred, target.tolist())
+
+
+@pytest.mark.parametrize('cls', [SmoothL1Loss, BalancedL1Loss])
+def test_unknown_keyword_raises(cls):
+    pred, target, _ = deltas(12, n=4)
+    with pytest.raises(TypeError, match=cls.__name__):
+        cls()(pred, target, gamma=2.0)
+
+
+def test_builds_from_registry():
+    from mmloss.registry import MODELS
+    module = MODELS.build(dict(type='mmloss.SmoothL1Loss', beta=0.11,
+                               loss_weight=2.0))
+    assert isinstance(module, SmoothL1Loss) and module.beta == 0.11
