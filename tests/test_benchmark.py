@@ -196,18 +196,34 @@ def test_compare_flags_mismatch_and_non_finite():
 
 
 def test_target_verdicts():
+    mib = 2 ** 20
+
     def row(loss, speedup, saved, peak=1.0, size='large'):
+        ref = dict(saved_bytes=100 * mib, peak_bytes=100 * mib)
+        ours = dict(saved_bytes=int(saved * 100 * mib),
+                    peak_bytes=int(peak * 100 * mib))
         return dict(loss_type=loss, size=size, speedup=speedup,
-                    saved_ratio=saved, peak_ratio=peak)
+                    saved_ratio=saved, peak_ratio=peak, mmloss=ours,
+                    mmdet=ref)
 
     assert bench.target_verdict(row('FocalLoss', 3.1, 0.2)) == 'met'
     assert 'saved' in bench.target_verdict(row('FocalLoss', 3.1, 0.3))
     assert 'speed' in bench.target_verdict(row('GHMC', 7.0, 0.5))
     assert bench.target_verdict(row('GIoULoss', 1.6, 1.0)) == 'met'
     assert 'peak' in bench.target_verdict(row('GIoULoss', 1.6, 1.0, 1.2))
+    assert 'saved' in bench.target_verdict(row('SIoULoss', 1.6, 1.02))
+    # Within 1% more is noise (a byte per row, a few scalars).
+    assert bench.target_verdict(row('GIoULoss', 1.6, 1.005, 1.005)) == 'met'
     assert bench.target_verdict(row('GIoULoss', 1.6, 1.0, size='small')) \
         is None
-    assert bench.target_verdict(row('NWDLoss', None, None)) is None
+
+
+def test_more_memory_slack():
+    assert not bench.more_memory(1000 + 60_000, 1000)  # under 64 KiB
+    assert bench.more_memory(1000 + 70_000, 1000)
+    assert not bench.more_memory(101 * 2 ** 20 - 1, 100 * 2 ** 20)
+    assert bench.more_memory(102 * 2 ** 20, 100 * 2 ** 20)
+    assert not bench.more_memory(None, 10)
 
 
 # ------------------------------------------------------------ whole runs
