@@ -456,3 +456,195 @@ def test_leading_dims():
     loss = mmloss.GIoULoss(reduction='none')
     assert_close(loss(pred.view(2, 12, 4), target.view(2, 12, 4)).flatten(),
                  loss(pred, target))
+
+
+# ---------------------------------------------------------------------------
+# Beyond mmdet: hand-computed values, gradients
+# ---------------------------------------------------------------------------
+# pred (0, 0, 2, 2), target (1, 1, 3, 3): I = 1, U = 7, C = 9 (3 x 3),
+# centre distance**2 = 2, enclosing diagonal**2 = 18, same aspect ratio
+P = torch.tensor([[0., 0., 2., 2.]], dtype=torch.float64)
+T = torch.tensor([[1., 1., 3., 3.]], dtype=torch.float64)
+IOU = 1 / 7
+
+
+def _value(loss, *args, **kwargs):
+    return loss(*args, reduction='none', **kwargs).item()
+
+
+@pytest.mark.parametrize('mode,expected', [
+    ('iou', 1 - IOU**3),
+    ('giou', 1 - IOU**3 + (2 / 9)**3),
+    ('diou', 1 - IOU**3 + (2 / 18)**3),
+    ('ciou', 1 - IOU**3 + (2 / 18)**3),  # v = 0: same aspect ratio
+])
+def test_alpha_iou_hand_values(mode, expected):
+    assert _value(iou_family.alpha_iou_loss, P, T, mode=mode) == \
+        pytest.approx(expected, rel=1e-6)
+
+
+def test_alpha_ciou_aspect_term():
+    # I = 2 x 2.5 = 5, U = 6 + 5 - 5 = 6; centres (1, 1.5), (1, 1.25);
+    # enclosing 2 x 3 -> c**2 = 13
+    pred = torch.tensor([[0., 0., 2., 3.]], dtype=torch.float64)
+    target = torch.tensor([[0., 0., 2., 2.5]], dtype=torch.float64)
+    iou = 5 / 6
+    v = 4 / math.pi**2 * (math.atan(2 / 2.5) - math.atan(2 / 3))**2
+    beta = v / (1 - iou + v)
+    expected = 1 - iou**3 + (0.0625 / 13)**3 + (beta * v)**3
+    assert _value(iou_family.alpha_iou_loss, pred, target, mode='ciou') == \
+        pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize('mode', ['giou', 'diou', 'ciou'])
+def test_alpha_one_is_the_plain_loss(mode):
+    pred, target = make_pairs(200, 3, torch.float64)
+    assert_close(iou_family.alpha_iou_loss(pred, target, alpha=1.0,
+                                           mode=mode, reduction='none'),
+                 iou_family.variant_iou_loss(pred, target, mode=mode,
+                                             reduction='none'),
+                 rtol=1e-10, atol=1e-10)
+
+
+def test_mpdiou_hand_value():
+    # both corner distances**2 are 2; image 10 x 20 -> w**2 + h**2 = 500
+    expected = 1 - IOU + 4 / 500
+    assert _value(iou_family.mpdiou_loss, P, T, img_size=(10, 20)) == \
+        pytest.approx(expected, rel=1e-6)
+    module = mmloss.MPDIoULoss(img_size=(10, 20), reduction='none')
+    assert module(P, T).item() == pytest.approx(expected, rel=1e-6)
+    # per-call override, also as a per-box tensor
+    assert module(P, T, img_size=(100, 100)).item() == \
+        pytest.approx(1 - IOU + 4 / 20000, rel=1e-6)
+    assert module(P, T, img_size=torch.tensor([[10., 20.]])).item() == \
+        pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match='MPDIoULoss'):
+        module(P, T, img_size=torch.ones(1, 3))
+
+
+def test_inner_iou_hand_values():
+    # ratio 0.5: inner boxes (0.5, 0.5, 1.5, 1.5) and (1.5, 1.5, 2.5, 2.5)
+    # only touch -> inner IoU 0: L = (1 - IoU) + IoU - 0 = 1
+    assert _value(iou_family.variant_iou_loss, P, T, mode='iou',
+                  inner_ratio=0.5) == pytest.approx(1.0, rel=1e-6)
+    # ratio 2: (-1, -1, 3, 3) and (0, 0, 4, 4): I = 9, U = 23
+    expected = (1 - IOU + 2 / 9) + IOU - 9 / 23
+    assert _value(iou_family.variant_iou_loss, P, T, mode='giou',
+                  inner_ratio=2.0) == pytest.approx(expected, rel=1e-6)
+    # ratio 1 changes nothing, for every variant
+    pred, target = make_pairs(100, 1, torch.float64)
+    for mode in ('iou', 'giou', 'diou', 'ciou'):
+        assert_close(iou_family.variant_iou_loss(pred, target, mode=mode,
+                                                 inner_ratio=1.0),
+                     iou_family.variant_iou_loss(pred, target, mode=mode))
+
+
+def test_focaler_iou_hand_values():
+    # IoU = 1/7 mapped from [0.1, 0.5] to [0, 1]
+    focal = (IOU - 0.1) / 0.4
+    assert _value(iou_family.variant_iou_loss, P, T, mode='iou',
+                  focaler=(0.1, 0.5)) == pytest.approx(1 - focal, rel=1e-6)
+    assert _value(iou_family.variant_iou_loss, P, T, mode='diou',
+                  focaler=(0.1, 0.5)) == \
+        pytest.approx(1 - IOU + 2 / 18 + IOU - focal, rel=1e-6)
+    # below d: no IoU gradient left, only the DIoU distance term
+    iou = torch.tensor([0.05, 0.3, 0.9])
+    assert_close(iou_family.focaler_iou(iou, 0.1, 0.5),
+                 torch.tensor([0.0, 0.5, 1.0]))
+
+
+def test_variant_without_options_is_the_twin(mmdet_losses):
+    pred, target = make_pairs(300, 2)
+    for mode, name in (('giou', 'GIoULoss'), ('diou', 'DIoULoss'),
+                       ('ciou', 'CIoULoss')):
+        ours = mmloss.VariantIoULoss(mode=mode, eps=1e-6, reduction='none')
+        assert_same(run(ours, pred, target),
+                    run(getattr(mmdet_losses, name)(reduction='none'), pred,
+                        target), name)
+
+
+def test_focal_eiou_hand_value_and_gradient():
+    # same sizes: only the centre term; focal factor IoU**0.5 (detached)
+    expected = IOU**0.5 * (1 - IOU + 2 / 18)
+    assert _value(iou_family.focal_eiou_loss, P, T) == \
+        pytest.approx(expected, rel=1e-6)
+    pred, target = make_pairs(50, 4, torch.float64)
+    p = pred.clone().requires_grad_()
+    iou_family.focal_eiou_loss(p, target, reduction='sum').backward()
+    q = pred.clone().requires_grad_()
+    iou = iou_family.iou_terms(pred, target, 'iou')[0]
+    plain = iou_family.focal_eiou_loss(q, target, gamma=0.0,
+                                       reduction='none')
+    (plain * iou.clamp(min=0).sqrt()).sum().backward()
+    assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_wise_iou_hand_values():
+    attention = math.exp(2 / 18)
+    assert iou_family.wise_iou_loss(P, T, version='v1').item() == \
+        pytest.approx(attention * (1 - IOU), rel=1e-6)
+    mean = torch.tensor(0.5, dtype=torch.float64)
+    beta = (1 - IOU) / 0.5
+    v3 = beta / (3.0 * 1.9**(beta - 3.0))
+    assert iou_family.wise_iou_loss(P, T, mean).item() == \
+        pytest.approx(v3 * attention * (1 - IOU), rel=1e-6)
+    assert iou_family.wise_iou_loss(P, T, mean, version='v2').item() == \
+        pytest.approx(beta**0.5 * attention * (1 - IOU), rel=1e-6)
+
+
+def test_wise_iou_gradient_keeps_focus_constant():
+    pred, target = make_pairs(50, 5, torch.float64)
+    mean = torch.tensor(0.4, dtype=torch.float64)
+    p = pred.clone().requires_grad_()
+    loss = iou_family.wise_iou_loss(p, target, mean)
+    loss.sum().backward()
+    q = pred.clone().requires_grad_()
+    plain = 1 - iou_family.iou_terms(q, target, 'iou')[0]
+    factor = (loss / plain).detach()
+    (factor * plain).sum().backward()
+    assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_wise_iou_running_mean_buffer():
+    loss = mmloss.WiseIoULoss(momentum=0.1)
+    assert 'running_mean' in loss.state_dict()
+    assert loss.running_mean.item() == 1.0
+    pred, target = P.float(), T.float()
+    loss(pred, target)  # training mode: updated after use
+    assert loss.running_mean.item() == pytest.approx(0.9 + 0.1 * (1 - IOU),
+                                                     rel=1e-6)
+    loss.eval()
+    before = loss.running_mean.clone()
+    loss(pred, target)
+    assert torch.equal(loss.running_mean, before)
+    # empty batches leave it alone
+    loss.train()
+    loss(torch.zeros(0, 4), torch.zeros(0, 4))
+    assert torch.equal(loss.running_mean, before)
+    restored = mmloss.WiseIoULoss()
+    restored.load_state_dict(loss.state_dict())
+    assert torch.equal(restored.running_mean, before)
+    # v1 does not use it
+    v1 = mmloss.WiseIoULoss(version='v1', reduction='none')
+    assert v1(pred, target).item() == pytest.approx(
+        math.exp(2 / 18) * (1 - IOU), rel=1e-6)
+
+
+@pytest.mark.parametrize('fn,kw', [
+    (iou_family.alpha_iou_loss, dict(mode='iou')),
+    (iou_family.alpha_iou_loss, dict(mode='giou', alpha=2.0)),
+    (iou_family.alpha_iou_loss, dict(mode='diou')),
+    (iou_family.mpdiou_loss, dict(img_size=(64, 48))),
+    (iou_family.variant_iou_loss, dict(mode='giou', inner_ratio=0.7)),
+    (iou_family.variant_iou_loss, dict(mode='diou', inner_ratio=1.3,
+                                       focaler=(0.0, 0.95))),
+    (iou_family.variant_iou_loss, dict(mode='iou', focaler=(0.0, 0.95))),
+], ids=lambda x: getattr(x, '__name__', str(x)))
+def test_new_losses_gradcheck(fn, kw):
+    # Wise-IoU and Focal-EIoU detach their focusing factors, so finite
+    # differences do not apply; their gradients are checked against
+    # autograd with the factors frozen (the two tests above).
+    pred, target = make_pairs(10, 6, torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda p, t: fn(p, t, reduction='none', **kw),
+        (pred.requires_grad_(), target.requires_grad_()))

@@ -1,0 +1,132 @@
+"""NWD loss: hand-computed values, gradcheck and hardening."""
+import math
+
+import pytest
+import torch
+
+import mmloss
+from mmloss.losses.wasserstein import gaussian_wasserstein_sq, nwd_loss
+from tests.helpers import assert_close, jitter_boxes, random_boxes
+
+REDUCTIONS = ('none', 'mean', 'sum')
+P = torch.tensor([[0., 0., 2., 2.]], dtype=torch.float64)
+T = torch.tensor([[1., 1., 3., 3.]], dtype=torch.float64)
+
+
+def pairs(n, seed, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    target = random_boxes(n, gen, 100.0, torch.float64)
+    return jitter_boxes(target, gen, 0.5).to(dtype), target.to(dtype)
+
+
+def test_hand_values():
+    # same size, centres 1 apart in x and y: W2**2 = 2
+    assert gaussian_wasserstein_sq(P, T).item() == 2
+    expected = 1 - math.exp(-math.sqrt(2 + 1e-7) / 12.8)
+    assert nwd_loss(P, T, reduction='none').item() == \
+        pytest.approx(expected, rel=1e-9)
+    # same centre, sizes 2 and 4 (half-sizes 1 and 2 in x and y): W2**2 = 2
+    big = torch.tensor([[-1., -1., 3., 3.]], dtype=torch.float64)
+    assert gaussian_wasserstein_sq(P + 0, big).item() == 2
+    # the dataset constant is an argument
+    assert nwd_loss(P, T, constant=1.0, reduction='none').item() == \
+        pytest.approx(1 - math.exp(-math.sqrt(2 + 1e-7)), rel=1e-9)
+
+
+def test_module_reductions_and_weights():
+    pred, target = pairs(100, 0)
+    weight = torch.rand(100, 4)
+    elementwise = nwd_loss(pred, target, reduction='none')
+    module = mmloss.NWDLoss(loss_weight=2.0)
+    assert_close(module(pred, target, weight=weight),
+                 2 * (elementwise * weight.mean(-1)).mean())
+    assert_close(module(pred, target, weight=weight, avg_factor=7.0),
+                 2 * (elementwise * weight.mean(-1)).sum() /
+                 (7.0 + torch.finfo(torch.float32).eps))
+    assert_close(module(pred, target, reduction_override='sum'),
+                 2 * elementwise.sum())
+    assert_close(module(pred, target, reduction_override='none'),
+                 2 * elementwise)
+    with pytest.raises(ValueError, match='avg_factor'):
+        module(pred, target, avg_factor=3.0, reduction_override='sum')
+
+
+def test_identical_far_and_disjoint():
+    # identical: sqrt(eps) keeps it finite and differentiable
+    box = torch.tensor([[10., 10., 20., 30.]], requires_grad=True)
+    loss = mmloss.NWDLoss(reduction='none')(box, box.detach())
+    loss.sum().backward()
+    assert loss.item() == pytest.approx(1 - math.exp(-math.sqrt(1e-7) / 12.8),
+                                        rel=1e-4)
+    assert torch.isfinite(box.grad).all()
+    # disjoint boxes still get a gradient (unlike IoU), far ones saturate
+    near = torch.tensor([[30., 10., 40., 30.]], requires_grad=True)
+    mmloss.NWDLoss()(near, box.detach()).backward()
+    assert near.grad.abs().sum() > 0
+    far = torch.tensor([[1e6, 1e6, 1.00001e6, 1.00002e6]])
+    assert mmloss.NWDLoss()(far, box.detach()).item() == pytest.approx(1.0)
+
+
+def test_gradcheck():
+    pred, target = pairs(10, 1, torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda p, t: nwd_loss(p, t, reduction='none', constant=20.0),
+        (pred.requires_grad_(), target.requires_grad_()))
+
+
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+@pytest.mark.parametrize('avg_factor', [None, 0, 4.0])
+def test_empty(reduction, avg_factor):
+    if reduction == 'sum' and avg_factor is not None:
+        return
+    pred = torch.zeros(0, 4, requires_grad=True)
+    for weight in (None, torch.zeros(0)):
+        loss = mmloss.NWDLoss(reduction=reduction)(
+            pred, torch.zeros(0, 4), weight=weight, avg_factor=avg_factor)
+        assert torch.isfinite(loss).all()
+        loss.sum().backward()
+
+
+def test_zero_weights():
+    pred, target = pairs(20, 2)
+    pred.requires_grad_()
+    loss = mmloss.NWDLoss()(pred, target, weight=torch.zeros(20, 4),
+                            avg_factor=0)
+    loss.backward()
+    assert loss.item() == 0 and not pred.grad.any()
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half(dtype):
+    pred, target = pairs(30, 3, dtype)
+    pred = (pred * 10).detach().requires_grad_()  # up to ~2000 px
+    loss = mmloss.NWDLoss()(pred, target * 10)
+    loss.backward()
+    assert loss.dtype == dtype and pred.grad.dtype == dtype
+    assert torch.isfinite(loss) and torch.isfinite(pred.grad).all()
+
+
+def test_nan_propagates():
+    pred, target = pairs(5, 4)
+    pred[2, 0] = float('nan')
+    assert torch.isnan(mmloss.NWDLoss()(pred, target))
+
+
+def test_invalid():
+    loss = mmloss.NWDLoss()
+    with pytest.raises(ValueError, match='NWDLoss'):
+        loss(torch.rand(3, 4), torch.rand(4, 4))
+    with pytest.raises(ValueError, match='NWDLoss'):
+        loss(torch.rand(3, 5), torch.rand(3, 5))
+    with pytest.raises(TypeError, match='NWDLoss'):
+        loss(torch.ones(3, 4, dtype=torch.long), torch.ones(3, 4))
+    for kw in (dict(constant=0), dict(constant=-1.0), dict(loss_weight=-1),
+               dict(reduction='avg'), dict(eps=-1.0)):
+        with pytest.raises(ValueError, match='NWDLoss'):
+            mmloss.NWDLoss(**kw)
+
+
+def test_registry():
+    from mmdet.registry import MODELS
+    built = MODELS.build(dict(type='mmloss.NWDLoss', constant=8.0))
+    assert isinstance(built, mmloss.NWDLoss) and built.constant == 8.0
