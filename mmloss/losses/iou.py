@@ -335,6 +335,20 @@ class _LocalJacobian(torch.autograd.Function):
 # ---------------------------------------------------------------------------
 # MMDetection twins (pure functions)
 # ---------------------------------------------------------------------------
+def _flat_columns(pred: Tensor, target: Tensor):
+    """Upcast, flatten to (N, 4) and store column-major for the plain
+    formulas (see :func:`mmloss.geometry.column_major`)."""
+    p, t = geo.upcast(pred, target)
+    return geo.column_major(p.reshape(-1, 4)), geo.column_major(
+        t.reshape(-1, 4))
+
+
+def _unflat(loss: Tensor, pred: Tensor) -> Tensor:
+    """Back to ``pred``'s leading dims and dtype."""
+    return geo.restore_dtype(loss.reshape(pred.shape[:-1] + loss.shape[1:]),
+                             pred)
+
+
 def _fast(core, pred: Tensor, target: Tensor, *args) -> Tensor:
     """Run a :class:`_LocalJacobian` core on boxes of any leading shape."""
     loss = _LocalJacobian.apply(core, pred.reshape(-1, 4),
@@ -514,7 +528,7 @@ def bounded_iou_loss(pred: Tensor, target: Tensor, beta: float = 0.2,
     "Improving Object Localization with Fitness NMS and Bounded IoU Loss",
     CVPR 2018, arXiv:1711.00164.
     """
-    p, t = geo.upcast(pred, target)
+    p, t = _flat_columns(pred, target)
     t = t.detach()
     offset = (geo.box_centre(t) - geo.box_centre(p)).abs()
     wh_p, wh_t = geo.box_wh(p), geo.box_wh(t)
@@ -522,7 +536,7 @@ def bounded_iou_loss(pred: Tensor, target: Tensor, beta: float = 0.2,
                    (wh_t + 2 * offset + eps)).clamp(min=0)
     loss_wh = 1 - torch.minimum(wh_t / (wh_p + eps), wh_p / (wh_t + eps))
     loss = torch.cat([loss_xy, loss_wh], dim=-1)
-    return geo.restore_dtype(_smooth(loss, beta), pred)
+    return _unflat(_smooth(loss, beta), pred)
 
 
 # ---------------------------------------------------------------------------
