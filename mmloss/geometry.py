@@ -9,8 +9,8 @@ The losses compose these pieces (CIoU = DIoU + aspect term, DIoU = IoU +
 centre-distance term) instead of repeating the arithmetic. Ties in
 ``torch.maximum``/``torch.minimum`` share the gradient half and half, and
 ``clamp(min=0)`` passes the gradient at exactly zero: :func:`pair_backward`,
-the hand-written backward of the primitives, follows the same rules so the
-fast autograd paths reproduce autograd's gradients bit for bit in spirit.
+the hand-written backward of the primitives, follows the same rules, so the
+fast paths give autograd's gradients also for identical and touching boxes.
 
 Half and bfloat16 boxes overflow in squared terms (a 300 px box has an area
 of 90000 > 65504), so :func:`upcast` lifts them to float32; losses cast the
@@ -31,7 +31,7 @@ __all__ = [
     'aligned_iou', 'enclosing_box', 'enclosing_wh', 'enclosing_area',
     'enclosing_diagonal_sq', 'centre_offset', 'centre_distance_sq',
     'aspect_consistency', 'extended_intersection', 'scale_boxes',
-    'tie_share', 'column_major', 'pair_backward'
+    'column_major', 'pair_backward'
 ]
 
 
@@ -180,15 +180,6 @@ def scale_boxes(boxes: Tensor, ratio: float) -> Tensor:
     centre = box_centre(boxes)
     half = box_wh(boxes) * (0.5 * ratio)
     return torch.cat([centre - half, centre + half], dim=-1)
-
-
-def tie_share(x: Tensor, y: Tensor, larger: bool) -> Tensor:
-    """d max(x, y)/dx (``larger``) or d min(x, y)/dx, with ties at 1/2.
-
-    This is how autograd differentiates ``torch.maximum``/``minimum``.
-    """
-    win = x > y if larger else x < y
-    return win.to(x.dtype) + (x == y).to(x.dtype) * 0.5
 
 
 def column_major(boxes: Tensor) -> Tensor:

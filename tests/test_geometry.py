@@ -83,13 +83,6 @@ def test_shapes_broadcast_over_leading_dims(generator):
                  geo.aligned_iou(a.view(-1, 4), b.view(-1, 4)))
 
 
-def test_tie_share():
-    x = torch.tensor([1., 2., 3.])
-    y = torch.tensor([2., 2., 2.])
-    assert geo.tie_share(x, y, larger=True).tolist() == [0, 0.5, 1]
-    assert geo.tie_share(x, y, larger=False).tolist() == [1, 0.5, 0]
-
-
 @pytest.mark.parametrize('ties', [False, True])
 def test_pair_backward_matches_autograd(generator, ties):
     """A weighted sum of every primitive, differentiated both ways."""

@@ -11,11 +11,14 @@ with ``target[i]``. Every loss is built from :mod:`mmloss.geometry`:
 * Newer losses: Alpha-IoU, Wise-IoU (v1/v2/v3), MPDIoU, Focal-EIoU, and the
   Inner-IoU / Focaler-IoU modifiers that apply to every IoU variant.
 
-Speed: IoU, GIoU, DIoU and CIoU run through ``torch.autograd.Function``s
-whose backward is written by hand. They save only ``pred`` and ``target``
-and recompute the few intermediates in backward, where autograd would keep
-about a dozen per-box tensors alive. ``fast=False`` selects the plain
-autograd formula (the tests check that both agree).
+Speed: IoU, GIoU, DIoU and CIoU run through one ``torch.autograd.Function``
+(:class:`_LocalJacobian`) with a hand-derived gradient: each loss element
+depends on one box pair only, so the forward pass computes the (N, 4)
+Jacobian next to the loss from the same intermediates (in column-major
+storage) and saves just that, where autograd keeps about a dozen per-box
+temporaries; backward is one product. ``fast=False`` selects the plain
+autograd formula (the tests check that both agree). SIoU, EIoU and bounded
+IoU use the plain formula.
 
 Deliberate differences from MMDetection (all where mmdet gives NaN/Inf or
 has no defined result):
