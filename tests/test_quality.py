@@ -189,6 +189,43 @@ def test_qfl_gradcheck(activated):
     assert torch.autograd.gradcheck(lambda x: loss(x, target), (x, ))
 
 
+@pytest.mark.parametrize('iou_weighted', [True, False])
+@pytest.mark.parametrize('gamma', [2.0, 1.5])
+def test_varifocal_fast_path_matches_autograd(iou_weighted, gamma):
+    """The analytic gradient, including negative targets (q < 0)."""
+    pred, target = vfl_inputs(30, 5, 7)
+    target[0, :] = -0.3
+    pred, target = pred.double(), target.double()
+    weight = torch.rand(30, 5, dtype=torch.float64)
+    x = pred.clone().requires_grad_()
+    fast = varifocal_loss(x, target, weight, 0.5, gamma, iou_weighted,
+                          reduction='none')
+    fast.sum().backward()
+    w = weight.clone().requires_grad_()  # takes the autograd path
+    y = pred.clone().requires_grad_()
+    plain = varifocal_loss(y, target, w, 0.5, gamma, iou_weighted,
+                           reduction='none')
+    plain.sum().backward()
+    assert_close(fast, plain.detach(), rtol=1e-10, atol=1e-12)
+    assert_close(x.grad, y.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('beta', [2.0, 1.0, 0.5])
+def test_qfl_fast_path_matches_autograd(beta):
+    from mmloss.losses.quality import quality_focal_loss_labels
+    pred, labels, scores = qfl_inputs(40, 6, 8)
+    pred, scores = pred.double(), scores.double()
+    x = pred.clone().requires_grad_()
+    fast = quality_focal_loss(x, (labels, scores), beta=beta,
+                              reduction='none')
+    (fast * torch.arange(40)).sum().backward()
+    y = pred.clone().requires_grad_()
+    plain = quality_focal_loss_labels(y, labels, scores, beta)
+    (plain * torch.arange(40)).sum().backward()
+    assert_close(fast, plain.detach(), rtol=1e-10, atol=1e-12)
+    assert_close(x.grad, y.grad, rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------
 # DistributionFocalLoss
 # ---------------------------------------------------------------------------
