@@ -233,6 +233,19 @@ def test_ghmc_fast_matches_plain(reduction, onehot):
         assert_close(got, expected)
 
 
+def test_ghmc_non_contiguous_inputs(mmdet_losses):
+    # heads permute and reshape their logits; a transposed view must work
+    pred, labels, label_weight = cls_inputs(13, n=300)
+    transposed = pred.t().contiguous().t()
+    assert not transposed.is_contiguous()
+    for target, weight in ((labels, label_weight),
+                           (onehot_of(labels).t().contiguous().t(),
+                            label_weight[:, None].expand(-1, NUM_CLASSES))):
+        assert_same_step(GHMC(bins=10, momentum=0.5),
+                         mmdet_losses.GHMC(bins=10, momentum=0.5),
+                         transposed, target, weight, what='transposed')
+
+
 def test_ghmc_soft_target_with_grad_uses_plain_formula():
     pred, labels, label_weight = cls_inputs(5, n=50)
     target = (onehot_of(labels) * 0.8).requires_grad_()
@@ -448,6 +461,13 @@ def test_ghmr_fast_matches_plain(reduction):
         results.append((loss.detach(), x.grad, t.grad, acc))
     for got, expected in zip(*results):
         assert_close(got, expected)
+
+
+def test_ghmr_non_contiguous_inputs(mmdet_losses):
+    pred, target, label_weight = reg_inputs(12, n=100)
+    pred, target = pred.t().contiguous().t(), target.t().contiguous().t()
+    assert_same_step(GHMR(momentum=0.5), mmdet_losses.GHMR(momentum=0.5),
+                     pred, target, label_weight, what='transposed')
 
 
 def test_ghmr_large_matches_mmdet(mmdet_losses):

@@ -126,6 +126,19 @@ def test_gradcheck(name, kwargs, reduction):
         (pred, target))
 
 
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+def test_non_contiguous_inputs(mmdet_losses, name, kwargs):
+    pred, target, weight = deltas(13, n=50)
+    pred, target, weight = (t.t().contiguous().t()
+                            for t in (pred, target, weight))
+    assert not pred.is_contiguous()
+    for reduction in ('mean', 'none'):
+        assert_same_step(OURS[name](reduction=reduction, **kwargs),
+                         getattr(mmdet_losses, name)(reduction=reduction,
+                                                     **kwargs),
+                         pred, target, weight, what=reduction)
+
+
 def test_weight_with_grad_gets_its_gradient():
     # the fast path does not differentiate weights: the plain one steps in
     pred, target, weight = deltas(5, n=20)

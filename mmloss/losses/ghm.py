@@ -118,7 +118,7 @@ def gradient_bin_index(g: Tensor, bins: int, top: float,
     # real bin and the loss is NaN anyway.
     index = g.mul(bins * (1.0 - 2.0 ** -20)).to(torch.int32)
     index.clamp_(0, bins - 1)
-    upper = upper.index_select(0, index.view(-1)).view_as(g)
+    upper = upper.index_select(0, index.reshape(-1)).view_as(g)
     # the comparison written straight into int32 keeps the add one dtype
     index += torch.ge(g, upper, out=torch.empty_like(index))
     if valid is not None:
@@ -277,7 +277,8 @@ def _ghmc_label_parts(pred: Tensor, labels: Tensor, label_weight: Tensor,
     built for the negatives and one column per row is patched.
     """
     num_classes = pred.shape[1]
-    x = pred.detach().to(_compute_dtype(pred))
+    # contiguous: the label cells are addressed by flat row-major index
+    x = pred.detach().to(_compute_dtype(pred)).contiguous()
     foreground = labels < num_classes
     # flat index of each row's label cell (column 0 for background rows,
     # which are then left as they are); a flat index_select is much faster
@@ -300,7 +301,7 @@ def _ghmc_label_parts(pred: Tensor, labels: Tensor, label_weight: Tensor,
     index = gradient_bin_index(g, bins, 1.0 + GHMC_TOP_EDGE_PAD,
                                valid_row[:, None])
     bin_weight = harmonized_bin_weights(index, bins, tot, momentum, acc_sum)
-    weight = bin_weight.to(g.dtype).index_select(0, index.view(-1))
+    weight = bin_weight.to(g.dtype).index_select(0, index.reshape(-1))
     weight = weight.view_as(g)
 
     x_cell = x.reshape(-1).index_select(0, cell)
@@ -319,7 +320,7 @@ def _ghmc_onehot_parts(pred: Tensor, target: Tensor, label_weight: Tensor,
                        bins: int, momentum: float,
                        acc_sum: Optional[Tensor], reduction: str):
     """GHM-C of a (possibly soft) target shaped like ``pred``."""
-    x = pred.detach().to(_compute_dtype(pred))
+    x = pred.detach().to(_compute_dtype(pred)).contiguous()
     t = target.detach().to(x.dtype)
     residual = torch.sigmoid(x).sub_(t)
     g = residual.abs()
@@ -327,7 +328,7 @@ def _ghmc_onehot_parts(pred: Tensor, target: Tensor, label_weight: Tensor,
     tot = valid.sum().clamp_(min=1).float()
     index = gradient_bin_index(g, bins, 1.0 + GHMC_TOP_EDGE_PAD, valid)
     bin_weight = harmonized_bin_weights(index, bins, tot, momentum, acc_sum)
-    weight = bin_weight.to(g.dtype).index_select(0, index.view(-1))
+    weight = bin_weight.to(g.dtype).index_select(0, index.reshape(-1))
     weight = weight.view_as(g)
     bce = F.binary_cross_entropy_with_logits(x, t, reduction='none')
     denominator = _mean_denominator(tot)
@@ -418,7 +419,7 @@ def _ghmr_parts(pred: Tensor, target: Tensor, label_weight: Tensor,
                 acc_sum: Optional[Tensor], reduction: str):
     """GHM-R's value, ``d loss / d pred``, weights and ``tot``."""
     dtype = _compute_dtype(pred)
-    diff = pred.detach().to(dtype) - target.detach().to(dtype)
+    diff = (pred.detach().to(dtype) - target.detach().to(dtype)).contiguous()
     # MMDetection's own rounding: sqrt(d * d + float32(mu * mu))
     root = (diff * diff).add_(mu * mu).sqrt_()
     slope = diff / root                     # d ASL1 / d pred, in (-1, 1)
@@ -427,7 +428,7 @@ def _ghmr_parts(pred: Tensor, target: Tensor, label_weight: Tensor,
     tot = label_weight.float().sum().clamp_(min=1)
     index = gradient_bin_index(g, bins, GHMR_TOP_EDGE, valid)
     bin_weight = harmonized_bin_weights(index, bins, tot, momentum, acc_sum)
-    weight = bin_weight.to(g.dtype).index_select(0, index.view(-1))
+    weight = bin_weight.to(g.dtype).index_select(0, index.reshape(-1))
     weight = weight.view_as(g)
     asl1 = root.sub_(mu)
     denominator = _mean_denominator(tot)
