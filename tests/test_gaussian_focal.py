@@ -92,6 +92,26 @@ def test_large_heatmap_matches_mmdet(mmdet_losses):
     grad_close(grad, ref_grad)
 
 
+@pytest.mark.parametrize('alpha,gamma', [(2.0, 4.0), (1.5, 3.0), (1.0, 0.0)])
+def test_fast_path_matches_autograd(alpha, gamma):
+    """The analytic gradient against autograd (a weight that needs a
+    gradient takes the autograd path)."""
+    pred, target = heatmap((5, 6, 7), 1, peaks=0.1)
+    pred, target = pred.double(), target.double()
+    weight = torch.rand(5, 6, 7, dtype=torch.float64)
+    kwargs = dict(alpha=alpha, gamma=gamma, pos_weight=0.6, neg_weight=1.7,
+                  reduction='none')
+    x = pred.clone().requires_grad_()
+    fast = gaussian_focal_loss(x, target, weight, **kwargs)
+    fast.sum().backward()
+    y = pred.clone().requires_grad_()
+    plain = gaussian_focal_loss(y, target, weight.clone().requires_grad_(),
+                                **kwargs)
+    plain.sum().backward()
+    assert_close(fast, plain.detach(), rtol=1e-10, atol=1e-12)
+    assert_close(x.grad, y.grad, rtol=1e-10, atol=1e-12)
+
+
 def test_hand_values():
     # positive p = 0.5: -log 0.5 * 0.5**2; negative p = 0.5, y = 0.5:
     # -log 0.5 * 0.5**2 * 0.5**4
