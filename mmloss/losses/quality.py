@@ -446,18 +446,49 @@ def _distribution_focal_loss(loss_name, pred, label, weight, reduction,
             raise ValueError(f'{loss_name}: target must lie in [0, {last}] '
                              f'for pred with {last + 1} bins, but got values '
                              f'in [{float(low)}, {float(high)}]')
-    dtype = _compute_dtype(pred)
-    label = label.to(dtype)
-    left = label.long()
-    right = (left + 1).clamp(max=last)
-    weight_left = (left + 1).to(dtype) - label
-    weight_right = label - left.to(dtype)
-    log_prob = F.log_softmax(pred.to(dtype), dim=1)
-    loss = -(log_prob.gather(1, left[:, None]).squeeze(1) * weight_left +
-             log_prob.gather(1, right[:, None]).squeeze(1) * weight_right)
-    check_weight_shape(loss_name, weight, loss.shape)
+    check_weight_shape(loss_name, weight, label.shape)
+    loss = DistributionFocalFunction.apply(pred, label)
     return weight_reduce_loss(loss, weight, reduction,
                               avg_factor).to(pred.dtype)
+
+
+class DistributionFocalFunction(torch.autograd.Function):
+    """Per-row DFL with its gradient computed in forward and saved.
+
+    ``apply(pred, label)`` returns (N,). With ``S = softmax(x)`` and the
+    two bins ``l``, ``l + 1`` weighted ``w_l = l + 1 - y``,
+    ``w_r = y - l``, the gradient is ``S - w_l e_l - w_r e_(l+1)``: one
+    ``exp`` of the log-softmax and two sparse updates, saved as one
+    (N, n + 1) tensor. Half inputs are computed in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, pred, label):
+        dtype = _compute_dtype(pred)
+        num_rows, num_bins = pred.shape
+        label = label.to(dtype)
+        left = label.long()
+        right = (left + 1).clamp(max=num_bins - 1)
+        weight_left = (left + 1).to(dtype) - label
+        weight_right = label - left.to(dtype)
+        log_prob = F.log_softmax(pred.to(dtype), dim=1)
+        row_start = torch.arange(num_rows, device=pred.device) * num_bins
+        flat_left, flat_right = row_start + left, row_start + right
+        loss = -(log_prob.take(flat_left) * weight_left +
+                 log_prob.take(flat_right) * weight_right)
+        if ctx.needs_input_grad[0]:
+            grad = log_prob.exp_()
+            # at the last bin left == right: accumulate both weights
+            grad.put_(flat_left, -weight_left, accumulate=True)
+            grad.put_(flat_right, -weight_right, accumulate=True)
+            ctx.save_for_backward(grad.to(pred.dtype))
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        grad, = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype).unsqueeze(1), None
 
 
 # ---------------------------------------------------------------------------
