@@ -30,7 +30,8 @@ TWINS = [
 TWIN_IDS = [f'{n}-{"-".join(f"{k}={v}" for k, v in kw.items())}'
             for n, kw in TWINS]
 FAST = [('IoULoss', {'mode': m}) for m in ('log', 'linear', 'square')] + [
-    ('GIoULoss', {}), ('DIoULoss', {}), ('CIoULoss', {})]
+    ('GIoULoss', {}), ('DIoULoss', {}), ('CIoULoss', {}), ('SIoULoss', {}),
+    ('SIoULoss', {'neg_gamma': True})]
 
 NEW = ['VariantIoULoss', 'AlphaIoULoss', 'WiseIoULoss', 'MPDIoULoss',
        'FocalEIoULoss']
@@ -188,7 +189,8 @@ def test_builds_from_registries():
 def _functional(name):
     return {'IoULoss': iou_family.iou_loss, 'GIoULoss': iou_family.giou_loss,
             'DIoULoss': iou_family.diou_loss,
-            'CIoULoss': iou_family.ciou_loss}[name]
+            'CIoULoss': iou_family.ciou_loss,
+            'SIoULoss': iou_family.siou_loss}[name]
 
 
 @pytest.mark.parametrize('name,kw', FAST, ids=[f'{n}-{k}' for n, k in FAST])

@@ -11,14 +11,14 @@ with ``target[i]``. Every loss is built from :mod:`mmloss.geometry`:
 * Newer losses: Alpha-IoU, Wise-IoU (v1/v2/v3), MPDIoU, Focal-EIoU, and the
   Inner-IoU / Focaler-IoU modifiers that apply to every IoU variant.
 
-Speed: IoU, GIoU, DIoU and CIoU run through one ``torch.autograd.Function``
+Speed: IoU, GIoU, DIoU, CIoU and SIoU run through one ``torch.autograd.Function``
 (:class:`_LocalJacobian`) with a hand-derived gradient: each loss element
 depends on one box pair only, so the forward pass computes the (N, 4)
 Jacobian next to the loss from the same intermediates (in column-major
 storage) and saves just that, where autograd keeps about a dozen per-box
 temporaries; backward is one product. ``fast=False`` selects the plain
-autograd formula (the tests check that both agree). SIoU, EIoU and bounded
-IoU use the plain formula.
+autograd formula (the tests check that both agree). SIoU has such a fast
+path too; EIoU and bounded IoU use the plain formula.
 
 Deliberate differences from MMDetection (all where mmdet gives NaN/Inf or
 has no defined result):
@@ -38,6 +38,7 @@ has no defined result):
 """
 import math
 import warnings
+from types import SimpleNamespace
 from typing import Optional, Sequence, Union
 
 import torch
@@ -477,9 +478,90 @@ def eiou_loss(pred: Tensor, target: Tensor, smooth_point: float = 0.1,
     return geo.restore_dtype(_smooth(1 - inter / union, smooth_point), pred)
 
 
+def _siou_parts(pred: Tensor, target: Tensor, iou: Tensor, eps: float,
+                neg_gamma: bool) -> SimpleNamespace:
+    """SIoU's terms from its IoU; shared by the plain and the fast path."""
+    x = SimpleNamespace(iou=iou)
+    x.enclose_raw = torch.maximum(pred[..., 2:], target[..., 2:]) - \
+        torch.minimum(pred[..., :2], target[..., :2])
+    x.enclose = x.enclose_raw.clamp(min=eps)
+    # summed left to right (not geo.centre_offset's grouping): thin boxes
+    # make this offset cancel, and the reference rounds it this way
+    x.s = (target[..., :2] + target[..., 2:] - pred[..., :2] -
+           pred[..., 2:]) * 0.5 + eps
+    # sin(alpha) of the smaller angle to an axis; 0/0 (no offset) -> 0
+    x.sigma = (x.s[..., :1]**2 + x.s[..., 1:]**2).sqrt()
+    sin = _safe_div(x.s.abs(), x.sigma)
+    x.pick_y = sin[..., 0] > math.sqrt(0.5)
+    x.sin = torch.where(x.pick_y, sin[..., 1], sin[..., 0])
+    angle = torch.cos(torch.asin(x.sin) * 2 - math.pi / 2)
+    x.gamma = angle - 2 if neg_gamma else 2 - angle
+    x.rho = (x.s / x.enclose)**2
+    x.exp_rho = torch.exp(x.gamma.unsqueeze(-1) * x.rho)
+    distance = 2 - x.exp_rho[..., 0] - x.exp_rho[..., 1]
+    eps_h = pred.new_tensor([0.0, eps])
+    x.wh_p, x.wh_t = geo.box_wh(pred) + eps_h, geo.box_wh(target) + eps_h
+    x.size_diff = x.wh_p - x.wh_t
+    x.size_max = torch.maximum(x.wh_p, x.wh_t)
+    x.omega = _safe_div(x.size_diff.abs(), x.size_max)
+    x.exp_omega = torch.exp(-x.omega)
+    shape = (1 - x.exp_omega).pow(4).sum(-1)
+    x.siou = iou - 0.5 * (distance + shape)
+    x.loss = 1 - x.siou.clamp(min=-1.0, max=1.0)
+    return x
+
+
+def _plain_siou_loss(pred, target, eps, neg_gamma):
+    return _siou_parts(pred, target, geo.aligned_iou(pred, target, eps), eps,
+                       neg_gamma).loss
+
+
+def _siou_loss_core(pred, target, need_grad, need_target, eps, neg_gamma):
+    """SIoU loss and its per-box Jacobian (see :class:`_LocalJacobian`)."""
+    ov = _Overlap(pred, target)
+    union = ov.union + eps
+    x = _siou_parts(pred, target, ov.inter / union, eps, neg_gamma)
+    if not need_grad:
+        return x.loss, None, None
+    g_siou = _masked((x.siou >= -1) & (x.siou <= 1),
+                     torch.full_like(x.siou, -1.0))
+    g_cost = (-0.5 * g_siou).unsqueeze(-1)  # d loss / d (distance, shape)
+    # shape cost: sum (1 - e**-omega)**4, omega = |d| / max(w_p, w_t)
+    g_omega = g_cost * 4 * (1 - x.exp_omega)**3 * x.exp_omega
+    valid = x.size_max != 0
+    size_max = torch.where(valid, x.size_max, 1.0)
+    sign = torch.sign(x.size_diff)
+    g_diff = _masked(valid, g_omega * sign / size_max)
+    g_max = _masked(valid, -g_omega * x.omega / size_max)
+    pred_wh = g_diff + g_max * (0.5 + 0.5 * sign)
+    target_wh = -g_diff + g_max * (0.5 - 0.5 * sign)
+    # distance cost: 2 - sum exp(gamma rho), rho = (s / c)**2
+    g_rho = -g_cost * x.gamma.unsqueeze(-1) * x.exp_rho
+    g_gamma = -g_cost[..., 0] * (x.rho * x.exp_rho).sum(-1)
+    g_angle = g_gamma if neg_gamma else -g_gamma
+    # angle cost cos(2 asin(q) - pi/2): derivative 2 (1 - 2q**2)/sqrt(1-q**2)
+    g_sin = g_angle * 2 * (1 - 2 * x.sin**2) / (1 - x.sin**2).sqrt()
+    # q = |s_k| / |s| for the picked axis k
+    sigma = x.sigma[..., 0]
+    has_offset = sigma != 0
+    sigma = torch.where(has_offset, sigma, 1.0)
+    picked = torch.stack([~x.pick_y, x.pick_y], -1)
+    g_s = _masked(has_offset.unsqueeze(-1), g_sin.unsqueeze(-1) * (
+        _masked(picked, torch.sign(x.s)) / sigma.unsqueeze(-1) -
+        (x.sin / sigma**2).unsqueeze(-1) * x.s))
+    g_s = g_s + g_rho * 2 * x.s / x.enclose**2
+    enclose_wh = _masked(x.enclose_raw >= eps,
+                         -g_rho * 2 * x.rho / x.enclose)
+    g_inter = g_siou / union
+    g_union = -g_siou * x.iou / union
+    return (x.loss, ) + ov.backward(
+        g_inter, g_union, need_target, pred_wh=pred_wh, target_wh=target_wh,
+        enclose_wh=enclose_wh, offset=0.5 * g_s)
+
+
 @weighted_loss
 def siou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
-              neg_gamma: bool = False) -> Tensor:
+              neg_gamma: bool = False, fast: bool = True) -> Tensor:
     """SIoU loss ``1 - clamp(IoU - (Delta + Omega) / 2, -1, 1)``.
 
     With ``s = centre offset + eps`` and the enclosing size ``(c_w, c_h)``
@@ -494,26 +576,8 @@ def siou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
 
     Gevorgyan, "SIoU Loss", 2022, arXiv:2205.12740.
     """
-    p, t = geo.upcast(pred, target)
-    iou = geo.aligned_iou(p, t, eps)
-    enclose = geo.enclosing_wh(p, t, min_size=eps)
-    # summed left to right (not geo.centre_offset's grouping): thin boxes
-    # make this offset cancel, and the reference rounds it this way
-    s = (t[..., :2] + t[..., 2:] - p[..., :2] - p[..., 2:]) * 0.5 + eps
-    # sin(alpha) of the smaller angle to an axis; 0/0 (no offset) -> 0
-    sin = _safe_div(s.abs(), (s[..., :1]**2 + s[..., 1:]**2).sqrt())
-    sin = torch.where(sin[..., 0] > math.sqrt(0.5), sin[..., 1], sin[..., 0])
-    angle = torch.cos(torch.asin(sin) * 2 - math.pi / 2)
-    gamma = angle - 2 if neg_gamma else 2 - angle
-    rho = (s / enclose)**2
-    distance = 2 - torch.exp(gamma * rho[..., 0]) - \
-        torch.exp(gamma * rho[..., 1])
-    eps_h = p.new_tensor([0.0, eps])
-    wh_p, wh_t = geo.box_wh(p) + eps_h, geo.box_wh(t) + eps_h
-    omega = _safe_div((wh_p - wh_t).abs(), torch.maximum(wh_p, wh_t))
-    shape = (1 - torch.exp(-omega)).pow(4).sum(-1)
-    siou = iou - 0.5 * (distance + shape)
-    return geo.restore_dtype(1 - siou.clamp(min=-1.0, max=1.0), pred)
+    return _run(_siou_loss_core, _plain_siou_loss, pred, target, fast, eps,
+                neg_gamma)
 
 
 @weighted_loss
