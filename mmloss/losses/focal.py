@@ -265,7 +265,8 @@ def sigmoid_focal_kernel(logits: Tensor, labels: Tensor,
     """Loss (element-wise or summed) and ``d loss / d logits`` in one pass.
 
     ``weight`` is (N, 1), (N, C) or None and multiplies both results;
-    ``labels`` (N,) lie in ``[0, C]`` with ``C`` the background. Pure tensor
+    ``labels`` (N,) lie in ``[0, C]`` with ``C`` the background (None: all
+    background). Pure tensor
     code without host syncs or data-dependent shapes, so ``torch.compile``
     can fuse it.
 
@@ -303,7 +304,8 @@ def sigmoid_focal_kernel(logits: Tensor, labels: Tensor,
     if neg_factor is not None:
         focal.mul_(neg_factor)  # B / out_scale
 
-    if num_classes > 0:
+    has_positives = labels is not None and num_classes > 0
+    if has_positives:
         column = labels.clamp(max=num_classes - 1)
         foreground = labels < num_classes
         flat = torch.arange(num_rows, device=logits.device) * num_classes + \
@@ -325,7 +327,7 @@ def sigmoid_focal_kernel(logits: Tensor, labels: Tensor,
     loss = focal * softplus
     if poly is not None:
         loss.add_(poly)
-    if num_classes > 0:
+    if has_positives:
         loss.put_(flat, torch.where(foreground, pos_loss, neg_loss))
     if reduce_sum:
         # (a dot product would skip the product tensor, but BLAS sums in
@@ -345,7 +347,7 @@ def sigmoid_focal_kernel(logits: Tensor, labels: Tensor,
         grad.mul_(focal)
         if poly is not None:  # d/dx eps p**(g+1) = eps (g+1) p**(g+1) (1-p)
             grad.addcmul_(poly, 1 - prob, value=(gamma + 1) / grad_scale)
-        if num_classes > 0:
+        if has_positives:
             pos_grad = -alpha * pos_focal * (
                 gamma * pos_prob * pos_softplus + pos_one_minus)
             if poly is not None:

@@ -276,8 +276,7 @@ class QualityFocalFunction(torch.autograd.Function):
         x = logits.to(dtype)
         num_rows, num_classes = x.shape
         need_grad = ctx.needs_input_grad[0]
-        background = torch.full_like(labels, num_classes)
-        loss, grad, scale = sigmoid_focal_kernel(x, background, None,
+        loss, grad, scale = sigmoid_focal_kernel(x, None, None,
                                                  float(beta), 0.0, 0.0,
                                                  False, need_grad)
         rows = loss.sum(dim=1)
