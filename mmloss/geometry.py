@@ -222,14 +222,18 @@ def pair_backward(pred: Tensor, target: Tensor, *, inter_wh=None,
         return None if grad is None else grad.t()
 
     g_inter, g_enclose = planes(inter_wh), planes(enclose_wh)
-    if g_inter is None:
-        g_inter = pred.new_zeros(())
-    if g_enclose is None:
-        g_enclose = pred.new_zeros(())
-    both = (g_inter + g_enclose) * 0.5
+    if g_inter is None and g_enclose is None:
+        both = half_diff = pred.new_zeros(())
+    elif g_enclose is None:  # skip the zero terms
+        both = half_diff = g_inter * 0.5
+    elif g_inter is None:
+        both = g_enclose * 0.5
+        half_diff = -both
+    else:
+        both = (g_inter + g_enclose) * 0.5
+        half_diff = (g_inter - g_enclose) * 0.5
     # -turn of the docstring: sign(target - pred) / 2 * D - offset
-    turn = torch.sign(target - pred).t().reshape(2, 2, n) * \
-        ((g_inter - g_enclose) * 0.5)
+    turn = torch.sign(target - pred).t().reshape(2, 2, n) * half_diff
     if offset is not None:
         turn = turn - planes(offset)
     # d(hi - lo)/d(lo, hi) = (-1, +1)

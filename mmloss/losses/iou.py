@@ -171,11 +171,11 @@ class _Overlap:
         self.inter_raw = torch.minimum(pred[..., 2:], target[..., 2:]) - \
             torch.maximum(pred[..., :2], target[..., :2])
         self.inter_wh = self.inter_raw.clamp(min=0)
-        self.inter = self.inter_wh.prod(-1)
+        self.inter = self.inter_wh[..., 0] * self.inter_wh[..., 1]
         self.pred_wh = geo.box_wh(pred)
         self.target_wh = geo.box_wh(target)
-        self.union = self.pred_wh.prod(-1) + self.target_wh.prod(-1) - \
-            self.inter
+        self.union = self.pred_wh[..., 0] * self.pred_wh[..., 1] + \
+            self.target_wh[..., 0] * self.target_wh[..., 1] - self.inter
 
     def enclose(self):
         """Enclosing width/height before and after ``clamp(min=0)``."""
@@ -242,7 +242,7 @@ def _giou_loss_core(pred, target, need_grad, need_target, eps):
     ov = _Overlap(pred, target)
     union = ov.union.clamp(min=eps)
     enc_raw, enc_wh = ov.enclose()
-    enclose_raw = enc_wh.prod(-1)
+    enclose_raw = enc_wh[..., 0] * enc_wh[..., 1]
     enclose = enclose_raw.clamp(min=eps)
     iou = ov.inter / union
     loss = 1 - (iou - (enclose - union) / enclose)
