@@ -378,15 +378,15 @@ def balanced_l1_loss(pred: Tensor,
         # (as mmdet's autograd does; the outlier slope is a constant)
         outside = x >= beta
         bx = x * b
-        log_term = torch.log1p(bx / beta)
-        value = torch.where(
-            outside, x * gamma + (gamma / b - alpha * beta),
-            (bx + 1).mul_(log_term).mul_(alpha / b).sub_(x * alpha))
+        log_term = torch.log1p(bx if beta == 1 else bx / beta)
+        inlier = (bx + 1).mul_(log_term).mul_(alpha / b).sub_(x, alpha=alpha)
+        outlier = x.mul_(gamma).add_(gamma / b - alpha * beta)
+        value = torch.where(outside, outlier, inlier)
         # (b x + 1) / (b x + beta) - 1 = (1 - beta) / (b x + beta): no
         # cancellation, and exactly alpha * ln(b x + 1) for beta = 1
         if beta != 1:
             log_term.add_(bx.add_(beta).reciprocal_().mul_(1 - beta))
-        slope = torch.where(outside, gamma, log_term.mul_(alpha))
+        slope = log_term.mul_(alpha).masked_fill_(outside, gamma)
         return value, slope.mul_(diff.sign_()), 1.0, False
 
     return _difference_loss('BalancedL1Loss', pred, target, weight,
