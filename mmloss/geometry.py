@@ -30,7 +30,8 @@ __all__ = [
     'box_area', 'box_centre', 'intersection_wh', 'box_inter_union',
     'aligned_iou', 'enclosing_box', 'enclosing_wh', 'enclosing_area',
     'enclosing_diagonal_sq', 'centre_offset', 'centre_distance_sq',
-    'aspect_consistency', 'extended_intersection', 'scale_boxes',
+    'aspect_consistency', 'extended_intersection',
+    'extended_intersection_parts', 'scale_boxes',
     'column_major', 'pair_backward'
 ]
 
@@ -55,7 +56,7 @@ def restore_dtype(value: Tensor, like: Tensor) -> Tensor:
 
 
 def corners(boxes: Tensor) -> Tuple[Tensor, Tensor]:
-    """``(lo, hi)``: the ``(x1, y1)`` and ``(x2, y2)`` halves, each (..., 2)."""
+    """``(lo, hi)``: the ``(x1, y1)`` and ``(x2, y2)`` halves, (..., 2)."""
     return boxes[..., :2], boxes[..., 2:]
 
 
@@ -163,15 +164,23 @@ def extended_intersection(a: Tensor, b: Tensor) -> Tensor:
     the intersection; for disjoint boxes it turns negative and keeps a
     gradient that pulls the boxes together.
     """
+    return extended_intersection_parts(a, b)[0]
+
+
+def extended_intersection_parts(a: Tensor, b: Tensor):
+    """:func:`extended_intersection` and its pieces, for hand-written
+    gradients: ``(value, lo, hi, X_lo, X_hi, X_min, X_max)``, the corner
+    pairs (..., 2) before and after subtracting the enclosing corner."""
     lo = torch.maximum(a[..., :2], b[..., :2])
     hi = torch.minimum(a[..., 2:], b[..., 2:])
     corner = torch.minimum(a[..., :2], b[..., :2])
     first = torch.minimum(lo, hi) - corner
     last = torch.maximum(lo, hi) - corner
-    lo = lo - corner
-    hi = hi - corner
-    return (hi[..., 0] * hi[..., 1] + first[..., 0] * first[..., 1] -
-            lo[..., 0] * last[..., 1] - last[..., 0] * lo[..., 1])
+    lo_c = lo - corner
+    hi_c = hi - corner
+    value = (hi_c[..., 0] * hi_c[..., 1] + first[..., 0] * first[..., 1] -
+             lo_c[..., 0] * last[..., 1] - last[..., 0] * lo_c[..., 1])
+    return value, lo, hi, lo_c, hi_c, first, last
 
 
 def scale_boxes(boxes: Tensor, ratio: float) -> Tensor:

@@ -31,7 +31,8 @@ TWIN_IDS = [f'{n}-{"-".join(f"{k}={v}" for k, v in kw.items())}'
             for n, kw in TWINS]
 FAST = [('IoULoss', {'mode': m}) for m in ('log', 'linear', 'square')] + [
     ('GIoULoss', {}), ('DIoULoss', {}), ('CIoULoss', {}), ('SIoULoss', {}),
-    ('SIoULoss', {'neg_gamma': True})]
+    ('SIoULoss', {'neg_gamma': True}), ('EIoULoss', {}),
+    ('EIoULoss', {'smooth_point': 0.5})]
 
 NEW = ['VariantIoULoss', 'AlphaIoULoss', 'WiseIoULoss', 'MPDIoULoss',
        'FocalEIoULoss']
@@ -190,7 +191,8 @@ def _functional(name):
     return {'IoULoss': iou_family.iou_loss, 'GIoULoss': iou_family.giou_loss,
             'DIoULoss': iou_family.diou_loss,
             'CIoULoss': iou_family.ciou_loss,
-            'SIoULoss': iou_family.siou_loss}[name]
+            'SIoULoss': iou_family.siou_loss,
+            'EIoULoss': iou_family.eiou_loss}[name]
 
 
 @pytest.mark.parametrize('name,kw', FAST, ids=[f'{n}-{k}' for n, k in FAST])

@@ -11,14 +11,14 @@ with ``target[i]``. Every loss is built from :mod:`mmloss.geometry`:
 * Newer losses: Alpha-IoU, Wise-IoU (v1/v2/v3), MPDIoU, Focal-EIoU, and the
   Inner-IoU / Focaler-IoU modifiers that apply to every IoU variant.
 
-Speed: IoU, GIoU, DIoU, CIoU and SIoU run through one ``torch.autograd.Function``
-(:class:`_LocalJacobian`) with a hand-derived gradient: each loss element
-depends on one box pair only, so the forward pass computes the (N, 4)
-Jacobian next to the loss from the same intermediates (in column-major
-storage) and saves just that, where autograd keeps about a dozen per-box
-temporaries; backward is one product. ``fast=False`` selects the plain
-autograd formula (the tests check that both agree). SIoU has such a fast
-path too; EIoU and bounded IoU use the plain formula.
+Speed: IoU, GIoU, DIoU, CIoU, SIoU and EIoU run through one
+``torch.autograd.Function`` (:class:`_LocalJacobian`) with a hand-derived
+gradient: each loss element depends on one box pair only, so the forward
+pass computes the (N, 4) Jacobian next to the loss from the same
+intermediates (in column-major storage) and saves just that, where autograd
+keeps a dozen or more per-box temporaries; backward is one product.
+``fast=False`` selects the plain autograd formula (the tests check that both
+agree). Bounded IoU uses the plain formula.
 
 Deliberate differences from MMDetection (all where mmdet gives NaN/Inf or
 has no defined result):
@@ -378,7 +378,8 @@ def _plain_iou_loss(pred, target, mode, eps):
 
 @weighted_loss
 def iou_loss(pred: Tensor, target: Tensor, linear: bool = False,
-             mode: str = 'log', eps: float = 1e-6, fast: bool = True) -> Tensor:
+             mode: str = 'log', eps: float = 1e-6,
+             fast: bool = True) -> Tensor:
     """IoU loss (Yu et al., "UnitBox", ACM MM 2016), element-wise.
 
     ``IoU = max(I / max(U, 1e-6), eps)``, then ``1 - IoU`` (``'linear'``),
@@ -461,9 +462,56 @@ def _smooth(loss: Tensor, beta: float) -> Tensor:
                        loss - 0.5 * beta)
 
 
+def _plain_eiou_loss(pred, target, smooth_point, eps):
+    inter = geo.extended_intersection(pred, target)
+    union = geo.box_area(pred) + geo.box_area(target) - inter + eps
+    return _smooth(1 - inter / union, smooth_point)
+
+
+def _eiou_loss_core(pred, target, need_grad, need_target, smooth_point,
+                    eps):
+    """Extended-IoU loss and its per-box Jacobian."""
+    inter, lo, hi, lo_c, hi_c, first, last = \
+        geo.extended_intersection_parts(pred, target)
+    wh_p, wh_t = geo.box_wh(pred), geo.box_wh(target)
+    union = wh_p[..., 0] * wh_p[..., 1] + wh_t[..., 0] * wh_t[..., 1] - \
+        inter + eps
+    x = 1 - inter / union
+    loss = _smooth(x, smooth_point)
+    if not need_grad:
+        return loss, None, None
+    g_x = torch.where(x < smooth_point, x / smooth_point, 1.0)
+    # x = 1 - I/U with U = A_p + A_t - I + eps
+    g_area = (g_x * inter / union**2).unsqueeze(-1)
+    g_inter = (-g_x / union).unsqueeze(-1) - g_area
+    # I = H_x H_y + F_x F_y - L_x M_y - M_x L_y (F/M: min/max of L, H)
+    g_lo_c = -g_inter * last.flip(-1)
+    g_last = -g_inter * lo_c.flip(-1)
+    g_first = g_inter * first.flip(-1)
+    g_hi_c = g_inter * hi_c.flip(-1)
+    lo_share = 0.5 + 0.5 * torch.sign(hi - lo)  # d min(lo, hi) / d lo
+    g_lo = g_lo_c + g_first * lo_share + g_last * (1 - lo_share)
+    g_hi = g_hi_c + g_first * (1 - lo_share) + g_last * lo_share
+    g_corner = -(g_lo_c + g_hi_c + g_first + g_last)
+    # lo = max(lo), hi = min(hi), corner = min(lo) of the two boxes
+    half = 0.5 * torch.sign(pred - target)
+    lo_side, hi_side = half[..., :2], half[..., 2:]
+    area_p = g_area * wh_p.flip(-1)
+    grad_pred = torch.cat([
+        g_lo * (0.5 + lo_side) + g_corner * (0.5 - lo_side) - area_p,
+        g_hi * (0.5 - hi_side) + area_p], -1)
+    grad_target = None
+    if need_target:
+        area_t = g_area * wh_t.flip(-1)
+        grad_target = torch.cat([
+            g_lo * (0.5 - lo_side) + g_corner * (0.5 + lo_side) - area_t,
+            g_hi * (0.5 + hi_side) + area_t], -1)
+    return loss, grad_pred, grad_target
+
+
 @weighted_loss
 def eiou_loss(pred: Tensor, target: Tensor, smooth_point: float = 0.1,
-              eps: float = 1e-7) -> Tensor:
+              eps: float = 1e-7, fast: bool = True) -> Tensor:
     """Extended-IoU loss of libfacedetection, smoothed, element-wise.
 
     ``x = 1 - I_ext / (A_p + A_t - I_ext + eps)`` with the signed extended
@@ -472,10 +520,8 @@ def eiou_loss(pred: Tensor, target: Tensor, smooth_point: float = 0.1,
     otherwise (``s = smooth_point``). Peng & Yu, "A Systematic IoU-Related
     Method: Beyond Simplified Regression for Better Localization", TIP 2021.
     """
-    p, t = geo.upcast(pred, target)
-    inter = geo.extended_intersection(p, t)
-    union = geo.box_area(p) + geo.box_area(t) - inter + eps
-    return geo.restore_dtype(_smooth(1 - inter / union, smooth_point), pred)
+    return _run(_eiou_loss_core, _plain_eiou_loss, pred, target, fast,
+                smooth_point, eps)
 
 
 def _siou_parts(pred: Tensor, target: Tensor, iou: Tensor, eps: float,
