@@ -258,7 +258,7 @@ def _pow(base: Tensor, exponent: float) -> Tensor:
     return base.pow(exponent)
 
 
-def sigmoid_focal_kernel(logits: Tensor, labels: Tensor,
+def sigmoid_focal_kernel(logits: Tensor, labels: Optional[Tensor],
                          weight: Optional[Tensor], gamma: float, alpha: float,
                          epsilon: float, reduce_sum: bool, need_grad: bool
                          ) -> Tuple[Tensor, Optional[Tensor], float]:
@@ -266,9 +266,8 @@ def sigmoid_focal_kernel(logits: Tensor, labels: Tensor,
 
     ``weight`` is (N, 1), (N, C) or None and multiplies both results;
     ``labels`` (N,) lie in ``[0, C]`` with ``C`` the background (None: all
-    background). Pure tensor
-    code without host syncs or data-dependent shapes, so ``torch.compile``
-    can fuse it.
+    background). Pure tensor code without host syncs or data-dependent
+    shapes.
 
     The negative formula runs on every entry and the positive one on the N
     label entries, which then overwrite theirs (``take``/``put_`` on flat
