@@ -74,14 +74,12 @@ _UNION_FLOOR = 1e-6
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den`` where ``den != 0``, else ``0`` (for ``0 / 0`` limits).
+    """``num / den``, with ``0 / 0`` taken as ``0`` (``x / 0`` stays Inf).
 
-    The denominator is replaced before dividing, so no NaN reaches the
-    gradient of the branch that is thrown away.
+    The denominator of a ``0 / 0`` becomes 1 before dividing, so no NaN
+    reaches the value or the gradient.
     """
-    zero = den == 0
-    return torch.where(zero, torch.zeros_like(num),
-                       num / torch.where(zero, torch.ones_like(den), den))
+    return num / (den + ((den == 0) & (num == 0)))
 
 
 # ---------------------------------------------------------------------------
@@ -159,8 +157,12 @@ def focaler_iou(iou: Tensor, low: float = 0.0, high: float = 0.95) -> Tensor:
 # Fast paths: hand-written backward, saving only pred and target
 # ---------------------------------------------------------------------------
 def _masked(mask: Tensor, value: Tensor) -> Tensor:
-    """``value`` where ``mask``, else 0 (a clamp's gradient gate)."""
-    return torch.where(mask, value, 0.0)
+    """``value`` where ``mask``, else 0 (a clamp's gradient gate).
+
+    A product with the boolean mask: several times faster than
+    ``torch.where`` on CPU, and the same for the finite values gated here.
+    """
+    return value * mask
 
 
 class _Overlap:
@@ -283,10 +285,10 @@ def _diou_loss_core(pred, target, need_grad, need_target, eps, ciou):
         loss = 1 - (iou - penalty)
     if not need_grad:
         return loss, None, None
-    one = torch.ones_like(iou)
+    one = iou.new_ones(())
     extra = {}
     if ciou:
-        one = _masked((metric >= -1) & (metric <= 1), one)
+        one = ((metric >= -1) & (metric <= 1)).to(iou.dtype)
         # d loss / d diff = alpha * dv/d diff (alpha is a constant)
         g_diff = one * alpha * (2 * geo.ASPECT_SCALE) * diff
         g_p = -g_diff / (1 + p_r**2) / p_h
@@ -480,7 +482,7 @@ def _eiou_loss_core(pred, target, need_grad, need_target, smooth_point,
     loss = _smooth(x, smooth_point)
     if not need_grad:
         return loss, None, None
-    g_x = torch.where(x < smooth_point, x / smooth_point, 1.0)
+    g_x = (x / smooth_point).clamp(max=1.0)  # smooth-L1's slope
     # x = 1 - I/U with U = A_p + A_t - I + eps
     g_area = (g_x * inter / union**2).unsqueeze(-1)
     g_inter = (-g_x / union).unsqueeze(-1) - g_area
@@ -569,13 +571,12 @@ def _siou_loss_core(pred, target, need_grad, need_target, eps, neg_gamma):
     x = _siou_parts(pred, target, ov.inter / union, eps, neg_gamma)
     if not need_grad:
         return x.loss, None, None
-    g_siou = _masked((x.siou >= -1) & (x.siou <= 1),
-                     torch.full_like(x.siou, -1.0))
+    g_siou = ((x.siou >= -1) & (x.siou <= 1)) * -1.0
     g_cost = (-0.5 * g_siou).unsqueeze(-1)  # d loss / d (distance, shape)
     # shape cost: sum (1 - e**-omega)**4, omega = |d| / max(w_p, w_t)
     g_omega = g_cost * 4 * (1 - x.exp_omega)**3 * x.exp_omega
     valid = x.size_max != 0
-    size_max = torch.where(valid, x.size_max, 1.0)
+    size_max = x.size_max + ~valid
     sign = torch.sign(x.size_diff)
     g_diff = _masked(valid, g_omega * sign / size_max)
     g_max = _masked(valid, -g_omega * x.omega / size_max)
@@ -590,7 +591,7 @@ def _siou_loss_core(pred, target, need_grad, need_target, eps, neg_gamma):
     # q = |s_k| / |s| for the picked axis k
     sigma = x.sigma[..., 0]
     has_offset = sigma != 0
-    sigma = torch.where(has_offset, sigma, 1.0)
+    sigma = sigma + ~has_offset
     picked = torch.stack([~x.pick_y, x.pick_y], -1)
     g_s = _masked(has_offset.unsqueeze(-1), g_sin.unsqueeze(-1) * (
         _masked(picked, torch.sign(x.s)) / sigma.unsqueeze(-1) -
