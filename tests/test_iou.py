@@ -652,3 +652,17 @@ def test_new_losses_gradcheck(fn, kw):
     assert torch.autograd.gradcheck(
         lambda p, t: fn(p, t, reduction='none', **kw),
         (pred.requires_grad_(), target.requires_grad_()))
+
+
+@pytest.mark.parametrize('name,kw', FAST, ids=[f'{n}-{k}' for n, k in FAST])
+def test_fast_path_without_grad(name, kw):
+    # evaluation (no_grad or no input needing grad) skips the Jacobian but
+    # gives the same values
+    pred, target = make_pairs(100, 8)
+    fn = _functional(name)
+    expected = fn(pred.clone().requires_grad_(), target, reduction='none',
+                  **kw).detach()
+    assert_close(fn(pred, target, reduction='none', **kw), expected)
+    with torch.no_grad():
+        assert_close(fn(pred.clone().requires_grad_(), target,
+                        reduction='none', **kw), expected)

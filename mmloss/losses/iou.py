@@ -357,8 +357,13 @@ def _unflat(loss: Tensor, pred: Tensor) -> Tensor:
 
 def _fast(core, pred: Tensor, target: Tensor, *args) -> Tensor:
     """Run a :class:`_LocalJacobian` core on boxes of any leading shape."""
-    loss = _LocalJacobian.apply(core, pred.reshape(-1, 4),
-                                target.reshape(-1, 4), *args)
+    flat_pred, flat_target = pred.reshape(-1, 4), target.reshape(-1, 4)
+    if torch.is_grad_enabled() and (pred.requires_grad
+                                    or target.requires_grad):
+        loss = _LocalJacobian.apply(core, flat_pred, flat_target, *args)
+    else:  # no backward will come: skip the Jacobian
+        loss = core(geo.column_major(flat_pred),
+                    geo.column_major(flat_target), False, False, *args)[0]
     return loss.view(pred.shape[:-1])
 
 
