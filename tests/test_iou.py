@@ -666,3 +666,32 @@ def test_fast_path_without_grad(name, kw):
     with torch.no_grad():
         assert_close(fn(pred.clone().requires_grad_(), target,
                         reduction='none', **kw), expected)
+
+
+def test_inner_and_focaler_with_siou(mmdet_losses):
+    pred, target = make_pairs(200, 9)
+    plain = mmloss.VariantIoULoss(mode='siou', eps=1e-6, reduction='none')
+    assert_same(run(plain, pred, target),
+                run(mmdet_losses.SIoULoss(reduction='none'), pred, target),
+                'VariantIoULoss siou')
+    inner = mmloss.VariantIoULoss(mode='siou', inner_ratio=0.8,
+                                  focaler=(0.0, 0.9), reduction='none')
+    iou = iou_family.iou_terms(pred, target, 'iou')[0]
+    small = iou_family.iou_terms(
+        mmloss.geometry.scale_boxes(pred, 0.8),
+        mmloss.geometry.scale_boxes(target, 0.8), 'iou')[0]
+    assert_close(inner(pred, target),
+                 plain(pred, target) + iou - (small / 0.9).clamp(max=1),
+                 rtol=1e-5, atol=1e-5)
+
+
+def test_wise_iou_nan_does_not_poison_running_mean():
+    loss = mmloss.WiseIoULoss(momentum=0.5)
+    pred, target = make_pairs(4, 0)
+    pred[1, 0] = float('nan')
+    assert torch.isnan(loss(pred, target))  # the loss shows the NaN ...
+    assert torch.isfinite(loss.running_mean)  # ... the statistic does not
+    pred[:, 0] = float('nan')
+    before = loss.running_mean.clone()
+    loss(pred, target)
+    assert torch.equal(loss.running_mean, before)

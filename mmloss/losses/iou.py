@@ -67,6 +67,8 @@ __all__ = [
 ]
 
 IOU_MODES = ('iou', 'giou', 'diou', 'ciou')
+#: the variants Inner-IoU / Focaler-IoU apply to
+VARIANT_MODES = IOU_MODES + ('siou', )
 SCALE_MODES = ('linear', 'square', 'log')
 
 # ``bbox_overlaps`` (used by mmdet's IoU loss) floors the union at this.
@@ -662,20 +664,20 @@ def bounded_iou_loss(pred: Tensor, target: Tensor, beta: float = 0.2,
 # Beyond MMDetection
 # ---------------------------------------------------------------------------
 def _variant_metric(pred, target, mode, eps, fast):
-    """``(IoU, loss)`` of an IoU variant; ``loss = 1 - IoU + penalty``."""
-    if fast and mode != 'iou':
-        if mode == 'giou':
-            loss = _fast(_giou_loss_core, pred, target, eps)
-        else:
-            loss = _fast(_diou_loss_core, pred, target, eps, mode == 'ciou')
-        # the plain IoU for the modifiers; cheap next to the variant
-        return None, loss
-    iou, penalty = iou_terms(pred, target, mode, eps)
-    metric = iou - penalty
-    if mode == 'ciou':
-        # as mmdet's CIoU loss, so mode='ciou' without options is its twin
-        metric = metric.clamp(min=-1.0, max=1.0)
-    return iou, 1 - metric
+    """``(IoU or None, loss)`` of an IoU variant (``L_mode`` below)."""
+    if mode == 'siou':
+        core_args = (_siou_loss_core, _plain_siou_loss, eps, False)
+    elif mode == 'giou':
+        core_args = (_giou_loss_core, _plain_giou_loss, eps)
+    elif mode in ('diou', 'ciou'):
+        core_args = (_diou_loss_core, _plain_diou_loss, eps, mode == 'ciou')
+    else:
+        iou = geo.aligned_iou(pred, target, eps)
+        return iou, 1 - iou
+    core, plain, *args = core_args
+    if fast:
+        return None, _fast(core, pred, target, *args)
+    return None, plain(pred, target, *args)
 
 
 @weighted_loss
@@ -685,8 +687,9 @@ def variant_iou_loss(pred: Tensor, target: Tensor, mode: str = 'giou',
                      fast: bool = True) -> Tensor:
     """Any IoU variant, optionally with the Inner-IoU / Focaler-IoU terms.
 
-    ``L = L_mode + IoU - IoU'``, where ``L_mode = 1 - IoU + penalty`` is the
-    ``mode`` loss of :func:`iou_terms` and ``IoU'`` replaces the IoU by
+    ``L = L_mode + IoU - IoU'``, where ``L_mode`` is the ``mode`` loss
+    (``1 - IoU + penalty`` of :func:`iou_terms`, or :func:`siou_loss` for
+    ``'siou'``) and ``IoU'`` replaces the IoU by
 
     * Inner-IoU (``inner_ratio = r``): the IoU of the auxiliary boxes
       scaled by ``r`` about their centres (``r < 1`` helps high-IoU pairs,
@@ -1030,9 +1033,9 @@ class BoundedIoULoss(IoUFamilyLoss):
         return dict(beta=self.beta, eps=self.eps)
 
 
-def _check_mode(name: str, mode: str) -> str:
-    if mode not in IOU_MODES:
-        raise ValueError(f'{name}: mode must be one of {IOU_MODES}, but got '
+def _check_mode(name: str, mode: str, modes=IOU_MODES) -> str:
+    if mode not in modes:
+        raise ValueError(f'{name}: mode must be one of {modes}, but got '
                          f'{mode!r}')
     return mode
 
@@ -1061,7 +1064,8 @@ class VariantIoULoss(IoUFamilyLoss):
     Focaler-GIoU: ``mode='giou', focaler=(0.0, 0.95)``.
 
     Args:
-        mode (str): ``'iou'``, ``'giou'``, ``'diou'`` or ``'ciou'``.
+        mode (str): ``'iou'``, ``'giou'``, ``'diou'``, ``'ciou'`` or
+            ``'siou'``.
         inner_ratio (float, optional): Inner-IoU's auxiliary box scale (> 0).
         focaler (tuple[float, float], optional): Focaler-IoU's ``(d, u)``.
         eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
@@ -1076,7 +1080,7 @@ class VariantIoULoss(IoUFamilyLoss):
                  loss_weight: float = 1.0):
         super().__init__(eps=eps, reduction=reduction,
                          loss_weight=loss_weight)
-        self.mode = _check_mode(self.loss_name, mode)
+        self.mode = _check_mode(self.loss_name, mode, VARIANT_MODES)
         self.inner_ratio = None if inner_ratio is None else check_positive(
             self.loss_name, 'inner_ratio', inner_ratio)
         self.focaler = _check_focaler(self.loss_name, focaler)
@@ -1237,6 +1241,11 @@ class WiseIoULoss(IoUFamilyLoss):
     @torch.no_grad()
     def _update_mean(self, pred: Tensor, target: Tensor) -> None:
         p, t = geo.upcast(pred.detach(), target.detach())
-        batch = (1 - geo.aligned_iou(p, t, self.eps)).mean()
-        self.running_mean.mul_(1 - self.momentum).add_(
-            batch.to(self.running_mean.dtype), alpha=self.momentum)
+        # NaN boxes propagate into the loss but must not poison the
+        # statistic for every later batch: average the finite ones, and
+        # keep the old mean if none is (all without a host sync)
+        batch = torch.nanmean(1 - geo.aligned_iou(p, t, self.eps))
+        batch = batch.to(self.running_mean.dtype)
+        updated = torch.lerp(self.running_mean, batch, self.momentum)
+        self.running_mean.copy_(torch.where(torch.isfinite(updated), updated,
+                                            self.running_mean))
