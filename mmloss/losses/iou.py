@@ -35,6 +35,13 @@ has no defined result):
   gives the same zero (and zero gradient) without a host sync. With
   ``reduction='none'`` the result therefore keeps its element-wise shape
   (mmdet returns a scalar 0 there for every loss but ``IoULoss``).
+  Negative weights (meaningless for a loss) are not special-cased.
+* Extensions where mmdet raises or misbehaves: boxes with leading
+  dimensions (..., 4); ``BoundedIoULoss`` also takes per-box weights (n,),
+  broadcast over the four coordinates (mmdet needs (n, 4)); unexpected
+  keyword arguments raise ``TypeError``; asserts are ``ValueError``s.
+* Gradients where mmdet's are NaN/Inf at a degenerate point (e.g. SIoU with
+  a zero-size enclosing box and no centre offset) are 0 in the fast paths.
 """
 import math
 import warnings
