@@ -111,6 +111,56 @@ def check_weight_shape(loss_name: str, weight: Optional[Tensor],
                          f'to the loss shape {tuple(loss_shape)}')
 
 
+def check_label_range(loss_name: str, label: Tensor, high: int,
+                      ignore_index: Optional[int] = None,
+                      allow_negative: bool = False,
+                      high_inclusive: bool = False,
+                      argument: str = 'label') -> None:
+    """Raise unless every label lies in ``[0, high)`` (or is ignored).
+
+    This is a *value* check. On the CPU reading the values costs nothing, so
+    a bad label raises a ``ValueError`` naming the loss. On an accelerator it
+    is queued with ``torch._assert_async`` instead, so it never waits for the
+    device: a bad label then fails at the next synchronisation.
+
+    Args:
+        loss_name (str): loss named in the message.
+        label (Tensor): integer labels.
+        high (int): the first invalid label (``high + 1`` if
+            ``high_inclusive``).
+        ignore_index (int, optional): a label that is always allowed.
+        allow_negative (bool): negative labels are allowed (they are ignored
+            by the loss, as MMDetection's sigmoid cross-entropy does).
+        high_inclusive (bool): ``high`` itself is a valid label.
+    """
+    if label.numel() == 0:
+        return
+    top = high + 1 if high_inclusive else high
+    bad = label >= top
+    if not allow_negative:
+        bad = bad | (label < 0)
+    if ignore_index is not None:
+        bad = bad & (label != ignore_index)
+    if label.device.type == 'cpu':
+        if bool(bad.any()):
+            first = int(label[bad][0])
+            valid = f'[0, {high}]' if high_inclusive else f'[0, {high})'
+            if ignore_index is not None:
+                valid += f' or ignore_index={ignore_index}'
+            raise ValueError(f'{loss_name}: {argument} holds {first}, but '
+                             f'labels must lie in {valid}')
+    else:
+        torch._assert_async(~bad.any(),
+                            f'{loss_name}: {argument} out of range')
+
+
+def check_avg_factor(loss_name: str, reduction: str, avg_factor) -> None:
+    """Raise, naming the loss, if ``avg_factor`` comes with ``'sum'``."""
+    if reduction == 'sum' and avg_factor is not None:
+        raise ValueError(f'{loss_name}: avg_factor can not be used with '
+                         f'reduction="sum" (got avg_factor={avg_factor!r})')
+
+
 CHECK_FINITE_ENV = 'MMLOSS_CHECK_FINITE'
 _check_finite_override: Optional[bool] = None
 

@@ -74,6 +74,39 @@ def weight_reduce_loss(loss: Tensor,
     return loss
 
 
+def reduce_weighted_sum(loss_name: str, total: Tensor, count: int,
+                        reduction: str,
+                        avg_factor: Optional[Union[float, Tensor]] = None
+                        ) -> Tensor:
+    """``'mean'`` / ``'sum'`` from an already weighted sum of ``count`` losses.
+
+    For fused kernels that produce ``total = sum(loss * weight)`` directly:
+    the same rules as :func:`weight_reduce_loss` (``avg_factor`` divides by
+    ``avg_factor + eps``, ``'sum'`` with ``avg_factor`` raises, the mean of
+    nothing is ``0``), without the element-wise tensor.
+
+    Args:
+        loss_name (str): the loss named in an error.
+        total (Tensor): the weighted sum, a scalar.
+        count (int): how many element-wise losses it sums.
+        reduction (str): ``'mean'`` or ``'sum'``.
+        avg_factor (float | Tensor, optional): denominator of the mean.
+    """
+    check_reduction(loss_name, reduction)
+    if reduction == 'none':
+        raise ValueError(f'{loss_name}: reduce_weighted_sum cannot give '
+                         f'reduction="none"')
+    if reduction == 'sum':
+        if avg_factor is not None:
+            raise ValueError(f'{loss_name}: avg_factor can not be used with '
+                             f'reduction="sum"')
+        return total
+    if avg_factor is not None:
+        return total / (avg_factor + FLOAT32_EPS)
+    # the mean of nothing is 0 (connected to the graph), not NaN
+    return total / count if count > 0 else total
+
+
 def weighted_loss(loss_func: Callable) -> Callable:
     """Turn an element-wise loss ``f(pred, target, **kw)`` into a weighted one.
 

@@ -21,11 +21,10 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from ..checks import check_positive, check_tensor
+from ..checks import check_avg_factor, check_positive, check_tensor
 from ..reduction import weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
-from .cross_entropy import check_avg_factor
 
 __all__ = ['dice_loss', 'sigmoid_dice_loss', 'DiceFunction', 'DiceLoss']
 

@@ -52,9 +52,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..checks import (check_in_range, check_integer_labels, check_positive,
-                      check_reduction, check_tensor)
-from ..reduction import FLOAT32_EPS, weight_reduce_loss
+from ..checks import (check_in_range, check_integer_labels,
+                      check_label_range, check_positive, check_reduction,
+                      check_tensor)
+from ..reduction import reduce_weighted_sum, weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
 
@@ -73,24 +74,6 @@ COMPILE_ENV = 'MMLOSS_COMPILE'
 # ---------------------------------------------------------------------------
 # input checks shared by the focal-family losses
 # ---------------------------------------------------------------------------
-def check_label_range(loss_name: str, labels: Tensor, num_classes: int,
-                      argument: str = 'target') -> None:
-    """Raise unless every label lies in ``[0, num_classes]``.
-
-    ``num_classes`` itself is the background index. This is the one value
-    check of the family (a single ``aminmax``): an out-of-range label would
-    otherwise index out of bounds or silently become background.
-    """
-    if labels.numel() == 0:
-        return
-    low, high = torch.aminmax(labels)
-    low, high = int(low), int(high)
-    if low < 0 or high > num_classes:
-        raise ValueError(f'{loss_name}: {argument} labels must lie in '
-                         f'[0, {num_classes}] ({num_classes} is background), '
-                         f'but got values in [{low}, {high}]')
-
-
 def check_focal_params(loss_name: str, gamma, alpha,
                        epsilon: Optional[float] = None) -> None:
     """Raise unless gamma >= 0, 0 <= alpha <= 1 and epsilon is finite."""
@@ -148,7 +131,9 @@ def _check_pred_target(loss_name: str, pred: Tensor, target: Tensor) -> bool:
                          f'soft), but got pred {tuple(pred.shape)} and '
                          f'target {tuple(target.shape)}')
     check_integer_labels(loss_name, target)
-    check_label_range(loss_name, target, pred.shape[1])
+    # num_classes itself is the background index
+    check_label_range(loss_name, target, pred.shape[1], high_inclusive=True,
+                      argument='target')
     return True
 
 
@@ -475,20 +460,6 @@ class SigmoidFocalFunction(torch.autograd.Function):
         return grad_input, None, None, None, None, None, None
 
 
-def _reduce_sum_result(loss_name: str, total: Tensor, numel: int,
-                       reduction: str, avg_factor) -> Tensor:
-    """mmdet's 'mean' / 'sum' given the weighted sum of the loss."""
-    if reduction == 'sum':
-        if avg_factor is not None:
-            raise ValueError(f'{loss_name}: avg_factor can not be used with '
-                             f'reduction="sum"')
-        return total
-    if avg_factor is not None:
-        return total / (avg_factor + FLOAT32_EPS)
-    # the mean of nothing is 0 (connected to the graph), not NaN
-    return total / numel if numel > 0 else total
-
-
 def _focal_loss(loss_name: str, pred: Tensor, target: Tensor,
                 weight: Optional[Tensor], gamma: float, alpha: float,
                 epsilon: float, reduction: str,
@@ -515,7 +486,7 @@ def _focal_loss(loss_name: str, pred: Tensor, target: Tensor,
                                           epsilon, False)
     total = SigmoidFocalFunction.apply(pred, target, weight, gamma, alpha,
                                        epsilon, True)
-    return _reduce_sum_result(loss_name, total, pred.numel(), reduction,
+    return reduce_weighted_sum(loss_name, total, pred.numel(), reduction,
                               avg_factor).to(pred.dtype)
 
 

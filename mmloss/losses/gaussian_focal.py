@@ -26,7 +26,7 @@ from torch.autograd.function import once_differentiable
 
 from ..checks import (check_integer_labels, check_positive, check_reduction,
                       check_same_shape, check_tensor, check_weight_shape)
-from ..reduction import FLOAT32_EPS, weight_reduce_loss
+from ..reduction import reduce_weighted_sum, weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
 
@@ -141,20 +141,6 @@ class GaussianFocalFunction(torch.autograd.Function):
         return (grad * grad_output, ) + (None, ) * 8
 
 
-def _reduce_total(loss_name: str, total: Tensor, count: int, reduction: str,
-                  avg_factor) -> Tensor:
-    """mmdet's 'mean' / 'sum' from the weighted sum of ``count`` losses."""
-    if reduction == 'sum':
-        if avg_factor is not None:
-            raise ValueError(f'{loss_name}: avg_factor can not be used with '
-                             f'reduction="sum"')
-        return total
-    if avg_factor is not None:
-        return total / (avg_factor + FLOAT32_EPS)
-    # the mean of nothing is 0 (connected to the graph), not NaN
-    return total / count if count > 0 else total
-
-
 def _check_inputs(loss_name: str, pred: Tensor, target: Tensor) -> None:
     check_tensor(loss_name, 'pred', pred)
     check_tensor(loss_name, 'target', target)
@@ -214,7 +200,7 @@ def _gaussian_focal_loss(loss_name, pred, target, weight, alpha, gamma,
     if reduction == 'none':
         return GaussianFocalFunction.apply(*args, False)
     total = GaussianFocalFunction.apply(*args, True)
-    return _reduce_total(loss_name, total, pred.numel(), reduction,
+    return reduce_weighted_sum(loss_name, total, pred.numel(), reduction,
                          avg_factor).to(pred.dtype)
 
 
@@ -283,7 +269,7 @@ def _gaussian_focal_loss_with_pos_inds(loss_name, pred, target, pos_inds,
     # neg_weight is applied inside the kernel
     total = GaussianFocalFunction.apply(pred, target, None, alpha, gamma, 1.0,
                                         neg_weight, False, True)
-    neg = _reduce_total(loss_name, total, pred.numel(), reduction, avg_factor)
+    neg = reduce_weighted_sum(loss_name, total, pred.numel(), reduction, avg_factor)
     return (pos_weight * pos + neg).to(pred.dtype)
 
 

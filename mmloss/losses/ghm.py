@@ -59,12 +59,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import (check_in_range, check_integer_labels, check_positive,
-                      check_same_shape, check_tensor)
+from ..checks import (check_in_range, check_integer_labels,
+                      check_label_range, check_positive, check_same_shape,
+                      check_tensor)
 from ..reduction import FLOAT32_EPS
 from ..registry import MODELS
 from .base import BaseLoss
-from .cross_entropy import check_label_range
 
 __all__ = [
     'ghm_edges', 'gradient_bin_index', 'harmonized_bin_weights',

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import check_same_shape, check_tensor, check_weight_shape
+from ..checks import (check_avg_factor, check_same_shape, check_tensor,
+                      check_weight_shape)
 from ..reduction import weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
-from .cross_entropy import check_avg_factor
 
 __all__ = [
     'knowledge_distillation_kl_div_loss', 'KLDivDistillFunction',

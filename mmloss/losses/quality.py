@@ -35,13 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..checks import (check_integer_labels, check_positive, check_reduction,
-                      check_tensor, check_weight_shape)
-from ..reduction import FLOAT32_EPS, weight_reduce_loss
+from ..checks import (check_integer_labels, check_label_range,
+                      check_positive, check_reduction, check_tensor,
+                      check_weight_shape)
+from ..reduction import reduce_weighted_sum, weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
-from .focal import (_check_use_sigmoid, check_label_range,
-                    sigmoid_focal_kernel)
+from .focal import _check_use_sigmoid, sigmoid_focal_kernel
 
 __all__ = [
     'varifocal_loss', 'quality_focal_loss', 'distribution_focal_loss',
@@ -116,7 +116,7 @@ def _varifocal_loss(loss_name, pred, target, weight, alpha, gamma,
                                        iou_weighted, False)
     total = VarifocalFunction.apply(pred, target, weight, alpha, gamma,
                                     iou_weighted, True)
-    return _reduce_total(loss_name, total, pred.numel(), reduction,
+    return reduce_weighted_sum(loss_name, total, pred.numel(), reduction,
                          avg_factor).to(pred.dtype)
 
 
@@ -200,20 +200,6 @@ class VarifocalFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         grad, = ctx.saved_tensors
         return grad * grad_output, None, None, None, None, None, None
-
-
-def _reduce_total(loss_name: str, total: Tensor, count: int, reduction: str,
-                  avg_factor) -> Tensor:
-    """mmdet's 'mean' / 'sum' from the weighted sum of ``count`` losses."""
-    if reduction == 'sum':
-        if avg_factor is not None:
-            raise ValueError(f'{loss_name}: avg_factor can not be used with '
-                             f'reduction="sum"')
-        return total
-    if avg_factor is not None:
-        return total / (avg_factor + FLOAT32_EPS)
-    # the mean of nothing is 0 (connected to the graph), not NaN
-    return total / count if count > 0 else total
 
 
 # ---------------------------------------------------------------------------
@@ -385,7 +371,8 @@ def _quality_focal_loss(loss_name, pred, target, weight, beta, reduction,
                              f'{tuple(labels.shape)}, scores '
                              f'{tuple(scores.shape)}')
         check_integer_labels(loss_name, labels, 'labels')
-        check_label_range(loss_name, labels, pred.shape[1], 'labels')
+        check_label_range(loss_name, labels, pred.shape[1],
+                          high_inclusive=True, argument='labels')
         if activated:
             loss = quality_focal_loss_labels(pred.to(dtype), labels,
                                              scores.to(dtype), beta, True)

@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import check_integer_labels, check_positive, check_tensor
+from ..checks import (check_avg_factor, check_integer_labels,
+                      check_label_range, check_positive, check_tensor)
 from ..reduction import weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
-from .cross_entropy import (SoftmaxCrossEntropyFunction, check_avg_factor,
-                            check_label_range,
+from .cross_entropy import (SoftmaxCrossEntropyFunction,
                             softmax_cross_entropy, top1_accuracy)
 
 __all__ = ['seesaw_log_weights', 'seesaw_ce_loss', 'SeesawLoss']
