@@ -155,3 +155,25 @@ def test_nan_propagates():
     loss = torch.tensor([1.0, float('nan')])
     assert torch.isnan(weight_reduce_loss(loss))
     assert torch.isnan(weight_reduce_loss(loss, avg_factor=2))
+
+
+def test_reduce_weighted_sum_follows_weight_reduce_loss(generator):
+    from mmloss.reduction import reduce_weighted_sum
+    loss = torch.rand(6, 3, generator=generator, dtype=torch.float64)
+    weight = torch.rand(6, 3, generator=generator, dtype=torch.float64)
+    total = (loss * weight).sum()
+    for reduction, avg_factor in [('mean', None), ('mean', 0), ('mean', 2.5),
+                                  ('sum', None)]:
+        assert_close(reduce_weighted_sum('X', total, loss.numel(), reduction,
+                                         avg_factor),
+                     weight_reduce_loss(loss, weight, reduction, avg_factor),
+                     rtol=1e-12, atol=0)
+    empty = torch.zeros(0, requires_grad=True)
+    out = reduce_weighted_sum('X', empty.sum(), 0, 'mean')
+    assert out.item() == 0.0 and out.requires_grad
+    with pytest.raises(ValueError, match='X: avg_factor'):
+        reduce_weighted_sum('X', total, 18, 'sum', avg_factor=3)
+    with pytest.raises(ValueError, match="X: .*'none'"):
+        reduce_weighted_sum('X', total, 18, 'none')
+    with pytest.raises(ValueError, match="X: reduction .*'avg'"):
+        reduce_weighted_sum('X', total, 18, 'avg')
