@@ -173,7 +173,7 @@ def test_reduce_weighted_sum_follows_weight_reduce_loss(generator):
     assert out.item() == 0.0 and out.requires_grad
     with pytest.raises(ValueError, match='X: avg_factor'):
         reduce_weighted_sum('X', total, 18, 'sum', avg_factor=3)
-    with pytest.raises(ValueError, match="X: .*'none'"):
+    with pytest.raises(ValueError, match='X: .*"none"'):
         reduce_weighted_sum('X', total, 18, 'none')
     with pytest.raises(ValueError, match="X: reduction .*'avg'"):
         reduce_weighted_sum('X', total, 18, 'avg')
