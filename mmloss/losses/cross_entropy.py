@@ -403,6 +403,8 @@ def _check_ignore_index(loss_name: str, ignore_index) -> Optional[int]:
 class CrossEntropyLoss(BaseLoss):
     """Softmax, sigmoid or mask cross-entropy (MMDetection 3.3's twin).
 
+    Paper: none (the classical cross-entropy)
+
     Args:
         use_sigmoid (bool): sigmoid (binary) instead of softmax CE.
         use_mask (bool): per-RoI mask CE (:func:`mask_cross_entropy`); the
@@ -583,6 +585,8 @@ class CrossEntropyLoss(BaseLoss):
 @MODELS.register_module()
 class CrossEntropyCustomLoss(CrossEntropyLoss):
     """Cross-entropy whose classifier has its own channels and activation.
+
+    Paper: none (the classical cross-entropy)
 
     With softmax the classifier has ``num_classes + 1`` channels (the last
     is background); with sigmoid it has ``num_classes`` and the background

@@ -181,6 +181,8 @@ def sigmoid_dice_loss(pred: Tensor,
 class DiceLoss(BaseLoss):
     """Dice loss (MMDetection 3.3's twin, same argument order).
 
+    Paper: Milletari et al., "V-Net", 3DV 2016, https://arxiv.org/abs/1606.04797
+
     Args:
         use_sigmoid (bool): activate with the sigmoid (the only activation
             defined; with ``activate=True`` it must be True).

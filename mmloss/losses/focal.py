@@ -562,6 +562,8 @@ def _check_use_sigmoid(loss_name: str, use_sigmoid) -> bool:
 class FocalLoss(BaseLoss):
     """Sigmoid focal loss (Lin et al. 2017), twin of mmdet's ``FocalLoss``.
 
+    Paper: Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017, https://arxiv.org/abs/1708.02002
+
     ``FL = a_t * pt' ** gamma * BCE(x, t)``; see :func:`sigmoid_focal_loss`.
     Integer labels (background ``num_classes``) take the fast analytic path.
 
@@ -617,6 +619,8 @@ class FocalLoss(BaseLoss):
 @MODELS.register_module()
 class Poly1FocalLoss(BaseLoss):
     """Poly-1 focal loss (Leng et al. 2022, https://arxiv.org/abs/2204.12511).
+
+    Paper: Leng et al., "PolyLoss", ICLR 2022, https://arxiv.org/abs/2204.12511
 
     ``Poly1 = FL + epsilon * pt' ** (gamma + 1)`` where ``FL`` is the
     sigmoid focal loss and ``pt' = (1 - p) t + p (1 - t)``; the epsilon term

@@ -277,6 +277,8 @@ def _gaussian_focal_loss_with_pos_inds(loss_name, pred, target, pos_inds,
 class GaussianFocalLoss(BaseLoss):
     """Gaussian focal loss (CornerNet), twin of mmdet's GaussianFocalLoss.
 
+    Paper: Law and Deng, "CornerNet", ECCV 2018, https://arxiv.org/abs/1808.01244
+
     See :func:`gaussian_focal_loss` and
     :func:`gaussian_focal_loss_with_pos_inds`.
 

@@ -546,6 +546,8 @@ class _HarmonizedLoss(BaseLoss):
 class GHMC(_HarmonizedLoss):
     """GHM-C loss (MMDetection 3.3's twin); see :func:`ghmc_loss`.
 
+    Paper: Li et al., "Gradient Harmonized Single-stage Detector", AAAI 2019, https://arxiv.org/abs/1811.05181
+
     Args:
         bins (int): number of gradient-norm bins (>= 1).
         momentum (float): moving-average factor of the bin counts, in
@@ -598,6 +600,8 @@ class GHMC(_HarmonizedLoss):
 @MODELS.register_module()
 class GHMR(_HarmonizedLoss):
     """GHM-R loss (MMDetection 3.3's twin); see :func:`ghmr_loss`.
+
+    Paper: Li et al., "Gradient Harmonized Single-stage Detector", AAAI 2019, https://arxiv.org/abs/1811.05181
 
     Args:
         mu (float): the authentic smooth L1 parameter (> 0).

@@ -131,6 +131,8 @@ def knowledge_distillation_kl_div_loss(
 class KnowledgeDistillationKLDivLoss(BaseLoss):
     """KL-divergence distillation loss (MMDetection 3.3's twin).
 
+    Paper: Hinton et al., "Distilling the Knowledge in a Neural Network", 2015, https://arxiv.org/abs/1503.02531
+
     The teacher logits (``soft_label``) are detached.
 
     Args:

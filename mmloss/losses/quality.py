@@ -484,6 +484,8 @@ class DistributionFocalFunction(torch.autograd.Function):
 class VarifocalLoss(BaseLoss):
     """Varifocal loss (Zhang et al. 2021), twin of mmdet's ``VarifocalLoss``.
 
+    Paper: Zhang et al., "VarifocalNet", CVPR 2021, https://arxiv.org/abs/2008.13367
+
     See :func:`varifocal_loss`.
 
     Args:
@@ -527,6 +529,8 @@ class VarifocalLoss(BaseLoss):
 class QualityFocalLoss(BaseLoss):
     """Quality focal loss (Li et al. 2020), twin of mmdet's QFL.
 
+    Paper: Li et al., "Generalized Focal Loss", NeurIPS 2020, https://arxiv.org/abs/2006.04388
+
     See :func:`quality_focal_loss`.
 
     Args:
@@ -565,6 +569,8 @@ class QualityFocalLoss(BaseLoss):
 @MODELS.register_module()
 class DistributionFocalLoss(BaseLoss):
     """Distribution focal loss (Li et al. 2020), twin of mmdet's DFL.
+
+    Paper: Li et al., "Generalized Focal Loss", NeurIPS 2020, https://arxiv.org/abs/2006.04388
 
     See :func:`distribution_focal_loss`.
 

@@ -452,6 +452,8 @@ def _reject_kwargs(loss_name: str, kwargs: dict) -> None:
 class L1Loss(BaseLoss):
     """L1 loss (MMDetection 3.3's twin); see :func:`l1_loss`.
 
+    Paper: none (the classical absolute error)
+
     Args:
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
         loss_weight (float): factor applied to the loss.
@@ -483,6 +485,8 @@ class L1Loss(BaseLoss):
 @MODELS.register_module()
 class SmoothL1Loss(BaseLoss):
     """Smooth L1 loss (MMDetection 3.3's twin); see :func:`smooth_l1_loss`.
+
+    Paper: Girshick, "Fast R-CNN", ICCV 2015, https://arxiv.org/abs/1504.08083
 
     Args:
         beta (float): half width of the quadratic zone, >= 0 (MMDetection
@@ -528,6 +532,8 @@ class SmoothL1Loss(BaseLoss):
 class BalancedL1Loss(BaseLoss):
     """Balanced L1 loss (MMDetection 3.3's twin); see
     :func:`balanced_l1_loss`.
+
+    Paper: Pang et al., "Libra R-CNN: Towards Balanced Learning for Object Detection", CVPR 2019, https://arxiv.org/abs/1904.02701
 
     Args:
         alpha (float): inlier gradient scale (> 0).
@@ -577,6 +583,8 @@ class BalancedL1Loss(BaseLoss):
 @MODELS.register_module()
 class MSELoss(BaseLoss):
     """Squared-error loss (MMDetection 3.3's twin); see :func:`mse_loss`.
+
+    Paper: none (the classical squared error)
 
     Args:
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.

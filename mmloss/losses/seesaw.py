@@ -148,6 +148,8 @@ def seesaw_ce_loss(cls_score: Tensor,
 class SeesawLoss(BaseLoss):
     """Seesaw loss with a 2-way objectness branch (MMDetection 3.3's twin).
 
+    Paper: Wang et al., "Seesaw Loss for Long-Tailed Instance Segmentation", CVPR 2021, https://arxiv.org/abs/2008.10032
+
     The classifier has ``num_classes + 2`` channels: the class logits, then
     (object, background) logits. Labels lie in ``[0, num_classes]``, with
     ``num_classes`` the background. The class term covers the foreground
