@@ -134,7 +134,7 @@ def test_parity_reduction_override(mmdet_losses, name, kw):
 @pytest.mark.parametrize('name,kw', TWINS, ids=TWIN_IDS)
 def test_sum_with_avg_factor_raises(name, kw):
     pred, target = make_pairs(10, 0)
-    with pytest.raises(ValueError, match='avg_factor'):
+    with pytest.raises(ValueError, match=f'{name}: avg_factor'):
         getattr(mmloss, name)(**kw)(pred, target, avg_factor=3.0,
                                     reduction_override='sum')
 

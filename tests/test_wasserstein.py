@@ -47,7 +47,7 @@ def test_module_reductions_and_weights():
                  2 * elementwise.sum())
     assert_close(module(pred, target, reduction_override='none'),
                  2 * elementwise)
-    with pytest.raises(ValueError, match='avg_factor'):
+    with pytest.raises(ValueError, match='NWDLoss: avg_factor'):
         module(pred, target, avg_factor=3.0, reduction_override='sum')
 
 

@@ -52,8 +52,8 @@ import torch
 from torch import Tensor
 
 from .. import geometry as geo
-from ..checks import (check_box_shape, check_in_range, check_positive,
-                      check_tensor, check_weight_shape)
+from ..checks import (check_avg_factor, check_box_shape, check_in_range,
+                      check_positive, check_tensor, check_weight_shape)
 from ..reduction import weight_reduce_loss, weighted_loss
 from ..registry import MODELS
 from .base import BaseLoss
@@ -896,6 +896,7 @@ class IoUFamilyLoss(BaseLoss):
                 reduction_override: Optional[str] = None,
                 **kwargs) -> Tensor:
         reduction = self.resolve_reduction(reduction_override)
+        check_avg_factor(self.loss_name, reduction, avg_factor)
         weight = self.check_inputs(pred, target, weight)
         extra = self.call_kwargs(kwargs)
         loss = type(self).loss_function(
@@ -1236,6 +1237,7 @@ class WiseIoULoss(IoUFamilyLoss):
                 reduction_override: Optional[str] = None,
                 **kwargs) -> Tensor:
         reduction = self.resolve_reduction(reduction_override)
+        check_avg_factor(self.loss_name, reduction, avg_factor)
         weight = self.check_inputs(pred, target, weight)
         self.call_kwargs(kwargs)
         loss = wise_iou_loss(pred, target, self.running_mean,
