@@ -926,6 +926,8 @@ class IoULoss(IoUFamilyLoss):
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
         loss_weight (float): factor on the loss.
         mode (str): ``'linear'``, ``'square'`` or ``'log'``.
+
+    Paper: Yu et al., "UnitBox: An Advanced Object Detection Network", ACM MM 2016, https://arxiv.org/abs/1608.01471
     """
 
     loss_function = staticmethod(iou_loss)
@@ -951,21 +953,30 @@ class IoULoss(IoUFamilyLoss):
 
 @MODELS.register_module()
 class GIoULoss(IoUFamilyLoss):
-    """GIoU loss ``1 - GIoU`` (see :func:`giou_loss`)."""
+    """GIoU loss ``1 - GIoU`` (see :func:`giou_loss`).
+
+    Paper: Rezatofighi et al., "Generalized Intersection over Union", CVPR 2019, https://arxiv.org/abs/1902.09630
+    """
 
     loss_function = staticmethod(giou_loss)
 
 
 @MODELS.register_module()
 class DIoULoss(IoUFamilyLoss):
-    """DIoU loss ``1 - DIoU`` (see :func:`diou_loss`)."""
+    """DIoU loss ``1 - DIoU`` (see :func:`diou_loss`).
+
+    Paper: Zheng et al., "Distance-IoU Loss", AAAI 2020, https://arxiv.org/abs/1911.08287
+    """
 
     loss_function = staticmethod(diou_loss)
 
 
 @MODELS.register_module()
 class CIoULoss(IoUFamilyLoss):
-    """CIoU loss ``1 - CIoU`` (see :func:`ciou_loss`)."""
+    """CIoU loss ``1 - CIoU`` (see :func:`ciou_loss`).
+
+    Paper: Zheng et al., "Enhancing Geometric Factors in Model Learning and Inference for Object Detection and Instance Segmentation", TCYB 2021, https://arxiv.org/abs/2005.03572
+    """
 
     loss_function = staticmethod(ciou_loss)
 
@@ -977,6 +988,8 @@ class EIoULoss(IoUFamilyLoss):
     Args:
         eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
         smooth_point (float): where the quadratic turns linear (> 0).
+
+    Paper: Peng and Yu, "A Systematic IoU-Related Method: Beyond Simplified Regression for Better Localization", TIP 2021, https://ieeexplore.ieee.org/document/9429909
     """
 
     loss_function = staticmethod(eiou_loss)
@@ -999,6 +1012,8 @@ class SIoULoss(IoUFamilyLoss):
     Args:
         eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
         neg_gamma (bool): ``gamma = Lambda - 2`` as in the paper.
+
+    Paper: Gevorgyan, "SIoU Loss: More Powerful Learning for Bounding Box Regression", 2022, https://arxiv.org/abs/2205.12740
     """
 
     loss_function = staticmethod(siou_loss)
@@ -1026,6 +1041,8 @@ class BoundedIoULoss(IoUFamilyLoss):
         beta (float): smooth-L1 threshold (> 0).
         eps (float): stabiliser of the ratios.
         reduction, loss_weight: as :class:`IoUFamilyLoss`.
+
+    Paper: Tychsen-Smith and Petersson, "Improving Object Localization with Fitness NMS and Bounded IoU Loss", CVPR 2018, https://arxiv.org/abs/1711.00164
     """
 
     loss_function = staticmethod(bounded_iou_loss)
@@ -1077,6 +1094,9 @@ class VariantIoULoss(IoUFamilyLoss):
         inner_ratio (float, optional): Inner-IoU's auxiliary box scale (> 0).
         focaler (tuple[float, float], optional): Focaler-IoU's ``(d, u)``.
         eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
+
+    Paper: Zhang, Xu and Zhang, "Inner-IoU: More Effective Intersection over Union Loss with Auxiliary Bounding Box", 2023, https://arxiv.org/abs/2311.02877
+    Paper: Zhang and Zhang, "Focaler-IoU: More Focused Intersection over Union Loss", 2024, https://arxiv.org/abs/2401.10525
     """
 
     loss_function = staticmethod(variant_iou_loss)
@@ -1106,6 +1126,8 @@ class AlphaIoULoss(IoUFamilyLoss):
         alpha (float): the power (> 0; the paper recommends 3).
         mode (str): ``'iou'``, ``'giou'``, ``'diou'`` or ``'ciou'``.
         eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
+
+    Paper: He et al., "Alpha-IoU: A Family of Power Intersection over Union Losses for Bounding Box Regression", NeurIPS 2021, https://arxiv.org/abs/2110.13675
     """
 
     loss_function = staticmethod(alpha_iou_loss)
@@ -1131,6 +1153,8 @@ class MPDIoULoss(IoUFamilyLoss):
             ``forward(..., img_size=...)`` overrides it per call (a pair or
             a per-box tensor (..., 2)).
         eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
+
+    Paper: Ma and Xu, "MPDIoU: A Loss for Efficient and Accurate Bounding Box Regression", 2023, https://arxiv.org/abs/2307.07662
     """
 
     loss_function = staticmethod(mpdiou_loss)
@@ -1173,6 +1197,8 @@ class FocalEIoULoss(IoUFamilyLoss):
     Args:
         gamma (float): power of the IoU focal factor (>= 0).
         eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
+
+    Paper: Zhang et al., "Focal and Efficient IOU Loss for Accurate Bounding Box Regression", Neurocomputing 2022, https://arxiv.org/abs/2101.08158
     """
 
     loss_function = staticmethod(focal_eiou_loss)
@@ -1205,6 +1231,8 @@ class WiseIoULoss(IoUFamilyLoss):
         gamma (float): v2's power (paper: 0.5).
         momentum (float): running-mean momentum in (0, 1] (paper: 1e-2).
         eps, reduction, loss_weight: as :class:`IoUFamilyLoss`.
+
+    Paper: Tong et al., "Wise-IoU: Bounding Box Regression Loss with Dynamic Focusing Mechanism", 2023, https://arxiv.org/abs/2301.10051
     """
 
     def __init__(self, version: str = 'v3', alpha: float = 1.9,

@@ -67,6 +67,8 @@ class NWDLoss(IoUFamilyLoss):
     Forward takes MMDetection's ``(pred, target, weight=None,
     avg_factor=None, reduction_override=None)``; a (n, 4) weight is
     averaged over the last dimension.
+
+    Paper: Wang et al., "A Normalized Gaussian Wasserstein Distance for Tiny Object Detection", 2021, https://arxiv.org/abs/2110.13389
     """
 
     loss_function = staticmethod(nwd_loss)
