@@ -19,7 +19,8 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from train import (BOX_MAP_KEY, init_cpu_process_group,  # noqa: E402
-                   prepare_data, set_cpu_threads, use_cpu_distributed)
+                   prepare_data, set_cpu_threads, trust_own_checkpoints,
+                   use_cpu_distributed)
 
 
 def parse_args(argv=None):
@@ -72,6 +73,7 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
     set_cpu_threads(cfg)
+    trust_own_checkpoints(cfg)
     prepare_data(cfg)
     if args.launcher != 'none' and not torch.cuda.is_available():
         init_cpu_process_group(args.launcher)

@@ -153,6 +153,20 @@ def init_cpu_process_group(launcher):
     dist.init_process_group(backend='gloo')
 
 
+def trust_own_checkpoints(cfg):
+    """Let mmengine load the checkpoint given by --resume / load_from.
+
+    mmengine 0.10 calls ``torch.load`` without ``weights_only``; since torch
+    2.6 that means weights-only unpickling, which refuses what mmengine saves
+    beside the weights (its ``HistoryBuffer`` logs, numpy arrays and dtypes)
+    so every resume fails. Checkpoints named on the command line are the
+    user's own (usually from their work dir), so restore torch's earlier
+    full unpickling for them, exactly as mmengine does under torch < 2.6.
+    """
+    if cfg.get('resume', False) or cfg.get('load_from', None):
+        os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+
+
 def set_cpu_threads(cfg):
     """Apply the config's ``cpu_threads``, split between local processes."""
     threads = cfg.get('cpu_threads', None)
@@ -205,6 +219,7 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
     set_cpu_threads(cfg)
+    trust_own_checkpoints(cfg)
     prepare_data(cfg)
     if args.launcher != 'none' and not torch.cuda.is_available():
         init_cpu_process_group(args.launcher)
@@ -214,9 +229,14 @@ def main(argv=None):
     runner.register_hook(recorder, priority='LOWEST')
     runner.train()
     metrics = final_val_metrics(runner, recorder)
-    if metrics and runner.rank == 0 and BOX_MAP_KEY in metrics:
-        print(f'box mAP_50 (val): {metrics.get("coco/bbox_mAP_50", 0):.3f}')
-        print(f'box mAP (val): {metrics[BOX_MAP_KEY]:.3f}', flush=True)
+    if metrics is not None and runner.rank == 0:
+        if BOX_MAP_KEY in metrics:
+            print(f'box mAP_50 (val): '
+                  f'{metrics.get("coco/bbox_mAP_50", 0):.3f}')
+            print(f'box mAP (val): {metrics[BOX_MAP_KEY]:.3f}', flush=True)
+        elif not metrics:
+            # CocoMetric returns nothing when no box passed score_thr.
+            print('box mAP (val): 0.000 (no detections)', flush=True)
     return runner, metrics
 
 
