@@ -448,8 +448,43 @@ def _reject_kwargs(loss_name: str, kwargs: dict) -> None:
                         f'{sorted(kwargs)}')
 
 
+class ElementwiseRegressionLoss(BaseLoss):
+    """Shared base of the L1-family modules.
+
+    Subclasses name their pure function in ``loss_function`` and its extra
+    arguments in :meth:`loss_kwargs`; this class resolves the reduction and
+    calls it.
+
+    Forward args (as MMDetection's):
+        pred (Tensor): prediction, e.g. (N, 4).
+        target (Tensor): target shaped like ``pred``.
+        weight (Tensor, optional): element-wise weight, broadcast.
+        avg_factor (float | Tensor, optional): denominator of the mean.
+        reduction_override (str, optional): overrides ``reduction``.
+    """
+
+    loss_function = None
+
+    def loss_kwargs(self) -> dict:
+        return {}
+
+    def forward(self,
+                pred: Tensor,
+                target: Tensor,
+                weight: Optional[Tensor] = None,
+                avg_factor: AvgFactor = None,
+                reduction_override: Optional[str] = None,
+                **kwargs) -> Tensor:
+        """The weighted loss times ``loss_weight``."""
+        _reject_kwargs(self.loss_name, kwargs)
+        reduction = self.resolve_reduction(reduction_override)
+        return self.loss_weight * type(self).loss_function(
+            pred, target, weight, reduction=reduction, avg_factor=avg_factor,
+            **self.loss_kwargs())
+
+
 @MODELS.register_module()
-class L1Loss(BaseLoss):
+class L1Loss(ElementwiseRegressionLoss):
     """L1 loss (MMDetection 3.3's twin); see :func:`l1_loss`.
 
     Paper: none (the classical absolute error)
@@ -459,31 +494,14 @@ class L1Loss(BaseLoss):
         loss_weight (float): factor applied to the loss.
     """
 
+    loss_function = staticmethod(l1_loss)
+
     def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
 
-    def forward(self,
-                pred: Tensor,
-                target: Tensor,
-                weight: Optional[Tensor] = None,
-                avg_factor: AvgFactor = None,
-                reduction_override: Optional[str] = None) -> Tensor:
-        """The weighted L1 loss times ``loss_weight``.
-
-        Args:
-            pred (Tensor): prediction.
-            target (Tensor): target shaped like ``pred``.
-            weight (Tensor, optional): element-wise weight, broadcast.
-            avg_factor (float | Tensor, optional): denominator of the mean.
-            reduction_override (str, optional): overrides ``reduction``.
-        """
-        reduction = self.resolve_reduction(reduction_override)
-        return self.loss_weight * l1_loss(
-            pred, target, weight, reduction=reduction, avg_factor=avg_factor)
-
 
 @MODELS.register_module()
-class SmoothL1Loss(BaseLoss):
+class SmoothL1Loss(ElementwiseRegressionLoss):
     """Smooth L1 loss (MMDetection 3.3's twin); see :func:`smooth_l1_loss`.
 
     Paper: Girshick, "Fast R-CNN", ICCV 2015, https://arxiv.org/abs/1504.08083
@@ -495,6 +513,8 @@ class SmoothL1Loss(BaseLoss):
         loss_weight (float): factor applied to the loss.
     """
 
+    loss_function = staticmethod(smooth_l1_loss)
+
     def __init__(self,
                  beta: float = 1.0,
                  reduction: str = 'mean',
@@ -502,34 +522,15 @@ class SmoothL1Loss(BaseLoss):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         self.beta = _check_smooth_l1_beta(self.loss_name, beta)
 
-    def forward(self,
-                pred: Tensor,
-                target: Tensor,
-                weight: Optional[Tensor] = None,
-                avg_factor: AvgFactor = None,
-                reduction_override: Optional[str] = None,
-                **kwargs) -> Tensor:
-        """The weighted smooth L1 loss times ``loss_weight``.
-
-        Args:
-            pred (Tensor): prediction.
-            target (Tensor): target shaped like ``pred``.
-            weight (Tensor, optional): element-wise weight, broadcast.
-            avg_factor (float | Tensor, optional): denominator of the mean.
-            reduction_override (str, optional): overrides ``reduction``.
-        """
-        _reject_kwargs(self.loss_name, kwargs)
-        reduction = self.resolve_reduction(reduction_override)
-        return self.loss_weight * smooth_l1_loss(
-            pred, target, weight, reduction=reduction, avg_factor=avg_factor,
-            beta=self.beta)
+    def loss_kwargs(self) -> dict:
+        return dict(beta=self.beta)
 
     def extra_repr(self) -> str:
         return f'beta={self.beta}, ' + super().extra_repr()
 
 
 @MODELS.register_module()
-class BalancedL1Loss(BaseLoss):
+class BalancedL1Loss(ElementwiseRegressionLoss):
     """Balanced L1 loss (MMDetection 3.3's twin); see
     :func:`balanced_l1_loss`.
 
@@ -543,6 +544,8 @@ class BalancedL1Loss(BaseLoss):
         loss_weight (float): factor applied to the loss.
     """
 
+    loss_function = staticmethod(balanced_l1_loss)
+
     def __init__(self,
                  alpha: float = 0.5,
                  gamma: float = 1.5,
@@ -553,27 +556,8 @@ class BalancedL1Loss(BaseLoss):
         _balanced_l1_b(self.loss_name, alpha, gamma, beta)
         self.alpha, self.gamma, self.beta = alpha, gamma, beta
 
-    def forward(self,
-                pred: Tensor,
-                target: Tensor,
-                weight: Optional[Tensor] = None,
-                avg_factor: AvgFactor = None,
-                reduction_override: Optional[str] = None,
-                **kwargs) -> Tensor:
-        """The weighted balanced L1 loss times ``loss_weight``.
-
-        Args:
-            pred (Tensor): prediction, e.g. (N, 4).
-            target (Tensor): target shaped like ``pred``.
-            weight (Tensor, optional): element-wise weight, broadcast.
-            avg_factor (float | Tensor, optional): denominator of the mean.
-            reduction_override (str, optional): overrides ``reduction``.
-        """
-        _reject_kwargs(self.loss_name, kwargs)
-        reduction = self.resolve_reduction(reduction_override)
-        return self.loss_weight * balanced_l1_loss(
-            pred, target, weight, reduction=reduction, avg_factor=avg_factor,
-            beta=self.beta, alpha=self.alpha, gamma=self.gamma)
+    def loss_kwargs(self) -> dict:
+        return dict(beta=self.beta, alpha=self.alpha, gamma=self.gamma)
 
     def extra_repr(self) -> str:
         return (f'alpha={self.alpha}, gamma={self.gamma}, beta={self.beta}, '
@@ -581,7 +565,7 @@ class BalancedL1Loss(BaseLoss):
 
 
 @MODELS.register_module()
-class MSELoss(BaseLoss):
+class MSELoss(ElementwiseRegressionLoss):
     """Squared-error loss (MMDetection 3.3's twin); see :func:`mse_loss`.
 
     Paper: none (the classical squared error)
@@ -591,24 +575,7 @@ class MSELoss(BaseLoss):
         loss_weight (float): factor applied to the loss.
     """
 
+    loss_function = staticmethod(mse_loss)
+
     def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
-
-    def forward(self,
-                pred: Tensor,
-                target: Tensor,
-                weight: Optional[Tensor] = None,
-                avg_factor: AvgFactor = None,
-                reduction_override: Optional[str] = None) -> Tensor:
-        """The weighted squared error times ``loss_weight``.
-
-        Args:
-            pred (Tensor): prediction.
-            target (Tensor): target shaped like ``pred``.
-            weight (Tensor, optional): element-wise weight, broadcast.
-            avg_factor (float | Tensor, optional): denominator of the mean.
-            reduction_override (str, optional): overrides ``reduction``.
-        """
-        reduction = self.resolve_reduction(reduction_override)
-        return self.loss_weight * mse_loss(
-            pred, target, weight, reduction=reduction, avg_factor=avg_factor)
