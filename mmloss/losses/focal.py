@@ -577,6 +577,9 @@ class FocalLoss(BaseLoss):
         activated (bool): ``pred`` holds probabilities, not logits.
     """
 
+    #: coefficient of the Poly-1 term; plain focal loss has none
+    epsilon = 0.0
+
     def __init__(self,
                  use_sigmoid=True,
                  gamma=2.0,
@@ -609,7 +612,7 @@ class FocalLoss(BaseLoss):
         reduction = self.resolve_reduction(reduction_override)
         return self.loss_weight * _focal_loss(
             self.loss_name, pred, target, weight, self.gamma, self.alpha,
-            0.0, reduction, avg_factor, self.activated)
+            self.epsilon, reduction, avg_factor, self.activated)
 
     def extra_repr(self) -> str:
         return (f'gamma={self.gamma}, alpha={self.alpha}, '
@@ -617,7 +620,7 @@ class FocalLoss(BaseLoss):
 
 
 @MODELS.register_module()
-class Poly1FocalLoss(BaseLoss):
+class Poly1FocalLoss(FocalLoss):
     """Poly-1 focal loss (Leng et al. 2022, https://arxiv.org/abs/2204.12511).
 
     Paper: Leng et al., "PolyLoss", ICLR 2022, https://arxiv.org/abs/2204.12511
@@ -645,28 +648,10 @@ class Poly1FocalLoss(BaseLoss):
                  reduction='mean',
                  loss_weight=1.0,
                  activated=False):
-        super().__init__(reduction, loss_weight)
-        self.use_sigmoid = _check_use_sigmoid(self.loss_name, use_sigmoid)
+        super().__init__(use_sigmoid, gamma, alpha, reduction, loss_weight,
+                         activated)
         check_focal_params(self.loss_name, gamma, alpha, epsilon)
-        self.gamma = gamma
-        self.alpha = alpha
         self.epsilon = float(epsilon)
-        self.activated = bool(activated)
-
-    def forward(self,
-                pred,
-                target,
-                weight=None,
-                avg_factor=None,
-                reduction_override=None):
-        """Weighted Poly-1 focal loss; arguments as :meth:`FocalLoss.forward`.
-        """
-        reduction = self.resolve_reduction(reduction_override)
-        return self.loss_weight * _focal_loss(
-            self.loss_name, pred, target, weight, self.gamma, self.alpha,
-            self.epsilon, reduction, avg_factor, self.activated)
 
     def extra_repr(self) -> str:
-        return (f'gamma={self.gamma}, alpha={self.alpha}, '
-                f'epsilon={self.epsilon}, activated={self.activated}, ' +
-                super().extra_repr())
+        return f'epsilon={self.epsilon}, ' + super().extra_repr()
