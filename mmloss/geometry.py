@@ -22,6 +22,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from .precision import restore_dtype, upcast  # noqa: F401 (re-exported)
+
 #: ``4 / pi**2``, the scale of CIoU's aspect-ratio consistency term.
 ASPECT_SCALE = 4 / math.pi**2
 
@@ -34,25 +36,6 @@ __all__ = [
     'extended_intersection_parts', 'scale_boxes',
     'column_major', 'pair_backward'
 ]
-
-
-def upcast(*boxes: Tensor) -> Tuple[Tensor, ...]:
-    """Lift half/bfloat16 tensors to float32; leave float32/64 as they are.
-
-    All tensors are first promoted to their common dtype, so a float16
-    ``pred`` with a float32 ``target`` computes in float32.
-    """
-    dtype = boxes[0].dtype
-    for box in boxes[1:]:
-        dtype = torch.promote_types(dtype, box.dtype)
-    if dtype in (torch.float16, torch.bfloat16) or not dtype.is_floating_point:
-        dtype = torch.float32
-    return tuple(box.to(dtype) for box in boxes)
-
-
-def restore_dtype(value: Tensor, like: Tensor) -> Tensor:
-    """Cast a result computed by :func:`upcast` back to ``like``'s dtype."""
-    return value if value.dtype == like.dtype else value.to(like.dtype)
 
 
 def corners(boxes: Tensor) -> Tuple[Tensor, Tensor]:

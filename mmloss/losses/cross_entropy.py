@@ -31,6 +31,7 @@ from torch import Tensor
 from ..checks import (check_avg_factor, check_integer_labels,
                       check_label_range, check_tensor,
                       check_weight_shape)
+from ..precision import compute_dtype
 from ..reduction import FLOAT32_EPS, weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
@@ -44,13 +45,6 @@ __all__ = [
 
 # PyTorch's (and MMDetection's) default label to ignore.
 DEFAULT_IGNORE_INDEX = -100
-
-
-def _compute_dtype(tensor: Tensor) -> torch.dtype:
-    """float32 for half inputs (exp/log sums lose too much in 16 bits)."""
-    if tensor.dtype in (torch.float16, torch.bfloat16):
-        return torch.float32
-    return tensor.dtype
 
 
 # --------------------------------------------------------------------------
@@ -79,7 +73,7 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, label: Tensor,
                 ignore_index: int) -> Tensor:
-        work = logits.to(_compute_dtype(logits))
+        work = logits.to(compute_dtype(logits))
         valid = label != ignore_index
         column = torch.where(valid, label, 0).long()[:, None]
         log_prob = torch.log_softmax(work, dim=1)
@@ -110,7 +104,7 @@ def _softmax_cross_entropy_work(pred: Tensor, label: Tensor,
     ``fast`` uses :class:`SoftmaxCrossEntropyFunction` for 2-D logits;
     otherwise (or for (N, C, d1, ...) logits) ``F.cross_entropy``."""
     if not (fast and pred.dim() == 2):
-        work = pred.to(_compute_dtype(pred))
+        work = pred.to(compute_dtype(pred))
         if class_weight is not None:
             class_weight = class_weight.to(work.dtype)
         return F.cross_entropy(
@@ -197,7 +191,7 @@ class SigmoidOneHotCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, label: Tensor,
                 pos_weight: Optional[Tensor]) -> Tensor:
-        work = logits.to(_compute_dtype(logits))
+        work = logits.to(compute_dtype(logits))
         num_classes = work.size(1)
         positive = (label >= 0) & (label < num_classes)
         column = torch.where(positive, label, 0).long()[:, None]
@@ -214,7 +208,7 @@ class SigmoidOneHotCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         logits, column, positive, pos_weight = ctx.saved_tensors
-        work_dtype = _compute_dtype(logits)
+        work_dtype = compute_dtype(logits)
         grad_out = grad_out.to(work_dtype)[:, None]
         grad = logits.to(work_dtype).sigmoid()
         picked = grad.gather(1, column)
@@ -277,7 +271,7 @@ def binary_cross_entropy(pred: Tensor,
     """
     ignore_index = DEFAULT_IGNORE_INDEX if ignore_index is None \
         else ignore_index
-    work_dtype = _compute_dtype(pred)
+    work_dtype = compute_dtype(pred)
     if pred.dim() != label.dim():
         num_classes = pred.size(-1)
         row_weight, valid = _expand_onehot_weights(label, weight,
@@ -351,7 +345,7 @@ def mask_cross_entropy(pred: Tensor,
             'mask_cross_entropy: only reduction="mean" without avg_factor '
             f'and ignore_index is supported, but got reduction={reduction!r}'
             f', avg_factor={avg_factor!r}, ignore_index={ignore_index!r}')
-    work_dtype = _compute_dtype(pred)
+    work_dtype = compute_dtype(pred)
     rows = torch.arange(pred.size(0), device=pred.device)
     picked = pred[rows, label.long()].to(work_dtype)
     loss = F.binary_cross_entropy_with_logits(

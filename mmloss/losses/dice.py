@@ -22,18 +22,12 @@ import torch
 from torch import Tensor
 
 from ..checks import check_avg_factor, check_positive, check_tensor
+from ..precision import compute_dtype
 from ..reduction import weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
 
 __all__ = ['dice_loss', 'sigmoid_dice_loss', 'DiceFunction', 'DiceLoss']
-
-
-def _compute_dtype(tensor: Tensor) -> torch.dtype:
-    if tensor.dtype in (torch.float16, torch.bfloat16, torch.bool) or \
-            not tensor.is_floating_point():
-        return torch.float32
-    return tensor.dtype
 
 
 def _dice_from_sums(inter: Tensor, pred_sum: Tensor, target_sum: Tensor,
@@ -62,7 +56,7 @@ class DiceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pred: Tensor, target: Tensor, eps: float,
                 naive_dice: bool, sigmoid: bool) -> Tensor:
-        dtype = _compute_dtype(pred)
+        dtype = compute_dtype(pred)
         prob = pred.to(dtype)
         if sigmoid:
             prob = prob.sigmoid()
@@ -110,7 +104,7 @@ class DiceFunction(torch.autograd.Function):
 def _dice_rows_plain(prob: Tensor, target: Tensor, eps: float,
                      naive_dice: bool) -> Tensor:
     """The formula with autograd (reference of :class:`DiceFunction`)."""
-    dtype = _compute_dtype(prob)
+    dtype = compute_dtype(prob)
     prob, target = prob.to(dtype), target.to(dtype)
     inter = (prob * target).sum(1)
     if naive_dice:

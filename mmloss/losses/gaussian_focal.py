@@ -26,6 +26,7 @@ from torch.autograd.function import once_differentiable
 
 from ..checks import (check_integer_labels, check_positive, check_reduction,
                       check_same_shape, check_tensor, check_weight_shape)
+from ..precision import compute_dtype
 from ..reduction import reduce_weighted_sum, weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
@@ -36,11 +37,6 @@ __all__ = [
 ]
 
 _EPS = 1e-12
-
-
-def _compute_dtype(pred: Tensor) -> torch.dtype:
-    # eps = 1e-12 vanishes in half precision: compute in float32 at least
-    return torch.promote_types(pred.dtype, torch.float32)
 
 
 def _negative_loss(pred: Tensor, target: Tensor, alpha: float,
@@ -124,7 +120,7 @@ class GaussianFocalFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pred, target, weight, alpha, gamma, pos_weight,
                 neg_weight, with_positives, reduce_sum):
-        dtype = _compute_dtype(pred)
+        dtype = compute_dtype(pred)
         loss, grad = gaussian_focal_kernel(
             pred.to(dtype), target.to(dtype),
             None if weight is None else weight.to(dtype), float(alpha),
@@ -189,7 +185,7 @@ def _gaussian_focal_loss(loss_name, pred, target, weight, alpha, gamma,
     _check_inputs(loss_name, pred, target)
     check_weight_shape(loss_name, weight, pred.shape)
     if weight is not None and weight.requires_grad:
-        dtype = _compute_dtype(pred)
+        dtype = compute_dtype(pred)
         p, y = pred.to(dtype), target.to(dtype)
         pos = -torch.log(p + _EPS) * (1 - p).pow(alpha) * y.eq(1)
         loss = pos_weight * pos + neg_weight * _negative_loss(
@@ -262,7 +258,7 @@ def _gaussian_focal_loss_with_pos_inds(loss_name, pred, target, pos_inds,
                          f'{tuple(pred.shape)}, pos_inds '
                          f'{tuple(pos_inds.shape)}, pos_labels '
                          f'{tuple(pos_labels.shape)}')
-    p = pred.to(_compute_dtype(pred))
+    p = pred.to(compute_dtype(pred))
     pos_pred = p[pos_inds].gather(1, pos_labels.long().unsqueeze(1))
     pos = -torch.log(pos_pred + _EPS) * (1 - pos_pred).pow(alpha)
     pos = weight_reduce_loss(pos, None, reduction, avg_factor)

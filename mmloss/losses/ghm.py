@@ -62,6 +62,7 @@ from torch import Tensor
 from ..checks import (check_in_range, check_integer_labels,
                       check_label_range, check_positive, check_same_shape,
                       check_tensor)
+from ..precision import compute_dtype
 from ..reduction import FLOAT32_EPS
 from ..registry import MODELS
 from .base import BaseLoss
@@ -227,13 +228,6 @@ class HarmonizedLossFunction(torch.autograd.Function):
         return grad_pred, grad_target, None
 
 
-def _compute_dtype(tensor: Tensor) -> torch.dtype:
-    """float32 for half inputs, else the input's own floating dtype."""
-    if tensor.dtype in (torch.float16, torch.bfloat16):
-        return torch.float32
-    return tensor.dtype
-
-
 def _reduce(elementwise: Tensor, weight: Tensor, reduction: str,
             denominator: Tensor) -> Tensor:
     """``w * L`` reduced: 'none', 'sum' or the sum over ``denominator``."""
@@ -293,7 +287,7 @@ def _ghmc_label_parts(pred: Tensor, labels: Tensor, label_weight: Tensor,
     """
     num_classes = pred.shape[1]
     # contiguous: the label cells are addressed by flat row-major index
-    x = pred.detach().to(_compute_dtype(pred)).contiguous()
+    x = pred.detach().to(compute_dtype(pred)).contiguous()
     foreground = labels < num_classes
     # flat index of each row's label cell (column 0 for background rows,
     # which are then left as they are); a flat index_select is much faster
@@ -335,7 +329,7 @@ def _ghmc_onehot_parts(pred: Tensor, target: Tensor, label_weight: Tensor,
                        bins: int, momentum: float,
                        acc_sum: Optional[Tensor], reduction: str):
     """GHM-C of a (possibly soft) target shaped like ``pred``."""
-    x = pred.detach().to(_compute_dtype(pred)).contiguous()
+    x = pred.detach().to(compute_dtype(pred)).contiguous()
     t = target.detach().to(x.dtype)
     residual = torch.sigmoid(x).sub_(t)
     g = residual.abs()
@@ -402,7 +396,7 @@ def ghmc_loss(pred: Tensor,
         onehot = F.one_hot(target.long(), pred.shape[1] + 1)[:, :-1]
     else:
         onehot = target
-    work = pred.to(_compute_dtype(pred))
+    work = pred.to(compute_dtype(pred))
     bce = F.binary_cross_entropy_with_logits(
         work, onehot.to(work.dtype), reduction='none')
     loss = bce * weight
@@ -433,7 +427,7 @@ def _ghmr_parts(pred: Tensor, target: Tensor, label_weight: Tensor,
                 mu: float, bins: int, momentum: float,
                 acc_sum: Optional[Tensor], reduction: str):
     """GHM-R's value, ``d loss / d pred``, weights and ``tot``."""
-    dtype = _compute_dtype(pred)
+    dtype = compute_dtype(pred)
     diff = (pred.detach().to(dtype) - target.detach().to(dtype)).contiguous()
     # MMDetection's own rounding: sqrt(d * d + float32(mu * mu))
     root = (diff * diff).add_(mu * mu).sqrt_()
@@ -497,7 +491,7 @@ def ghmr_loss(pred: Tensor,
     with torch.no_grad():
         weight, tot = _ghmr_parts(pred, target, label_weight, mu, bins,
                                   momentum, acc_sum, 'sum')[3:]
-    dtype = _compute_dtype(pred)
+    dtype = compute_dtype(pred)
     diff = pred.to(dtype) - target.to(dtype)
     loss = (torch.sqrt(diff * diff + mu * mu) - mu) * weight
     if reduction == 'mean':

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..checks import (check_avg_factor, check_same_shape, check_tensor,
                       check_weight_shape)
+from ..precision import compute_dtype
 from ..reduction import weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
@@ -29,12 +30,6 @@ __all__ = [
     'knowledge_distillation_kl_div_loss', 'KLDivDistillFunction',
     'KnowledgeDistillationKLDivLoss'
 ]
-
-
-def _compute_dtype(tensor: Tensor) -> torch.dtype:
-    if tensor.dtype in (torch.float16, torch.bfloat16):
-        return torch.float32
-    return tensor.dtype
 
 
 class KLDivDistillFunction(torch.autograd.Function):
@@ -55,7 +50,7 @@ class KLDivDistillFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pred: Tensor, soft_label: Tensor, T: float) -> Tensor:
-        dtype = _compute_dtype(pred)
+        dtype = compute_dtype(pred)
         log_target = F.log_softmax(soft_label.to(dtype) / T, dim=1)
         target = log_target.exp()
         # a -inf teacher logit has t = 0 and adds 0 (x log x -> 0), as in
@@ -83,7 +78,7 @@ class KLDivDistillFunction(torch.autograd.Function):
 def _kd_rows_plain(pred: Tensor, soft_label: Tensor, T: float,
                    detach_target: bool) -> Tensor:
     """The formula with ``F.kl_div`` (reference, and any-dim inputs)."""
-    dtype = _compute_dtype(pred)
+    dtype = compute_dtype(pred)
     target = F.softmax(soft_label.to(dtype) / T, dim=1)
     if detach_target:
         target = target.detach()

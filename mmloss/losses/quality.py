@@ -38,6 +38,7 @@ from torch.autograd.function import once_differentiable
 from ..checks import (check_integer_labels, check_label_range,
                       check_positive, check_reduction, check_tensor,
                       check_weight_shape)
+from ..precision import compute_dtype
 from ..reduction import reduce_weighted_sum, weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
@@ -50,11 +51,6 @@ __all__ = [
 
 # ``binary_cross_entropy`` on probabilities clamps ``log`` at -100
 _LOG_CLAMP = -100.0
-
-
-def _compute_dtype(pred: Tensor) -> torch.dtype:
-    # half inputs: logs, powers and sums in float32, result cast back
-    return torch.promote_types(pred.dtype, torch.float32)
 
 
 def _check_float_pred(loss_name: str, pred: Tensor) -> None:
@@ -123,7 +119,7 @@ def _varifocal_loss(loss_name, pred, target, weight, alpha, gamma,
 def varifocal_elementwise(pred: Tensor, target: Tensor, alpha: float,
                           gamma: float, iou_weighted: bool) -> Tensor:
     """The element-wise varifocal loss, differentiated by autograd."""
-    dtype = _compute_dtype(pred)
+    dtype = compute_dtype(pred)
     x, target = pred.to(dtype), target.to(dtype)
     prob = torch.sigmoid(x)
     bce = F.binary_cross_entropy_with_logits(x, target, reduction='none')
@@ -185,7 +181,7 @@ class VarifocalFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, weight, alpha, gamma, iou_weighted,
                 reduce_sum):
-        dtype = _compute_dtype(logits)
+        dtype = compute_dtype(logits)
         loss, grad = varifocal_kernel(
             logits.to(dtype), target.to(dtype),
             None if weight is None else weight.to(dtype), float(alpha),
@@ -258,7 +254,7 @@ class QualityFocalFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels, scores, beta):
-        dtype = _compute_dtype(logits)
+        dtype = compute_dtype(logits)
         x = logits.to(dtype)
         num_rows, num_classes = x.shape
         need_grad = ctx.needs_input_grad[0]
@@ -344,7 +340,7 @@ def _quality_focal_loss(loss_name, pred, target, weight, beta, reduction,
                         avg_factor, activated):
     check_reduction(loss_name, reduction)
     _check_float_pred(loss_name, pred)
-    dtype = _compute_dtype(pred)
+    dtype = compute_dtype(pred)
     if isinstance(target, Tensor):
         if pred.shape != target.shape:
             raise ValueError(f'{loss_name}: pred has shape '
@@ -450,7 +446,7 @@ class DistributionFocalFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pred, label):
-        dtype = _compute_dtype(pred)
+        dtype = compute_dtype(pred)
         num_rows, num_bins = pred.shape
         label = label.to(dtype)
         left = label.long()

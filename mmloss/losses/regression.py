@@ -51,6 +51,7 @@ from torch import Tensor
 
 from ..checks import (check_positive, check_reduction, check_same_shape,
                       check_tensor, check_weight_shape)
+from ..precision import compute_dtype
 from ..reduction import FLOAT32_EPS, weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
@@ -115,13 +116,6 @@ class DifferenceLossFunction(torch.autograd.Function):
         grad_target = grad.neg().to(ctx.dtypes[1]) \
             if ctx.needs_input_grad[1] else None
         return grad_pred, grad_target, None
-
-
-def _compute_dtype(tensor: Tensor) -> torch.dtype:
-    """float32 for half inputs (squares overflow fp16), else own dtype."""
-    if tensor.dtype in (torch.float16, torch.bfloat16):
-        return torch.float32
-    return tensor.dtype
 
 
 def _check_inputs(loss_name: str, pred: Tensor, target: Tensor,
@@ -192,7 +186,7 @@ def _difference_loss(loss_name: str, pred: Tensor, target: Tensor,
     element-wise formula for autograd.
     """
     _check_inputs(loss_name, pred, target, weight, reduction, avg_factor)
-    dtype = _compute_dtype(pred)
+    dtype = compute_dtype(pred)
     if weight is not None:
         weight = weight.to(dtype)
 

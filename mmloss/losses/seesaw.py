@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..checks import (check_avg_factor, check_integer_labels,
                       check_label_range, check_positive, check_tensor)
+from ..precision import compute_dtype
 from ..reduction import weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
@@ -54,9 +55,7 @@ def seesaw_log_weights(cls_score: Tensor, labels: Tensor,
         Tensor: (N, C) float, ``0`` at each sample's own class.
     """
     with torch.no_grad():
-        work = cls_score.detach()
-        if work.dtype in (torch.float16, torch.bfloat16):
-            work = work.float()
+        work = cls_score.detach().to(compute_dtype(cls_score))
         log_weights = work.new_zeros(work.shape)
         if p > 0:
             log_counts = cum_samples.to(work.dtype).clamp(min=1).log()
@@ -76,8 +75,7 @@ def _seesaw_rows(cls_score: Tensor, labels: Tensor, cum_samples: Tensor,
     labels = labels.long()
     if not fast:
         return _seesaw_rows_plain(cls_score, labels, cum_samples, p, q, eps)
-    shifted = cls_score.to(torch.float32 if cls_score.dtype in (
-        torch.float16, torch.bfloat16) else cls_score.dtype)
+    shifted = cls_score.to(compute_dtype(cls_score))
     shifted = shifted + seesaw_log_weights(cls_score, labels, cum_samples, p,
                                            q, eps)
     return SoftmaxCrossEntropyFunction.apply(shifted, labels, -100)
