@@ -107,3 +107,15 @@ def test_pair_backward_matches_autograd(generator, ties):
         need_target=True)
     assert_close(grad_p, p.grad, rtol=1e-12, atol=1e-12)
     assert_close(grad_t, t.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('n', [10, 5000])
+def test_column_and_row_major_are_exact_copies(generator, dtype, n):
+    """The identity-product transposes copy every coordinate bit for bit."""
+    boxes = random_boxes(n, generator, dtype=dtype) * 1e3 - 7.25
+    cols = geo.column_major(boxes)
+    assert cols.shape == boxes.shape and cols.stride() == (1, n)
+    assert torch.equal(cols, boxes)
+    rows = geo.row_major(cols)
+    assert rows.is_contiguous() and torch.equal(rows, boxes)

@@ -697,3 +697,31 @@ def test_wise_iou_nan_does_not_poison_running_mean():
     before = loss.running_mean.clone()
     loss(pred, target)
     assert torch.equal(loss.running_mean, before)
+
+
+@pytest.mark.parametrize('name,kwargs', FAST)
+def test_fast_path_blocks_match_plain_float64(name, kwargs, monkeypatch):
+    """The fast path in several blocks (last one partial) equals the plain
+    formula in float64, values and gradients, and a retained graph gives
+    the same gradient twice (the saved Jacobian is not overwritten)."""
+    monkeypatch.setattr(iou_family, '_CHUNK', 1000)
+    pred, target = make_pairs(3500, 11, torch.float64)
+    weight = torch.rand(3500, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(3))
+    fn = {'IoULoss': iou_family.iou_loss, 'GIoULoss': iou_family.giou_loss,
+          'DIoULoss': iou_family.diou_loss, 'CIoULoss': iou_family.ciou_loss,
+          'SIoULoss': iou_family.siou_loss,
+          'EIoULoss': iou_family.eiou_loss}[name]
+    grads = []
+    for fast in (True, False):
+        p = pred.clone().requires_grad_()
+        t = target.clone().requires_grad_()
+        loss = fn(p, t, weight=weight, reduction='sum', fast=fast, **kwargs)
+        loss.backward(retain_graph=True)
+        first = p.grad.clone(), t.grad.clone()
+        p.grad, t.grad = None, None
+        loss.backward()
+        assert torch.equal(first[0], p.grad) and torch.equal(first[1], t.grad)
+        grads.append((loss.detach(), ) + first)
+    for ours, ref in zip(*grads):
+        assert_close(ours, ref, rtol=1e-9, atol=1e-9)

@@ -17,6 +17,10 @@ gradient: each loss element depends on one box pair only, so the forward
 pass computes the (N, 4) Jacobian next to the loss from the same
 intermediates (in column-major storage) and saves just that, where autograd
 keeps a dozen or more per-box temporaries; backward is one product.
+The cores run on blocks of 32768 boxes (:func:`_run_chunked`), so only
+the loss and the Jacobian are full size and the peak memory stays below the
+formula's graph; column-major copies and the final transpose go through an
+exact identity product (:func:`mmloss.geometry.column_major`).
 ``fast=False`` selects the plain autograd formula (the tests check that both
 agree). Bounded IoU uses the plain formula.
 
@@ -329,9 +333,8 @@ class _LocalJacobian(torch.autograd.Function):
     @staticmethod
     def forward(ctx, core, pred, target, *args):
         need_pred, need_target = ctx.needs_input_grad[1:3]
-        loss, jac_pred, jac_target = core(
-            geo.column_major(pred), geo.column_major(target),
-            need_pred or need_target, need_target, *args)
+        loss, jac_pred, jac_target = _run_chunked(
+            core, pred, target, need_pred or need_target, need_target, *args)
         ctx.save_for_backward(jac_pred, jac_target)
         ctx.extra = len(args)
         return loss
@@ -339,12 +342,78 @@ class _LocalJacobian(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         jac_pred, jac_target = ctx.saved_tensors
-        grad = grad.unsqueeze(-1)
-        grad_pred = None if jac_pred is None else grad * jac_pred
+        grad_pred = None if jac_pred is None else _chain(grad, jac_pred)
         grad_target = None
         if ctx.needs_input_grad[2] and jac_target is not None:
-            grad_target = grad * jac_target
+            grad_target = _chain(grad, jac_target)
         return (None, grad_pred, grad_target) + (None, ) * ctx.extra
+
+
+#: Rows per block of :func:`_run_chunked`: big enough that op overheads
+#: stay small and the elementwise kernels still split over two threads
+#: (torch's grain is 32768 elements), small enough that a core's dozens of
+#: temporaries stay in cache and far below the full-size tensors' memory.
+_CHUNK = 32768
+
+
+def _run_chunked(core, pred: Tensor, target: Tensor, need_grad: bool,
+                 need_target: bool, *args):
+    """A :class:`_LocalJacobian` core over (N, 4) boxes, block by block.
+
+    Each element depends on its own box pair only, so blocks of rows are
+    independent. Only the (N,) loss and the column-major (N, 4) Jacobians
+    are full size; a core's many per-box temporaries live one block at a
+    time (the peak memory stays below autograd's graph of the formula).
+    """
+    n = pred.shape[0]
+    if n <= _CHUNK:
+        return core(geo.column_major(pred), geo.column_major(target),
+                    need_grad, need_target, *args)
+    loss = None
+    jac_planes = [None, None]
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        parts = core(geo.column_major(pred[start:stop]),
+                     geo.column_major(target[start:stop]), need_grad,
+                     need_target, *args)
+        if loss is None:
+            loss = parts[0].new_empty((n, ) + parts[0].shape[1:])
+        loss[start:stop] = parts[0]
+        for k, jac in enumerate(parts[1:]):
+            if jac is None:
+                continue
+            if jac_planes[k] is None:
+                jac_planes[k] = jac.new_empty((4, n))
+            jac_planes[k][:, start:stop] = jac.t()
+        del parts
+    return (loss, ) + tuple(None if planes is None else planes.t()
+                            for planes in jac_planes)
+
+
+def _chain(grad: Tensor, jac: Tensor) -> Tensor:
+    """``grad[:, None] * jac`` as a contiguous (N, 4) tensor.
+
+    The Jacobians come column-major (see :func:`mmloss.geometry.
+    column_major`): the product runs on the contiguous (4, N) planes, where
+    ``grad`` broadcasts along rows, and :func:`mmloss.geometry.row_major`
+    transposes (a non-contiguous gradient would be copied by autograd
+    anyway, more slowly), block by block so that no full-size temporary
+    sits beside the Jacobian and the result. Out of place: the saved
+    Jacobian must survive a second backward through a retained graph.
+    """
+    if not (jac.dim() == 2 and jac.stride(0) == 1):
+        return grad.unsqueeze(-1) * jac
+    n = jac.shape[0]
+    if n <= _CHUNK:
+        return geo.row_major((jac.t() * grad).t())
+    out = jac.new_empty(jac.shape)
+    planes = jac.t()
+    grad = grad.expand(n)
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        out[start:stop] = geo.row_major(
+            (planes[:, start:stop] * grad[start:stop]).t())
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -371,8 +440,8 @@ def _fast(core, pred: Tensor, target: Tensor, *args) -> Tensor:
                                     or target.requires_grad):
         loss = _LocalJacobian.apply(core, flat_pred, flat_target, *args)
     else:  # no backward will come: skip the Jacobian
-        loss = core(geo.column_major(flat_pred),
-                    geo.column_major(flat_target), False, False, *args)[0]
+        loss = _run_chunked(core, flat_pred, flat_target, False, False,
+                            *args)[0]
     return loss.view(pred.shape[:-1])
 
 
