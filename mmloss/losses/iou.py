@@ -22,7 +22,8 @@ the loss and the Jacobian are full size and the peak memory stays below the
 formula's graph; column-major copies and the final transpose go through an
 exact identity product (:func:`mmloss.geometry.column_major`).
 ``fast=False`` selects the plain autograd formula (the tests check that both
-agree). Bounded IoU uses the plain formula.
+agree). Bounded IoU, whose loss is per coordinate, saves four partials
+per box instead (:class:`_BoundedIoUJacobian`).
 
 Deliberate differences from MMDetection (all where mmdet gives NaN/Inf or
 has no defined result):
@@ -377,7 +378,12 @@ def _run_chunked(core, pred: Tensor, target: Tensor, need_grad: bool,
                      geo.column_major(target[start:stop]), need_grad,
                      need_target, *args)
         if loss is None:
-            loss = parts[0].new_empty((n, ) + parts[0].shape[1:])
+            shape = (n, ) + parts[0].shape[1:]
+            if parts[0].dim() == 2 and parts[0].stride(0) == 1:
+                # a column-major (n, k) loss stays column-major
+                loss = parts[0].new_empty(shape[::-1]).t()
+            else:
+                loss = parts[0].new_empty(shape)
         loss[start:stop] = parts[0]
         for k, jac in enumerate(parts[1:]):
             if jac is None:
@@ -419,14 +425,6 @@ def _chain(grad: Tensor, jac: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------
 # MMDetection twins (pure functions)
 # ---------------------------------------------------------------------------
-def _flat_columns(pred: Tensor, target: Tensor):
-    """Upcast, flatten to (N, 4) and store column-major for the plain
-    formulas (see :func:`mmloss.geometry.column_major`)."""
-    p, t = geo.upcast(pred, target)
-    return geo.column_major(p.reshape(-1, 4)), geo.column_major(
-        t.reshape(-1, 4))
-
-
 def _unflat(loss: Tensor, pred: Tensor) -> Tensor:
     """Back to ``pred``'s leading dims and dtype."""
     return geo.restore_dtype(loss.reshape(pred.shape[:-1] + loss.shape[1:]),
@@ -710,9 +708,106 @@ def siou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
                 neg_gamma)
 
 
+def _plain_bounded_iou_loss(pred, target, beta, eps):
+    p, t = geo.column_major(pred), geo.column_major(target).detach()
+    offset = (geo.box_centre(t) - geo.box_centre(p)).abs()
+    wh_p, wh_t = geo.box_wh(p), geo.box_wh(t)
+    loss_xy = 1 - ((wh_t - 2 * offset) /
+                   (wh_t + 2 * offset + eps)).clamp(min=0)
+    loss_wh = 1 - torch.minimum(wh_t / (wh_p + eps), wh_p / (wh_t + eps))
+    loss = torch.cat([loss_xy, loss_wh], dim=-1)
+    return _smooth(loss, beta)
+
+
+def _bounded_iou_core(pred, target, need_grad, need_target, beta, eps):
+    """Bounded IoU loss (n, 4) and its four partial derivatives.
+
+    Boxes are column-major (n, 4); the work runs on their (4, n) planes.
+    The x/y terms depend on the centre, which both corners move by half;
+    the w/h terms on the size (``-1`` for lo, ``+1`` for hi). So the
+    Jacobian is four numbers per box, returned column-major (n, 4):
+    ``(d L_x / d c_x, d L_y / d c_y, d L_w / d w, d L_h / d h)`` with the
+    centre's share (1/2 per corner) folded in. Same op order as the plain
+    formula, so the values are identical.
+    """
+    p, t = pred.t(), target.t()  # (4, n) planes
+    lo_p, hi_p, lo_t, hi_t = p[:2], p[2:], t[:2], t[2:]
+    # offset |c_t - c_p| and sizes, (2, n) each
+    signed = (lo_t + hi_t).mul_(0.5).sub_((lo_p + hi_p).mul_(0.5))
+    offset = signed.abs()
+    wh_p, wh_t = hi_p - lo_p, hi_t - lo_t
+    twice = offset.mul_(2)
+    den = (wh_t + twice).add_(eps)
+    ratio = (wh_t - twice).div_(den)
+    del twice
+    loss = ratio.new_empty((4, ratio.shape[1]))
+    # loss_xy = 1 - clamp(ratio, 0)
+    torch.sub(1, ratio.clamp(min=0), out=loss[:2])
+    p_eps = wh_p + eps
+    q_t = wh_t / p_eps  # w_t / (w_p + eps)
+    t_eps = wh_t.add_(eps)
+    q_p = wh_p.div_(t_eps)  # w_p / (w_t + eps)
+    torch.sub(1, torch.minimum(q_t, q_p), out=loss[2:])
+    value = _smooth(loss, beta)
+    if not need_grad:
+        return value.t(), None, None
+    # smooth-L1's slope, min(x / beta, 1)
+    slope = loss.div_(beta).clamp_(max=1.0)
+    jac = slope  # reuse: (4, n)
+    # x/y: dL/dc_p = -2 gate sign(d) (2 w_t + eps) / den**2 with
+    # d = c_t - c_p; a corner moves c_p by half
+    gate = torch.sign(ratio).add_(1).clamp_(max=1)  # clamp(min=0) gate
+    g_xy = den.pow_(2).reciprocal_().mul_(gate)
+    del gate, den, ratio
+    g_xy.mul_(torch.sign(signed))
+    # 2 w_t + eps == 2 (w_t + eps) - eps
+    g_xy.mul_(t_eps.mul(2).sub_(eps)).neg_()
+    jac[:2].mul_(g_xy)
+    del g_xy, signed
+    # w/h: minimum's tie rule shares half; d q_t/d w_p = -q_t / (w_p + eps),
+    # d q_p/d w_p = 1 / (w_t + eps)
+    share_t = torch.sign(q_p - q_t).mul_(0.5).add_(0.5)  # share of q_t
+    g_wh = q_t.div_(p_eps).mul_(share_t)
+    share_t.neg_().add_(1)
+    g_wh.sub_(share_t.div_(t_eps))
+    jac[2:].mul_(g_wh)
+    return value.t(), jac.t(), None
+
+
+class _BoundedIoUJacobian(torch.autograd.Function):
+    """Bounded IoU loss (n, 4) with the four partials of :func:`
+    _bounded_iou_core` saved; backward mixes them per box (the target
+    gets no gradient, as in MMDetection)."""
+
+    @staticmethod
+    def forward(ctx, pred, target, beta, eps):
+        loss, jac, _ = _run_chunked(_bounded_iou_core, pred, target, True,
+                                    False, beta, eps)
+        ctx.save_for_backward(jac)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        jac, = ctx.saved_tensors
+        n = jac.shape[0]
+        planes = jac.t()
+        grad = grad.expand(n, 4)
+        out = jac.new_empty((n, 4))
+        for start in range(0, n, _CHUNK):
+            stop = min(start + _CHUNK, n)
+            g = grad[start:stop]
+            if g.is_contiguous() and g.shape[0] >= 1024:
+                g = geo.column_major(g)
+            scaled = planes[:, start:stop] * g.t()
+            centre, size = scaled[:2], scaled[2:]
+            scaled = torch.cat([centre - size, centre + size])
+            out[start:stop] = geo.row_major(scaled.t())
+        return out, None, None, None
+
+
 @weighted_loss
 def bounded_iou_loss(pred: Tensor, target: Tensor, beta: float = 0.2,
-                     eps: float = 1e-3) -> Tensor:
+                     eps: float = 1e-3, fast: bool = True) -> Tensor:
     """Bounded IoU loss, element-wise per coordinate (shape (..., 4)).
 
     The target is a constant (no gradient flows into it). With the centre
@@ -724,16 +819,18 @@ def bounded_iou_loss(pred: Tensor, target: Tensor, beta: float = 0.2,
     each passed through smooth L1 with ``beta``. Tychsen-Smith & Petersson,
     "Improving Object Localization with Fitness NMS and Bounded IoU Loss",
     CVPR 2018, arXiv:1711.00164.
+    ``fast`` uses the hand-written backward (:class:`_BoundedIoUJacobian`).
     """
-    p, t = _flat_columns(pred, target)
-    t = t.detach()
-    offset = (geo.box_centre(t) - geo.box_centre(p)).abs()
-    wh_p, wh_t = geo.box_wh(p), geo.box_wh(t)
-    loss_xy = 1 - ((wh_t - 2 * offset) /
-                   (wh_t + 2 * offset + eps)).clamp(min=0)
-    loss_wh = 1 - torch.minimum(wh_t / (wh_p + eps), wh_p / (wh_t + eps))
-    loss = torch.cat([loss_xy, loss_wh], dim=-1)
-    return _unflat(_smooth(loss, beta), pred)
+    p, t = geo.upcast(pred, target)
+    p, t = p.reshape(-1, 4), t.reshape(-1, 4).detach()
+    if not fast:
+        loss = _plain_bounded_iou_loss(p, t, beta, eps)
+    elif torch.is_grad_enabled() and p.requires_grad:
+        loss = _BoundedIoUJacobian.apply(p, t, beta, eps)
+    else:  # no backward will come: skip the Jacobian
+        loss = _run_chunked(_bounded_iou_core, p, t, False, False, beta,
+                            eps)[0]
+    return _unflat(loss, pred)
 
 
 # ---------------------------------------------------------------------------
