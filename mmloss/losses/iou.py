@@ -233,24 +233,62 @@ def _scaled(iou: Tensor, mode: str) -> Tensor:
     return -iou.log()
 
 
+def _ge_gate(x: Tensor, bound: float) -> Tensor:
+    """``1.0`` where ``x >= bound``, else ``0.0`` (NaN stays NaN): the
+    gradient gate of ``clamp(min=bound)``, in float for cheap products (the
+    sign of ``x - bound`` is exact)."""
+    return torch.sign(x - bound).add_(1).clamp_(max=1)
+
+
 def _iou_loss_core(pred, target, need_grad, need_target, mode, eps):
-    """``iou_loss`` and its per-box Jacobian (see :class:`_LocalJacobian`)."""
-    ov = _Overlap(pred, target)
-    union = ov.union.clamp(min=_UNION_FLOOR)
-    iou = ov.inter / union
+    """``iou_loss`` and its per-box Jacobian (see :class:`_LocalJacobian`).
+
+    Works on the (4, n) coordinate planes of the column-major boxes, with
+    in-place arithmetic: few passes and few live temporaries.
+    """
+    p, t = pred.t(), target.t()
+    inter_wh = torch.minimum(p[2:], t[2:]).sub_(torch.maximum(p[:2], t[:2]))
+    inter_gate = _ge_gate(inter_wh, 0.0) if need_grad and eps <= 0 else None
+    inter_wh.clamp_(min=0)
+    inter = inter_wh[0] * inter_wh[1]
+    wh_p, wh_t = p[2:] - p[:2], t[2:] - t[:2]
+    union_raw = (wh_p[0] * wh_p[1]).add_(wh_t[0] * wh_t[1]).sub_(inter)
+    union = union_raw.clamp(min=_UNION_FLOOR)
+    iou = inter.div_(union)
     clamped = iou.clamp(min=eps)
     loss = _scaled(clamped, mode)
     if not need_grad:
         return loss, None, None
     if mode == 'linear':
-        g_iou = torch.full_like(iou, -1.0)
+        g_iou = _ge_gate(iou, eps).neg_()
     elif mode == 'square':
-        g_iou = -2 * clamped
+        g_iou = clamped.mul_(-2).mul_(_ge_gate(iou, eps))
     else:
-        g_iou = -1 / clamped
-    g_iou = _masked(iou >= eps, g_iou)
-    g_union = _masked(ov.union >= _UNION_FLOOR, -g_iou * iou / union)
-    return (loss, ) + ov.backward(g_iou / union, g_union, need_target)
+        g_iou = clamped.reciprocal_().neg_().mul_(_ge_gate(iou, eps))
+    # iou = I / U with U = A_p + A_t - I (U floored): dU/dI = -1
+    g_area = (g_iou * iou).div_(union).mul_(_ge_gate(union_raw, _UNION_FLOOR))
+    g_inter = g_iou.div_(union).add_(g_area)
+    del union, union_raw, iou
+    # d I / d (w_i, h_i) = (h_i, w_i); d A / d (w, h) = (h, w)
+    g_inter_wh = inter_wh.flip(0).mul_(g_inter)
+    if inter_gate is not None:
+        g_inter_wh.mul_(inter_gate)
+    # ties of min/max share half: pred's share of the overlap's hi corner
+    # is 1/2 + sign(t - p)/2, of its lo corner 1/2 - sign(t - p)/2
+    half = torch.sign(t - p).mul_(0.5)
+
+    def corner_grads(wh, lo_share, hi_share):
+        g_wh = wh.flip(0).mul_(g_area).neg_()  # d loss / d (w, h)
+        jac = torch.empty_like(half)
+        torch.addcmul(g_wh, hi_share, g_inter_wh, out=jac[2:])
+        torch.mul(lo_share, g_inter_wh, out=jac[:2]).neg_().sub_(g_wh)
+        return jac.t()
+
+    grad_pred = corner_grads(wh_p, 0.5 - half[:2], 0.5 + half[2:])
+    grad_target = None
+    if need_target:
+        grad_target = corner_grads(wh_t, 0.5 + half[:2], 0.5 - half[2:])
+    return loss, grad_pred, grad_target
 
 
 def _giou_loss_core(pred, target, need_grad, need_target, eps):
@@ -365,15 +403,19 @@ def _run_chunked(core, pred: Tensor, target: Tensor, need_grad: bool,
     independent. Only the (N,) loss and the column-major (N, 4) Jacobians
     are full size; a core's many per-box temporaries live one block at a
     time (the peak memory stays below autograd's graph of the formula).
+    A core whose mmdet twin leaves room in memory takes blocks
+    ``core.block_scale`` times larger (fewer, longer kernels, which two
+    threads share better).
     """
     n = pred.shape[0]
-    if n <= _CHUNK:
+    rows = _CHUNK * getattr(core, 'block_scale', 1)
+    if n <= rows:
         return core(geo.column_major(pred), geo.column_major(target),
                     need_grad, need_target, *args)
     loss = None
     jac_planes = [None, None]
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
         parts = core(geo.column_major(pred[start:stop]),
                      geo.column_major(target[start:stop]), need_grad,
                      need_target, *args)
@@ -592,6 +634,10 @@ def _eiou_loss_core(pred, target, need_grad, need_target, smooth_point,
     return loss, grad_pred, grad_target
 
 
+# double blocks: still far below mmdet's peak memory
+_eiou_loss_core.block_scale = 2
+
+
 @weighted_loss
 def eiou_loss(pred: Tensor, target: Tensor, smooth_point: float = 0.1,
               eps: float = 1e-7, fast: bool = True) -> Tensor:
@@ -685,6 +731,10 @@ def _siou_loss_core(pred, target, need_grad, need_target, eps, neg_gamma):
     return (x.loss, ) + ov.backward(
         g_inter, g_union, need_target, pred_wh=pred_wh, target_wh=target_wh,
         enclose_wh=enclose_wh, offset=0.5 * g_s)
+
+
+# double blocks: still far below mmdet's peak memory
+_siou_loss_core.block_scale = 2
 
 
 @weighted_loss
