@@ -757,3 +757,19 @@ def test_bounded_iou_fast_gradcheck():
     assert torch.autograd.gradcheck(
         lambda x: iou_family.bounded_iou_loss(x, target, reduction='none'),
         (p, ))
+
+
+@pytest.mark.parametrize('mode', ['linear', 'square'])
+def test_iou_fast_with_zero_eps_gates_the_overlap(mode):
+    """With eps=0 a disjoint pair keeps the IoU clamp open, so the overlap's
+    own clamp(min=0) must gate the gradient (fast == autograd, float64)."""
+    pred, target = make_pairs(400, 13, torch.float64)
+    grads = []
+    for fast in (True, False):
+        p = pred.clone().requires_grad_()
+        t = target.clone().requires_grad_()
+        iou_family.iou_loss(p, t, mode=mode, eps=0.0, reduction='sum',
+                            fast=fast).backward()
+        grads.append((p.grad, t.grad))
+    for ours, ref in zip(*grads):
+        assert_close(ours, ref, rtol=1e-9, atol=1e-12)
