@@ -173,8 +173,10 @@ def focaler_iou(iou: Tensor, low: float = 0.0, high: float = 0.95) -> Tensor:
 def _masked(mask: Tensor, value: Tensor) -> Tensor:
     """``value`` where ``mask``, else 0 (a clamp's gradient gate).
 
-    A product with the boolean mask: several times faster than
-    ``torch.where`` on CPU, and the same for the finite values gated here.
+    A product with the mask: several times faster than ``torch.where`` on
+    CPU, and the same for the finite values gated here. Float masks (see
+    :func:`_ge_gate`) are faster still than boolean ones, whose comparison
+    and dtype cast each cost a few plain products.
     """
     return value * mask
 
@@ -209,8 +211,8 @@ class _Overlap:
         """
         g_inter = (g_inter - g_union).unsqueeze(-1)
         g_union = g_union.unsqueeze(-1)
-        inter_wh = _masked(self.inter_raw >= 0,
-                           g_inter * self.inter_wh.flip(-1))
+        inter_wh = (g_inter * self.inter_wh.flip(-1)).mul_(
+            _ge_gate(self.inter_raw, 0.0))
         pred_wh = g_union * self.pred_wh.flip(-1)
         if 'pred_wh' in extra:
             pred_wh = pred_wh + extra.pop('pred_wh')
@@ -304,9 +306,9 @@ def _giou_loss_core(pred, target, need_grad, need_target, eps):
         return loss, None, None
     # loss = 1 - I/U + (C - U)/C = 2 - I/U - U/C
     g_inter = -1 / union
-    g_union = _masked(ov.union >= eps, iou / union - 1 / enclose)
-    g_enclose = _masked(enclose_raw >= eps, union / enclose**2)
-    enclose_wh = _masked(enc_raw >= 0,
+    g_union = (iou / union - 1 / enclose).mul_(_ge_gate(ov.union, eps))
+    g_enclose = (union / enclose**2).mul_(_ge_gate(enclose_raw, eps))
+    enclose_wh = _masked(_ge_gate(enc_raw, 0.0),
                          g_enclose.unsqueeze(-1) * enc_wh.flip(-1))
     return (loss, ) + ov.backward(g_inter, g_union, need_target,
                                   enclose_wh=enclose_wh)
@@ -340,7 +342,7 @@ def _diou_loss_core(pred, target, need_grad, need_target, eps, ciou):
     one = iou.new_ones(())
     extra = {}
     if ciou:
-        one = ((metric >= -1) & (metric <= 1)).to(iou.dtype)
+        one = _ge_gate(-metric.abs(), -1.0)  # the clamp's gate
         # d loss / d diff = alpha * dv/d diff (alpha is a constant)
         g_diff = one * alpha * (2 * geo.ASPECT_SCALE) * diff
         g_p = -g_diff / (1 + p_r**2) / p_h
@@ -352,7 +354,7 @@ def _diou_loss_core(pred, target, need_grad, need_target, eps, ciou):
     g_inter = -one / union
     g_union = one * iou / union
     g_diag = -one * rho / diag**2
-    extra['enclose_wh'] = _masked(enc_raw >= 0,
+    extra['enclose_wh'] = _masked(_ge_gate(enc_raw, 0.0),
                                   (2 * g_diag).unsqueeze(-1) * enc_wh)
     extra['offset'] = (one / diag / 2).unsqueeze(-1) * offset
     return (loss, ) + ov.backward(g_inter, g_union, need_target, **extra)
@@ -698,12 +700,12 @@ def _siou_loss_core(pred, target, need_grad, need_target, eps, neg_gamma):
     x = _siou_parts(pred, target, ov.inter / union, eps, neg_gamma)
     if not need_grad:
         return x.loss, None, None
-    g_siou = ((x.siou >= -1) & (x.siou <= 1)) * -1.0
+    g_siou = _ge_gate(-x.siou.abs(), -1.0).neg_()  # the clamp's gate
     g_cost = (-0.5 * g_siou).unsqueeze(-1)  # d loss / d (distance, shape)
     # shape cost: sum (1 - e**-omega)**4, omega = |d| / max(w_p, w_t)
     g_omega = g_cost * 4 * (1 - x.exp_omega)**3 * x.exp_omega
-    valid = x.size_max != 0
-    size_max = x.size_max + ~valid
+    valid = torch.sign(x.size_max).abs_()  # 1.0 where != 0
+    size_max = (1 - valid).add_(x.size_max)
     sign = torch.sign(x.size_diff)
     g_diff = _masked(valid, g_omega * sign / size_max)
     g_max = _masked(valid, -g_omega * x.omega / size_max)
@@ -717,14 +719,14 @@ def _siou_loss_core(pred, target, need_grad, need_target, eps, neg_gamma):
     g_sin = g_angle * 2 * (1 - 2 * x.sin**2) / (1 - x.sin**2).sqrt()
     # q = |s_k| / |s| for the picked axis k
     sigma = x.sigma[..., 0]
-    has_offset = sigma != 0
-    sigma = sigma + ~has_offset
+    has_offset = torch.sign(sigma)  # 1.0 where != 0 (sigma >= 0)
+    sigma = (1 - has_offset).add_(sigma)
     picked = torch.stack([~x.pick_y, x.pick_y], -1)
     g_s = _masked(has_offset.unsqueeze(-1), g_sin.unsqueeze(-1) * (
         _masked(picked, torch.sign(x.s)) / sigma.unsqueeze(-1) -
         (x.sin / sigma**2).unsqueeze(-1) * x.s))
     g_s = g_s + g_rho * 2 * x.s / x.enclose**2
-    enclose_wh = _masked(x.enclose_raw >= eps,
+    enclose_wh = _masked(_ge_gate(x.enclose_raw, eps),
                          -g_rho * 2 * x.rho / x.enclose)
     g_inter = g_siou / union
     g_union = -g_siou * x.iou / union
