@@ -93,7 +93,10 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     The denominator of a ``0 / 0`` becomes 1 before dividing, so no NaN
     reaches the value or the gradient.
     """
-    return num / (den + ((den == 0) & (num == 0)))
+    # 1 - |sign| is 1.0 exactly at zero, else 0 (NaN stays NaN): float
+    # arithmetic, cheaper than comparisons and a boolean cast
+    both_zero = (1 - torch.sign(den).abs()) * (1 - torch.sign(num).abs())
+    return num / (den + both_zero)
 
 
 # ---------------------------------------------------------------------------
@@ -669,8 +672,11 @@ def _siou_parts(pred: Tensor, target: Tensor, iou: Tensor, eps: float,
     # sin(alpha) of the smaller angle to an axis; 0/0 (no offset) -> 0
     x.sigma = (x.s[..., :1]**2 + x.s[..., 1:]**2).sqrt()
     sin = _safe_div(x.s.abs(), x.sigma)
-    x.pick_y = sin[..., 0] > math.sqrt(0.5)
-    x.sin = torch.where(x.pick_y, sin[..., 1], sin[..., 0])
+    # 1.0 where sin_x > sqrt(1/2) (pick the y angle), else 0; the blend
+    # below is exact (products with 0 and 1, sums with an exact 0) and
+    # cheaper than torch.where
+    x.pick_y = torch.sign(sin[..., 0] - math.sqrt(0.5)).clamp_(min=0)
+    x.sin = sin[..., 1] * x.pick_y + sin[..., 0] * (1 - x.pick_y)
     angle = torch.cos(torch.asin(x.sin) * 2 - math.pi / 2)
     x.gamma = angle - 2 if neg_gamma else 2 - angle
     x.rho = (x.s / x.enclose)**2
@@ -721,7 +727,7 @@ def _siou_loss_core(pred, target, need_grad, need_target, eps, neg_gamma):
     sigma = x.sigma[..., 0]
     has_offset = torch.sign(sigma)  # 1.0 where != 0 (sigma >= 0)
     sigma = (1 - has_offset).add_(sigma)
-    picked = torch.stack([~x.pick_y, x.pick_y], -1)
+    picked = torch.stack([1 - x.pick_y, x.pick_y], -1)
     g_s = _masked(has_offset.unsqueeze(-1), g_sin.unsqueeze(-1) * (
         _masked(picked, torch.sign(x.s)) / sigma.unsqueeze(-1) -
         (x.sin / sigma**2).unsqueeze(-1) * x.s))
