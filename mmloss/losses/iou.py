@@ -171,7 +171,7 @@ def focaler_iou(iou: Tensor, low: float = 0.0, high: float = 0.95) -> Tensor:
 
 
 # ---------------------------------------------------------------------------
-# Fast paths: hand-written backward, saving only pred and target
+# Fast paths: hand-written backward, saving only the per-box Jacobian
 # ---------------------------------------------------------------------------
 def _masked(mask: Tensor, value: Tensor) -> Tensor:
     """``value`` where ``mask``, else 0 (a clamp's gradient gate).
@@ -627,16 +627,25 @@ def _eiou_loss_core(pred, target, need_grad, need_target, smooth_point,
     half = 0.5 * torch.sign(pred - target)
     lo_side, hi_side = half[..., :2], half[..., 2:]
     area_p = g_area * wh_p.flip(-1)
-    grad_pred = torch.cat([
+    grad_pred = _column_major_pair(
         g_lo * (0.5 + lo_side) + g_corner * (0.5 - lo_side) - area_p,
-        g_hi * (0.5 - hi_side) + area_p], -1)
+        g_hi * (0.5 - hi_side) + area_p)
     grad_target = None
     if need_target:
         area_t = g_area * wh_t.flip(-1)
-        grad_target = torch.cat([
+        grad_target = _column_major_pair(
             g_lo * (0.5 - lo_side) + g_corner * (0.5 + lo_side) - area_t,
-            g_hi * (0.5 + hi_side) + area_t], -1)
+            g_hi * (0.5 + hi_side) + area_t)
     return loss, grad_pred, grad_target
+
+
+def _column_major_pair(lo: Tensor, hi: Tensor) -> Tensor:
+    """``cat([lo, hi], -1)`` of two (n, 2) halves, stored column-major (the
+    layout :func:`_run_chunked` and :func:`_chain` work in)."""
+    planes = lo.new_empty((4, lo.shape[0]))
+    planes[:2] = lo.t()
+    planes[2:] = hi.t()
+    return planes.t()
 
 
 # double blocks: still far below mmdet's peak memory
