@@ -8,18 +8,17 @@ generates the bundled shapes dataset when missing and runs distributed jobs
 over gloo on a CPU-only machine (``tools/dist_test.sh``).
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 import torch
-from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from train import (BOX_MAP_KEY, init_cpu_process_group,  # noqa: E402
-                   prepare_data, set_cpu_threads, trust_own_checkpoints,
+                   load_config, parse_with_common_arguments, prepare_data,
+                   set_cpu_threads, trust_own_checkpoints,
                    use_cpu_distributed)
 
 
@@ -31,29 +30,11 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='the dir to save the metrics')
     parser.add_argument(
         '--out', help='dump the predictions to a pickle file (.pkl)')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override settings of the config, key=value pairs')
-    parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return parse_with_common_arguments(parser, argv)
 
 
 def build_config(args):
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
     cfg.load_from = args.checkpoint
     cfg.resume = False
     if args.out is not None:

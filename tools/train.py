@@ -56,6 +56,11 @@ def parse_args(argv=None):
         '--resume', nargs='?', type=str, const='auto',
         help='resume from this checkpoint; without a path, resume from the '
         'latest checkpoint in the work dir')
+    return parse_with_common_arguments(parser, argv)
+
+
+def parse_with_common_arguments(parser, argv=None):
+    """Add the options train.py and test.py share, parse, set LOCAL_RANK."""
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override settings of the config, key=value pairs such as '
@@ -71,18 +76,23 @@ def parse_args(argv=None):
     return args
 
 
-def build_config(args):
-    """The config of ``args.config`` with every command-line option applied."""
+def load_config(args):
+    """``args.config`` with the launcher, --cfg-options and work dir set."""
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
+    return cfg
+
+
+def build_config(args):
+    """The config of ``args.config`` with every command-line option applied."""
+    cfg = load_config(args)
 
     if args.amp:
         if not torch.cuda.is_available():
