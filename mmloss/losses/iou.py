@@ -47,6 +47,10 @@ has no defined result):
   keyword arguments raise ``TypeError``; asserts are ``ValueError``s.
 * Gradients where mmdet's are NaN/Inf at a degenerate point (e.g. SIoU with
   a zero-size enclosing box and no centre offset) are 0 in the fast paths.
+* Non-finite input stays non-finite: in the fast paths a box with a NaN or
+  infinite coordinate gives NaN for that whole box (the identity-product
+  copy multiplies 0 by inf), where mmdet may give a finite loss for some
+  infinite boxes. NaN is never masked.
 """
 import math
 import warnings
