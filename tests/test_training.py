@@ -205,9 +205,14 @@ def test_resume_restores_ghm_buffers_and_optimizer(train_tool, in_tmp):
         torch.testing.assert_close(captured['state'][key], value)
     state = captured['optim']['state']
     assert state and set(state) == set(ckpt['optimizer']['state'])
+    # every per-parameter optimiser tensor (AdamW: step, exp_avg,
+    # exp_avg_sq; SGD: momentum_buffer) is restored exactly
     for idx, entry in ckpt['optimizer']['state'].items():
-        torch.testing.assert_close(state[idx]['momentum_buffer'],
-                                   entry['momentum_buffer'])
+        assert set(state[idx]) == set(entry), (idx, set(state[idx]))
+        assert entry, idx
+        for name, value in entry.items():
+            torch.testing.assert_close(state[idx][name], value,
+                                       msg=f'{idx}.{name}')
     # Two more steps from the resumed state end where the full run ended.
     final_resumed = resumed.model.state_dict()
     for key, value in final_full.items():
