@@ -3,35 +3,15 @@
 # distribution over each box side, mmloss.GIoULoss the decoded box. GFLHead
 # averages its avg_factor over ranks (reduce_mean) in distributed training.
 _base_ = [
+    '../_base_/models/retinanet_r18_shapes.py',
     '../_base_/datasets/shapes_detection.py',
     '../_base_/schedules/shapes_cpu.py', '../_base_/default_runtime.py'
 ]
+# the RetinaNet base's preprocessor, backbone and neck; GFL's own head
 model = dict(
     type='GFL',
-    data_preprocessor=dict(
-        type='DetDataPreprocessor',
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        bgr_to_rgb=True,
-        pad_size_divisor=32),
-    backbone=dict(
-        type='ResNet',
-        depth=18,
-        base_channels=32,
-        num_stages=4,
-        out_indices=(1, 2, 3),
-        frozen_stages=-1,
-        norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=False,
-        style='pytorch',
-        init_cfg=None),
-    neck=dict(
-        type='FPN',
-        in_channels=[64, 128, 256],
-        out_channels=64,
-        start_level=0,
-        num_outs=3),
     bbox_head=dict(
+        _delete_=True,
         type='GFLHead',
         num_classes=3,
         in_channels=64,
@@ -53,6 +33,7 @@ model = dict(
         reg_max=16,
         loss_bbox=dict(type='mmloss.GIoULoss', loss_weight=2.0)),
     train_cfg=dict(
+        _delete_=True,
         assigner=dict(type='ATSSAssigner', topk=9),
         allowed_border=-1,
         pos_weight=-1,
