@@ -7,6 +7,7 @@ import torch
 import mmloss
 from mmloss.losses.cross_entropy import (SigmoidOneHotCrossEntropyFunction,
                                          SoftmaxCrossEntropyFunction,
+                                         accurate_neg_log,
                                          binary_cross_entropy,
                                          softmax_cross_entropy)
 from tests.helpers import assert_close
@@ -239,8 +240,12 @@ def test_gradcheck():
     x = torch.randn(6, 5, generator=g, dtype=torch.float64,
                     requires_grad=True)
     label = torch.tensor([0, 4, 2, -100, 1, 3])
-    assert torch.autograd.gradcheck(
-        lambda t: SoftmaxCrossEntropyFunction.apply(t, label, -100), (x,))
+    row_weight = torch.rand(6, generator=g, dtype=torch.float64)
+    for rw in (None, row_weight):
+        for reduce_sum in (False, True):
+            assert torch.autograd.gradcheck(
+                lambda t: SoftmaxCrossEntropyFunction.apply(
+                    t, label, -100, rw, reduce_sum), (x,))
     bin_label = torch.tensor([0, 5, 2, -1, 4, 3])
     pw = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)
     assert torch.autograd.gradcheck(
@@ -254,6 +259,49 @@ def test_gradcheck():
         lab = bin_label if use_sigmoid else label
         assert torch.autograd.gradcheck(
             lambda t, w: loss(t, lab, w, avg_factor=3.0), (x, weight))
+
+
+@pytest.mark.parametrize('rows_only', [True, False])
+def test_accurate_neg_log_where_softmax_underflows(rows_only):
+    """Label logits far below the row's maximum: the softmax entry is 0 or
+    subnormal, so the loss comes from logsumexp; both the CPU (rows only)
+    and the accelerator (select) variants give F.cross_entropy's value."""
+    logits = torch.tensor([[0.0, 1.0, 2.0], [500.0, -500.0, 0.0],
+                           [90.0, 0.0, 0.0], [1e4, -1e4, 1e4]])
+    label = torch.tensor([2, 1, 1, 1])
+    flat = torch.arange(4) * 3 + label
+    picked = torch.softmax(logits, 1).take(flat)
+    assert picked[1] == 0 and picked[3] == 0
+    out = accurate_neg_log(picked, logits, flat, rows_only)
+    ref = torch.nn.functional.cross_entropy(logits.double(), label,
+                                            reduction='none')
+    assert_close(out.double(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_softmax_fast_path_none_reduction_and_retained_graph():
+    """The fused path with reduction 'none' (per-row gradients), weights,
+    class weights and ignored rows equals F.cross_entropy; a second backward
+    through a retained graph gives the same gradient (nothing saved is
+    overwritten)."""
+    g = torch.Generator().manual_seed(12)
+    pred = torch.randn(50, C, generator=g, dtype=torch.float64) * 3
+    label = torch.randint(0, C, (50,), generator=g)
+    label[[4, 9]] = -100
+    weight = torch.rand(50, generator=g, dtype=torch.float64)
+    cw = torch.tensor(CLASS_WEIGHT, dtype=torch.float64)
+    upstream = torch.randn(50, generator=g, dtype=torch.float64)
+    x = pred.clone().requires_grad_()
+    out = softmax_cross_entropy(x, label, weight, 'none', class_weight=cw)
+    (out * upstream).sum().backward(retain_graph=True)
+    first = x.grad.clone()
+    (out * upstream).sum().backward()
+    assert_close(x.grad, 2 * first, rtol=1e-12, atol=1e-12)
+    x_ref = pred.clone().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(
+        x_ref, label, weight=cw, reduction='none') * weight
+    (ref * upstream).sum().backward()
+    assert_close(out.detach(), ref.detach(), rtol=1e-12, atol=1e-12)
+    assert_close(first, x_ref.grad, rtol=1e-12, atol=1e-12)
 
 
 def test_hand_computed():

@@ -14,7 +14,8 @@ label; labels ``>= C`` (background) give an all-zero row and negative labels
 or ``ignore_index`` give a zero-weight row, exactly as MMDetection 3.3 does.
 
 Speed: the softmax path runs through :class:`SoftmaxCrossEntropyFunction`
-(one log-softmax saved, the gradient written into one buffer) and the
+(one softmax, turned into the gradient in place and saved; the reduction
+fused in) and the
 integer-label sigmoid path (reductions ``'mean'``/``'sum'``) through
 :class:`SigmoidOneHotCrossEntropyFunction`, which saves only the logits and
 never builds the one-hot target. The plain formulas stay available with
@@ -27,17 +28,20 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..checks import (check_avg_factor, check_integer_labels,
                       check_label_range, check_tensor,
                       check_weight_shape)
+from ..gradients import scale_saved_grad
 from ..precision import compute_dtype
-from ..reduction import FLOAT32_EPS, weight_reduce_loss
+from ..reduction import (FLOAT32_EPS, reduce_weighted_sum,
+                         weight_reduce_loss)
 from ..registry import MODELS
 from .base import BaseLoss
 
 __all__ = [
-    'softmax_cross_entropy', 'binary_cross_entropy',
+    'softmax_cross_entropy', 'binary_cross_entropy', 'accurate_neg_log',
     'mask_cross_entropy', 'top1_accuracy', 'SoftmaxCrossEntropyFunction',
     'SigmoidOneHotCrossEntropyFunction', 'CrossEntropyLoss',
     'CrossEntropyCustomLoss'
@@ -51,71 +55,98 @@ DEFAULT_IGNORE_INDEX = -100
 # Softmax cross-entropy
 # --------------------------------------------------------------------------
 class SoftmaxCrossEntropyFunction(torch.autograd.Function):
-    """Row-wise ``logsumexp(x_i) - x_il_i`` with an analytic backward.
+    """Weighted row losses ``f_i (logsumexp(x_i) - x_il_i)``, gradient in
+    forward.
 
-    Rows whose label is ``ignore_index`` give 0 and get no gradient. Forward
-    runs one fused log-softmax and saves it with the caller's labels (what
-    ``F.cross_entropy`` saves too); backward is ``(exp(log p) - onehot(l))
-    * grad`` written into a single N x C buffer, where ``F.cross_entropy``
-    fills a dense one-hot gradient and then runs the log-softmax backward
-    over it. Half inputs are computed in float32.
+    ``f_i`` is the row factor (``weight_i * class_weight[l_i]``, 0 where
+    ``l_i`` is ``ignore_index``). The forward pass runs one softmax ``p`` and
+    turns it, in place, into the gradient of the unweighted row loss,
+    ``p - onehot(l)`` (``put_`` at the N label entries); the loss is
+    ``-log p_il``. That buffer and the (N,) factors are all that is saved;
+    backward is one pass, ``(p - onehot) * f * grad``. ``F.cross_entropy``
+    instead saves a log-softmax, then fills a dense one-hot gradient and
+    runs the log-softmax backward over it.
+
+    Where ``p_il`` is too small for ``-log p_il`` to be accurate (the label
+    logit more than ~69 below the row's largest), the loss is
+    ``logsumexp - x_il`` from the logits. On the CPU only those rows are
+    recomputed (reading the flag costs nothing there); on an accelerator
+    every row's ``logsumexp`` is computed and selected, so no step waits on
+    the device. Half inputs are computed in float32.
 
     Args (of ``apply``):
-        logits (Tensor): (N, C).
+        logits (Tensor): (N, C), C >= 1.
         label (Tensor): (N,) integer labels in ``[0, C)`` or
             ``ignore_index``.
         ignore_index (int): label of the rows to ignore.
+        row_weight (Tensor, optional): (N,) factor per row (no gradient
+            flows to it); None means 1.
+        reduce_sum (bool): return the sum of the row losses.
 
     Returns:
-        Tensor: (N,), float32 for half ``logits``, else their dtype.
+        Tensor: (N,) weighted row losses, or their sum if ``reduce_sum``;
+        float32 for half ``logits``, else their dtype.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, label: Tensor,
-                ignore_index: int) -> Tensor:
-        work = logits.to(compute_dtype(logits))
+    def forward(ctx, logits: Tensor, label: Tensor, ignore_index: int,
+                row_weight: Optional[Tensor], reduce_sum: bool) -> Tensor:
+        dtype = compute_dtype(logits)
+        work = logits.to(dtype)
+        num_rows, num_classes = work.shape
         valid = label != ignore_index
-        column = torch.where(valid, label, 0).long()[:, None]
-        log_prob = torch.log_softmax(work, dim=1)
-        picked = log_prob.gather(1, column).squeeze(1)
-        ctx.logits_dtype = logits.dtype
-        ctx.ignore_index = ignore_index
-        ctx.save_for_backward(log_prob, label)
-        return torch.where(valid, -picked, picked.new_zeros(()))
+        flat = torch.arange(num_rows, device=work.device) * num_classes + \
+            torch.where(valid, label, 0)
+        grad = torch.softmax(work, dim=1)
+        picked = grad.take(flat)
+        loss = accurate_neg_log(picked, work, flat,
+                                rows_only=work.device.type == 'cpu')
+        factor = valid.to(dtype)
+        if row_weight is not None:
+            factor = factor * row_weight.to(dtype)
+        # an ignored row's value may be anything (even inf): select, so that
+        # 0 * inf never gives NaN
+        loss = torch.where(valid, loss * factor, loss.new_zeros(()))
+        if ctx.needs_input_grad[0]:
+            grad.put_(flat, picked - 1)
+            ctx.save_for_backward(grad.to(logits.dtype), factor)
+        return loss.sum() if reduce_sum else loss
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        log_prob, label = ctx.saved_tensors
-        valid = label != ctx.ignore_index
-        column = torch.where(valid, label, 0).long()[:, None]
-        grad_out = torch.where(valid, grad_out.to(log_prob.dtype),
-                               grad_out.new_zeros((), dtype=log_prob.dtype))
-        grad = log_prob.exp().mul_(grad_out[:, None])
-        grad.scatter_add_(1, column, -grad_out[:, None])
-        return grad.to(ctx.logits_dtype), None, None
+        grad, factor = ctx.saved_tensors
+        return (scale_saved_grad(grad, grad_out, row_factor=factor), None,
+                None, None, None)
 
 
-def _softmax_cross_entropy_work(pred: Tensor, label: Tensor,
-                                class_weight: Optional[Tensor],
-                                ignore_index: int, fast: bool) -> Tensor:
-    """Element-wise softmax CE in the compute dtype (float32 for half
-    inputs), so that sums over many rows do not overflow 16 bits.
+# -log p is exact to float32 rounding above this; below it p has lost bits
+_SMALLEST_ACCURATE_PROB = 1e-30
 
-    ``fast`` uses :class:`SoftmaxCrossEntropyFunction` for 2-D logits;
-    otherwise (or for (N, C, d1, ...) logits) ``F.cross_entropy``."""
-    if not (fast and pred.dim() == 2):
-        work = pred.to(compute_dtype(pred))
-        if class_weight is not None:
-            class_weight = class_weight.to(work.dtype)
-        return F.cross_entropy(
-            work, label, weight=class_weight, reduction='none',
-            ignore_index=ignore_index)
-    loss = SoftmaxCrossEntropyFunction.apply(pred, label, ignore_index)
-    if class_weight is not None:
-        valid = label != ignore_index
-        loss = loss * class_weight.to(loss.dtype)[torch.where(valid, label,
-                                                              0).long()]
-    return loss
+
+def accurate_neg_log(picked: Tensor, logits: Tensor, flat: Tensor,
+                     rows_only: bool) -> Tensor:
+    """``-log(picked)``, recomputed as ``logsumexp - logit`` where
+    ``picked`` (a softmax entry) is too small to be accurate.
+
+    Args:
+        picked (Tensor): (N,) softmax entries ``softmax(logits).take(flat)``.
+        logits (Tensor): (N, C).
+        flat (Tensor): (N,) flat indices of the picked entries.
+        rows_only (bool): recompute only the rows that need it (reads a flag
+            on the host: for CPU tensors), else compute every row's
+            ``logsumexp`` and select (no host sync).
+    """
+    loss = -torch.log(picked)
+    tiny = picked < _SMALLEST_ACCURATE_PROB
+    if rows_only:
+        if bool(tiny.any()):
+            rows = tiny.nonzero().squeeze(1)
+            loss[rows] = torch.logsumexp(logits[rows], dim=1) - \
+                logits.take(flat[rows])
+        return loss
+    exact = torch.logsumexp(logits, dim=1) - logits.take(flat)
+    return torch.where(tiny, exact, loss)
 
 
 def softmax_cross_entropy(pred: Tensor,
@@ -147,20 +178,42 @@ def softmax_cross_entropy(pred: Tensor,
         class_weight (Tensor, optional): (C,) per-class weight.
         ignore_index (int, optional): ignored label; ``None`` means -100.
         avg_non_ignore (bool): average over the non-ignored labels only.
-        fast (bool): analytic backward for 2-D logits.
+        fast (bool): :class:`SoftmaxCrossEntropyFunction` for 2-D logits.
 
     Returns:
         Tensor: the reduced loss.
     """
     ignore_index = DEFAULT_IGNORE_INDEX if ignore_index is None \
         else ignore_index
-    loss = _softmax_cross_entropy_work(pred, label, class_weight,
-                                       ignore_index, fast)
+    dtype = compute_dtype(pred)
     if avg_factor is None and avg_non_ignore and reduction == 'mean':
         # a tensor, so no host sync (MMDetection calls .item() here)
         avg_factor = label.numel() - (label == ignore_index).sum()
     if weight is not None:
-        weight = weight.to(loss.dtype)
+        weight = weight.to(dtype)
+    if class_weight is not None:
+        class_weight = class_weight.to(dtype)
+
+    if fast and pred.dim() == 2 and pred.size(1) > 0 and not (
+            weight is not None and weight.requires_grad) and not (
+                class_weight is not None and class_weight.requires_grad):
+        row_weight = None if weight is None else weight.reshape(-1)
+        if class_weight is not None:
+            picked = class_weight[torch.where(label != ignore_index, label,
+                                              0)]
+            row_weight = picked if row_weight is None else \
+                row_weight * picked
+        if reduction == 'none':
+            return SoftmaxCrossEntropyFunction.apply(
+                pred, label, ignore_index, row_weight, False).to(pred.dtype)
+        total = SoftmaxCrossEntropyFunction.apply(pred, label, ignore_index,
+                                                  row_weight, True)
+        return reduce_weighted_sum('softmax_cross_entropy', total,
+                                   label.numel(), reduction,
+                                   avg_factor).to(pred.dtype)
+
+    loss = F.cross_entropy(pred.to(dtype), label, weight=class_weight,
+                           reduction='none', ignore_index=ignore_index)
     return weight_reduce_loss(loss, weight, reduction,
                               avg_factor).to(pred.dtype)
 

@@ -55,6 +55,7 @@ from torch.autograd.function import once_differentiable
 from ..checks import (check_in_range, check_integer_labels,
                       check_label_range, check_positive, check_reduction,
                       check_tensor)
+from ..gradients import scale_saved_grad
 from ..reduction import reduce_weighted_sum, weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
@@ -451,13 +452,8 @@ class SigmoidFocalFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):
         grad, = ctx.saved_tensors
-        if grad_output.dim() == 0:
-            grad_input = grad * (grad_output * ctx.grad_scale)
-        else:
-            grad_input = grad * grad_output
-            if ctx.grad_scale != 1:
-                grad_input.mul_(ctx.grad_scale)
-        return grad_input, None, None, None, None, None, None
+        return (scale_saved_grad(grad, grad_output, ctx.grad_scale),
+                None, None, None, None, None, None)
 
 
 def _focal_loss(loss_name: str, pred: Tensor, target: Tensor,

@@ -26,6 +26,7 @@ from torch.autograd.function import once_differentiable
 
 from ..checks import (check_integer_labels, check_positive, check_reduction,
                       check_same_shape, check_tensor, check_weight_shape)
+from ..gradients import scale_saved_grad
 from ..precision import compute_dtype
 from ..reduction import reduce_weighted_sum, weight_reduce_loss
 from ..registry import MODELS
@@ -134,7 +135,7 @@ class GaussianFocalFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):
         grad, = ctx.saved_tensors
-        return (grad * grad_output, ) + (None, ) * 8
+        return (scale_saved_grad(grad, grad_output), ) + (None, ) * 8
 
 
 def _check_inputs(loss_name: str, pred: Tensor, target: Tensor) -> None:

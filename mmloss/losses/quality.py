@@ -38,6 +38,7 @@ from torch.autograd.function import once_differentiable
 from ..checks import (check_integer_labels, check_label_range,
                       check_positive, check_reduction, check_tensor,
                       check_weight_shape)
+from ..gradients import scale_saved_grad
 from ..precision import compute_dtype
 from ..reduction import reduce_weighted_sum, weight_reduce_loss
 from ..registry import MODELS
@@ -195,7 +196,8 @@ class VarifocalFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):
         grad, = ctx.saved_tensors
-        return grad * grad_output, None, None, None, None, None, None
+        return (scale_saved_grad(grad, grad_output), None, None, None, None,
+                None, None)
 
 
 # ---------------------------------------------------------------------------
@@ -290,8 +292,7 @@ class QualityFocalFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):
         grad, = ctx.saved_tensors
-        row_factor = (grad_output * ctx.scale).to(grad.dtype).unsqueeze(1)
-        return grad * row_factor, None, None, None
+        return scale_saved_grad(grad, grad_output, ctx.scale), None, None, None
 
 
 def quality_focal_loss_soft(pred: Tensor, target: Tensor, beta: float = 2.0,
@@ -470,7 +471,7 @@ class DistributionFocalFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):
         grad, = ctx.saved_tensors
-        return grad * grad_output.to(grad.dtype).unsqueeze(1), None
+        return scale_saved_grad(grad, grad_output), None
 
 
 # ---------------------------------------------------------------------------
