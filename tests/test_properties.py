@@ -403,3 +403,25 @@ def test_all_zero_weights_give_a_connected_zero(name):
         assert out.item() == 0.0
         grad, = torch.autograd.grad(out, args[0])
         assert (grad == 0).all()
+
+
+@pytest.mark.parametrize('name', REGISTERED)
+def test_backward_through_a_retained_graph_repeats_the_gradient(name):
+    """Fast paths reuse their saved gradient in place only when the graph is
+    freed: with ``retain_graph`` every backward must see the same saved
+    state, and the last (freeing) one must agree too."""
+    stateless = build(name)
+    args, kwargs = inputs(name, 3, 9)
+    upstream = None
+    grads = []
+    out = value(stateless, args, reduction_override='none', **kwargs)
+    upstream = torch.rand(out.shape, dtype=out.dtype,
+                          generator=torch.Generator().manual_seed(4))
+    for retain in (True, True, False):
+        grad, = torch.autograd.grad((out * upstream).sum(), args[0],
+                                    retain_graph=retain, allow_unused=True)
+        grads.append(grad)
+    if grads[0] is None:
+        return
+    for grad in grads[1:]:
+        assert torch.equal(grad, grads[0]), name

@@ -78,7 +78,8 @@ def _seesaw_rows(cls_score: Tensor, labels: Tensor, cum_samples: Tensor,
     shifted = cls_score.to(compute_dtype(cls_score))
     shifted = shifted + seesaw_log_weights(cls_score, labels, cum_samples, p,
                                            q, eps)
-    return SoftmaxCrossEntropyFunction.apply(shifted, labels, -100)
+    return SoftmaxCrossEntropyFunction.apply(shifted, labels, -100, None,
+                                             False)
 
 
 def _seesaw_rows_plain(cls_score: Tensor, labels: Tensor,
