@@ -9,19 +9,20 @@ targets ``t`` (``a = sum p t``)::
     V-Net:  loss_i = 1 - 2a / ((sum p^2 + eps) + (sum t^2 + eps))
     naive:  loss_i = 1 - (2a + eps) / (sum p + sum t + eps)
 
-:class:`DiceFunction` fuses the optional sigmoid: it saves only the
-probabilities and the target (plus three per-sample sums), takes the sums as
-row dot products (no N x D product is built) and writes the gradient in one
-buffer with a fused sigmoid backward. Sums are taken
-in float32 at least.
+:class:`DiceFunction` fuses the optional sigmoid, takes the three sums of
+each sample from one batched 2 x 2 Gram matrix (no N x D product is built)
+and computes the gradient in forward, saving only it (one N x D tensor).
+Sums are taken in float32 at least.
 """
 from numbers import Real
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..checks import check_avg_factor, check_positive, check_tensor
+from ..gradients import scale_saved_grad
 from ..precision import compute_dtype
 from ..reduction import weight_reduce_loss
 from ..registry import MODELS
@@ -40,7 +41,17 @@ def _dice_from_sums(inter: Tensor, pred_sum: Tensor, target_sum: Tensor,
 
 
 class DiceFunction(torch.autograd.Function):
-    """Per-sample dice loss (N,) of (N, D) inputs with an analytic backward.
+    """Per-sample dice loss (N,) of (N, D) inputs, gradient in forward.
+
+    The probabilities and a copy of the target go into one (2, N, D) buffer
+    ``S``; one batched matrix product ``S_i S_i^T`` (a 2 x 2 Gram matrix per
+    sample) gives all three sums ``sum p^2``, ``sum p t``, ``sum t^2`` in a
+    single read (three row dot products would take three). With
+    ``a = sum p t`` and ``S = sum p^2 + sum t^2 + 2 eps`` the gradient of the
+    V-Net loss is ``(4a / S^2) p - (2 / S) t`` (naive: ``(2a + eps) / S^2
+    - (2 / S) t``), times ``p (1 - p)`` through the sigmoid. It is written
+    over the target copy in place and saved alone; backward scales it by the
+    incoming gradient (:func:`~mmloss.gradients.scale_saved_grad`).
 
     Args (of ``apply``):
         pred (Tensor): (N, D) logits if ``sigmoid`` else probabilities.
@@ -57,47 +68,46 @@ class DiceFunction(torch.autograd.Function):
     def forward(ctx, pred: Tensor, target: Tensor, eps: float,
                 naive_dice: bool, sigmoid: bool) -> Tensor:
         dtype = compute_dtype(pred)
-        prob = pred.to(dtype)
+        stacked = pred.new_empty((2, ) + tuple(pred.shape), dtype=dtype)
+        prob, tgt = stacked[0], stacked[1]
         if sigmoid:
-            prob = prob.sigmoid()
-        tgt = target.to(dtype)
-        # row dot products: no N x D product is ever materialised
-        inter = torch.linalg.vecdot(prob, tgt)
-        if naive_dice:
-            pred_sum, target_sum = prob.sum(1), tgt.sum(1)
+            torch.sigmoid(pred.to(dtype), out=prob)
         else:
-            pred_sum = torch.linalg.vecdot(prob, prob)
-            target_sum = torch.linalg.vecdot(tgt, tgt)
-        ctx.eps, ctx.naive_dice, ctx.sigmoid = eps, naive_dice, sigmoid
-        ctx.pred_dtype = pred.dtype
-        # the probabilities, not the logits: the same size, and backward
-        # needs no second sigmoid
-        ctx.save_for_backward(prob, target, inter, pred_sum, target_sum)
-        return _dice_from_sums(inter, pred_sum, target_sum, eps, naive_dice)
+            prob.copy_(pred)
+        tgt.copy_(target)
+        per_sample = stacked.transpose(0, 1)  # (N, 2, D), no copy
+        gram = torch.bmm(per_sample, per_sample.transpose(1, 2))
+        inter = gram[:, 0, 1]
+        if naive_dice:
+            pred_sum, target_sum = per_sample.sum(2).unbind(1)
+        else:
+            pred_sum, target_sum = gram[:, 0, 0], gram[:, 1, 1]
+        loss = _dice_from_sums(inter, pred_sum, target_sum, eps, naive_dice)
+        if ctx.needs_input_grad[0]:
+            grad = tgt  # overwritten: the target copy is not needed again
+            if naive_dice:
+                # d/dp of -(2a + eps) / S, S = sum p + sum t + eps
+                denom = pred_sum + target_sum + eps
+                grad.mul_((-2 / denom)[:, None]).add_(
+                    ((2 * inter + eps) / denom.square())[:, None])
+            else:
+                # d/dp of -2a / S, S = sum p^2 + sum t^2 + 2 eps
+                denom = pred_sum + target_sum + 2 * eps
+                grad.mul_((-2 / denom)[:, None]).addcmul_(
+                    prob, (4 * inter / denom.square())[:, None])
+            if sigmoid:
+                # times p (1 - p), in place
+                torch.ops.aten.sigmoid_backward.grad_input(
+                    grad, prob, grad_input=grad)
+            ctx.save_for_backward(grad)
+            ctx.pred_dtype = pred.dtype
+        return loss
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        prob, target, inter, pred_sum, target_sum = ctx.saved_tensors
-        eps, naive_dice = ctx.eps, ctx.naive_dice
-        dtype = inter.dtype
-        grad_out = grad_out.to(dtype)
-        tgt = target.to(dtype)
-        if naive_dice:
-            # d/dp of -(2a + eps) / S, S = sum p + sum t + eps
-            denom = pred_sum + target_sum + eps
-            coef_t = -2 / denom * grad_out
-            coef_1 = (2 * inter + eps) / denom.square() * grad_out
-            grad = torch.addcmul(coef_1[:, None], tgt, coef_t[:, None])
-        else:
-            # d/dp of -2a / S, S = sum p^2 + sum t^2 + 2 eps
-            denom = pred_sum + target_sum + 2 * eps
-            coef_t = -2 / denom * grad_out
-            coef_p = 4 * inter / denom.square() * grad_out
-            grad = prob * coef_p[:, None]
-            grad.addcmul_(tgt, coef_t[:, None])
-        if ctx.sigmoid:
-            # times p (1 - p), fused
-            grad = torch.ops.aten.sigmoid_backward(grad, prob)
+        grad, = ctx.saved_tensors
+        grad = scale_saved_grad(grad, grad_out)
         return grad.to(ctx.pred_dtype), None, None, None, None
 
 
