@@ -70,21 +70,23 @@ def scale_saved_grad(grad: Tensor, grad_output: Tensor,
         small = row_factor if small is None else row_factor * small
     grad_output = grad_output.to(grad.dtype)
     in_place = not graph_is_kept()
-    if grad_output.numel() < grad.numel() or grad.numel() <= 1:
-        # a scalar or one value per row: fold it in before the big pass
+    if grad_output.shape != grad.shape:
+        # a scalar or one value per row (N,): fold the small factors in
+        # before the one pass over the big tensor
         factor = grad_output if small is None else grad_output * small
-        factor = _per_row(factor, grad.dim())
+        factor = _per_row(factor, grad)
         return grad.mul_(factor) if in_place else grad * factor
     out = grad.mul_(grad_output) if in_place else grad * grad_output
     if small is not None:
-        out.mul_(_per_row(small, grad.dim())
+        out.mul_(_per_row(small, grad)
                  if isinstance(small, Tensor) else small)
     return out
 
 
-def _per_row(factor: Tensor, ndim: int) -> Tensor:
-    """A (N,) factor shaped to broadcast over the rows of an ``ndim`` tensor;
-    a scalar stays as it is."""
-    if factor.dim() == 1 and ndim > 1:
-        return factor.reshape((-1, ) + (1, ) * (ndim - 1))
+def _per_row(factor: Tensor, grad: Tensor) -> Tensor:
+    """A (N,) factor shaped to broadcast over the N rows of ``grad``; any
+    other factor (a scalar) stays as it is."""
+    if factor.dim() == 1 and grad.dim() > 1 and \
+            factor.shape[0] == grad.shape[0]:
+        return factor.reshape((-1, ) + (1, ) * (grad.dim() - 1))
     return factor

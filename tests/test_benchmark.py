@@ -333,3 +333,23 @@ def test_mmdet_error_is_reported_not_failed(monkeypatch, mmdet_as_mmloss,
     assert 'mmdet error' in capsys.readouterr().out
     row = json.loads((tmp_path / 'benchmark.json').read_text())['rows'][0]
     assert row['mmdet']['status'] == 'error' and row['mmloss']['ms'] > 0
+
+
+def test_fast_losses_get_enough_timed_runs():
+    # 0.5 s per side at 2 ms a run (the slower side decides): 250 runs
+    assert bench.timed_runs(7, 0.5, [1.0, 2.0]) == 250
+    # slow losses keep --repeat, very fast ones are capped
+    assert bench.timed_runs(7, 0.5, [300.0]) == 7
+    assert bench.timed_runs(7, 0.5, [0.001]) == bench.MAX_RUNS
+    # --min-time 0 or no warm-up estimate: exactly --repeat
+    assert bench.timed_runs(7, 0.0, [1.0]) == 7
+    assert bench.timed_runs(7, 0.5, []) == 7
+
+
+def test_min_time_adds_runs_to_a_fast_case():
+    row = bench.run_case(_case('L1Loss'), 'small', torch.device('cpu'),
+                         repeat=2, warmup=1, use_mmdet=False, min_time=0.01)
+    assert len(row['mmloss']['runs_ms']) > 2  # ~0.1 ms a run
+    row = bench.run_case(_case('L1Loss'), 'small', torch.device('cpu'),
+                         repeat=2, warmup=1, use_mmdet=False, min_time=0)
+    assert len(row['mmloss']['runs_ms']) == 2

@@ -69,3 +69,12 @@ def test_scale_saved_grad_keeps_the_dtype_of_the_saved_gradient():
     out = scale_saved_grad(grad, torch.tensor(2.0), 0.25)
     assert out.dtype == torch.float16
     assert_close(out.float(), torch.full((3, 2), 0.5))
+
+
+def test_one_value_per_row_of_a_single_column_gradient():
+    """(N,) incoming gradient against an (N, 1) saved one: per row, not an
+    element-wise product broadcast to (N, N)."""
+    grad = torch.arange(1.0, 5.0).reshape(4, 1)
+    upstream = torch.tensor([1.0, 0.0, 2.0, -1.0])
+    out = scale_saved_grad(grad.clone(), upstream, 2.0)
+    assert_close(out, (grad[:, 0] * upstream * 2)[:, None])

@@ -12,7 +12,8 @@ really sees, 100k anchors x 80 classes or 200k boxes; ``small``: about 1k),
 and measures for each:
 
 * **time** of forward + backward: warm-up runs, then the median of
-  ``--repeat`` runs with a fixed torch thread count. The two libraries run
+  ``--repeat`` runs (more for fast losses: enough to fill ``--min-time``
+  seconds per side) with a fixed torch thread count. The two libraries run
   interleaved in one process, so background load hits both alike. CPU runs
   use ``time.perf_counter``; CUDA runs use CUDA events and synchronize.
 * **saved for backward**: the bytes of the distinct storages the autograd
@@ -296,6 +297,8 @@ TARGETS = {
 }
 DEFAULT_TARGET = dict(speedup=1.5, saved_ratio=1.0)
 MEMORY_SLACK_BYTES = 64 * 1024
+# the most timed runs --min-time may ask for
+MAX_RUNS = 400
 
 
 def select_cases(names: Optional[Sequence[str]]) -> List[Case]:
@@ -664,8 +667,21 @@ def target_verdict(row: Dict) -> Optional[str]:
     return 'met' if not misses else 'missed: ' + ', '.join(misses)
 
 
+def timed_runs(repeat: int, min_time: float, warmup_ms) -> int:
+    """How many timed runs: at least ``repeat``, and for fast losses enough
+    to fill about ``min_time`` seconds per side (the slower side's warm-up
+    time decides), at most :data:`MAX_RUNS`. A loss of a millisecond is
+    noisy run to run (allocator, page faults, the machine); its median over
+    hundreds of runs is not."""
+    slowest = max(warmup_ms, default=0.0)
+    if min_time <= 0 or slowest <= 0:
+        return repeat
+    return max(repeat, min(MAX_RUNS, math.ceil(min_time * 1e3 / slowest)))
+
+
 def run_case(case: Case, size: str, device: torch.device, repeat: int,
-             warmup: int, use_mmdet: bool, seed: int = 0) -> Dict:
+             warmup: int, use_mmdet: bool, seed: int = 0,
+             min_time: float = 0.0) -> Dict:
     """Measure one case at one size; never raises for a loss's failure."""
     gen = torch.Generator().manual_seed(seed)
     args, shape = case.make_inputs(size, gen)
@@ -707,7 +723,10 @@ def run_case(case: Case, size: str, device: torch.device, repeat: int,
             row['agree'] = row['agreement']['agree']
 
     order = list(modules)
-    for i in range(warmup + repeat):
+    warmup_ms = {}
+    i = 0
+    runs = warmup + repeat
+    while i < runs:
         # Alternate who goes first so neither always runs on a warm cache.
         for name in (order if i % 2 == 0 else order[::-1]):
             if name not in modules:
@@ -720,6 +739,11 @@ def run_case(case: Case, size: str, device: torch.device, repeat: int,
                 continue
             if i >= warmup:
                 sides[name]['runs_ms'].append(ms)
+            else:
+                warmup_ms[name] = ms
+        i += 1
+        if i == warmup:
+            runs = warmup + timed_runs(repeat, min_time, warmup_ms.values())
     for side in sides.values():
         if side['runs_ms']:
             side['ms'] = statistics.median(side['runs_ms'])
@@ -860,7 +884,8 @@ def format_markdown(rows: List[Dict], meta: Dict) -> str:
         '# mmloss vs MMDetection: forward + backward',
         '',
         f'{meta["date"]} · device `{meta["device_name"]}` · '
-        f'{meta["threads"]} thread(s) · median of {meta["repeat"]} runs '
+        f'{meta["threads"]} thread(s) · median of {meta["repeat"]} runs or '
+        f'more (fast losses: ~{meta.get("min_time", 0)} s per side) '
         f'after {meta["warmup"]} warm-up · torch {meta["torch"]} · '
         f'mmdet {meta["mmdet"] or "not installed"} · mmloss {meta["mmloss"]}',
         '',
@@ -905,7 +930,8 @@ def collect_meta(args, device: torch.device) -> Dict:
         date=datetime.datetime.now().isoformat(timespec='seconds'),
         device=device.type, device_name=device_name,
         threads=torch.get_num_threads(), repeat=args.repeat,
-        warmup=args.warmup, sizes=list(args.sizes), torch=torch.__version__,
+        min_time=args.min_time, warmup=args.warmup, sizes=list(args.sizes),
+        torch=torch.__version__,
         mmdet=mmdet_version, mmloss=mmloss.__version__,
         python=platform.python_version(), rtol=RTOL)
 
@@ -943,6 +969,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='timed runs per loss; the median is reported')
     parser.add_argument('--warmup', type=int, default=2,
                         help='untimed runs first')
+    parser.add_argument('--min-time', type=float, default=0.5,
+                        metavar='SECONDS',
+                        help='fast losses get more timed runs, up to about '
+                        'this much time per side (default 0.5; 0 = exactly '
+                        '--repeat runs)')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
     parser.add_argument('--out', default='benchmark_results',
                         help='folder for benchmark.json and benchmark.md')
@@ -953,8 +984,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--no-progress', action='store_true')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
-    if args.repeat < 1 or args.warmup < 0 or args.threads < 1:
-        parser.error('--repeat and --threads must be >= 1, --warmup >= 0')
+    if args.repeat < 1 or args.warmup < 0 or args.threads < 1 or \
+            args.min_time < 0:
+        parser.error('--repeat and --threads must be >= 1, --warmup and '
+                     '--min-time >= 0')
     try:
         args.cases = select_cases(args.losses)
     except ValueError as exc:
@@ -991,7 +1024,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bar.set_description(f'{case.key} ({size})')
         gc.collect()
         rows.append(run_case(case, size, device, args.repeat, args.warmup,
-                             use_mmdet, args.seed))
+                             use_mmdet, args.seed, args.min_time))
         bar.update(1)
     bar.close()
 

@@ -12,13 +12,6 @@ from ..checks import (check_finite_enabled, check_loss_weight,
                       check_reduction, raise_if_not_finite)
 
 
-def _check_finite_hook(module, args, kwargs, output):
-    # Opt-in (MMLOSS_CHECK_FINITE=1): the check syncs with the device.
-    if check_finite_enabled():
-        raise_if_not_finite(module.loss_name, output,
-                            (args, kwargs))
-
-
 class BaseLoss(nn.Module):
     """A loss module with ``reduction`` and ``loss_weight``.
 
@@ -36,7 +29,20 @@ class BaseLoss(nn.Module):
         super().__init__()
         self.reduction = check_reduction(self.loss_name, reduction)
         self.loss_weight = check_loss_weight(self.loss_name, loss_weight)
-        self.register_forward_hook(_check_finite_hook, with_kwargs=True)
+
+    def __call__(self, *args, **kwargs):
+        output = super().__call__(*args, **kwargs)
+        # Opt-in (MMLOSS_CHECK_FINITE=1): the check syncs with the device.
+        # (Here rather than as a forward hook: any hook sends every call of
+        # the module down torch's slower hooked path.)
+        if check_finite_enabled():
+            raise_if_not_finite(self.loss_name, output, (args, kwargs))
+        return output
+
+    def apply_loss_weight(self, loss):
+        """``loss_weight * loss``; the loss itself when the weight is 1 (no
+        extra op or autograd node for the common case)."""
+        return loss if self.loss_weight == 1.0 else self.loss_weight * loss
 
     @property
     def loss_name(self) -> str:

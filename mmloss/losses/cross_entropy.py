@@ -626,7 +626,7 @@ class CrossEntropyLoss(BaseLoss):
             loss = softmax_cross_entropy(cls_score, label, weight,
                                          reduction, avg_factor, class_weight,
                                          ignore_index, self.avg_non_ignore)
-        return self.loss_weight * loss
+        return self.apply_loss_weight(loss)
 
 
 @MODELS.register_module()

@@ -263,6 +263,6 @@ class DiceLoss(BaseLoss):
                                  f'{tuple(pred.shape[:1])} (one per sample), '
                                  f'but has shape {tuple(weight.shape)}')
         loss_fn = sigmoid_dice_loss if self.activate else dice_loss
-        return self.loss_weight * loss_fn(
+        return self.apply_loss_weight(loss_fn(
             pred, target, weight, eps=self.eps, reduction=reduction,
-            naive_dice=self.naive_dice, avg_factor=avg_factor)
+            naive_dice=self.naive_dice, avg_factor=avg_factor))

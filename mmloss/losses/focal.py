@@ -606,9 +606,9 @@ class FocalLoss(BaseLoss):
             reduction_override (str, optional): overrides ``reduction``.
         """
         reduction = self.resolve_reduction(reduction_override)
-        return self.loss_weight * _focal_loss(
+        return self.apply_loss_weight(_focal_loss(
             self.loss_name, pred, target, weight, self.gamma, self.alpha,
-            self.epsilon, reduction, avg_factor, self.activated)
+            self.epsilon, reduction, avg_factor, self.activated))
 
     def extra_repr(self) -> str:
         return (f'gamma={self.gamma}, alpha={self.alpha}, '

@@ -266,7 +266,8 @@ def _gaussian_focal_loss_with_pos_inds(loss_name, pred, target, pos_inds,
     # neg_weight is applied inside the kernel
     total = GaussianFocalFunction.apply(pred, target, None, alpha, gamma, 1.0,
                                         neg_weight, False, True)
-    neg = reduce_weighted_sum(loss_name, total, pred.numel(), reduction, avg_factor)
+    neg = reduce_weighted_sum(loss_name, total, pred.numel(), reduction,
+                              avg_factor)
     return (pos_weight * pos + neg).to(pred.dtype)
 
 
@@ -327,4 +328,4 @@ class GaussianFocalLoss(BaseLoss):
                                         self.alpha, self.gamma,
                                         self.pos_weight, self.neg_weight,
                                         reduction, avg_factor)
-        return self.loss_weight * loss
+        return self.apply_loss_weight(loss)

@@ -1146,7 +1146,7 @@ class IoUFamilyLoss(BaseLoss):
         loss = type(self).loss_function(
             pred, target, weight, reduction=reduction, avg_factor=avg_factor,
             **self.loss_kwargs(), **extra)
-        return self.loss_weight * loss
+        return self.apply_loss_weight(loss)
 
     def call_kwargs(self, kwargs: dict) -> dict:
         """Per-call keyword arguments; the mmdet twins take none."""
@@ -1516,8 +1516,8 @@ class WiseIoULoss(IoUFamilyLoss):
                              **self.loss_kwargs())
         if self.training and loss.numel() > 0:
             self._update_mean(pred, target)
-        return self.loss_weight * weight_reduce_loss(loss, weight, reduction,
-                                                     avg_factor)
+        return self.apply_loss_weight(
+            weight_reduce_loss(loss, weight, reduction, avg_factor))
 
     @torch.no_grad()
     def _update_mean(self, pred: Tensor, target: Tensor) -> None:

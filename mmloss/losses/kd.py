@@ -182,5 +182,5 @@ class KnowledgeDistillationKLDivLoss(BaseLoss):
                             f'{soft_label.dtype}')
         check_weight_shape(name, weight,
                            pred.shape[:1] + pred.shape[2:])
-        return self.loss_weight * knowledge_distillation_kl_div_loss(
-            pred, soft_label, weight, reduction, avg_factor, T=self.T)
+        return self.apply_loss_weight(knowledge_distillation_kl_div_loss(
+            pred, soft_label, weight, reduction, avg_factor, T=self.T))

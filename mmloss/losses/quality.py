@@ -517,9 +517,9 @@ class VarifocalLoss(BaseLoss):
                 reduction_override: Optional[str] = None) -> Tensor:
         """Weighted VFL of logits (N, C) and IoU-aware targets (N, C)."""
         reduction = self.resolve_reduction(reduction_override)
-        return self.loss_weight * _varifocal_loss(
+        return self.apply_loss_weight(_varifocal_loss(
             self.loss_name, pred, target, weight, self.alpha, self.gamma,
-            self.iou_weighted, reduction, avg_factor)
+            self.iou_weighted, reduction, avg_factor))
 
 
 @MODELS.register_module()
@@ -558,9 +558,9 @@ class QualityFocalLoss(BaseLoss):
                 reduction_override=None):
         """Weighted QFL; ``target`` is ``(labels, scores)`` or soft (N, C)."""
         reduction = self.resolve_reduction(reduction_override)
-        return self.loss_weight * _quality_focal_loss(
+        return self.apply_loss_weight(_quality_focal_loss(
             self.loss_name, pred, target, weight, self.beta, reduction,
-            avg_factor, self.activated)
+            avg_factor, self.activated))
 
 
 @MODELS.register_module()
@@ -587,5 +587,5 @@ class DistributionFocalLoss(BaseLoss):
                 reduction_override=None):
         """Weighted DFL of logits (N, n + 1) and distances (N,)."""
         reduction = self.resolve_reduction(reduction_override)
-        return self.loss_weight * _distribution_focal_loss(
-            self.loss_name, pred, target, weight, reduction, avg_factor)
+        return self.apply_loss_weight(_distribution_focal_loss(
+            self.loss_name, pred, target, weight, reduction, avg_factor))

@@ -48,9 +48,11 @@ from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..checks import (check_positive, check_reduction, check_same_shape,
                       check_tensor, check_weight_shape)
+from ..gradients import scale_saved_grad
 from ..precision import compute_dtype
 from ..reduction import FLOAT32_EPS, weight_reduce_loss
 from ..registry import MODELS
@@ -100,21 +102,15 @@ class DifferenceLossFunction(torch.autograd.Function):
         return value.to(pred.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         coeff, *scale = ctx.saved_tensors
         scale = scale[0] if scale else ctx.scale
-        grad = grad.to(coeff.dtype)
-        if grad.dim() == 0:
-            # fold the scalar factors before touching the big tensor
-            grad = coeff * (grad * scale)
-        else:
-            grad = grad * coeff
-            if not (isinstance(scale, float) and scale == 1.0):
-                grad.mul_(scale)
-        grad_pred = grad.to(ctx.dtypes[0]) \
-            if ctx.needs_input_grad[0] else None
-        grad_target = grad.neg().to(ctx.dtypes[1]) \
+        grad_pred = scale_saved_grad(coeff, grad, scale)
+        grad_target = grad_pred.neg().to(ctx.dtypes[1]) \
             if ctx.needs_input_grad[1] else None
+        grad_pred = grad_pred.to(ctx.dtypes[0]) \
+            if ctx.needs_input_grad[0] else None
         return grad_pred, grad_target, None
 
 
@@ -211,11 +207,15 @@ def _difference_loss(loss_name: str, pred: Tensor, target: Tensor,
 # --------------------------------------------------------------------------
 def _l1_value_and_slope(diff: Tensor, weight: Optional[Tensor],
                         reduce: bool):
+    if reduce and weight is None:
+        # the sum, then the slope sign(d) written over d: one fresh buffer
+        # (on the CPU each fresh buffer costs page faults, about a pass)
+        total = diff.abs().sum()
+        return total, diff.sign_(), 1.0, True
     sign = torch.sign(diff)
-    if reduce and (weight is None or weight.shape == diff.shape):
-        # |d| * w = d * (sign(d) * w) exactly; a dot is ~4x faster than
-        # abs().sum() or vector_norm(d, 1)
-        coeff = sign if weight is None else sign.mul_(weight)
+    if reduce and weight.shape == diff.shape:
+        # |d| * w = d * (sign(d) * w) exactly, in one dot product
+        coeff = sign.mul_(weight)
         return torch.dot(diff.reshape(-1), coeff.reshape(-1)), coeff, 1.0, \
             True
     return diff.abs_(), sign, 1.0, False
@@ -472,9 +472,9 @@ class ElementwiseRegressionLoss(BaseLoss):
         """The weighted loss times ``loss_weight``."""
         _reject_kwargs(self.loss_name, kwargs)
         reduction = self.resolve_reduction(reduction_override)
-        return self.loss_weight * type(self).loss_function(
+        return self.apply_loss_weight(type(self).loss_function(
             pred, target, weight, reduction=reduction, avg_factor=avg_factor,
-            **self.loss_kwargs())
+            **self.loss_kwargs()))
 
 
 @MODELS.register_module()

@@ -275,10 +275,10 @@ class SeesawLoss(BaseLoss):
         if index.numel() == 0:
             # MMDetection's value here: the sum of no rows
             return classes[index].sum()
-        return self.loss_weight * seesaw_ce_loss(
+        return self.apply_loss_weight(seesaw_ce_loss(
             classes[index], labels[index], label_weights[index],
             self.cum_samples[:self.num_classes], self.num_classes, self.p,
-            self.q, self.eps, reduction, avg_factor)
+            self.q, self.eps, reduction, avg_factor))
 
     def forward(
         self,
@@ -315,9 +315,9 @@ class SeesawLoss(BaseLoss):
         classes, objectness = self._split_cls_score(cls_score)
         loss_classes = self._class_loss(classes, labels, label_weights,
                                         reduction, avg_factor)
-        loss_objectness = self.loss_weight * softmax_cross_entropy(
+        loss_objectness = self.apply_loss_weight(softmax_cross_entropy(
             objectness, (labels == self.num_classes).long(), label_weights,
-            reduction, avg_factor)
+            reduction, avg_factor))
         if self.return_dict:
             return dict(loss_cls_objectness=loss_objectness,
                         loss_cls_classes=loss_classes)
