@@ -68,7 +68,8 @@ def scale_saved_grad(grad: Tensor, grad_output: Tensor,
     if row_factor is not None:
         row_factor = row_factor.to(grad.dtype)
         small = row_factor if small is None else row_factor * small
-    grad_output = grad_output.to(grad.dtype)
+    if grad_output.dtype != grad.dtype:
+        grad_output = grad_output.to(grad.dtype)
     in_place = not graph_is_kept()
     if grad_output.shape != grad.shape:
         # a scalar or one value per row (N,): fold the small factors in
