@@ -10,7 +10,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-__all__ = ['compute_dtype', 'upcast', 'restore_dtype']
+__all__ = ['compute_dtype', 'upcast', 'restore_dtype', 'to_dtype']
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -34,3 +34,9 @@ def upcast(*tensors: Tensor) -> Tuple[Tensor, ...]:
 def restore_dtype(value: Tensor, like: Tensor) -> Tensor:
     """Cast a result computed by :func:`upcast` back to ``like``'s dtype."""
     return value if value.dtype == like.dtype else value.to(like.dtype)
+
+
+def to_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """``tensor.to(dtype)``, skipping the call when it is a no-op (it runs
+    on every step of losses that take well under a millisecond)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)

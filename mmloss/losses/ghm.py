@@ -32,9 +32,9 @@ Speed: MMDetection loops over the bins in Python with a host sync per bin.
 Here a bin index is computed for every element in a few vectorised passes
 (exactly MMDetection's bin, see :func:`gradient_bin_index`), the counts come
 from one ``bincount``, ``n`` stays a tensor, and the loss runs through
-:class:`HarmonizedLossFunction`, which keeps only ``d loss / d pred`` (one
-float32 tensor) for backward instead of the target, the weights and the
-autograd intermediates. Nothing syncs with the device. The plain autograd
+:class:`~mmloss.gradients.PrecomputedGradientFunction`, which keeps only
+``d loss / d pred`` (one float32 tensor) for backward instead of the
+target, the weights and the autograd intermediates. Nothing syncs with the device. The plain autograd
 formulas stay available with ``fast=False``.
 
 Deliberate differences from MMDetection 3.3:
@@ -53,7 +53,7 @@ Deliberate differences from MMDetection 3.3:
 """
 import math
 from numbers import Integral
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,7 @@ from torch import Tensor
 from ..checks import (check_in_range, check_integer_labels,
                       check_label_range, check_positive, check_same_shape,
                       check_tensor)
+from ..gradients import PrecomputedGradientFunction
 from ..precision import compute_dtype
 from ..reduction import FLOAT32_EPS
 from ..registry import MODELS
@@ -69,7 +70,7 @@ from .base import BaseLoss
 
 __all__ = [
     'ghm_edges', 'gradient_bin_index', 'harmonized_bin_weights',
-    'ghmc_loss', 'ghmr_loss', 'HarmonizedLossFunction', 'GHMC', 'GHMR'
+    'ghmc_loss', 'ghmr_loss', 'GHMC', 'GHMR'
 ]
 
 # Top edges of the last bin, as MMDetection sets them.
@@ -188,46 +189,8 @@ def harmonized_bin_weights(index: Tensor, bins: int, tot: Tensor,
 
 
 # --------------------------------------------------------------------------
-# The loss with a precomputed gradient
+# The shared reduction
 # --------------------------------------------------------------------------
-class HarmonizedLossFunction(torch.autograd.Function):
-    """A loss whose gradient is known when its value is computed.
-
-    ``compute()`` runs inside ``forward`` (no autograd) and returns
-    ``(value, coeff, scale)``: the loss, ``d sum(loss) / d pred`` per
-    element (float32) and an optional 0-dim factor of the reduction. Only
-    ``coeff`` is saved; backward is ``grad * scale * coeff``, and for a
-    difference loss (GHM-R) the target gets the negative of it.
-
-    Args (of ``apply``):
-        pred (Tensor): the prediction (gets the gradient).
-        target (Tensor or None): gets ``-grad`` when it requires one.
-        compute (callable): ``() -> (value, coeff, scale)``.
-    """
-
-    @staticmethod
-    def forward(ctx, pred: Tensor, target: Optional[Tensor],
-                compute: Callable) -> Tensor:
-        value, coeff, scale = compute()
-        ctx.save_for_backward(coeff, scale)
-        ctx.pred_dtype = pred.dtype
-        ctx.target_dtype = None if target is None else target.dtype
-        return value
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        coeff, scale = ctx.saved_tensors
-        grad = grad.to(coeff.dtype)
-        if scale is not None:
-            grad = grad * scale
-        grad = coeff * grad
-        grad_pred = grad.to(ctx.pred_dtype) \
-            if ctx.needs_input_grad[0] else None
-        grad_target = grad.neg().to(ctx.target_dtype) \
-            if ctx.needs_input_grad[1] else None
-        return grad_pred, grad_target, None
-
-
 def _reduce(elementwise: Tensor, weight: Tensor, reduction: str,
             denominator: Tensor) -> Tensor:
     """``w * L`` reduced: 'none', 'sum' or the sum over ``denominator``."""
@@ -373,7 +336,7 @@ def ghmc_loss(pred: Tensor,
         acc_sum (Tensor, optional): ``(bins,)`` moving bin counts, updated
             in place; required when ``momentum > 0``.
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
-        fast (bool): use :class:`HarmonizedLossFunction` (one saved N x C
+        fast (bool): the gradient computed in forward (one saved N x C
             tensor); ``False`` runs the plain autograd formula.
 
     Returns:
@@ -383,7 +346,7 @@ def ghmc_loss(pred: Tensor,
     parts = _ghmc_label_parts if with_labels else _ghmc_onehot_parts
 
     if fast and not target.requires_grad:
-        out = HarmonizedLossFunction.apply(
+        out = PrecomputedGradientFunction.apply(
             pred, None, lambda: parts(pred, target, label_weight, bins,
                                       momentum, acc_sum, reduction)[:3])
         return out.to(pred.dtype)
@@ -474,7 +437,7 @@ def ghmr_loss(pred: Tensor,
         acc_sum (Tensor, optional): ``(bins,)`` moving bin counts, updated
             in place; required when ``momentum > 0``.
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
-        fast (bool): use :class:`HarmonizedLossFunction`; ``False`` runs
+        fast (bool): the gradient computed in forward; ``False`` runs
             the plain autograd formula.
 
     Returns:
@@ -482,7 +445,7 @@ def ghmr_loss(pred: Tensor,
     """
     _check_ghmr_inputs(pred, target, label_weight)
     if fast:
-        out = HarmonizedLossFunction.apply(
+        out = PrecomputedGradientFunction.apply(
             pred, target, lambda: _ghmr_parts(
                 pred, target, label_weight, mu, bins, momentum, acc_sum,
                 reduction)[:3])

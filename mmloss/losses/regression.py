@@ -18,11 +18,12 @@ Each is multiplied by ``weight`` (broadcast) and reduced by MMDetection's
 rules (:func:`~mmloss.reduction.weight_reduce_loss`): ``'mean'`` divides by
 the number of elements, or by ``avg_factor + eps`` when given.
 
-Speed: each loss runs through :class:`DifferenceLossFunction`, which
-computes the value and its slope ``d loss / d pred`` in one go without
-autograd and keeps only the slope (times ``weight``) for backward: one
-tensor the size of ``pred``, which is what MMDetection's graph keeps at
-least (its ``|d|`` input), and backward is a single multiplication. The
+Speed: each loss runs through
+:class:`~mmloss.gradients.PrecomputedGradientFunction`, which computes the
+value and its slope ``d loss / d pred`` in one go without autograd and
+keeps only the slope (times ``weight``) for backward: one tensor the size
+of ``pred``, which is what MMDetection's graph keeps at least (its ``|d|``
+input), and backward is a single multiplication, in place. The
 plain autograd formulas stay available with ``fast=False``; the fast path
 also steps aside for a ``weight`` or ``avg_factor`` that requires grad.
 
@@ -48,20 +49,18 @@ from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..checks import (check_positive, check_reduction, check_same_shape,
                       check_tensor, check_weight_shape)
-from ..gradients import scale_saved_grad
-from ..precision import compute_dtype
+from ..gradients import PrecomputedGradientFunction
+from ..precision import compute_dtype, to_dtype
 from ..reduction import FLOAT32_EPS, weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
 
 __all__ = [
-    'l1_loss', 'smooth_l1_loss', 'balanced_l1_loss', 'mse_loss',
-    'DifferenceLossFunction', 'L1Loss', 'SmoothL1Loss', 'BalancedL1Loss',
-    'MSELoss'
+    'l1_loss', 'smooth_l1_loss', 'balanced_l1_loss', 'mse_loss', 'L1Loss',
+    'SmoothL1Loss', 'BalancedL1Loss', 'MSELoss'
 ]
 
 # fvcore's threshold below which smooth L1 is plain L1
@@ -73,53 +72,6 @@ AvgFactor = Optional[Union[float, Tensor]]
 # --------------------------------------------------------------------------
 # The shared machinery
 # --------------------------------------------------------------------------
-class DifferenceLossFunction(torch.autograd.Function):
-    """A loss of ``d = pred - target`` whose slope is known in forward.
-
-    ``compute()`` runs inside ``forward`` (no autograd) and returns
-    ``(value, coeff, scale)``: the (reduced or element-wise) loss,
-    ``d loss / d pred`` per element up to the factor ``scale`` (a number or
-    a 0-dim tensor). Only ``coeff`` is saved. Backward is
-    ``grad * scale * coeff`` for ``pred`` and its negative for ``target``.
-
-    Args (of ``apply``):
-        pred (Tensor): the prediction.
-        target (Tensor): the target (gets ``-grad`` if it requires one).
-        compute (callable): ``() -> (value, coeff, scale)``.
-    """
-
-    @staticmethod
-    def forward(ctx, pred: Tensor, target: Tensor,
-                compute: Callable) -> Tensor:
-        value, coeff, scale = compute()
-        if isinstance(scale, Tensor):
-            ctx.save_for_backward(coeff, scale)
-            ctx.scale = None
-        else:
-            ctx.save_for_backward(coeff)
-            ctx.scale = scale
-        ctx.dtypes = (pred.dtype, target.dtype)
-        return _as_dtype(value, pred.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        coeff, *scale = ctx.saved_tensors
-        scale = scale[0] if scale else ctx.scale
-        grad_pred = scale_saved_grad(coeff, grad, scale)
-        grad_target = _as_dtype(grad_pred.neg(), ctx.dtypes[1]) \
-            if ctx.needs_input_grad[1] else None
-        grad_pred = _as_dtype(grad_pred, ctx.dtypes[0]) \
-            if ctx.needs_input_grad[0] else None
-        return grad_pred, grad_target, None
-
-
-def _as_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
-    """``tensor.to(dtype)``, skipping the call when it is a no-op (this
-    runs on every step of a loss that takes well under a millisecond)."""
-    return tensor if tensor.dtype == dtype else tensor.to(dtype)
-
-
 def _check_inputs(loss_name: str, pred: Tensor, target: Tensor,
                   weight: Optional[Tensor], reduction: str,
                   avg_factor: AvgFactor) -> None:
@@ -198,14 +150,15 @@ def _difference_loss(loss_name: str, pred: Tensor, target: Tensor,
                                   avg_factor).to(pred.dtype)
 
     def compute():
-        # runs inside DifferenceLossFunction.forward: autograd is off
-        diff = _as_dtype(pred, dtype) - _as_dtype(target, dtype)
+        # runs inside PrecomputedGradientFunction.forward: autograd is off
+        diff = to_dtype(pred, dtype) - to_dtype(target, dtype)
         value, coeff, scale, weighted = value_and_slope(
             diff, weight, reduction != 'none')
         return _reduced(value, coeff, scale, weight, reduction, avg_factor,
                         pred.numel(), weighted)
 
-    return DifferenceLossFunction.apply(pred, target, compute)
+    return to_dtype(PrecomputedGradientFunction.apply(pred, target, compute),
+                    pred.dtype)
 
 
 # --------------------------------------------------------------------------
@@ -242,7 +195,7 @@ def l1_loss(pred: Tensor,
             ``pred``.
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
         avg_factor (float | Tensor, optional): denominator of the mean.
-        fast (bool): analytic backward via :class:`DifferenceLossFunction`.
+        fast (bool): analytic backward (the slope computed in forward).
 
     Returns:
         Tensor: the loss, in ``pred``'s dtype.
@@ -278,7 +231,7 @@ def smooth_l1_loss(pred: Tensor,
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
         avg_factor (float | Tensor, optional): denominator of the mean.
         beta (float): the quadratic zone's half width (>= 0).
-        fast (bool): analytic backward via :class:`DifferenceLossFunction`.
+        fast (bool): analytic backward (the slope computed in forward).
 
     Returns:
         Tensor: the loss, in ``pred``'s dtype.
@@ -358,7 +311,7 @@ def balanced_l1_loss(pred: Tensor,
         beta (float): the zone's width (> 0).
         alpha (float): the inlier gradient scale (> 0).
         gamma (float): the outlier gradient (> 0).
-        fast (bool): analytic backward via :class:`DifferenceLossFunction`.
+        fast (bool): analytic backward (the slope computed in forward).
 
     Returns:
         Tensor: the loss, in ``pred``'s dtype.
@@ -428,7 +381,7 @@ def mse_loss(pred: Tensor,
         weight (Tensor, optional): element-wise weight, broadcast.
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
         avg_factor (float | Tensor, optional): denominator of the mean.
-        fast (bool): analytic backward via :class:`DifferenceLossFunction`.
+        fast (bool): analytic backward (the slope computed in forward).
 
     Returns:
         Tensor: the loss, in ``pred``'s dtype.
