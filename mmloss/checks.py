@@ -136,13 +136,20 @@ def check_label_range(loss_name: str, label: Tensor, high: int,
     if label.numel() == 0:
         return
     top = high + 1 if high_inclusive else high
-    bad = label >= top
-    if not allow_negative:
-        bad = bad | (label < 0)
-    if ignore_index is not None:
-        bad = bad & (label != ignore_index)
+    # one reduction instead of a mask per condition: ignored labels are
+    # replaced by 0 (always valid) and only the extremes are compared
+    values = label if ignore_index is None else torch.where(
+        label == ignore_index, 0, label)
+    if allow_negative:
+        ok = values.max() < top
+    else:
+        low, high_seen = torch.aminmax(values)
+        ok = (low >= 0) & (high_seen < top)
     if label.device.type == 'cpu':
-        if bool(bad.any()):
+        if not bool(ok):
+            bad = values >= top
+            if not allow_negative:
+                bad = bad | (values < 0)
             first = int(label[bad][0])
             valid = f'[0, {high}]' if high_inclusive else f'[0, {high})'
             if ignore_index is not None:
@@ -150,8 +157,7 @@ def check_label_range(loss_name: str, label: Tensor, high: int,
             raise ValueError(f'{loss_name}: {argument} holds {first}, but '
                              f'labels must lie in {valid}')
     else:
-        torch._assert_async(~bad.any(),
-                            f'{loss_name}: {argument} out of range')
+        torch._assert_async(ok, f'{loss_name}: {argument} out of range')
 
 
 def check_avg_factor(loss_name: str, reduction: str, avg_factor) -> None:

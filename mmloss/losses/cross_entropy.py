@@ -34,7 +34,7 @@ from ..checks import (check_avg_factor, check_integer_labels,
                       check_label_range, check_tensor,
                       check_weight_shape)
 from ..gradients import scale_saved_grad
-from ..precision import compute_dtype
+from ..precision import compute_dtype, to_dtype
 from ..reduction import (FLOAT32_EPS, reduce_weighted_sum,
                          weight_reduce_loss)
 from ..registry import MODELS
@@ -92,24 +92,28 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     def forward(ctx, logits: Tensor, label: Tensor, ignore_index: int,
                 row_weight: Optional[Tensor], reduce_sum: bool) -> Tensor:
         dtype = compute_dtype(logits)
-        work = logits.to(dtype)
+        work = to_dtype(logits, dtype)
         num_rows, num_classes = work.shape
         valid = label != ignore_index
-        flat = torch.arange(num_rows, device=work.device) * num_classes + \
-            torch.where(valid, label, 0)
+        # an ignored row may point at any column: clamp instead of select
+        flat = torch.arange(0, num_rows * num_classes, num_classes,
+                            device=work.device) + label.clamp(
+                                0, num_classes - 1)
         grad = torch.softmax(work, dim=1)
         picked = grad.take(flat)
         loss = accurate_neg_log(picked, work, flat,
                                 rows_only=work.device.type == 'cpu')
-        factor = valid.to(dtype)
-        if row_weight is not None:
-            factor = factor * row_weight.to(dtype)
-        # an ignored row's value may be anything (even inf): select, so that
-        # 0 * inf never gives NaN
-        loss = torch.where(valid, loss * factor, loss.new_zeros(()))
+        if row_weight is None:
+            factor = valid.to(dtype)
+        else:
+            row_weight = to_dtype(row_weight, dtype)
+            factor = torch.where(valid, row_weight, 0.0)
+            loss = loss * row_weight
+        # select, so that an ignored row's value (even inf) never gives NaN
+        loss = torch.where(valid, loss, 0.0)
         if ctx.needs_input_grad[0]:
-            grad.put_(flat, picked - 1)
-            ctx.save_for_backward(grad.to(logits.dtype), factor)
+            grad.put_(flat, picked.sub_(1))
+            ctx.save_for_backward(to_dtype(grad, logits.dtype), factor)
         return loss.sum() if reduce_sum else loss
 
     @staticmethod
@@ -137,7 +141,7 @@ def accurate_neg_log(picked: Tensor, logits: Tensor, flat: Tensor,
             on the host: for CPU tensors), else compute every row's
             ``logsumexp`` and select (no host sync).
     """
-    loss = -torch.log(picked)
+    loss = torch.log(picked).neg_()
     tiny = picked < _SMALLEST_ACCURATE_PROB
     if rows_only:
         if bool(tiny.any()):
