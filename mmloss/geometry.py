@@ -17,7 +17,7 @@ of 90000 > 65504), so :func:`upcast` lifts them to float32; losses cast the
 result back with :func:`restore_dtype`.
 """
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -194,16 +194,21 @@ def column_major(boxes: Tensor) -> Tensor:
     return torch.mm(eye, boxes.t()).t()
 
 
-def row_major(columns: Tensor) -> Tensor:
+def row_major(columns: Tensor, out: Optional[Tensor] = None) -> Tensor:
     """The (N, 4) rows of a :func:`column_major` tensor, contiguous (the
-    same exact identity product, in the other direction)."""
-    if columns.is_contiguous():
+    same exact identity product, in the other direction).
+
+    With ``out`` (a contiguous (N, 4) tensor, for example rows of a larger
+    buffer) the rows are written there and ``out`` is returned.
+    """
+    if out is None and columns.is_contiguous():
         return columns
     if columns.dim() != 2 or columns.shape[-1] != 4 or \
-            not columns.dtype.is_floating_point or columns.shape[0] < 1024:
-        return columns.contiguous()
+            not columns.dtype.is_floating_point or columns.shape[0] < 1024 \
+            or columns.is_contiguous():
+        return columns.contiguous() if out is None else out.copy_(columns)
     eye = torch.eye(4, dtype=columns.dtype, device=columns.device)
-    return torch.mm(columns, eye)
+    return torch.mm(columns, eye, out=out)
 
 
 def pair_backward(pred: Tensor, target: Tensor, *, inter_wh=None,

@@ -238,6 +238,90 @@ def test_fast_path_gradcheck(name, kw):
         (pred.requires_grad_(), target.requires_grad_()))
 
 
+@pytest.mark.parametrize('name,kw', FAST, ids=[f'{n}-{k}' for n, k in FAST])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_fused_reduction_equals_plain(monkeypatch, name, kw, dtype):
+    # 'mean'/'sum' run inside one Function (_ReducedJacobian) that folds
+    # weight x Jacobian into the gradient block by block; small blocks here
+    # so that several (of equal size) cover the 700 boxes
+    monkeypatch.setattr(iou_family, '_CHUNK', 64)
+    pred, target = make_pairs(700, 11, dtype)
+    pred[:10] = target[:10]  # ties
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.rand(700, generator=gen, dtype=dtype)
+    weight[::7] = 0
+    fn = _functional(name)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else \
+        dict(rtol=1e-5, atol=1e-6)
+    for extra, target_grad in itertools.product(
+            [dict(), dict(weight=weight), dict(reduction='sum'),
+             dict(weight=weight, reduction='sum'),
+             dict(weight=weight, avg_factor=123.0),
+             dict(avg_factor=torch.tensor(50.0, dtype=dtype))],
+            [False, True]):
+        results = []
+        for fast in (True, False):
+            p = pred.clone().requires_grad_()
+            t = target.clone().requires_grad_(target_grad)
+            loss = fn(p, t, fast=fast, **extra, **kw)
+            assert loss.dim() == 0
+            (loss * 2.5).backward()
+            results.append((loss.detach(), p.grad, t.grad))
+        assert (results[0][2] is None) == (not target_grad)
+        for a, b, what in zip(results[0], results[1],
+                              ('value', 'grad pred', 'grad target')):
+            if b is not None:
+                assert_close(a, b, what=f'{name} {sorted(extra)} {what}',
+                             **tol)
+
+
+@pytest.mark.parametrize('case', ['weight_grad', 'avg_factor_grad', 'half',
+                                  'broadcast_weight', 'no_grad'])
+def test_unfusable_reductions_fall_back(case):
+    # what the fused Function cannot do goes the element-wise way, with the
+    # same result (and gradients for a differentiable weight/avg_factor)
+    pred, target = make_pairs(300, 12)
+    weight = torch.rand(300, generator=torch.Generator().manual_seed(1))
+    avg_factor = 40.0
+    if case == 'weight_grad':
+        weight.requires_grad_()
+    elif case == 'avg_factor_grad':
+        avg_factor = torch.tensor(40.0, requires_grad=True)
+    elif case == 'half':
+        pred, target = pred.half(), target.half()
+    elif case == 'broadcast_weight':
+        weight = weight[:1]
+    p = pred.clone().requires_grad_(case != 'no_grad')
+    fused = iou_family._fusable(p, target, iou_family._Reduction(
+        'giou_loss', weight, 'mean', avg_factor))
+    assert not fused
+    loss = iou_family.giou_loss(p, target, weight, avg_factor=avg_factor)
+    expected = (iou_family.giou_loss(pred.float(), target.float(),
+                                     reduction='none', fast=False)
+                * weight.detach()).sum() / (40.0 + torch.finfo(
+                    torch.float32).eps)
+    assert_close(loss.float(), expected, rtol=1e-3 if case == 'half' else
+                 1e-5)
+    if case in ('weight_grad', 'avg_factor_grad'):
+        loss.backward()
+        leaf = weight if case == 'weight_grad' else avg_factor
+        assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+        assert leaf.grad.abs().sum() > 0
+
+
+def test_fused_reduction_is_used_and_saves_one_gradient():
+    pred, target = make_pairs(500, 13)
+    p = pred.clone().requires_grad_()
+    reduce = iou_family._Reduction('iou_loss', None, 'mean', None)
+    assert iou_family._fusable(p, target, reduce)
+    loss = iou_family.iou_loss(p, target)
+    assert type(loss.grad_fn).__name__ == 'DivBackward0'
+    assert type(loss.grad_fn.next_functions[0][0]).__name__ == \
+        '_ReducedJacobianBackward'
+    assert 0 < _saved_bytes(iou_family.iou_loss, p, target) <= \
+        pred.numel() * pred.element_size()
+
+
 def _saved_bytes(loss_fn, pred, target):
     """Bytes autograd keeps for backward, beyond the inputs themselves."""
     inputs = {pred.untyped_storage().data_ptr(),

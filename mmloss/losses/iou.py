@@ -21,6 +21,10 @@ The cores run on blocks of 32768 boxes (:func:`_run_chunked`), so only
 the loss and the Jacobian are full size and the peak memory stays below the
 formula's graph; column-major copies and the final transpose go through an
 exact identity product (:func:`mmloss.geometry.column_major`).
+With ``reduction='mean'`` or ``'sum'`` (every module call but ``'none'``)
+the reduction runs inside the Function too (:class:`_ReducedJacobian`):
+each block's weighted Jacobian goes straight into the (N, 4) gradient and
+only block sums remain, so backward is one in-place scaling.
 ``fast=False`` selects the plain autograd formula (the tests check that both
 agree). Bounded IoU, whose loss is per coordinate, saves four partials
 per box instead (:class:`_BoundedIoUJacobian`).
@@ -52,18 +56,21 @@ has no defined result):
   copy multiplies 0 by inf), where mmdet may give a finite loss for some
   infinite boxes. NaN is never masked.
 """
+import functools
 import math
 import warnings
 from types import SimpleNamespace
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from .. import geometry as geo
 from ..checks import (check_avg_factor, check_box_shape, check_in_range,
-                      check_positive, check_tensor, check_weight_shape)
-from ..reduction import weight_reduce_loss, weighted_loss
+                      check_positive, check_reduction, check_tensor,
+                      check_weight_shape)
+from ..gradients import scale_saved_grad
+from ..reduction import reduce_weighted_sum, weight_reduce_loss, weighted_loss
 from ..registry import MODELS
 from .base import BaseLoss
 
@@ -372,6 +379,7 @@ def _diou_loss_core(pred, target, need_grad, need_target, eps, ciou):
 
 # double blocks: still well below mmdet's peak memory (IoU's is the tight one)
 _giou_loss_core.block_scale = _diou_loss_core.block_scale = 2
+_iou_loss_core.block_scale = 2
 
 
 class _LocalJacobian(torch.autograd.Function):
@@ -411,6 +419,22 @@ class _LocalJacobian(torch.autograd.Function):
 _CHUNK = 32768
 
 
+def _block_rows(core) -> int:
+    """Rows per block for ``core``: :data:`_CHUNK` times its
+    ``block_scale`` (cores whose mmdet twin leaves room in memory take
+    larger blocks: fewer, longer kernels, which two threads share better)."""
+    return _CHUNK * getattr(core, 'block_scale', 1)
+
+
+def _blocks(n: int, core):
+    """``(start, stop)`` of equal blocks of at most :func:`_block_rows`
+    rows covering ``range(n)`` (equal, so no short block at the end pays
+    the per-op overheads for few rows)."""
+    count = max(1, -(-n // _block_rows(core)))
+    size = -(-n // count)
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
 def _run_chunked(core, pred: Tensor, target: Tensor, need_grad: bool,
                  need_target: bool, *args):
     """A :class:`_LocalJacobian` core over (N, 4) boxes, block by block.
@@ -418,20 +442,16 @@ def _run_chunked(core, pred: Tensor, target: Tensor, need_grad: bool,
     Each element depends on its own box pair only, so blocks of rows are
     independent. Only the (N,) loss and the column-major (N, 4) Jacobians
     are full size; a core's many per-box temporaries live one block at a
-    time (the peak memory stays below autograd's graph of the formula).
-    A core whose mmdet twin leaves room in memory takes blocks
-    ``core.block_scale`` times larger (fewer, longer kernels, which two
-    threads share better).
+    time (the peak memory stays below autograd's graph of the formula);
+    see :func:`_blocks`.
     """
     n = pred.shape[0]
-    rows = _CHUNK * getattr(core, 'block_scale', 1)
-    if n <= rows:
+    if n <= _block_rows(core):
         return core(geo.column_major(pred), geo.column_major(target),
                     need_grad, need_target, *args)
     loss = None
     jac_planes = [None, None]
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
+    for start, stop in _blocks(n, core):
         parts = core(geo.column_major(pred[start:stop]),
                      geo.column_major(target[start:stop]), need_grad,
                      need_target, *args)
@@ -501,15 +521,144 @@ def _fast(core, pred: Tensor, target: Tensor, *args) -> Tensor:
     return loss.view(pred.shape[:-1])
 
 
+class _Reduction(NamedTuple):
+    """How :func:`_run` weights and reduces (see :func:`_weighted_box_loss`).
+    """
+    loss_name: str
+    weight: Optional[Tensor] = None
+    reduction: str = 'none'
+    avg_factor: Optional[Union[float, Tensor]] = None
+
+
+#: :func:`_run`'s default: the element-wise loss, as it is
+_ELEMENTWISE = _Reduction('box loss')
+
+
+def _weighted_box_loss(loss_func):
+    """:func:`mmloss.reduction.weighted_loss` for the :func:`_run` losses.
+
+    The wrapped function takes ``weight``, ``reduction`` and ``avg_factor``
+    (same rules, same signature) and hands them to :func:`_run` as the
+    keyword ``reduce``, which fuses a ``'mean'`` or ``'sum'`` into the fast
+    Function (:class:`_ReducedJacobian`) where it can and otherwise applies
+    :func:`mmloss.reduction.weight_reduce_loss` to the element-wise loss.
+    """
+    name = loss_func.__name__
+
+    @functools.wraps(loss_func)
+    def wrapper(pred: Tensor, target: Tensor,
+                weight: Optional[Tensor] = None, reduction: str = 'mean',
+                avg_factor: Optional[Union[float, Tensor]] = None,
+                **kwargs) -> Tensor:
+        check_reduction(name, reduction)
+        return loss_func(pred, target,
+                         reduce=_Reduction(name, weight, reduction,
+                                           avg_factor), **kwargs)
+
+    return wrapper
+
+
+def _fusable(pred: Tensor, target: Tensor, reduce: _Reduction) -> bool:
+    """Whether :class:`_ReducedJacobian` gives ``reduce``'s result.
+
+    It needs a backward to come (else the Jacobian is wasted work), boxes
+    that are not upcast (same float32/float64 dtype), and a weight that is
+    a constant of the loss's exact shape and dtype; anything else (fp16,
+    broadcast or differentiable weights, a differentiable ``avg_factor``,
+    empty input, ``'sum'`` with ``avg_factor``, which raises) takes the
+    element-wise path.
+    """
+    if reduce.reduction == 'none' or pred.numel() == 0:
+        return False
+    if reduce.reduction == 'sum' and reduce.avg_factor is not None:
+        return False
+    if not (torch.is_grad_enabled()
+            and (pred.requires_grad or target.requires_grad)):
+        return False
+    if pred.dtype not in (torch.float32, torch.float64) or \
+            target.dtype != pred.dtype or pred.device != target.device:
+        return False
+    weight, avg_factor = reduce.weight, reduce.avg_factor
+    if weight is not None and (weight.requires_grad
+                               or weight.dtype != pred.dtype
+                               or weight.shape != pred.shape[:-1]
+                               or weight.device != pred.device):
+        return False
+    return not (isinstance(avg_factor, Tensor) and avg_factor.requires_grad)
+
+
+class _ReducedJacobian(torch.autograd.Function):
+    """``sum_i w_i L_i`` of a :class:`_LocalJacobian` core, gradient in hand.
+
+    The weighted sum is all a ``'mean'``/``'sum'`` reduction needs (the
+    division by the count or ``avg_factor`` is a scalar op outside), so
+    the forward pass runs the core block by block, folds each block's
+    Jacobian times its weights straight into a row-major (N, 4) gradient
+    buffer (the layout autograd hands on) and keeps only the block sums:
+    no (N,) loss, no expanded incoming gradient, no product in backward.
+    Backward scales the saved buffer by the incoming scalar, in place when
+    the graph is freed (:func:`mmloss.gradients.scale_saved_grad`).
+
+    Args (of ``apply``): ``core``, ``pred`` and ``target`` (N, 4),
+    ``weight`` (N,) or None, then the core's extra arguments.
+    """
+
+    @staticmethod
+    def forward(ctx, core, pred, target, weight, *args):
+        need_pred, need_target = ctx.needs_input_grad[1:3]
+        n = pred.shape[0]
+        grads = [pred.new_empty((n, 4)) if need_pred else None,
+                 target.new_empty((n, 4)) if need_target else None]
+        sums = []
+        for start, stop in _blocks(n, core):
+            loss, *jacs = core(geo.column_major(pred[start:stop]),
+                               geo.column_major(target[start:stop]), True,
+                               need_target, *args)
+            w = None if weight is None else weight[start:stop]
+            sums.append(loss.sum() if w is None else torch.dot(loss, w))
+            for buf, jac in zip(grads, jacs):
+                if buf is None or jac is None:
+                    continue
+                if w is not None:
+                    jac = jac * w.unsqueeze(-1)
+                geo.row_major(jac, out=buf[start:stop])
+            del loss, jacs
+        ctx.save_for_backward(*grads)
+        ctx.extra = len(args)
+        return sums[0] if len(sums) == 1 else torch.stack(sums).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_pred, grad_target = ctx.saved_tensors
+        if grad_pred is not None and ctx.needs_input_grad[1]:
+            grad_pred = scale_saved_grad(grad_pred, grad)
+        if grad_target is not None and ctx.needs_input_grad[2]:
+            grad_target = scale_saved_grad(grad_target, grad)
+        return (None, grad_pred, grad_target, None) + (None, ) * ctx.extra
+
+
 def _run(fast_core, plain, pred: Tensor, target: Tensor, fast: bool,
-         *args) -> Tensor:
-    """Upcast, run the fast Function or the plain formula, cast back."""
+         *args, reduce: _Reduction = _ELEMENTWISE) -> Tensor:
+    """Upcast, run the fast Function or the plain formula, cast back, then
+    weight and reduce as ``reduce`` says (fused where :func:`_fusable`)."""
+    if fast and _fusable(pred, target, reduce):
+        total = _ReducedJacobian.apply(
+            fast_core, pred.reshape(-1, 4), target.reshape(-1, 4),
+            None if reduce.weight is None else reduce.weight.reshape(-1),
+            *args)
+        return reduce_weighted_sum(reduce.loss_name, total,
+                                   pred.numel() // 4, reduce.reduction,
+                                   reduce.avg_factor)
     p, t = geo.upcast(pred, target)
     if fast:
         loss = _fast(fast_core, p, t, *args)
     else:
         loss = plain(p, t, *args)
-    return geo.restore_dtype(loss, pred)
+    loss = geo.restore_dtype(loss, pred)
+    if reduce is _ELEMENTWISE:
+        return loss
+    return weight_reduce_loss(loss, reduce.weight, reduce.reduction,
+                              reduce.avg_factor)
 
 
 def _plain_iou_loss(pred, target, mode, eps):
@@ -517,10 +666,11 @@ def _plain_iou_loss(pred, target, mode, eps):
     return _scaled(iou.clamp(min=eps), mode)
 
 
-@weighted_loss
+@_weighted_box_loss
 def iou_loss(pred: Tensor, target: Tensor, linear: bool = False,
              mode: str = 'log', eps: float = 1e-6,
-             fast: bool = True) -> Tensor:
+             fast: bool = True,
+             reduce: _Reduction = _ELEMENTWISE) -> Tensor:
     """IoU loss (Yu et al., "UnitBox", ACM MM 2016), element-wise.
 
     ``IoU = max(I / max(U, 1e-6), eps)``, then ``1 - IoU`` (``'linear'``),
@@ -544,7 +694,7 @@ def iou_loss(pred: Tensor, target: Tensor, linear: bool = False,
         raise ValueError(f'iou_loss: mode must be one of {SCALE_MODES}, '
                          f'but got {mode!r}')
     return _run(_iou_loss_core, _plain_iou_loss, pred, target, fast, mode,
-                eps)
+                eps, reduce=reduce)
 
 
 def _plain_giou_loss(pred, target, eps):
@@ -552,16 +702,18 @@ def _plain_giou_loss(pred, target, eps):
     return 1 - (iou - penalty)
 
 
-@weighted_loss
+@_weighted_box_loss
 def giou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
-              fast: bool = True) -> Tensor:
+              fast: bool = True,
+              reduce: _Reduction = _ELEMENTWISE) -> Tensor:
     """GIoU loss ``1 - IoU + (C - U) / C``, element-wise (shape (...)).
 
     ``C`` is the area of the smallest enclosing box; union and ``C`` are
     floored at ``eps``. Rezatofighi et al., "Generalized Intersection over
     Union", CVPR 2019, arXiv:1902.09630.
     """
-    return _run(_giou_loss_core, _plain_giou_loss, pred, target, fast, eps)
+    return _run(_giou_loss_core, _plain_giou_loss, pred, target, fast, eps,
+                reduce=reduce)
 
 
 def _plain_diou_loss(pred, target, eps, ciou):
@@ -570,21 +722,23 @@ def _plain_diou_loss(pred, target, eps, ciou):
     return 1 - (metric.clamp(min=-1.0, max=1.0) if ciou else metric)
 
 
-@weighted_loss
+@_weighted_box_loss
 def diou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
-              fast: bool = True) -> Tensor:
+              fast: bool = True,
+              reduce: _Reduction = _ELEMENTWISE) -> Tensor:
     """DIoU loss ``1 - I/(U + eps) + rho**2 / (c**2 + eps)``, element-wise.
 
     ``rho`` is the centre distance, ``c`` the enclosing box's diagonal.
     Zheng et al., "Distance-IoU Loss", AAAI 2020, arXiv:1911.08287.
     """
     return _run(_diou_loss_core, _plain_diou_loss, pred, target, fast, eps,
-                False)
+                False, reduce=reduce)
 
 
-@weighted_loss
+@_weighted_box_loss
 def ciou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
-              fast: bool = True) -> Tensor:
+              fast: bool = True,
+              reduce: _Reduction = _ELEMENTWISE) -> Tensor:
     """CIoU loss ``1 - clamp(IoU - rho**2/c**2 - alpha v, -1, 1)``.
 
     ``v = 4/pi**2 (atan(w_t/(h_t+eps)) - atan(w_p/(h_p+eps)))**2`` and the
@@ -593,7 +747,7 @@ def ciou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
     in Model Learning and Inference", TCYB 2021, arXiv:2005.03572.
     """
     return _run(_diou_loss_core, _plain_diou_loss, pred, target, fast, eps,
-                True)
+                True, reduce=reduce)
 
 
 def _smooth(loss: Tensor, beta: float) -> Tensor:
@@ -663,9 +817,10 @@ def _column_major_pair(lo: Tensor, hi: Tensor) -> Tensor:
 _eiou_loss_core.block_scale = 2
 
 
-@weighted_loss
+@_weighted_box_loss
 def eiou_loss(pred: Tensor, target: Tensor, smooth_point: float = 0.1,
-              eps: float = 1e-7, fast: bool = True) -> Tensor:
+              eps: float = 1e-7, fast: bool = True,
+              reduce: _Reduction = _ELEMENTWISE) -> Tensor:
     """Extended-IoU loss of libfacedetection, smoothed, element-wise.
 
     ``x = 1 - I_ext / (A_p + A_t - I_ext + eps)`` with the signed extended
@@ -675,7 +830,7 @@ def eiou_loss(pred: Tensor, target: Tensor, smooth_point: float = 0.1,
     Method: Beyond Simplified Regression for Better Localization", TIP 2021.
     """
     return _run(_eiou_loss_core, _plain_eiou_loss, pred, target, fast,
-                smooth_point, eps)
+                smooth_point, eps, reduce=reduce)
 
 
 def _siou_parts(pred: Tensor, target: Tensor, iou: Tensor, eps: float,
@@ -765,9 +920,10 @@ def _siou_loss_core(pred, target, need_grad, need_target, eps, neg_gamma):
 _siou_loss_core.block_scale = 2
 
 
-@weighted_loss
+@_weighted_box_loss
 def siou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
-              neg_gamma: bool = False, fast: bool = True) -> Tensor:
+              neg_gamma: bool = False, fast: bool = True,
+              reduce: _Reduction = _ELEMENTWISE) -> Tensor:
     """SIoU loss ``1 - clamp(IoU - (Delta + Omega) / 2, -1, 1)``.
 
     With ``s = centre offset + eps`` and the enclosing size ``(c_w, c_h)``
@@ -783,7 +939,7 @@ def siou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7,
     Gevorgyan, "SIoU Loss", 2022, arXiv:2205.12740.
     """
     return _run(_siou_loss_core, _plain_siou_loss, pred, target, fast, eps,
-                neg_gamma)
+                neg_gamma, reduce=reduce)
 
 
 def _plain_bounded_iou_loss(pred, target, beta, eps):
