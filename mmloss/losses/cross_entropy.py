@@ -61,7 +61,7 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     ``f_i`` is the row factor (``weight_i * class_weight[l_i]``, 0 where
     ``l_i`` is ``ignore_index``). The forward pass runs one softmax ``p`` and
     turns it, in place, into the gradient of the unweighted row loss,
-    ``p - onehot(l)`` (``put_`` at the N label entries); the loss is
+    ``p - onehot(l)`` (``scatter_add_`` at the N label entries); the loss is
     ``-log p_il``. That buffer and the (N,) factors are all that is saved;
     backward is one pass, ``(p - onehot) * f * grad``. ``F.cross_entropy``
     instead saves a log-softmax, then fills a dense one-hot gradient and
@@ -96,12 +96,10 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
         num_rows, num_classes = work.shape
         valid = label != ignore_index
         # an ignored row may point at any column: clamp instead of select
-        flat = torch.arange(0, num_rows * num_classes, num_classes,
-                            device=work.device) + label.clamp(
-                                0, num_classes - 1)
+        column = label.clamp(0, num_classes - 1).unsqueeze(1)
         grad = torch.softmax(work, dim=1)
-        picked = grad.take(flat)
-        loss = accurate_neg_log(picked, work, flat,
+        picked = grad.gather(1, column).squeeze(1)
+        loss = accurate_neg_log(picked, work, column,
                                 rows_only=work.device.type == 'cpu')
         if row_weight is None:
             factor = valid.to(dtype)
@@ -112,7 +110,8 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
         # select, so that an ignored row's value (even inf) never gives NaN
         loss = torch.where(valid, loss, 0.0)
         if ctx.needs_input_grad[0]:
-            grad.put_(flat, picked.sub_(1))
+            # p - onehot(l): subtract 1 at the N label entries
+            grad.scatter_add_(1, column, grad.new_full((num_rows, 1), -1.0))
             ctx.save_for_backward(to_dtype(grad, logits.dtype), factor)
         return loss.sum() if reduce_sum else loss
 
@@ -128,15 +127,16 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
 _SMALLEST_ACCURATE_PROB = 1e-30
 
 
-def accurate_neg_log(picked: Tensor, logits: Tensor, flat: Tensor,
+def accurate_neg_log(picked: Tensor, logits: Tensor, column: Tensor,
                      rows_only: bool) -> Tensor:
     """``-log(picked)``, recomputed as ``logsumexp - logit`` where
     ``picked`` (a softmax entry) is too small to be accurate.
 
     Args:
-        picked (Tensor): (N,) softmax entries ``softmax(logits).take(flat)``.
+        picked (Tensor): (N,) softmax entries, ``softmax(logits)`` at
+            ``column``.
         logits (Tensor): (N, C).
-        flat (Tensor): (N,) flat indices of the picked entries.
+        column (Tensor): (N, 1) column of each picked entry.
         rows_only (bool): recompute only the rows that need it (reads a flag
             on the host: for CPU tensors), else compute every row's
             ``logsumexp`` and select (no host sync).
@@ -146,10 +146,12 @@ def accurate_neg_log(picked: Tensor, logits: Tensor, flat: Tensor,
     if rows_only:
         if bool(tiny.any()):
             rows = tiny.nonzero().squeeze(1)
-            loss[rows] = torch.logsumexp(logits[rows], dim=1) - \
-                logits.take(flat[rows])
+            sub = logits[rows]
+            loss[rows] = torch.logsumexp(sub, dim=1) - \
+                sub.gather(1, column[rows]).squeeze(1)
         return loss
-    exact = torch.logsumexp(logits, dim=1) - logits.take(flat)
+    exact = torch.logsumexp(logits, dim=1) - \
+        logits.gather(1, column).squeeze(1)
     return torch.where(tiny, exact, loss)
 
 
