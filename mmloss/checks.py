@@ -136,6 +136,12 @@ def check_label_range(loss_name: str, label: Tensor, high: int,
     if label.numel() == 0:
         return
     top = high + 1 if high_inclusive else high
+    if label.device.type == 'cpu':
+        # the common case in one reduction: every label (ignored ones
+        # included) already in range
+        low, high_seen = torch.aminmax(label)
+        if (allow_negative or int(low) >= 0) and int(high_seen) < top:
+            return
     # one reduction instead of a mask per condition: ignored labels are
     # replaced by 0 (always valid) and only the extremes are compared
     values = label if ignore_index is None else torch.where(

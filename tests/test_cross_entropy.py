@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import mmloss
+from mmloss.losses import cross_entropy as ce_module
 from mmloss.losses.cross_entropy import (SigmoidOneHotCrossEntropyFunction,
                                          SoftmaxCrossEntropyFunction,
                                          accurate_neg_log,
@@ -212,6 +213,35 @@ def test_no_warning_on_default_paths():
 
 
 # ---------------------------------------------- fast paths vs plain formula
+@pytest.fixture(autouse=True)
+def fused_softmax_for_every_size(monkeypatch):
+    """The tests here use small logits; run the fused softmax Function on
+    them too (by default only larger inputs take it)."""
+    monkeypatch.setattr(ce_module, 'FUSED_SOFTMAX_MIN_ELEMENTS', 0)
+
+
+def test_small_logits_take_aten_and_agree(monkeypatch):
+    monkeypatch.undo()
+    threshold = ce_module.FUSED_SOFTMAX_MIN_ELEMENTS
+    g = torch.Generator().manual_seed(21)
+    rows = threshold // 81 + 1  # just above the threshold at 81 classes
+    pred = torch.randn(rows, 81, generator=g) * 3
+    label = torch.randint(0, 81, (rows,), generator=g)
+    for n, fused in ((rows - 2, False), (rows, True)):
+        x = pred[:n].clone().requires_grad_()
+        out = softmax_cross_entropy(x, label[:n])
+        names = [type(f).__name__ for f, _ in out.grad_fn.next_functions
+                 if f is not None]
+        assert any('SoftmaxCrossEntropy' in name for name in names) == \
+            fused, names
+        out.backward()
+        x_ref = pred[:n].clone().requires_grad_()
+        ref = torch.nn.functional.cross_entropy(x_ref, label[:n])
+        ref.backward()
+        assert_close(out, ref, rtol=1e-5)
+        assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-9)
+
+
 def test_fast_matches_plain():
     g = torch.Generator().manual_seed(9)
     pred = torch.randn(40, C, generator=g, dtype=torch.float64)
