@@ -353,3 +353,30 @@ def test_min_time_adds_runs_to_a_fast_case():
     row = bench.run_case(_case('L1Loss'), 'small', torch.device('cpu'),
                          repeat=2, warmup=1, use_mmdet=False, min_time=0)
     assert len(row['mmloss']['runs_ms']) == 2
+
+
+def test_readme_option_replaces_only_the_marked_table(tmp_path):
+    """``--readme`` rewrites the text between the markers (the run line and
+    the table of the rows it ran) and leaves the rest of the file alone."""
+    readme = tmp_path / 'README.md'
+    readme.write_text('intro\n<!-- benchmark:start -->\nold table\n'
+                      '<!-- benchmark:end -->\noutro\n')
+    status = bench.main(['--losses', 'L1Loss', '--size', 'small',
+                         '--repeat', '1', '--warmup', '0', '--min-time', '0',
+                         '--threads', '1', '--out', str(tmp_path / 'out'),
+                         '--no-progress', '--readme', str(readme)])
+    assert status == 0
+    text = readme.read_text()
+    assert text.startswith('intro\n<!-- benchmark:start -->\nRun ')
+    assert text.endswith('<!-- benchmark:end -->\noutro\n')
+    assert 'old table' not in text
+    assert '| L1Loss | small | 1000x4 |' in text
+    assert '| loss | size | shape | mmdet ms | mmloss ms |' in text
+
+
+def test_readme_without_markers_is_an_error(tmp_path):
+    readme = tmp_path / 'README.md'
+    readme.write_text('no markers here\n')
+    with pytest.raises(ValueError, match='benchmark:start'):
+        bench.update_readme(str(readme), [], {})
+    assert readme.read_text() == 'no markers here\n'

@@ -42,6 +42,7 @@ Examples::
     python tools/benchmark.py --losses FocalLoss GHMC --size large
     python tools/benchmark.py --size small --repeat 1 --warmup 0
     python tools/benchmark.py --device cuda
+    python tools/benchmark.py --readme README.md    # refresh README's table
 """
 import argparse
 import contextlib
@@ -907,6 +908,40 @@ def format_markdown(rows: List[Dict], meta: Dict) -> str:
     return '\n'.join(lines)
 
 
+README_START = '<!-- benchmark:start -->'
+README_END = '<!-- benchmark:end -->'
+
+
+def readme_block(rows: List[Dict], meta: Dict) -> str:
+    """The README's table: the large-size rows (all rows if none is large)
+    under one line naming the run."""
+    shown = [r for r in rows if r['size'] == 'large'] or rows
+    header = '| ' + ' | '.join(COLUMNS) + ' |'
+    numeric = range(3, len(COLUMNS) - 2)
+    align = '|' + '|'.join('---:' if i in numeric else '---'
+                           for i in range(len(COLUMNS))) + '|'
+    body = ['| ' + ' | '.join(r) + ' |' for r in table_rows(shown)]
+    run = (f'Run {meta["date"]} on {meta["device"]} (`{meta["device_name"]}`'
+           f', {meta["threads"]} thread(s)), torch {meta["torch"]}, mmdet '
+           f'{meta["mmdet"] or "not installed"}.')
+    return '
+'.join([run, '', header, align, *body])
+
+
+def update_readme(path: str, rows: List[Dict], meta: Dict) -> None:
+    """Replace the text between the benchmark markers of ``path``."""
+    with open(path) as f:
+        text = f.read()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f'{path} has no {README_START} ... {README_END} '
+                         f'block')
+    text = (text[:start + len(README_START)] + '\n'
+            + readme_block(rows, meta) + '\n' + text[end:])
+    with open(path, 'w') as f:
+        f.write(text)
+
+
 def collect_meta(args, device: torch.device) -> Dict:
     try:
         import mmdet
@@ -981,6 +1016,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='benchmark mmloss alone even if mmdet is here')
     parser.add_argument('--check-targets', action='store_true',
                         help='also exit 1 when an issue target is missed')
+    parser.add_argument('--readme', metavar='PATH',
+                        help='also write the table (large sizes) between '
+                        'the benchmark markers of this README')
     parser.add_argument('--no-progress', action='store_true')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
@@ -1031,6 +1069,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(format_text_table(rows))
     json_path, md_path = write_results(rows, meta, args.out)
     print(f'\nwrote {json_path} and {md_path}')
+    if args.readme:
+        update_readme(args.readme, rows, meta)
+        print(f'updated the benchmark table of {args.readme}')
     status = 0
     for row in rows:
         if row_failed(row):
