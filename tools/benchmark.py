@@ -924,8 +924,7 @@ def readme_block(rows: List[Dict], meta: Dict) -> str:
     run = (f'Run {meta["date"]} on {meta["device"]} (`{meta["device_name"]}`'
            f', {meta["threads"]} thread(s)), torch {meta["torch"]}, mmdet '
            f'{meta["mmdet"] or "not installed"}.')
-    return '
-'.join([run, '', header, align, *body])
+    return '\n'.join([run, '', header, align, *body])
 
 
 def update_readme(path: str, rows: List[Dict], meta: Dict) -> None:
