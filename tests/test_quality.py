@@ -210,6 +210,43 @@ def test_varifocal_fast_path_matches_autograd(iou_weighted, gamma):
     assert_close(x.grad, y.grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize('alpha,gamma', [(0.75, 2.0), (0.5, 1.5),
+                                         (0.0, 2.0), (0.6, 0.0)])
+@pytest.mark.parametrize('weight_shape', [None, (30, 5), (30, 1), (5, )])
+@pytest.mark.parametrize('iou_weighted', [True, False])
+def test_varifocal_cpu_path_equals_dense_kernel(alpha, gamma, weight_shape,
+                                               iou_weighted):
+    """On the CPU the focal kernel computes every entry as a negative and
+    the non-zero targets (positives, and q < 0) are recomputed: the same
+    loss (element-wise and summed) and gradient as the dense kernel."""
+    from mmloss.losses.quality import (_varifocal_mostly_zero,
+                                       varifocal_kernel)
+    pred, target = vfl_inputs(30, 5, 11)
+    target[0, :2] = -0.3
+    target[1] = 0.0
+    pred, target = pred.double(), target.double()
+    g = torch.Generator().manual_seed(5)
+    weight = None if weight_shape is None else torch.rand(
+        weight_shape, generator=g, dtype=torch.float64)
+    for reduce_sum in (False, True):
+        loss, grad, scale = _varifocal_mostly_zero(
+            pred, target, weight, alpha, gamma, iou_weighted, reduce_sum,
+            True)
+        ref_loss, ref_grad = varifocal_kernel(
+            pred, target, weight, alpha, gamma, iou_weighted, reduce_sum,
+            True)
+        assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+        assert_close(grad * scale, ref_grad, rtol=1e-12, atol=1e-12)
+    # all targets 0: nothing to recompute
+    zero = torch.zeros_like(target)
+    loss, grad, scale = _varifocal_mostly_zero(
+        pred, zero, weight, alpha, gamma, iou_weighted, False, True)
+    ref_loss, ref_grad = varifocal_kernel(pred, zero, weight, alpha, gamma,
+                                          iou_weighted, False, True)
+    assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+    assert_close(grad * scale, ref_grad, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize('beta', [2.0, 1.0, 0.5])
 def test_qfl_fast_path_matches_autograd(beta):
     from mmloss.losses.quality import quality_focal_loss_labels
