@@ -1,4 +1,6 @@
 """KnowledgeDistillationKLDivLoss against MMDetection 3.3."""
+import itertools
+
 import pytest
 import torch
 
@@ -73,19 +75,28 @@ def test_fast_matches_plain_and_gradcheck():
     g = torch.Generator().manual_seed(4)
     pred = torch.randn(7, 5, generator=g, dtype=torch.float64)
     soft = torch.randn(7, 5, generator=g, dtype=torch.float64)
-    for reduction in REDUCTIONS:
+    weights = (None, torch.rand(7, generator=g, dtype=torch.float64),
+               torch.tensor(0.5, dtype=torch.float64))
+    for reduction, weight, avg_factor, temperature in itertools.product(
+            REDUCTIONS, weights, (None, 4.0), (3, 1)):
+        if reduction == 'sum' and avg_factor is not None:
+            continue
         results = []
         for fast in (True, False):
             x = pred.clone().requires_grad_()
             out = knowledge_distillation_kl_div_loss(
-                x, soft, reduction=reduction, T=3, fast=fast)
+                x, soft, weight, reduction=reduction, avg_factor=avg_factor,
+                T=temperature, fast=fast)
             out.sum().backward()
             results.append((out.detach(), x.grad))
         assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
         assert_close(results[0][1], results[1][1], rtol=1e-12, atol=1e-12)
     x = pred.clone().requires_grad_()
-    assert torch.autograd.gradcheck(
-        lambda t: KLDivDistillFunction.apply(t, soft, 3.0), (x,))
+    for row_weight, reduce_sum in itertools.product(weights[:2],
+                                                    (False, True)):
+        assert torch.autograd.gradcheck(
+            lambda t: KLDivDistillFunction.apply(t, soft, 3.0, row_weight,
+                                                 reduce_sum), (x,))
     assert torch.autograd.gradcheck(
         lambda t: mmloss.KnowledgeDistillationKLDivLoss(T=2)(t, soft), (x,))
     # the plain path with a live teacher is differentiable in both

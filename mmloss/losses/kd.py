@@ -10,7 +10,8 @@ log_softmax(x / T)`` (the student), per row over its ``C`` entries::
 
 (mean over the classes times ``T^2``, as MMDetection 3.3). The gradient is
 ``d loss_i / d x_ij = T / C * (q_ij - t_ij)``; :class:`KLDivDistillFunction`
-uses it and saves only the student and the teacher probabilities.
+computes ``q - t`` in the forward pass, saves only it and fuses the
+weighting and the ``'mean'``/``'sum'`` reduction in.
 """
 from numbers import Real
 from typing import Optional, Union
@@ -18,11 +19,13 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..checks import (check_avg_factor, check_same_shape, check_tensor,
                       check_weight_shape)
-from ..precision import compute_dtype
-from ..reduction import weight_reduce_loss
+from ..gradients import scale_saved_grad
+from ..precision import compute_dtype, to_dtype
+from ..reduction import reduce_weighted_sum, weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
 
@@ -32,47 +35,75 @@ __all__ = [
 ]
 
 
+def _log_softmax_at(logits: Tensor, T: float, dtype: torch.dtype) -> Tensor:
+    """A fresh ``log_softmax(logits / T)`` over dim 1, in ``dtype``.
+
+    On the CPU the softmax is written over the scaled copy (its kernel reads
+    each row's maximum and sum before writing the row), so each call costs
+    one fresh buffer, not two.
+    """
+    scaled = to_dtype(logits, dtype)
+    if T != 1:
+        scaled = scaled / T
+    if scaled is logits or scaled.device.type != 'cpu' or \
+            not scaled.is_contiguous():
+        return F.log_softmax(scaled, dim=1)
+    return torch.log_softmax(scaled, 1, out=scaled)
+
+
 class KLDivDistillFunction(torch.autograd.Function):
     """Row-wise ``T^2 / C * KL(softmax(s/T) || softmax(x/T))``, 2-D inputs.
 
-    The teacher ``s`` gets no gradient. Forward saves the student and teacher
-    probabilities ``q`` and ``t`` (MMDetection keeps the student log-softmax
-    and ``t``, the same size); backward is ``T / C * (q - t)``.
+    The teacher ``s`` gets no gradient. Forward computes the gradient of
+    the unweighted row loss up to the factor ``T / C``, ``q - t``, in the
+    student probabilities' buffer and saves only it (MMDetection keeps the
+    student log-softmax *and* ``t``); backward scales it per row by the
+    incoming gradient, the row weight and ``T / C`` in one pass, in place
+    when the graph is freed.
 
     Args (of ``apply``):
         pred (Tensor): (N, C) student logits.
         soft_label (Tensor): (N, C) teacher logits.
         T (float): temperature.
+        row_weight (Tensor, optional): (N,) factor per row (no gradient).
+        reduce_sum (bool): return the sum of the (weighted) row losses.
 
     Returns:
-        Tensor: (N,), float32 for half inputs.
+        Tensor: (N,) weighted row losses or their sum, float32 for half
+        inputs.
     """
 
     @staticmethod
-    def forward(ctx, pred: Tensor, soft_label: Tensor, T: float) -> Tensor:
+    def forward(ctx, pred: Tensor, soft_label: Tensor, T: float,
+                row_weight: Optional[Tensor] = None,
+                reduce_sum: bool = False) -> Tensor:
         dtype = compute_dtype(pred)
-        log_target = F.log_softmax(soft_label.to(dtype) / T, dim=1)
+        log_target = _log_softmax_at(soft_label, T, dtype)
         target = log_target.exp()
         # a -inf teacher logit has t = 0 and adds 0 (x log x -> 0), as in
         # F.kl_div; clamping keeps 0 * -inf from turning into NaN
         log_target.clamp_(min=torch.finfo(dtype).min)
-        log_student = F.log_softmax(pred.to(dtype) / T, dim=1)
-        log_target.sub_(log_student)
-        rows = torch.linalg.vecdot(target, log_target) * (
+        log_student = _log_softmax_at(pred, T, dtype)
+        # sum_j t (log t - log q), in place over log t
+        rows = log_target.sub_(log_student).mul_(target).sum(1).mul_(
             T * T / pred.size(1))
-        ctx.T, ctx.pred_dtype = T, pred.dtype
-        # q itself (the size of the log-softmax MMDetection keeps), so
-        # backward needs no second softmax
-        ctx.save_for_backward(log_student.exp_(), target)
-        return rows
+        del log_target
+        if row_weight is not None:
+            row_weight = to_dtype(row_weight, dtype)
+            rows = rows * row_weight
+        # q - t, written over the student's log-probabilities
+        ctx.save_for_backward(log_student.exp_().sub_(target),
+                              row_weight)
+        ctx.scale, ctx.pred_dtype = T / pred.size(1), pred.dtype
+        return rows.sum() if reduce_sum else rows
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        student, target = ctx.saved_tensors
-        T = ctx.T
-        scale = grad_out.to(target.dtype)[:, None] * (T / target.size(1))
-        grad = (student - target).mul_(scale)
-        return grad.to(ctx.pred_dtype), None, None
+        grad, row_weight = ctx.saved_tensors
+        grad = scale_saved_grad(grad, grad_out, ctx.scale,
+                                row_factor=row_weight)
+        return to_dtype(grad, ctx.pred_dtype), None, None, None, None
 
 
 def _kd_rows_plain(pred: Tensor, soft_label: Tensor, T: float,
@@ -112,10 +143,20 @@ def knowledge_distillation_kl_div_loss(
     Returns:
         Tensor: the reduced loss, dtype of ``pred``.
     """
-    if fast and detach_target and pred.dim() == 2:
-        rows = KLDivDistillFunction.apply(pred, soft_label.detach(), T)
-    else:
-        rows = _kd_rows_plain(pred, soft_label, T, detach_target)
+    if fast and detach_target and pred.dim() == 2 and not (
+            weight is not None and weight.requires_grad):
+        row_weight = None if weight is None else \
+            weight.reshape(-1).expand(pred.size(0))
+        if reduction == 'none':
+            return KLDivDistillFunction.apply(
+                pred, soft_label.detach(), T, row_weight,
+                False).to(pred.dtype)
+        total = KLDivDistillFunction.apply(pred, soft_label.detach(), T,
+                                           row_weight, True)
+        return reduce_weighted_sum('KnowledgeDistillationKLDivLoss', total,
+                                   pred.size(0), reduction,
+                                   avg_factor).to(pred.dtype)
+    rows = _kd_rows_plain(pred, soft_label, T, detach_target)
     if weight is not None:
         weight = weight.to(rows.dtype)
     return weight_reduce_loss(rows, weight, reduction,
