@@ -41,10 +41,11 @@ from ..checks import (check_integer_labels, check_label_range,
                       check_positive, check_reduction, check_tensor,
                       check_weight_shape)
 from ..gradients import scale_saved_grad
-from ..precision import compute_dtype
+from ..precision import compute_dtype, to_dtype
 from ..reduction import reduce_weighted_sum, weight_reduce_loss
 from ..registry import MODELS
 from .base import BaseLoss
+from .cross_entropy import accurate_neg_log
 from .focal import _check_use_sigmoid, sigmoid_focal_kernel
 
 __all__ = [
@@ -492,8 +493,10 @@ class DistributionFocalFunction(torch.autograd.Function):
     ``apply(pred, label)`` returns (N,). With ``S = softmax(x)`` and the
     two bins ``l``, ``l + 1`` weighted ``w_l = l + 1 - y``,
     ``w_r = y - l``, the gradient is ``S - w_l e_l - w_r e_(l+1)``: one
-    ``exp`` of the log-softmax and two sparse updates, saved as one
-    (N, n + 1) tensor. Half inputs are computed in float32.
+    softmax (whose two picked entries give the loss, from the logits where
+    they underflowed; see :func:`mmloss.losses.cross_entropy.
+    accurate_neg_log`) and two sparse updates, saved as one (N, n + 1)
+    tensor. Half inputs are computed in float32.
     """
 
     @staticmethod
@@ -505,16 +508,24 @@ class DistributionFocalFunction(torch.autograd.Function):
         right = (left + 1).clamp(max=num_bins - 1)
         weight_left = (left + 1).to(dtype) - label
         weight_right = label - left.to(dtype)
-        log_prob = F.log_softmax(pred.to(dtype), dim=1)
-        row_start = torch.arange(num_rows, device=pred.device) * num_bins
-        flat_left, flat_right = row_start + left, row_start + right
-        loss = -(log_prob.take(flat_left) * weight_left +
-                 log_prob.take(flat_right) * weight_right)
+        logits = to_dtype(pred, dtype)
+        prob = torch.softmax(logits, dim=1)
+        rows_only = pred.device.type == 'cpu'
+        columns = []
+        loss = None
+        for index, weight in ((left, weight_left), (right, weight_right)):
+            column = index.unsqueeze(1)
+            picked = prob.gather(1, column).squeeze(1)
+            # -log S at the bin, from the logits where S underflowed
+            term = accurate_neg_log(picked, logits, column, rows_only).mul_(
+                weight)
+            loss = term if loss is None else loss.add_(term)
+            columns.append((column, weight))
         if ctx.needs_input_grad[0]:
-            grad = log_prob.exp_()
-            # at the last bin left == right: accumulate both weights
-            grad.put_(flat_left, -weight_left, accumulate=True)
-            grad.put_(flat_right, -weight_right, accumulate=True)
+            grad = prob
+            # at the last bin left == right: scatter_add_ adds both weights
+            for column, weight in columns:
+                grad.scatter_add_(1, column, weight.neg().unsqueeze(1))
             ctx.save_for_backward(grad.to(pred.dtype))
         return loss
 
