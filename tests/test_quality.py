@@ -349,6 +349,26 @@ def test_extreme_logits():
         assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
 
 
+def test_dfl_where_the_softmax_underflows():
+    """Target bins far below the row's largest logit: their softmax entries
+    are 0 or subnormal in float32, so the loss comes from the logits and
+    still equals the float64 log-softmax formula (and stays finite)."""
+    pred = torch.tensor([[0.0, 120.0, -5.0], [300.0, 0.0, -300.0],
+                         [1.0, 2.0, 3.0]])
+    label = torch.tensor([0.25, 1.5, 0.0])
+    x = pred.clone().requires_grad_()
+    loss = distribution_focal_loss(x, label, reduction='none')
+    log_prob = F.log_softmax(pred.double(), dim=1)
+    left = label.long()
+    right = (left + 1).clamp(max=2)
+    w_left = left + 1 - label.double()
+    expected = -(log_prob[torch.arange(3), left] * w_left +
+                 log_prob[torch.arange(3), right] * (1 - w_left))
+    assert_close(loss.double(), expected, rtol=1e-6)
+    loss.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_half_precision(dtype):
     for module, pred, target in _cases():
