@@ -425,3 +425,35 @@ def test_backward_through_a_retained_graph_repeats_the_gradient(name):
         return
     for grad in grads[1:]:
         assert torch.equal(grad, grads[0]), name
+
+
+def _strided_copy(tensor):
+    """The same values in a non-contiguous layout (column-major for 2-D and
+    up, every other element of a buffer for 1-D)."""
+    if tensor.dim() >= 2:
+        return tensor.detach().transpose(0, -1).contiguous().transpose(0, -1)
+    return torch.stack([tensor.detach()] * 2, dim=1)[:, 0]
+
+
+@pytest.mark.parametrize('name', REGISTERED)
+@pytest.mark.parametrize('reduction', ['none', 'mean'])
+def test_non_contiguous_inputs_give_the_same_result(name, reduction):
+    """Heads hand over permuted or sliced tensors: a prediction and target
+    stored non-contiguously give the contiguous result and gradient."""
+    args, kwargs = inputs(name, 5, 12)
+    results = []
+    for layout in (lambda t: t.detach().clone(), _strided_copy):
+        laid = tuple(layout(a) if isinstance(a, torch.Tensor) and
+                     a.dtype.is_floating_point else a for a in args)
+        laid[0].requires_grad_()
+        if laid[0].dim() >= 2 and layout is _strided_copy:
+            assert not laid[0].is_contiguous()
+        out = value(build(name), laid, reduction_override=reduction,
+                    **kwargs)
+        grad, = torch.autograd.grad(out.sum(), laid[0], allow_unused=True)
+        results.append((out.detach(), grad))
+    (out, grad), (ref, ref_grad) = results[1], results[0]
+    assert_close(out, ref, rtol=1e-10, atol=1e-12, what=f'{name} value')
+    if ref_grad is not None:
+        assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12,
+                     what=f'{name} grad')

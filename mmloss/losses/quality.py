@@ -192,6 +192,8 @@ def _varifocal_mostly_zero(logits: Tensor, target: Tensor,
     Returns ``(loss, grad, grad_scale)`` like the focal kernel: the
     gradient is ``grad * grad_scale``.
     """
+    # contiguous, so that the kernel's results are too (flat updates below)
+    logits = logits.contiguous()
     loss, grad, grad_scale = sigmoid_focal_kernel(
         logits, None, weight, gamma, 1.0 - alpha, 0.0, reduce_sum, need_grad)
     index = target.reshape(-1).nonzero().squeeze(1)
