@@ -201,8 +201,9 @@ def _varifocal_mostly_zero(logits: Tensor, target: Tensor,
         return loss, grad, grad_scale
     x = logits.reshape(-1).index_select(0, index)
     q = target.reshape(-1).index_select(0, index)
-    w = None if weight is None else \
-        weight.expand_as(logits).reshape(-1).index_select(0, index)
+    # the weight at those entries, without spreading a broadcast one out
+    w = None if weight is None else weight.expand_as(logits)[
+        index // logits.shape[1], index % logits.shape[1]]
     loss_k, grad_k = varifocal_kernel(x, q, w, alpha, gamma, iou_weighted,
                                       False, need_grad)
     if reduce_sum:
