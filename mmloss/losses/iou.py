@@ -445,8 +445,8 @@ def _run_chunked(core, pred: Tensor, target: Tensor, need_grad: bool,
     Each element depends on its own box pair only, so blocks of rows are
     independent. Only the (N,) loss and the column-major (N, 4) Jacobians
     are full size; a core's many per-box temporaries live one block at a
-    time (the peak memory stays below autograd's graph of the formula);
-    see :func:`_blocks`.
+    time (see :func:`_blocks`, and the module docstring for where that
+    keeps the peak memory below autograd's graph of the formula).
     """
     n = pred.shape[0]
     if n <= _block_rows(core):
@@ -657,11 +657,9 @@ def _run(fast_core, plain, pred: Tensor, target: Tensor, fast: bool,
         loss = _fast(fast_core, p, t, *args)
     else:
         loss = plain(p, t, *args)
-    loss = geo.restore_dtype(loss, pred)
-    if reduce is _ELEMENTWISE:
-        return loss
-    return weight_reduce_loss(loss, reduce.weight, reduce.reduction,
-                              reduce.avg_factor)
+    # the default reduce (no weight, 'none') returns the loss as it is
+    return weight_reduce_loss(geo.restore_dtype(loss, pred), reduce.weight,
+                              reduce.reduction, reduce.avg_factor)
 
 
 def _plain_iou_loss(pred, target, mode, eps):
