@@ -13,7 +13,7 @@ training run. An unknown reduction raises a ``ValueError`` that lists the
 valid ones.
 """
 import functools
-from typing import Callable, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -33,13 +33,100 @@ def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
     Returns:
         Tensor: ``loss`` itself, its mean (``0`` when empty) or its sum.
     """
-    check_reduction('reduce_loss', reduction)
-    if reduction == 'none':
+    return Reduction('reduce_loss', None, reduction).apply(loss)
+
+
+class Reduction(NamedTuple):
+    """How a loss is weighted and reduced: mmdet 3.3's rules, in one place.
+
+    A family either hands its element-wise loss to :meth:`apply`, or, when
+    its fast kernel produced ``sum(loss * weight)`` itself, finishes that
+    sum with :meth:`finish` (:meth:`fusable` says when it may). Both give
+    the same value; errors name ``loss_name``.
+
+    Attributes:
+        loss_name (str): the loss named in errors.
+        weight (Tensor, optional): element-wise weight, broadcast to the
+            loss.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        avg_factor (float | Tensor, optional): denominator of the mean.
+    """
+    loss_name: str
+    weight: Optional[Tensor] = None
+    reduction: str = 'mean'
+    avg_factor: Optional[Union[float, Tensor]] = None
+
+    def checked(self) -> 'Reduction':
+        """``self`` after checking ``reduction`` (and that ``'sum'`` comes
+        without ``avg_factor``, which mmdet refuses)."""
+        check_reduction(self.loss_name, self.reduction)
+        if self.reduction == 'sum' and self.avg_factor is not None:
+            raise ValueError(f'{self.loss_name}: avg_factor can not be used '
+                             f'with reduction="sum"')
+        return self
+
+    @property
+    def reduces(self) -> bool:
+        """Whether the result is a scalar (``'mean'`` or ``'sum'``)."""
+        return self.reduction != 'none'
+
+    def apply(self, loss: Tensor) -> Tensor:
+        """Weight and reduce an element-wise ``loss``."""
+        if self.weight is not None:
+            loss = loss * self.weight
+        if self.avg_factor is None:
+            check_reduction(self.loss_name, self.reduction)
+            if self.reduction == 'none':
+                return loss
+            if self.reduction == 'sum' or loss.numel() == 0:
+                # sum() of an empty tensor is a zero that keeps the graph
+                return loss.sum()
+            return loss.mean()
+        self.checked()
+        if self.reduction == 'mean':
+            return loss.sum() / (self.avg_factor + FLOAT32_EPS)
         return loss
-    if reduction == 'sum' or loss.numel() == 0:
-        # sum() of an empty tensor is a zero that keeps the graph
-        return loss.sum()
-    return loss.mean()
+
+    def denominator(self, count: int) -> Union[None, float, Tensor]:
+        """What :meth:`finish` divides a sum of ``count`` losses by
+        (``None`` for none: ``'sum'``, or the mean of nothing)."""
+        if self.reduction != 'mean':
+            return None
+        if self.avg_factor is not None:
+            return self.avg_factor + FLOAT32_EPS
+        return count if count > 0 else None
+
+    def finish(self, total: Tensor, count: int) -> Tensor:
+        """``'mean'``/``'sum'`` from ``total = sum(loss * weight)`` over
+        ``count`` losses, without the element-wise tensor."""
+        self.checked()
+        if not self.reduces:
+            raise ValueError(f'{self.loss_name}: a fused sum cannot give '
+                             f'reduction="none"')
+        denominator = self.denominator(count)
+        if denominator is None:  # 'sum'; the mean of nothing is 0
+            return total
+        if isinstance(denominator, Tensor):
+            denominator = denominator.to(total.dtype)
+        return total / denominator
+
+    def fusable(self, like: Tensor, weight_shape=None) -> bool:
+        """Whether a kernel may fuse this reduction: ``'mean'``/``'sum'``
+        with a constant weight of exactly ``weight_shape`` (``like``'s
+        shape by default) and dtype, and a constant ``avg_factor``.
+        Anything else (broadcast or differentiable weights, ``'sum'`` with
+        ``avg_factor``, which raises) takes the element-wise path."""
+        if not self.reduces or (self.reduction == 'sum'
+                                and self.avg_factor is not None):
+            return False
+        weight = self.weight
+        if weight is not None and (
+                weight.requires_grad or weight.dtype != like.dtype
+                or weight.device != like.device or weight.shape != (
+                    like.shape if weight_shape is None else weight_shape)):
+            return False
+        return not (isinstance(self.avg_factor, Tensor)
+                    and self.avg_factor.requires_grad)
 
 
 def weight_reduce_loss(loss: Tensor,
@@ -50,7 +137,7 @@ def weight_reduce_loss(loss: Tensor,
     """Multiply by ``weight`` and reduce, averaging by ``avg_factor`` if given.
 
     ``mean`` with ``avg_factor`` is ``sum(loss * weight) / (avg_factor + eps)``
-    with ``eps = torch.finfo(torch.float32).eps``.
+    with ``eps = torch.finfo(torch.float32).eps`` (see :class:`Reduction`).
 
     Args:
         loss (Tensor): element-wise loss.
@@ -61,50 +148,18 @@ def weight_reduce_loss(loss: Tensor,
     Returns:
         Tensor: the reduced loss.
     """
-    if weight is not None:
-        loss = loss * weight
-    if avg_factor is None:
-        return reduce_loss(loss, reduction)
-    check_reduction('weight_reduce_loss', reduction)
-    if reduction == 'mean':
-        return loss.sum() / (avg_factor + FLOAT32_EPS)
-    if reduction == 'sum':
-        raise ValueError('weight_reduce_loss: avg_factor can not be used with '
-                         'reduction="sum"')
-    return loss
+    return Reduction('weight_reduce_loss', weight, reduction,
+                     avg_factor).apply(loss)
 
 
 def reduce_weighted_sum(loss_name: str, total: Tensor, count: int,
                         reduction: str,
                         avg_factor: Optional[Union[float, Tensor]] = None
                         ) -> Tensor:
-    """``'mean'`` / ``'sum'`` from an already weighted sum of ``count`` losses.
-
-    For fused kernels that produce ``total = sum(loss * weight)`` directly:
-    the same rules as :func:`weight_reduce_loss` (``avg_factor`` divides by
-    ``avg_factor + eps``, ``'sum'`` with ``avg_factor`` raises, the mean of
-    nothing is ``0``), without the element-wise tensor.
-
-    Args:
-        loss_name (str): the loss named in an error.
-        total (Tensor): the weighted sum, a scalar.
-        count (int): how many element-wise losses it sums.
-        reduction (str): ``'mean'`` or ``'sum'``.
-        avg_factor (float | Tensor, optional): denominator of the mean.
-    """
-    check_reduction(loss_name, reduction)
-    if reduction == 'none':
-        raise ValueError(f'{loss_name}: reduce_weighted_sum cannot give '
-                         f'reduction="none"')
-    if reduction == 'sum':
-        if avg_factor is not None:
-            raise ValueError(f'{loss_name}: avg_factor can not be used with '
-                             f'reduction="sum"')
-        return total
-    if avg_factor is not None:
-        return total / (avg_factor + FLOAT32_EPS)
-    # the mean of nothing is 0 (connected to the graph), not NaN
-    return total / count if count > 0 else total
+    """``'mean'`` / ``'sum'`` from an already weighted sum of ``count`` losses
+    (:meth:`Reduction.finish`)."""
+    return Reduction(loss_name, None, reduction, avg_factor).finish(total,
+                                                                    count)
 
 
 def weighted_loss(loss_func: Callable) -> Callable:

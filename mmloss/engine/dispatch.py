@@ -1,0 +1,224 @@
+"""Which path a loss call runs: the plain formula or a fast path.
+
+Every loss has one reference, its *plain* formula written in ordinary
+autograd ops. A *fast path* is an optional execution of the same maths (a
+kernel that computes the value and its gradient together, the row-wise
+Jacobian engine of the box losses, a CPU-only variant, a compiled kernel).
+This module is the one place that decides, per call, which one runs:
+
+* the global switch: :func:`fast_paths` (a function and a context manager)
+  or the environment variable ``MMLOSS_FAST_PATHS=0`` force the plain
+  formula everywhere;
+* the per-device tuning table :data:`TUNING`: block rows of the row-wise
+  engine, the smallest inputs worth a fast path, and whether the
+  CPU-specific kernels (data-dependent shapes, flat in-place updates) may
+  run on that device;
+* the call itself: dtypes, grad mode and size (:func:`use_fast`).
+
+Autocast never reaches a kernel: the public functions run their body with
+autocast disabled (:func:`autocast_off`) on inputs upcast to float32 at
+least, so a matmul-listed op could not lower coordinates, logits or
+gradients even if a kernel used one (none does).
+
+Tests force another device's table on CPU tensors with
+:func:`pretend_device`, so the branches taken only off the CPU run in the
+CPU test suite too; the differential harness (``tests/test_paths.py``)
+enumerates :data:`TUNING` and :data:`PATHS` and fails for a threshold or a
+path it does not cover.
+"""
+import contextlib
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    'FAST_PATHS_ENV', 'COMPILE_ENV', 'PATHS', 'Tuning', 'TUNING',
+    'fast_paths', 'fast_paths_enabled', 'compile_enabled', 'tuning',
+    'device_kind', 'cpu_kernels', 'use_fast', 'pretend_device',
+    'autocast_off', 'block_rows'
+]
+
+#: ``MMLOSS_FAST_PATHS=0`` forces the plain formula everywhere.
+FAST_PATHS_ENV = 'MMLOSS_FAST_PATHS'
+#: ``MMLOSS_COMPILE=1`` lets kernels that have one run compiled.
+COMPILE_ENV = 'MMLOSS_COMPILE'
+
+#: Every kind of path a call can take (the harness checks it covers each).
+PATHS = (
+    'plain',      # the reference formula, ordinary autograd
+    'fast',       # a kernel: value and gradient in one pass
+    'fused',      # the kernel with the weighted mean/sum inside it
+    'cpu',        # a CPU-only variant of a kernel (cpu_kernels=True)
+    'blocked',    # the row-wise engine over several blocks
+)
+
+_FALSE = ('0', 'false', 'no', 'off')
+_TRUE = ('1', 'true', 'yes', 'on')
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The tuning values of one device kind.
+
+    Attributes:
+        block_rows (int): rows per block of the row-wise Jacobian engine
+            (:mod:`mmloss.engine.rowwise`): big enough that op overheads
+            stay small and elementwise kernels still split over threads,
+            small enough that a core's per-box temporaries stay far below
+            the full-size tensors.
+        wide_block_rows (int): the same, for the cores that have room for
+            twice the rows (IoU, GIoU, DIoU, CIoU).
+        cpu_kernels (bool): whether the CPU-specific kernel variants run
+            (data-dependent shapes, flat in-place updates): fast on the
+            CPU, a host sync on an accelerator.
+        min_rows (Mapping[str, int]): per loss, the fewest rows for which
+            the fast path beats the plain formula (per-call overhead wins
+            below); losses not listed take the fast path from 1 row.
+    """
+    block_rows: int = 32768
+    wide_block_rows: int = 65536
+    cpu_kernels: bool = False
+    min_rows: Mapping[str, int] = field(default_factory=dict)
+
+
+#: Per device kind (``tensor.device.type``); unknown kinds use ``'default'``.
+TUNING: Dict[str, Tuning] = {
+    'cpu': Tuning(block_rows=32768, wide_block_rows=65536, cpu_kernels=True,
+                  min_rows={}),
+    'cuda': Tuning(block_rows=1 << 20, wide_block_rows=1 << 20,
+                   cpu_kernels=False),
+    'default': Tuning(block_rows=1 << 20, wide_block_rows=1 << 20,
+                      cpu_kernels=False),
+}
+
+_state = threading.local()
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, '').strip().lower()
+    if value in _FALSE:
+        return False
+    if value in _TRUE:
+        return True
+    return default
+
+
+class _Switch:
+    """The global fast-path switch: ``None`` defers to the environment."""
+    forced: Optional[bool] = None
+
+
+def fast_paths_enabled() -> bool:
+    """Whether fast paths may run (``fast_paths`` or ``MMLOSS_FAST_PATHS``).
+    """
+    if _Switch.forced is not None:
+        return _Switch.forced
+    return _env_flag(FAST_PATHS_ENV, True)
+
+
+class fast_paths:
+    """Allow or forbid every fast path.
+
+    ``mmloss.fast_paths(False)`` forbids them from now on (the plain
+    formula runs everywhere); ``mmloss.fast_paths(None)`` defers to the
+    environment variable ``MMLOSS_FAST_PATHS`` again. Used as a context
+    manager (or decorator) it restores the previous setting on exit::
+
+        with mmloss.fast_paths(False):
+            reference = loss(pred, target)
+    """
+
+    def __init__(self, enabled: Optional[bool] = True):
+        if enabled is not None and not isinstance(enabled, bool):
+            raise TypeError(f'fast_paths: enabled must be True, False or '
+                            f'None, but got {enabled!r}')
+        self._previous = _Switch.forced
+        _Switch.forced = enabled
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _Switch.forced = self._previous
+        return False
+
+
+def compile_enabled() -> bool:
+    """Whether ``MMLOSS_COMPILE=1`` asks for compiled kernels."""
+    return _env_flag(COMPILE_ENV, False)
+
+
+def device_kind(tensor: Tensor) -> str:
+    """``tensor``'s device type, or the kind :func:`pretend_device` set."""
+    pretended = getattr(_state, 'device', None)
+    return pretended if pretended is not None else tensor.device.type
+
+
+def tuning(tensor: Tensor) -> Tuning:
+    """The :data:`TUNING` entry for ``tensor``'s device kind."""
+    return TUNING.get(device_kind(tensor), TUNING['default'])
+
+
+def cpu_kernels(tensor: Tensor) -> bool:
+    """Whether the CPU-specific kernel variants may run for ``tensor``."""
+    return tuning(tensor).cpu_kernels and fast_paths_enabled()
+
+
+def block_rows(tensor: Tensor, wide: bool = False) -> int:
+    """Rows per block of the row-wise engine on ``tensor``'s device."""
+    entry = tuning(tensor)
+    return entry.wide_block_rows if wide else entry.block_rows
+
+
+def use_fast(loss_name: str, *tensors: Optional[Tensor],
+             rows: Optional[int] = None) -> bool:
+    """Whether this call of ``loss_name`` takes its fast path.
+
+    False when fast paths are switched off, when a tensor is neither
+    float32 nor float64 nor half (integer logits take the plain path and
+    its errors), or when ``rows`` is below the device's ``min_rows`` for
+    the loss. Families add their own conditions (a target that needs a
+    gradient the kernel does not give, for example) before asking.
+    """
+    if not fast_paths_enabled():
+        return False
+    first = next((t for t in tensors if t is not None), None)
+    if first is None:
+        return False
+    if rows is not None:
+        if rows < tuning(first).min_rows.get(loss_name, 0):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def pretend_device(kind: str) -> Iterator[None]:
+    """Use the :data:`TUNING` entry of ``kind`` whatever the tensors' device.
+
+    For tests: ``with pretend_device('cuda'):`` runs, on CPU tensors, the
+    branches a CUDA device would take.
+    """
+    previous = getattr(_state, 'device', None)
+    _state.device = kind
+    try:
+        yield
+    finally:
+        _state.device = previous
+
+
+def autocast_off(tensor: Tensor):
+    """A context with autocast disabled on ``tensor``'s device when it is
+    enabled there, else a no-op context (entering costs nothing)."""
+    kind = tensor.device.type
+    try:
+        enabled = torch.is_autocast_enabled(kind)
+    except TypeError:  # older torch: no device argument
+        enabled = torch.is_autocast_enabled() if kind == 'cuda' else \
+            torch.is_autocast_cpu_enabled()
+    if enabled:
+        return torch.autocast(device_type=kind, enabled=False)
+    return contextlib.nullcontext()
