@@ -54,6 +54,7 @@ PATHS = (
     'fused',      # the kernel with the weighted mean/sum inside it
     'cpu',        # a CPU-only variant of a kernel (cpu_kernels=True)
     'blocked',    # the row-wise engine over several blocks
+    'compiled',   # a kernel compiled by torch.compile (MMLOSS_COMPILE=1)
 )
 
 _FALSE = ('0', 'false', 'no', 'off')
@@ -89,9 +90,10 @@ class Tuning:
 TUNING: Dict[str, Tuning] = {
     'cpu': Tuning(block_rows=32768, wide_block_rows=65536, cpu_kernels=True,
                   min_rows={}),
-    'cuda': Tuning(block_rows=1 << 20, wide_block_rows=1 << 20,
+    # accelerators: blocks only bound the temporaries' memory
+    'cuda': Tuning(block_rows=131072, wide_block_rows=131072,
                    cpu_kernels=False),
-    'default': Tuning(block_rows=1 << 20, wide_block_rows=1 << 20,
+    'default': Tuning(block_rows=131072, wide_block_rows=131072,
                       cpu_kernels=False),
 }
 

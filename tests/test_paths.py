@@ -1,0 +1,387 @@
+"""The differential harness: every fast path against the plain formula.
+
+A fast path is a claim that it computes the plain formula's value and
+gradients. This module holds every registered loss to that claim, in the
+settings people train in:
+
+* every path the dispatcher can take (:data:`mmloss.engine.dispatch.PATHS`):
+  the fast kernels, their fused reductions, the CPU-only variants, the
+  row-wise engine over several blocks, and the branches taken only off the
+  CPU, forced on CPU tensors with :func:`~mmloss.engine.dispatch.
+  pretend_device`;
+* sizes straddling every threshold of the tuning table (a threshold ``t``
+  needs ``t - 1``, ``t`` and ``t + 1`` in :data:`SIZES`, or
+  :func:`test_every_threshold_of_the_table_is_straddled` fails), the big
+  ones behind the ``slow`` marker;
+* float64, float32, float16 and bfloat16 inputs, ``torch.autocast`` on and
+  off, every reduction, weights, ``avg_factor`` as a number and a tensor,
+  targets that require a gradient, non-contiguous inputs, and
+  ``create_graph=True`` with a Hessian-vector product.
+
+The reference is always the same call with ``mmloss.fast_paths(False)``
+(the plain autograd formula), in the same dtype, outside autocast and on
+the real device.
+"""
+import contextlib
+import dataclasses
+from typing import Mapping, Optional
+
+import pytest
+import torch
+
+import mmloss
+from mmloss.engine import dispatch
+from mmloss.registry import MODELS
+from tests.cases import CASES, REGISTERED, value
+
+#: Rows at which the harness runs every loss (the default suite) ...
+FAST_SIZES = (1, 1023, 1024, 1025)
+#: ... and the sizes behind the slow marker: block thresholds and one size
+#: above 100k rows.
+SLOW_SIZES = (32767, 32768, 32769, 65535, 65536, 65537, 131071, 131072,
+              131073)
+SIZES = FAST_SIZES + SLOW_SIZES
+
+#: The device kinds whose table entries the harness runs (CUDA's on CPU
+#: tensors through pretend_device; on a real GPU as well where present).
+DEVICE_KINDS = ('cpu', 'cuda')
+
+#: How the harness reaches each path of dispatch.PATHS.
+PATH_COVERAGE = {
+    'plain': 'the reference of every comparison (fast_paths(False))',
+    'fast': 'every comparison runs with fast_paths(True)',
+    'fused': "reduction 'mean'/'sum' with no weight or an exact-shape "
+             'float weight (SETTINGS)',
+    'cpu': "DEVICE_KINDS 'cpu' (cpu_kernels=True in TUNING['cpu'])",
+    'blocked': 'SLOW_SIZES above every block_rows of the table',
+    'compiled': 'test_compiled_kernels_equal_the_plain_formula (slow)',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One call's circumstances (see the module docstring)."""
+    dtype: torch.dtype = torch.float64
+    reduction: str = 'mean'
+    weight: bool = False
+    avg_factor: Optional[str] = None  # None, 'float' or 'tensor'
+    autocast: bool = False
+    create_graph: bool = False
+    target_grad: bool = False
+    strided: bool = False
+
+    def __str__(self):
+        parts = [str(self.dtype).replace('torch.', ''), self.reduction]
+        for flag in ('weight', 'autocast', 'create_graph', 'target_grad',
+                     'strided'):
+            if getattr(self, flag):
+                parts.append(flag)
+        if self.avg_factor:
+            parts.append(f'avg_{self.avg_factor}')
+        return '-'.join(parts)
+
+
+F64, F32 = torch.float64, torch.float32
+#: Every axis value at least once, the common combinations more often.
+SETTINGS = (
+    Setting(F64, 'mean'),
+    Setting(F64, 'none', weight=True),
+    Setting(F64, 'sum', weight=True, target_grad=True),
+    Setting(F32, 'mean', weight=True),
+    Setting(F32, 'none'),
+    Setting(F32, 'sum'),
+    Setting(F32, 'mean', weight=True, avg_factor='float'),
+    Setting(F32, 'mean', avg_factor='tensor'),
+    Setting(F32, 'mean', weight=True, autocast=True),
+    Setting(F32, 'none', autocast=True),
+    Setting(F32, 'sum', strided=True),
+    Setting(torch.float16, 'mean', weight=True),
+    Setting(torch.bfloat16, 'none'),
+    Setting(F64, 'mean', weight=True, create_graph=True),
+    Setting(F64, 'none', create_graph=True, target_grad=True),
+    Setting(F32, 'sum', create_graph=True, autocast=True),
+)
+#: The big sizes run fewer settings (each one covers the fused reduction,
+#: the element-wise path, autocast and double backward).
+SLOW_SETTINGS = (
+    Setting(F32, 'mean', weight=True),
+    Setting(F32, 'none', autocast=True),
+    Setting(F64, 'sum', create_graph=True, target_grad=True),
+)
+
+
+def _table_thresholds():
+    """Every size threshold in the tuning table, with where it is."""
+    found = {}
+    for kind, entry in dispatch.TUNING.items():
+        for spec in dataclasses.fields(entry):
+            item = getattr(entry, spec.name)
+            if isinstance(item, bool):
+                continue
+            if isinstance(item, int):
+                found[f'{kind}.{spec.name}'] = item
+            elif isinstance(item, Mapping):
+                for key, threshold in item.items():
+                    found[f'{kind}.{spec.name}[{key}]'] = threshold
+    return found
+
+
+def test_every_threshold_of_the_table_is_straddled():
+    for where, threshold in _table_thresholds().items():
+        missing = {threshold - 1, threshold, threshold + 1} - set(SIZES)
+        missing.discard(0)
+        assert not missing, (f'{where} = {threshold}: the harness does not '
+                             f'run {sorted(missing)} rows; add them to '
+                             f'FAST_SIZES or SLOW_SIZES')
+
+
+def test_every_path_of_the_dispatcher_is_covered():
+    assert set(PATH_COVERAGE) == set(dispatch.PATHS), (
+        'a path of dispatch.PATHS without harness coverage (or coverage '
+        'of a path that no longer exists)')
+
+
+def test_every_device_kind_of_the_table_is_run():
+    assert set(dispatch.TUNING) - {'default'} <= set(DEVICE_KINDS)
+
+
+def test_the_issue_sizes_are_in_the_harness():
+    assert {1, 1023, 1024, 32767, 32768, 65537} <= set(SIZES)
+    assert max(SIZES) > 100_000
+
+
+# ---------------------------------------------------------------------------
+# running one call
+# ---------------------------------------------------------------------------
+def _cast(args, dtype):
+    return tuple(
+        a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
+        else tuple(_cast(a, dtype)) if isinstance(a, tuple) else a
+        for a in args)
+
+
+def _strided(tensor):
+    """The same values, stored non-contiguously."""
+    if tensor.dim() >= 2:
+        return tensor.transpose(0, -1).contiguous().transpose(0, -1)
+    return torch.stack([tensor] * 2, dim=1)[:, 0]
+
+
+def _inputs(name, n, setting, device):
+    case = CASES[name]
+    args, kwargs = case.make(11, n)
+    args = _cast(args, setting.dtype)
+    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a
+                 for a in args)
+    if setting.strided:
+        args = tuple(_strided(a) if isinstance(a, torch.Tensor) and
+                     a.is_floating_point() else a for a in args)
+    extra = {}
+    if setting.weight and case.weight_shape is not None:
+        gen = torch.Generator().manual_seed(5)
+        weight = torch.rand(case.weight_shape(n), generator=gen,
+                            dtype=torch.float64)
+        # zero weights too, as negatives get in an anchor head
+        weight = weight * (weight > 0.2)
+        extra['weight'] = weight.to(setting.dtype).to(device)
+    if setting.avg_factor == 'float':
+        extra['avg_factor'] = 0.5 * n + 1.0
+    elif setting.avg_factor == 'tensor':
+        extra['avg_factor'] = torch.tensor(0.5 * n + 1.0, device=device)
+    return args, dict(kwargs, **extra)
+
+
+def _differentiable(name, args, setting):
+    """The inputs that get a gradient: pred, and a float target when asked.
+    """
+    wanted = [args[0]]
+    if setting.target_grad and isinstance(args[1], torch.Tensor) and \
+            args[1].is_floating_point() and CASES[name].box:
+        wanted.append(args[1])
+    return wanted
+
+
+def _leaves(args, count):
+    return tuple(a.detach().clone().requires_grad_() if i < count else a
+                 for i, a in enumerate(args))
+
+
+def run_call(name, n, setting, *, fast, kind='cpu', device='cpu'):
+    """Value, gradients (and with ``create_graph`` a Hessian-vector
+    product) of one call; everything detached, in float64."""
+    args, kwargs = _inputs(name, n, setting, device)
+    count = len(_differentiable(name, args, setting))
+    args = _leaves(args, count)
+    wanted = list(args[:count])
+    loss = MODELS.build(dict(type=name, **CASES[name].cfg)).to(device)
+    if setting.dtype == torch.float64:
+        loss = loss.double()  # the running state of GHM, Seesaw, Wise-IoU
+    autocast = torch.autocast(device_type=torch.device(device).type,
+                              dtype=torch.bfloat16) if setting.autocast \
+        else contextlib.nullcontext()
+    pretend = dispatch.pretend_device(kind) if kind != device else \
+        contextlib.nullcontext()
+    with mmloss.fast_paths(fast), pretend, autocast:
+        out = value(loss, args, reduction_override=setting.reduction,
+                    **kwargs)
+        if not fast:
+            assert not custom_functions(out), (
+                f'{name}: fast_paths(False) still ran {custom_functions(out)}')
+        gen = torch.Generator().manual_seed(3)
+        upstream = (torch.rand(out.shape, generator=gen,
+                               dtype=torch.float64) + 0.5).to(out)
+        grads = torch.autograd.grad(out, wanted, upstream,
+                                    create_graph=setting.create_graph,
+                                    allow_unused=True)
+        grads = [torch.zeros_like(w) if g is None else g
+                 for g, w in zip(grads, wanted)]
+        results = [out] + list(grads)
+        if setting.create_graph:
+            direction = [torch.rand(w.shape, generator=gen,
+                                    dtype=torch.float64).to(w)
+                         for w in wanted]
+            pairs = [(g, d) for g, d in zip(grads, direction)
+                     if g.requires_grad]
+            if pairs:
+                product = sum((g * d).sum() for g, d in pairs)
+                hvp = torch.autograd.grad(product, wanted, allow_unused=True)
+                results += [torch.zeros_like(w) if h is None else h
+                            for h, w in zip(hvp, wanted)]
+            else:
+                results.append(None)  # the plain side decides below
+    return [None if r is None else r.detach().double().cpu()
+            for r in results]
+
+
+def custom_functions(out):
+    """The custom autograd Functions (fast paths) in ``out``'s graph."""
+    seen, stack, found = set(), [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            found.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found
+
+
+def _tolerance(setting):
+    if setting.dtype in (torch.float16, torch.bfloat16):
+        return 2e-2, 2e-2
+    if setting.dtype == torch.float32:
+        return 1e-4, 1e-5
+    return 1e-7, 1e-10
+
+
+def assert_same(candidate, reference, setting, what):
+    rtol, atol_scale = _tolerance(setting)
+    assert len(candidate) == len(reference), (
+        f'{what}: {len(candidate)} results vs {len(reference)} (a '
+        f'create_graph gradient without a graph?)')
+    labels = ['value'] + [f'result {i}' for i in range(1, len(reference))]
+    for label, got, want in zip(labels, candidate, reference):
+        if want is None:
+            assert got is None, f'{what}: {label}'
+            continue
+        assert got is not None, f'{what}: {label} missing'
+        scale = want.abs().max().item() if want.numel() else 0.0
+        torch.testing.assert_close(
+            got, want, rtol=rtol, atol=atol_scale * max(scale, 1e-12),
+            equal_nan=False, msg=lambda m: f'{what}: {label}: {m}')
+
+
+def _reference(name, n, setting):
+    """The plain formula, real device, no autocast (float32 inputs where
+    the candidate runs under autocast)."""
+    plain_setting = dataclasses.replace(setting, autocast=False)
+    return run_call(name, n, plain_setting, fast=False)
+
+
+def _applicable(name, setting):
+    case = CASES[name]
+    if setting.weight and case.weight_shape is None:
+        return False
+    if setting.reduction == 'sum' and not case.sum_is_sum_of_none and \
+            setting.avg_factor:
+        return False
+    return True
+
+
+def _check(name, n, setting, kind):
+    if not _applicable(name, setting):
+        pytest.skip(f'{name} takes no {setting}')
+    reference = _reference(name, n, setting)
+    candidate = run_call(name, n, setting, fast=True, kind=kind)
+    assert_same(candidate, reference, setting,
+                f'{name} n={n} {setting} on {kind}')
+
+
+@pytest.mark.parametrize('kind', DEVICE_KINDS)
+@pytest.mark.parametrize('setting', SETTINGS, ids=str)
+@pytest.mark.parametrize('n', FAST_SIZES)
+@pytest.mark.parametrize('name', REGISTERED)
+def test_fast_paths_equal_the_plain_formula(name, n, setting, kind):
+    _check(name, n, setting, kind)
+
+
+def _slow_names(n):
+    """At the big sizes: every loss once above 100k rows, the box losses
+    (the row-wise engine's blocks) and the losses with a size threshold in
+    the table at every size."""
+    thresholds = {key for entry in dispatch.TUNING.values()
+                  for key in entry.min_rows}
+    names = [name for name in REGISTERED
+             if CASES[name].box or name in thresholds]
+    if n == max(SLOW_SIZES):
+        names = list(REGISTERED)
+    return names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('kind', DEVICE_KINDS)
+@pytest.mark.parametrize('setting', SLOW_SETTINGS, ids=str)
+@pytest.mark.parametrize('name,n', [(name, n) for n in SLOW_SIZES
+                                    for name in _slow_names(n)])
+def test_fast_paths_equal_the_plain_formula_at_large_sizes(name, n, setting,
+                                                           kind):
+    _check(name, n, setting, kind)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
+@pytest.mark.parametrize('setting', SETTINGS, ids=str)
+@pytest.mark.parametrize('n', FAST_SIZES + (131073, ))
+@pytest.mark.parametrize('name', REGISTERED)
+def test_fast_paths_equal_the_plain_formula_on_cuda(name, n, setting):
+    if not _applicable(name, setting):
+        pytest.skip(f'{name} takes no {setting}')
+    reference = _reference(name, n, setting)
+    candidate = run_call(name, n, setting, fast=True, kind='cuda',
+                         device='cuda')
+    assert_same(candidate, reference, setting, f'{name} n={n} {setting}')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('setting', SETTINGS[:6], ids=str)
+def test_compiled_kernels_equal_the_plain_formula(setting, monkeypatch):
+    """``MMLOSS_COMPILE=1`` (compiles for tens of seconds: slow)."""
+    monkeypatch.setenv(dispatch.COMPILE_ENV, '1')
+    for name in ('FocalLoss', 'Poly1FocalLoss'):
+        for n in (1023, 4097):
+            _check(name, n, setting, 'cpu')
+
+
+def test_the_switch_forces_the_plain_formula_and_restores(monkeypatch):
+    assert mmloss.fast_paths_enabled()
+    with mmloss.fast_paths(False):
+        assert not mmloss.fast_paths_enabled()
+        with mmloss.fast_paths(True):
+            assert mmloss.fast_paths_enabled()
+        assert not mmloss.fast_paths_enabled()
+    assert mmloss.fast_paths_enabled()
+    monkeypatch.setenv(dispatch.FAST_PATHS_ENV, '0')
+    assert not mmloss.fast_paths_enabled()
+    with mmloss.fast_paths(True):
+        assert mmloss.fast_paths_enabled()
+    assert not mmloss.fast_paths_enabled()
