@@ -1,0 +1,178 @@
+"""The engine: the dispatcher and the gradient-in-forward Function."""
+import dataclasses
+
+import pytest
+import torch
+
+import mmloss
+from mmloss.engine import dispatch
+from mmloss.engine.functions import (GradientInForward, NegativeOf,
+                                     gradient_in_forward)
+
+
+# ---------------------------------------------------------------------------
+# dispatch
+# ---------------------------------------------------------------------------
+def test_fast_paths_as_a_function_stays_until_reset():
+    mmloss.fast_paths(False)
+    try:
+        assert not mmloss.fast_paths_enabled()
+        assert not dispatch.use_fast('L1Loss', torch.ones(3))
+    finally:
+        mmloss.fast_paths(None)
+    assert mmloss.fast_paths_enabled()
+
+
+@pytest.mark.parametrize('text,enabled', [('0', False), ('off', False),
+                                          ('false', False), ('1', True),
+                                          ('', True), ('on', True)])
+def test_the_environment_sets_the_default(monkeypatch, text, enabled):
+    monkeypatch.setenv(dispatch.FAST_PATHS_ENV, text)
+    assert dispatch.fast_paths_enabled() is enabled
+
+
+def test_fast_paths_refuses_other_values():
+    with pytest.raises(TypeError, match='fast_paths'):
+        mmloss.fast_paths('no')
+
+
+def test_pretend_device_switches_the_table_and_restores():
+    x = torch.ones(2)
+    assert dispatch.device_kind(x) == 'cpu' and dispatch.cpu_kernels(x)
+    with dispatch.pretend_device('cuda'):
+        assert dispatch.device_kind(x) == 'cuda'
+        assert not dispatch.cpu_kernels(x)
+        assert dispatch.block_rows(x) == dispatch.TUNING['cuda'].block_rows
+    assert dispatch.device_kind(x) == 'cpu'
+    with dispatch.pretend_device('xla'):  # unknown kinds: 'default'
+        assert dispatch.tuning(x) is dispatch.TUNING['default']
+
+
+def test_cpu_kernels_follow_the_switch():
+    with mmloss.fast_paths(False):
+        assert not dispatch.cpu_kernels(torch.ones(1))
+
+
+def test_min_rows_sends_small_inputs_to_the_plain_formula(monkeypatch):
+    entry = dataclasses.replace(dispatch.TUNING['cpu'],
+                                min_rows={'SomeLoss': 100})
+    monkeypatch.setitem(dispatch.TUNING, 'cpu', entry)
+    x = torch.ones(1)
+    assert not dispatch.use_fast('SomeLoss', x, rows=99)
+    assert dispatch.use_fast('SomeLoss', x, rows=100)
+    assert dispatch.use_fast('OtherLoss', x, rows=1)
+    assert not dispatch.use_fast('SomeLoss')  # no tensor at all
+
+
+def test_autocast_off_only_where_autocast_is_on():
+    x = torch.ones(2, 2)
+    with dispatch.autocast_off(x):
+        assert not torch.is_autocast_enabled('cpu')
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert torch.is_autocast_enabled('cpu')
+        with dispatch.autocast_off(x):
+            assert not torch.is_autocast_enabled('cpu')
+            assert torch.mm(x, x).dtype == torch.float32
+        assert torch.is_autocast_enabled('cpu')
+
+
+# ---------------------------------------------------------------------------
+# GradientInForward
+# ---------------------------------------------------------------------------
+def _cube_kernel(needs, pred, target):
+    """sum((pred - target)^3) with its slope, target's as NegativeOf."""
+    d = pred - target
+    return (d ** 3).sum(), (3 * d * d, NegativeOf(0)), None
+
+
+def _cube_plain(pred, target):
+    return ((pred - target) ** 3).sum()
+
+
+def _pair(n=6, requires_target=True):
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.randn(n, dtype=torch.float64, generator=gen)
+    target = torch.randn(n, dtype=torch.float64, generator=gen)
+    return pred.requires_grad_(), target.requires_grad_(requires_target)
+
+
+def test_gradient_and_its_derivatives_are_exact():
+    pred, target = _pair()
+
+    def fn(p, t):
+        return GradientInForward.apply(_cube_kernel, _cube_plain, p, t)
+
+    assert torch.autograd.gradcheck(fn, (pred, target))
+    assert torch.autograd.gradgradcheck(fn, (pred, target))
+
+
+def test_create_graph_gradient_carries_a_graph():
+    pred, target = _pair()
+    out = GradientInForward.apply(_cube_kernel, _cube_plain, pred, target)
+    grad, = torch.autograd.grad(out, pred, create_graph=True)
+    assert grad.requires_grad
+    hessian_row, = torch.autograd.grad(grad.sum(), pred)
+    torch.testing.assert_close(hessian_row, 6 * (pred - target).detach())
+
+
+def test_without_create_graph_the_plain_formula_is_not_run():
+    pred, target = _pair()
+    calls = []
+
+    def plain(p, t):
+        calls.append(1)
+        return _cube_plain(p, t)
+
+    GradientInForward.apply(_cube_kernel, plain, pred, target).backward()
+    assert not calls
+    torch.testing.assert_close(pred.grad, 3 * (pred - target).detach() ** 2)
+    torch.testing.assert_close(target.grad,
+                               -3 * (pred - target).detach() ** 2)
+
+
+def test_retained_graph_gives_the_same_gradient_twice():
+    pred, target = _pair(requires_target=False)
+    out = GradientInForward.apply(_cube_kernel, _cube_plain, pred, target)
+    first, = torch.autograd.grad(out, pred, retain_graph=True)
+    second, = torch.autograd.grad(out, pred)
+    assert torch.equal(first, second)
+
+
+def test_tensor_scale_and_per_row_gradients():
+    pred = torch.rand(5, 4, dtype=torch.float64, requires_grad=True)
+
+    def kernel(needs, p):
+        rows = (p ** 2).sum(1)
+        return rows, (2 * p, ), torch.tensor(0.5, dtype=p.dtype)
+
+    def plain(p):
+        return (p ** 2).sum(1) * 1.0
+
+    out = GradientInForward.apply(kernel, plain, pred)
+    upstream = torch.arange(5, dtype=torch.float64)
+    grad, = torch.autograd.grad(out, pred, upstream)
+    torch.testing.assert_close(grad, 0.5 * 2 * pred.detach() *
+                               upstream[:, None])
+
+
+def test_gradient_in_forward_skips_the_function_without_grad():
+    pred, target = _pair(requires_target=False)
+    with torch.no_grad():
+        out = gradient_in_forward(_cube_kernel, _cube_plain, pred, target)
+    assert out.grad_fn is None
+    out = gradient_in_forward(_cube_kernel, _cube_plain, pred, target)
+    assert type(out.grad_fn).__name__ == 'GradientInForwardBackward'
+
+
+def test_half_inputs_get_gradients_of_their_dtype():
+    pred = torch.rand(4, dtype=torch.float16, requires_grad=True)
+
+    def kernel(needs, p):
+        x = p.float()
+        return (x ** 2).sum(), (2 * x, ), None
+
+    def plain(p):
+        return (p.float() ** 2).sum()
+
+    GradientInForward.apply(kernel, plain, pred).backward()
+    assert pred.grad.dtype == torch.float16
