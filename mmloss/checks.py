@@ -4,12 +4,13 @@ Each check names the loss, the argument and what it got, and raises
 ``ValueError`` or ``TypeError``. They read only shapes and dtypes (tensor
 metadata), never tensor values, so they add no host sync on an accelerator.
 """
-import os
 from numbers import Real
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from .engine import dispatch
 
 REDUCTIONS = ('none', 'mean', 'sum')
 
@@ -65,6 +66,14 @@ def check_tensor(loss_name: str, argument: str, value) -> Tensor:
     return value
 
 
+def check_float(loss_name: str, argument: str, tensor: Tensor) -> Tensor:
+    """Return ``tensor`` if it holds floating-point numbers."""
+    if not tensor.is_floating_point():
+        raise TypeError(f'{loss_name}: {argument} must be a float tensor, '
+                        f'but has dtype {tensor.dtype}')
+    return tensor
+
+
 def check_same_shape(loss_name: str, pred: Tensor, target: Tensor,
                      names: Sequence[str] = ('pred', 'target')) -> None:
     """Raise unless ``pred`` and ``target`` have the same shape."""
@@ -101,6 +110,8 @@ def check_weight_shape(loss_name: str, weight: Optional[Tensor],
     if weight is None:
         return
     check_tensor(loss_name, argument, weight)
+    if weight.shape == loss_shape:
+        return
     try:
         shape = torch.broadcast_shapes(weight.shape, tuple(loss_shape))
     except RuntimeError:
@@ -118,10 +129,13 @@ def check_label_range(loss_name: str, label: Tensor, high: int,
                       argument: str = 'label') -> None:
     """Raise unless every label lies in ``[0, high)`` (or is ignored).
 
-    This is a *value* check. On the CPU reading the values costs nothing, so
-    a bad label raises a ``ValueError`` naming the loss. On an accelerator it
-    is queued with ``torch._assert_async`` instead, so it never waits for the
-    device: a bad label then fails at the next synchronisation.
+    This is a *value* check. Where reading values costs nothing (devices
+    whose :data:`~mmloss.engine.dispatch.TUNING` entry has ``cpu_kernels``:
+    the CPU) a bad label raises a ``ValueError`` naming the loss. Elsewhere
+    it is queued with ``torch._assert_async`` instead, so it never waits
+    for the device: a bad label then fails (``RuntimeError``) at the next
+    synchronisation. (The table's entry, not the fast-path switch, decides:
+    a check is not a fast path.)
 
     Args:
         loss_name (str): loss named in the message.
@@ -136,7 +150,8 @@ def check_label_range(loss_name: str, label: Tensor, high: int,
     if label.numel() == 0:
         return
     top = high + 1 if high_inclusive else high
-    if label.device.type == 'cpu':
+    host = dispatch.tuning(label).cpu_kernels
+    if host:
         # the common case in one reduction: every label (ignored ones
         # included) already in range
         low, high_seen = torch.aminmax(label)
@@ -151,7 +166,7 @@ def check_label_range(loss_name: str, label: Tensor, high: int,
     else:
         low, high_seen = torch.aminmax(values)
         ok = (low >= 0) & (high_seen < top)
-    if label.device.type == 'cpu':
+    if host:
         if not bool(ok):
             bad = values >= top
             if not allow_negative:
@@ -193,7 +208,8 @@ def check_finite_enabled() -> bool:
     """Whether loss modules raise on a non-finite result (see above)."""
     if _check_finite_override is not None:
         return _check_finite_override
-    return os.environ.get(CHECK_FINITE_ENV, '').strip().lower() in (
+    value = dispatch.environment_value(CHECK_FINITE_ENV)
+    return value is not None and value.strip().lower() in (
         '1', 'true', 'yes', 'on')
 
 

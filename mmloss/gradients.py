@@ -1,13 +1,13 @@
 """The backward step shared by losses that compute their gradient in forward.
 
-Many mmloss losses run as a ``torch.autograd.Function`` whose forward pass
-computes the loss *and* its gradient together (they share the expensive
-sigmoid, softmax or power) and saves only that gradient. Their backward pass
+Many mmloss losses have a fast path whose forward pass computes the loss
+*and* its gradient together (they share the expensive sigmoid, softmax or
+power) and saves only that gradient
+(:class:`mmloss.engine.functions.GradientInForward`). Their backward pass
 is then always the same chain rule: the saved gradient times the incoming
-one, which is a scalar (the loss was reduced inside the Function), one value
-per row (a per-row loss), or one per element (an element-wise loss). This
-module is that step, in one place, and :class:`PrecomputedGradientFunction`
-the whole Function for losses that compute ``(value, slope)`` in one go.
+one, which is a scalar (the loss was reduced in forward), one value per row
+(a per-row loss), or one per element (an element-wise loss). This module is
+that step, in one place.
 
 When the running backward pass frees the graph afterwards (the default:
 no ``retain_graph``/``create_graph``), nothing will read the saved gradient
@@ -16,15 +16,12 @@ input's size is allocated (on the CPU a fresh buffer of tens of MB costs
 about as much as the multiplication itself, in page faults). Otherwise a new
 tensor is returned and the saved one is left intact for the next backward.
 """
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from .precision import to_dtype
-
-__all__ = ['graph_is_kept', 'scale_saved_grad', 'PrecomputedGradientFunction']
+__all__ = ['graph_is_kept', 'scale_saved_grad']
 
 
 def graph_is_kept() -> bool:
@@ -95,50 +92,3 @@ def _per_row(factor: Tensor, grad: Tensor) -> Tensor:
             factor.shape[0] == grad.shape[0]:
         return factor.reshape((-1, ) + (1, ) * (grad.dim() - 1))
     return factor
-
-
-class PrecomputedGradientFunction(torch.autograd.Function):
-    """A loss whose slope is known when its value is computed.
-
-    ``compute()`` runs inside ``forward`` (autograd off) and returns
-    ``(value, coeff, scale)``: the loss (element-wise or reduced), ``d loss
-    / d pred`` per element up to the factor ``scale`` (a number, a 0-dim
-    tensor or None for 1). Only ``coeff`` (and a tensor ``scale``) is saved;
-    backward is :func:`scale_saved_grad` of it for ``pred`` and its negative
-    for ``target`` (losses of ``pred - target``: L1, smooth L1, balanced
-    L1, MSE, GHM-R; GHM-C passes no target).
-
-    Args (of ``apply``):
-        pred (Tensor): the prediction (gets the gradient).
-        target (Tensor, optional): gets ``-grad`` if it requires one.
-        compute (callable): ``() -> (value, coeff, scale)``.
-
-    Returns:
-        Tensor: ``value`` as ``compute`` made it (the caller casts it).
-    """
-
-    @staticmethod
-    def forward(ctx, pred: Tensor, target: Optional[Tensor],
-                compute: Callable) -> Tensor:
-        value, coeff, scale = compute()
-        if isinstance(scale, Tensor):
-            ctx.save_for_backward(coeff, scale)
-            ctx.scale = None
-        else:
-            ctx.save_for_backward(coeff)
-            ctx.scale = 1.0 if scale is None else scale
-        ctx.dtypes = (pred.dtype, None if target is None else target.dtype)
-        return value
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        coeff, *scale = ctx.saved_tensors
-        grad_pred = scale_saved_grad(coeff, grad,
-                                     scale[0] if scale else ctx.scale)
-        grad_target = to_dtype(grad_pred.neg(), ctx.dtypes[1]) \
-            if ctx.needs_input_grad[1] else None
-        grad_pred = to_dtype(grad_pred, ctx.dtypes[0]) \
-            if ctx.needs_input_grad[0] else None
-        return grad_pred, grad_target, None
-

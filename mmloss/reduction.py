@@ -110,6 +110,19 @@ class Reduction(NamedTuple):
             denominator = denominator.to(total.dtype)
         return total / denominator
 
+    def torch_reduction(self, count: int) -> Optional[str]:
+        """The ``reduction`` argument with which torch's own losses
+        (``F.mse_loss``, ``F.smooth_l1_loss``, ...) give :meth:`apply`'s
+        result for an unweighted loss of ``count`` elements, or ``None``
+        where they cannot (a weight, ``avg_factor``, the mean of nothing,
+        which torch makes NaN)."""
+        if self.weight is not None or self.avg_factor is not None:
+            return None
+        check_reduction(self.loss_name, self.reduction)
+        if self.reduction == 'mean' and count == 0:
+            return None
+        return self.reduction
+
     def fusable(self, like: Tensor, weight_shape=None) -> bool:
         """Whether a kernel may fuse this reduction: ``'mean'``/``'sum'``
         with a constant weight of exactly ``weight_shape`` (``like``'s

@@ -4,6 +4,7 @@ import torch
 
 import mmloss
 from mmloss import checks
+from mmloss.engine import dispatch
 from mmloss.losses.base import BaseLoss
 
 
@@ -79,3 +80,51 @@ def test_shape_and_dtype_checks_name_the_loss():
                                  allow_zero=True) == 0.0
     with pytest.raises(TypeError, match='DiceLoss: pred must be a torch.Tensor'):
         checks.check_tensor('DiceLoss', 'pred', [1.0])
+
+
+def test_float_check_names_the_loss_and_dtype():
+    with pytest.raises(TypeError, match='L1Loss: pred must be a float '
+                       'tensor, but has dtype torch.int64'):
+        checks.check_float('L1Loss', 'pred', torch.zeros(3, dtype=torch.long))
+    x = torch.zeros(3, dtype=torch.float16)
+    assert checks.check_float('L1Loss', 'pred', x) is x
+
+
+def test_weight_of_the_loss_shape_passes_without_broadcasting():
+    checks.check_weight_shape('L1Loss', torch.ones(4, 2), (4, 2))
+    checks.check_weight_shape('L1Loss', torch.ones(4, 2), torch.Size([4, 2]))
+    with pytest.raises(TypeError, match='L1Loss: weight must be a torch'):
+        checks.check_weight_shape('L1Loss', [1.0], (1, ))
+
+
+def test_label_range_check_reads_values_only_on_the_cpu():
+    labels = torch.tensor([0, 3, 5])
+    checks.check_label_range('GHMC', labels, 5, high_inclusive=True)
+    with pytest.raises(ValueError, match=r'GHMC: label holds 5, but labels '
+                       r'must lie in \[0, 5\)'):
+        checks.check_label_range('GHMC', labels, 5)
+    # the switch that forces the plain formulas does not change a check
+    with mmloss.fast_paths(False):
+        with pytest.raises(ValueError, match='GHMC: label holds 5'):
+            checks.check_label_range('GHMC', labels, 5)
+    # off the CPU the check is queued (torch._assert_async), never read on
+    # the host; on CPU tensors the queued assertion fails at once
+    with dispatch.pretend_device('cuda'):
+        checks.check_label_range('GHMC', labels, 5, high_inclusive=True)
+        with pytest.raises(RuntimeError, match='GHMC: label out of range'):
+            checks.check_label_range('GHMC', labels, 5)
+        with pytest.raises(RuntimeError, match='GHMC: label out of range'):
+            checks.check_label_range('GHMC', -labels - 1, 5)
+        checks.check_label_range('GHMC', -labels - 1, 5, allow_negative=True)
+
+
+def test_environment_value_follows_the_environment(monkeypatch):
+    name = 'MMLOSS_TEST_ENVIRONMENT_VALUE'
+    monkeypatch.delenv(name, raising=False)
+    assert dispatch.environment_value(name) is None
+    monkeypatch.setenv(name, ' On ')
+    assert dispatch.environment_value(name) == ' On '
+    monkeypatch.setenv(checks.CHECK_FINITE_ENV, ' On ')
+    assert checks.check_finite_enabled()
+    monkeypatch.setenv(checks.CHECK_FINITE_ENV, 'off')
+    assert not checks.check_finite_enabled()

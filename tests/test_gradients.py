@@ -1,6 +1,8 @@
-"""The shared backward step of the gradient-in-forward Functions."""
+"""The shared backward step of the gradient-in-forward Functions, and the
+helpers the families' tests use to hold the engine to its promises."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmloss.gradients import graph_is_kept, scale_saved_grad
 from tests.helpers import assert_close
@@ -78,3 +80,89 @@ def test_one_value_per_row_of_a_single_column_gradient():
     upstream = torch.tensor([1.0, 0.0, 2.0, -1.0])
     out = scale_saved_grad(grad.clone(), upstream, 2.0)
     assert_close(out, (grad[:, 0] * upstream * 2)[:, None])
+
+
+# --------------------------------------------------------------------------
+# Helpers for the families' tests of the engine (imported by
+# tests/test_regression.py, tests/test_ghm.py and tests/test_dice.py)
+# --------------------------------------------------------------------------
+#: Matrix-product operators (and what matmul/einsum decompose into): none
+#: may touch a prediction or a gradient, whatever autocast would make of it.
+MATMUL_FAMILY = frozenset({
+    'mm', 'bmm', 'matmul', 'einsum', 'addmm', 'addbmm', 'baddbmm', 'mv',
+    'addmv', 'linear', 'linalg_vecdot', '_addmm_activation'
+})
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records the name of every aten operator that runs inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def derivatives(fn, inputs, seed=0):
+    """``fn(*inputs)``, its gradients taken with ``create_graph=True`` (a
+    random upstream gradient) and a Hessian-vector product, detached.
+
+    Asserts that the gradients carry a graph (a gradient computed in
+    forward used to come back as a constant)."""
+    gen = torch.Generator().manual_seed(seed)
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    out = fn(*leaves)
+    upstream = (torch.rand(out.shape, generator=gen, dtype=torch.float64)
+                + 0.5).to(out)
+    grads = torch.autograd.grad(out, leaves, upstream, create_graph=True)
+    assert all(g.requires_grad for g in grads), 'a gradient without graph'
+    directions = [torch.rand(x.shape, generator=gen, dtype=torch.float64)
+                  .to(x) for x in leaves]
+    product = sum((g * d).sum() for g, d in zip(grads, directions))
+    hvp = torch.autograd.grad(product, leaves, allow_unused=True)
+    hvp = [torch.zeros_like(x) if h is None else h
+           for h, x in zip(hvp, leaves)]
+    return [out.detach()] + [g.detach() for g in grads] + \
+        [h.detach() for h in hvp]
+
+
+def assert_same_derivatives(got, expected, rtol=1e-7, atol=1e-10,
+                            what=''):
+    """Every result of :func:`derivatives` close, on each one's scale."""
+    labels = ['value'] + [f'grad {i}' for i in range((len(got) - 1) // 2)] \
+        + [f'hvp {i}' for i in range((len(got) - 1) // 2)]
+    for label, a, b in zip(labels, got, expected):
+        scale = float(b.abs().max()) if b.numel() else 0.0
+        assert_close(a, b.to(a.dtype), rtol=rtol,
+                     atol=atol * max(scale, 1.0), what=f'{what} {label}')
+
+
+def custom_functions(out):
+    """Names of the custom autograd Functions in ``out``'s graph."""
+    seen, stack, found = set(), [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            found.add(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    return found
+
+
+def test_only_the_shared_backward_step_is_left():
+    """The family Functions are gone: every gradient-in-forward path runs
+    through mmloss.engine.functions.GradientInForward."""
+    import mmloss.gradients as gradients
+    assert set(gradients.__all__) == {'graph_is_kept', 'scale_saved_grad'}
+    assert not hasattr(gradients, 'PrecomputedGradientFunction')
+
+
+def test_op_recorder_sees_a_matrix_product():
+    with OpRecorder() as recorder:
+        torch.ones(2, 3) @ torch.ones(3, 2)
+    assert recorder.ops & MATMUL_FAMILY

@@ -10,9 +10,10 @@ settings people train in:
   CPU, forced on CPU tensors with :func:`~mmloss.engine.dispatch.
   pretend_device`;
 * sizes straddling every threshold of the tuning table (a threshold ``t``
-  needs ``t - 1``, ``t`` and ``t + 1`` in :data:`SIZES`, or
-  :func:`test_every_threshold_of_the_table_is_straddled` fails), the big
-  ones behind the ``slow`` marker;
+  in rows needs ``t - 1``, ``t`` and ``t + 1`` in :data:`SIZES`, or
+  :func:`test_every_threshold_of_the_table_is_straddled` fails; one in
+  elements is straddled by the row counts around it), the big ones behind
+  the ``slow`` marker;
 * float64, float32, float16 and bfloat16 inputs, ``torch.autocast`` on and
   off, every reduction, weights, ``avg_factor`` as a number and a tensor,
   targets that require a gradient, non-contiguous inputs, and
@@ -38,8 +39,8 @@ from tests.cases import CASES, REGISTERED, value
 FAST_SIZES = (1, 1023, 1024, 1025)
 #: ... and the sizes behind the slow marker: block thresholds and one size
 #: above 100k rows.
-SLOW_SIZES = (32767, 32768, 32769, 65535, 65536, 65537, 131071, 131072,
-              131073)
+SLOW_SIZES = (16383, 16384, 16385, 32767, 32768, 32769, 65535, 65536, 65537,
+              131071, 131072, 131073)
 SIZES = FAST_SIZES + SLOW_SIZES
 
 #: The device kinds whose table entries the harness runs (CUDA's on CPU
@@ -111,12 +112,13 @@ SLOW_SETTINGS = (
 
 
 def _table_thresholds():
-    """Every size threshold in the tuning table, with where it is."""
+    """Every size threshold in the tuning table counted in rows, with
+    where it is (thresholds in elements: see :func:`_element_sizes`)."""
     found = {}
     for kind, entry in dispatch.TUNING.items():
         for spec in dataclasses.fields(entry):
             item = getattr(entry, spec.name)
-            if isinstance(item, bool):
+            if isinstance(item, bool) or spec.name == 'min_elements':
                 continue
             if isinstance(item, int):
                 found[f'{kind}.{spec.name}'] = item
@@ -126,6 +128,24 @@ def _table_thresholds():
     return found
 
 
+def _elements_per_row(name):
+    args, _ = CASES[name].make(0, 1)
+    return args[0].numel()
+
+
+def _element_sizes():
+    """``(name, rows)`` straddling every ``min_elements`` threshold: the
+    last row count below it, the first at or above it, and one more."""
+    sizes = set()
+    for entry in dispatch.TUNING.values():
+        for name, threshold in entry.min_elements.items():
+            per_row = _elements_per_row(name)
+            first = -(-threshold // per_row)
+            sizes.update((name, rows) for rows in (first - 1, first,
+                                                   first + 1) if rows > 0)
+    return sorted(sizes)
+
+
 def test_every_threshold_of_the_table_is_straddled():
     for where, threshold in _table_thresholds().items():
         missing = {threshold - 1, threshold, threshold + 1} - set(SIZES)
@@ -133,6 +153,12 @@ def test_every_threshold_of_the_table_is_straddled():
         assert not missing, (f'{where} = {threshold}: the harness does not '
                              f'run {sorted(missing)} rows; add them to '
                              f'FAST_SIZES or SLOW_SIZES')
+    for entry in dispatch.TUNING.values():
+        for name, threshold in entry.min_elements.items():
+            rows = {r for n, r in _element_sizes() if n == name}
+            per_row = _elements_per_row(name)
+            assert any(r * per_row < threshold for r in rows) and any(
+                r * per_row >= threshold for r in rows), (name, threshold)
 
 
 def test_every_path_of_the_dispatcher_is_covered():
@@ -323,6 +349,14 @@ def _check(name, n, setting, kind):
 @pytest.mark.parametrize('n', FAST_SIZES)
 @pytest.mark.parametrize('name', REGISTERED)
 def test_fast_paths_equal_the_plain_formula(name, n, setting, kind):
+    _check(name, n, setting, kind)
+
+
+@pytest.mark.parametrize('kind', DEVICE_KINDS)
+@pytest.mark.parametrize('setting', SETTINGS, ids=str)
+@pytest.mark.parametrize('name,n', _element_sizes())
+def test_fast_paths_equal_the_plain_formula_at_element_thresholds(
+        name, n, setting, kind):
     _check(name, n, setting, kind)
 
 

@@ -79,29 +79,72 @@ class Tuning:
         min_rows (Mapping[str, int]): per loss, the fewest rows for which
             the fast path beats the plain formula (per-call overhead wins
             below); losses not listed take the fast path from 1 row.
+        min_elements (Mapping[str, int]): the same in input elements, for
+            losses whose cross-over depends on the rows' length too (Dice:
+            masks x points).
     """
     block_rows: int = 32768
     wide_block_rows: int = 65536
     cpu_kernels: bool = False
     min_rows: Mapping[str, int] = field(default_factory=dict)
+    min_elements: Mapping[str, int] = field(default_factory=dict)
 
 
 #: Per device kind (``tensor.device.type``); unknown kinds use ``'default'``.
 TUNING: Dict[str, Tuning] = {
+    # below these rows the plain formulas' fused ATen kernels beat the fast
+    # paths on the CPU (F.cross_entropy for the softmax CE at any class
+    # count, F.log_softmax for DFL; the sigmoid CE's fast path wins from
+    # about a thousand rows of 80 classes)
     'cpu': Tuning(block_rows=32768, wide_block_rows=65536, cpu_kernels=True,
-                  min_rows={}),
-    # accelerators: blocks only bound the temporaries' memory
+                  min_rows={'CrossEntropyLoss': 32768,
+                            'CrossEntropyLoss(sigmoid)': 1024,
+                            'DistributionFocalLoss': 32768,
+                            # element-wise box losses: below these rows the
+                            # plain formula (F.mse_loss, F.smooth_l1_loss,
+                            # sub + abs) costs less than the Function call
+                            'L1Loss': 32768,
+                            'MSELoss': 16384,
+                            'SmoothL1Loss': 32768},
+                  # Dice: counted in mask elements (N x D), not rows
+                  min_elements={'DiceLoss': 16384}),
+    # accelerators: blocks only bound the temporaries' memory; the softmax
+    # CE's many small kernels lose to F.cross_entropy's few below this
     'cuda': Tuning(block_rows=131072, wide_block_rows=131072,
-                   cpu_kernels=False),
+                   cpu_kernels=False, min_rows={'CrossEntropyLoss': 32768}),
     'default': Tuning(block_rows=131072, wide_block_rows=131072,
                       cpu_kernels=False),
 }
 
-_state = threading.local()
+
+class _State(threading.local):
+    """Per-thread state: the device kind :func:`pretend_device` set."""
+    device: Optional[str] = None
+
+
+_state = _State()
+
+
+_ENCODED_NAMES: Dict[str, object] = {}
+
+
+def environment_value(name: str) -> Optional[str]:
+    """``os.environ.get(name)`` without the ``KeyError`` that ``os.environ``
+    raises and catches for an unset name (most of its cost; this runs on
+    every loss call)."""
+    data = getattr(os.environ, '_data', None)
+    encode = getattr(os.environ, 'encodekey', None)
+    if data is None or encode is None:
+        return os.environ.get(name)
+    key = _ENCODED_NAMES.get(name)
+    if key is None:
+        key = _ENCODED_NAMES[name] = encode(name)
+    value = data.get(key)
+    return None if value is None else os.environ.decodevalue(value)
 
 
 def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name, '').strip().lower()
+    value = (environment_value(name) or '').strip().lower()
     if value in _FALSE:
         return False
     if value in _TRUE:
@@ -156,13 +199,15 @@ def compile_enabled() -> bool:
 
 def device_kind(tensor: Tensor) -> str:
     """``tensor``'s device type, or the kind :func:`pretend_device` set."""
-    pretended = getattr(_state, 'device', None)
-    return pretended if pretended is not None else tensor.device.type
+    pretended = _state.device
+    if pretended is not None:
+        return pretended
+    return 'cpu' if tensor.is_cpu else tensor.device.type
 
 
 def tuning(tensor: Tensor) -> Tuning:
     """The :data:`TUNING` entry for ``tensor``'s device kind."""
-    return TUNING.get(device_kind(tensor), TUNING['default'])
+    return TUNING.get(device_kind(tensor)) or TUNING['default']
 
 
 def cpu_kernels(tensor: Tensor) -> bool:
@@ -177,22 +222,28 @@ def block_rows(tensor: Tensor, wide: bool = False) -> int:
 
 
 def use_fast(loss_name: str, *tensors: Optional[Tensor],
-             rows: Optional[int] = None) -> bool:
+             rows: Optional[int] = None,
+             elements: Optional[int] = None) -> bool:
     """Whether this call of ``loss_name`` takes its fast path.
 
     False when fast paths are switched off, when a tensor is neither
     float32 nor float64 nor half (integer logits take the plain path and
-    its errors), or when ``rows`` is below the device's ``min_rows`` for
-    the loss. Families add their own conditions (a target that needs a
+    its errors), or when ``rows`` (``elements``) is below the device's
+    ``min_rows`` (``min_elements``) for the loss. Families add their own conditions (a target that needs a
     gradient the kernel does not give, for example) before asking.
     """
     if not fast_paths_enabled():
         return False
-    first = next((t for t in tensors if t is not None), None)
-    if first is None:
+    for first in tensors:
+        if first is not None:
+            break
+    else:
         return False
     if rows is not None:
         if rows < tuning(first).min_rows.get(loss_name, 0):
+            return False
+    if elements is not None:
+        if elements < tuning(first).min_elements.get(loss_name, 0):
             return False
     return True
 
@@ -204,7 +255,7 @@ def pretend_device(kind: str) -> Iterator[None]:
     For tests: ``with pretend_device('cuda'):`` runs, on CPU tensors, the
     branches a CUDA device would take.
     """
-    previous = getattr(_state, 'device', None)
+    previous = _state.device
     _state.device = kind
     try:
         yield
@@ -212,10 +263,18 @@ def pretend_device(kind: str) -> Iterator[None]:
         _state.device = previous
 
 
+# a question torch answers without a device argument, and the no-op
+# context (reusable) returned whenever autocast is off everywhere
+_any_autocast_enabled = getattr(torch._C, '_is_any_autocast_enabled', None)
+_NO_CONTEXT = contextlib.nullcontext()
+
+
 def autocast_off(tensor: Tensor):
     """A context with autocast disabled on ``tensor``'s device when it is
     enabled there, else a no-op context (entering costs nothing)."""
-    kind = tensor.device.type
+    if _any_autocast_enabled is not None and not _any_autocast_enabled():
+        return _NO_CONTEXT
+    kind = 'cpu' if tensor.is_cpu else tensor.device.type
     try:
         enabled = torch.is_autocast_enabled(kind)
     except TypeError:  # older torch: no device argument

@@ -10,7 +10,9 @@ run once in forward with autograd off: ``needs`` says which inputs want a
 gradient, ``grads`` holds one entry per input (a tensor, ``None``, or
 :class:`NegativeOf` for "minus another input's gradient", which losses of
 ``pred - target`` use to save one tensor instead of two) and ``scale`` is a
-scalar factor the kernel left out (a number, a 0-dim tensor or ``None``).
+factor the kernel left out: a number, a 0-dim tensor, ``None``, or one
+value per row (an (N,) tensor for (N, ...) gradients, which
+:func:`~mmloss.gradients.scale_saved_grad` folds in per row: a row weight).
 ``value`` is element-wise, per row or reduced; each gradient is ``d value /
 d input`` element by element, per row (a row's Jacobian) or of the reduced
 value, so backward is always the chain rule of

@@ -1,15 +1,49 @@
-"""The base of every registered loss module.
+"""The base of every registered loss module, and the kernels' reduction step.
 
-It validates ``reduction`` and ``loss_weight`` once, at construction, and
-resolves ``reduction_override`` per call, so the modules themselves only
-gather arguments and call their family's pure function.
+:class:`BaseLoss` validates ``reduction`` and ``loss_weight`` once, at
+construction, and resolves ``reduction_override`` per call, so the modules
+themselves only gather arguments and call their family's pure function.
+
+:func:`reduce_in_kernel` is how a kernel (the fast path of a loss, see
+:mod:`mmloss.engine.functions`) applies a :class:`~mmloss.reduction.
+Reduction` to the value it computed and to the factor of its gradient.
 """
-from typing import Optional
+from numbers import Number
+from typing import Optional, Tuple, Union
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..checks import (check_finite_enabled, check_loss_weight,
                       check_reduction, raise_if_not_finite)
+from ..reduction import Reduction
+
+
+def reduce_in_kernel(rule: Reduction, value: Tensor, count: int,
+                     fused: bool, scale: Union[Number, Tensor] = 1.0
+                     ) -> Tuple[Tensor, Union[Number, Tensor]]:
+    """A kernel's ``(value, scale)`` after the reduction ``rule``.
+
+    ``value`` is ``sum(loss * weight)`` over ``count`` losses when
+    ``fused`` (:meth:`~mmloss.reduction.Reduction.fusable` said so) and the
+    element-wise loss otherwise; ``scale`` is the factor the kernel left out
+    of its gradient, which is divided by the rule's denominator (the mean's
+    ``count`` or ``avg_factor + eps``): the weight is the kernel's to apply.
+
+    Returns:
+        tuple: the reduced value (:meth:`~mmloss.reduction.Reduction.finish`
+        or :meth:`~mmloss.reduction.Reduction.apply`) and the scale.
+    """
+    value = rule.finish(value, count) if fused else rule.apply(value)
+    denominator = rule.denominator(count)
+    if denominator is not None:
+        if isinstance(denominator, Tensor):
+            denominator = denominator.to(value.dtype)
+        scale = scale / denominator
+    return value, scale
+
+
+# nn.Module's own call (hooks included), without a super() per loss call
+_MODULE_CALL = nn.Module.__call__
 
 
 class BaseLoss(nn.Module):
@@ -31,7 +65,7 @@ class BaseLoss(nn.Module):
         self.loss_weight = check_loss_weight(self.loss_name, loss_weight)
 
     def __call__(self, *args, **kwargs):
-        output = super().__call__(*args, **kwargs)
+        output = _MODULE_CALL(self, *args, **kwargs)
         # Opt-in (MMLOSS_CHECK_FINITE=1): the check syncs with the device.
         # (Here rather than as a forward hook: any hook sends every call of
         # the module down torch's slower hooked path.)
