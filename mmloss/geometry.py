@@ -174,6 +174,10 @@ def scale_boxes(boxes: Tensor, ratio: float) -> Tensor:
     return torch.cat([centre - half, centre + half], dim=-1)
 
 
+#: From this many rows :func:`row_major` copies column by column.
+_COLUMN_COPY_ROWS = 4096
+
+
 def column_major(boxes: Tensor) -> Tensor:
     """The same (N, 4) boxes stored coordinate by coordinate.
 
@@ -181,34 +185,41 @@ def column_major(boxes: Tensor) -> Tensor:
     with an inner extent of 2, which elementwise kernels walk slowly; in
     column-major storage each slice is one contiguous run per coordinate.
 
-    The transposing copy is a product with the 4 x 4 identity: BLAS
-    transposes several times faster than an elementwise copy does, and the
-    product is exact (each entry is one coordinate times 1 plus exact
-    zeros). Only a non-finite coordinate differs: ``0 * inf`` turns its
-    whole box NaN, whose loss is not finite anyway.
+    The copy stacks the four coordinate columns into a (4, N) buffer (four
+    one-dimensional copies, exact, differentiable, and unaffected by
+    autocast) and returns its transpose; other shapes get
+    ``boxes.t().contiguous().t()``. Boxes already stored so are returned
+    as they are.
     """
-    if boxes.dim() != 2 or boxes.shape[-1] != 4 or \
-            not boxes.dtype.is_floating_point or boxes.shape[0] < 1024:
+    if boxes.dim() == 2 and boxes.stride() == (1, boxes.shape[0]):
+        return boxes
+    if boxes.dim() != 2 or boxes.shape[-1] != 4:
         return boxes.t().contiguous().t()
-    eye = torch.eye(4, dtype=boxes.dtype, device=boxes.device)
-    return torch.mm(eye, boxes.t()).t()
+    return torch.stack(boxes.unbind(-1)).t()
 
 
 def row_major(columns: Tensor, out: Optional[Tensor] = None) -> Tensor:
-    """The (N, 4) rows of a :func:`column_major` tensor, contiguous (the
-    same exact identity product, in the other direction).
+    """The (N, k) rows of a :func:`column_major` tensor, contiguous.
 
-    With ``out`` (a contiguous (N, 4) tensor, for example rows of a larger
-    buffer) the rows are written there and ``out`` is returned.
+    With ``out`` (a contiguous (N, k) tensor, for example rows of a larger
+    buffer) the rows are written there and ``out`` is returned. The copy is
+    elementwise and exact (no product, so autocast and TF32 cannot touch
+    it): column by column for a column-major ``columns`` of many rows (one
+    strided one-dimensional copy per coordinate, which runs at copy speed
+    where a two-dimensional transposing copy does not), else ``copy_``. A
+    contiguous ``columns`` without ``out`` is returned as it is.
     """
-    if out is None and columns.is_contiguous():
-        return columns
-    if columns.dim() != 2 or columns.shape[-1] != 4 or \
-            not columns.dtype.is_floating_point or columns.shape[0] < 1024 \
-            or columns.is_contiguous():
-        return columns.contiguous() if out is None else out.copy_(columns)
-    eye = torch.eye(4, dtype=columns.dtype, device=columns.device)
-    return torch.mm(columns, eye, out=out)
+    if out is None:
+        if columns.is_contiguous() or (torch.is_grad_enabled()
+                                       and columns.requires_grad):
+            return columns.contiguous()
+        out = columns.new_empty(columns.shape)
+    if columns.dim() == 2 and columns.shape[0] >= _COLUMN_COPY_ROWS and \
+            columns.stride(0) == 1 and columns.shape[1] <= 8:
+        for k in range(columns.shape[1]):
+            out[:, k].copy_(columns[:, k])
+        return out
+    return out.copy_(columns)
 
 
 def pair_backward(pred: Tensor, target: Tensor, *, inter_wh=None,
@@ -233,7 +244,7 @@ def pair_backward(pred: Tensor, target: Tensor, *, inter_wh=None,
 
     Returns:
         (Tensor, Tensor | None): gradients for ``pred`` and (when
-        ``need_target``) ``target``, each (N, 4).
+        ``need_target``) ``target``, each (N, 4), column-major.
     """
     n = pred.shape[0]
 

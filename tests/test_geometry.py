@@ -110,12 +110,51 @@ def test_pair_backward_matches_autograd(generator, ties):
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-@pytest.mark.parametrize('n', [10, 5000])
-def test_column_and_row_major_are_exact_copies(generator, dtype, n):
-    """The identity-product transposes copy every coordinate bit for bit."""
-    boxes = random_boxes(n, generator, dtype=dtype) * 1e3 - 7.25
+@pytest.mark.parametrize('n', [1, 10, 4095, 4096, 5000, 70_000])
+@pytest.mark.parametrize('autocast', [False, True])
+def test_column_and_row_major_are_exact_copies(generator, dtype, n,
+                                               autocast):
+    """The transposing copies keep every coordinate bit for bit, also
+    under bfloat16 autocast and for non-finite coordinates."""
+    boxes = random_boxes(n, generator, dtype=dtype) * 1e3 - 7.25 + 1e-3
+    boxes[0, 1] = float('inf')
+    boxes[-1, 2] = float('-inf')
+    boxes[n // 2, 0] = -0.0
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        cols = geo.column_major(boxes)
+        assert cols.shape == boxes.shape and cols.stride() == (1, n)
+        assert cols.dtype == dtype and torch.equal(cols, boxes)
+        rows = geo.row_major(cols)
+        assert rows.is_contiguous() and torch.equal(rows, boxes)
+        out = torch.full((n + 2, 4), 7.0, dtype=dtype)
+        assert geo.row_major(cols, out=out[1:-1]).data_ptr() == \
+            out[1:-1].data_ptr()
+        assert torch.equal(out[1:-1], boxes)
+        assert (out[0] == 7).all() and (out[-1] == 7).all()
+    assert torch.equal(torch.signbit(rows), torch.signbit(boxes))
+
+
+def test_column_and_row_major_use_no_product():
+    """No matmul-family op (autocast and TF32 would round through it)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Ops.seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    boxes = torch.rand(5000, 4)
+    with Ops():
+        geo.row_major(geo.column_major(boxes))
+        geo.row_major(geo.column_major(boxes), out=torch.empty(5000, 4))
+    assert not Ops.seen & {'mm', 'bmm', 'matmul', 'addmm', 'einsum', 'dot',
+                           'mv', 'linear'}, Ops.seen
+
+
+def test_column_major_is_differentiable():
+    boxes = torch.rand(3000, 4, requires_grad=True)
     cols = geo.column_major(boxes)
-    assert cols.shape == boxes.shape and cols.stride() == (1, n)
-    assert torch.equal(cols, boxes)
-    rows = geo.row_major(cols)
-    assert rows.is_contiguous() and torch.equal(rows, boxes)
+    (cols * torch.arange(4.0)).sum().backward()
+    assert torch.equal(boxes.grad, torch.arange(4.0).expand(3000, 4))

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 import mmloss
+from mmloss.engine import dispatch
 from mmloss.losses import iou as iou_family
+from mmloss.losses.iou import functions as iou_functions
+from mmloss.reduction import Reduction
 from tests.helpers import assert_close, jitter_boxes, random_boxes
 
 REDUCTIONS = ('none', 'mean', 'sum')
@@ -241,10 +244,10 @@ def test_fast_path_gradcheck(name, kw):
 @pytest.mark.parametrize('name,kw', FAST, ids=[f'{n}-{k}' for n, k in FAST])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 def test_fused_reduction_equals_plain(monkeypatch, name, kw, dtype):
-    # 'mean'/'sum' run inside one Function (_ReducedJacobian) that folds
-    # weight x Jacobian into the gradient block by block; small blocks here
-    # so that several (of equal size) cover the 700 boxes
-    monkeypatch.setattr(iou_family, '_CHUNK', 64)
+    # 'mean'/'sum' run inside one Function (rowwise.weighted_sum) that
+    # folds weight x Jacobian into the gradient block by block; small blocks
+    # here so that several (of equal size) cover the 700 boxes
+    small_blocks(monkeypatch, 64)
     pred, target = make_pairs(700, 11, dtype)
     pred[:10] = target[:10]  # ties
     gen = torch.Generator().manual_seed(3)
@@ -292,8 +295,9 @@ def test_unfusable_reductions_fall_back(case):
     elif case == 'broadcast_weight':
         weight = weight[:1]
     p = pred.clone().requires_grad_(case != 'no_grad')
-    fused = iou_family._fusable(p, target, iou_family._Reduction(
-        'giou_loss', weight, 'mean', avg_factor))
+    fused = iou_functions._fusable(
+        Reduction('giou_loss', weight, 'mean', avg_factor), p, target,
+        p.shape[:-1])
     assert not fused
     loss = iou_family.giou_loss(p, target, weight, avg_factor=avg_factor)
     expected = (iou_family.giou_loss(pred.float(), target.float(),
@@ -312,14 +316,20 @@ def test_unfusable_reductions_fall_back(case):
 def test_fused_reduction_is_used_and_saves_one_gradient():
     pred, target = make_pairs(500, 13)
     p = pred.clone().requires_grad_()
-    reduce = iou_family._Reduction('iou_loss', None, 'mean', None)
-    assert iou_family._fusable(p, target, reduce)
+    reduce = Reduction('iou_loss', None, 'mean', None)
+    assert iou_functions._fusable(reduce, p, target, p.shape[:-1])
     loss = iou_family.iou_loss(p, target)
     assert type(loss.grad_fn).__name__ == 'DivBackward0'
     assert type(loss.grad_fn.next_functions[0][0]).__name__ == \
-        '_ReducedJacobianBackward'
+        'GradientInForwardBackward'
     assert 0 < _saved_bytes(iou_family.iou_loss, p, target) <= \
         pred.numel() * pred.element_size()
+
+
+def small_blocks(monkeypatch, rows):
+    """Blocks of ``rows`` rows in the row-wise engine (wide ones too)."""
+    monkeypatch.setitem(dispatch.TUNING, 'cpu', dispatch.Tuning(
+        block_rows=rows, wide_block_rows=rows, cpu_kernels=True))
 
 
 def _saved_bytes(loss_fn, pred, target):
@@ -541,11 +551,20 @@ def test_bad_constructor_arguments(name, kw):
         getattr(mmloss, name)(**kw)
 
 
-def test_leading_dims():
+@pytest.mark.parametrize('name', ALL)
+def test_leading_dims(name):
     pred, target = make_pairs(24, 0)
-    loss = mmloss.GIoULoss(reduction='none')
-    assert_close(loss(pred.view(2, 12, 4), target.view(2, 12, 4)).flatten(),
-                 loss(pred, target))
+    weight = torch.rand(24)
+    for reduction in REDUCTIONS:
+        # a fresh module per call: Wise-IoU's running mean moves
+        flat = run(getattr(mmloss, name)(reduction=reduction), pred, target,
+                   weight=weight)
+        shaped = run(getattr(mmloss, name)(reduction=reduction),
+                     pred.view(2, 12, 4), target.view(2, 12, 4),
+                     weight=weight.view(2, 12))
+        for a, b in zip(shaped, flat):
+            if b is not None:
+                assert_close(a.reshape(b.shape), b, what=reduction)
 
 
 # ---------------------------------------------------------------------------
@@ -788,7 +807,7 @@ def test_fast_path_blocks_match_plain_float64(name, kwargs, monkeypatch):
     """The fast path in several blocks (last one partial) equals the plain
     formula in float64, values and gradients, and a retained graph gives
     the same gradient twice (the saved Jacobian is not overwritten)."""
-    monkeypatch.setattr(iou_family, '_CHUNK', 1000)
+    small_blocks(monkeypatch, 1000)
     pred, target = make_pairs(3500, 11, torch.float64)
     weight = torch.rand(3500, dtype=torch.float64,
                         generator=torch.Generator().manual_seed(3))
@@ -816,7 +835,7 @@ def test_bounded_iou_fast_matches_plain_float64(kwargs, monkeypatch):
     """The hand-written Bounded IoU backward equals autograd of the plain
     formula, in blocks, with ties (identical boxes: the w/h ``min`` splits
     its gradient) and a per-coordinate weight; the target gets none."""
-    monkeypatch.setattr(iou_family, '_CHUNK', 1000)
+    small_blocks(monkeypatch, 1000)
     pred, target = make_pairs(2500, 5, torch.float64)
     pred[::7] = target[::7]
     weight = torch.rand(2500, 4, dtype=torch.float64,
@@ -857,3 +876,376 @@ def test_iou_fast_with_zero_eps_gates_the_overlap(mode):
         grads.append((p.grad, t.grad))
     for ours, ref in zip(*grads):
         assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# The engine: paths, blocks, autocast, double backward, entry checks
+# ---------------------------------------------------------------------------
+#: every public loss function of the family and its module's name
+FUNCTIONS = {
+    'IoULoss': iou_family.iou_loss, 'GIoULoss': iou_family.giou_loss,
+    'DIoULoss': iou_family.diou_loss, 'CIoULoss': iou_family.ciou_loss,
+    'EIoULoss': iou_family.eiou_loss, 'SIoULoss': iou_family.siou_loss,
+    'BoundedIoULoss': iou_family.bounded_iou_loss,
+    'VariantIoULoss': iou_family.variant_iou_loss,
+    'AlphaIoULoss': iou_family.alpha_iou_loss,
+    'MPDIoULoss': iou_family.mpdiou_loss,
+    'FocalEIoULoss': iou_family.focal_eiou_loss,
+}
+#: the functions with a fast path (the row-wise engine), with options
+ENGINE = FAST + [('BoundedIoULoss', {}),
+                 ('BoundedIoULoss', {'beta': 0.5, 'eps': 1e-2})]
+ENGINE_IDS = [f'{n}-{k}' for n, k in ENGINE]
+#: VariantIoULoss options that reach every core through the engine
+VARIANTS = [dict(mode='siou'), dict(mode='ciou'),
+            dict(mode='giou', inner_ratio=0.8),
+            dict(mode='diou', focaler=(0.0, 0.95)),
+            dict(mode='siou', inner_ratio=1.2, focaler=(0.1, 0.9))]
+
+
+def _loss_and_grads(fn, pred, target, target_grad=True, backward=None,
+                    **kw):
+    p = pred.clone().requires_grad_()
+    t = target.clone().requires_grad_(target_grad)
+    loss = fn(p, t, **kw)
+    out = loss if loss.dim() == 0 else (loss * backward).sum() \
+        if backward is not None else loss.sum()
+    out.backward()
+    return loss.detach(), p.grad, t.grad
+
+
+def _assert_all_close(ours, ref, what, **tol):
+    for a, b, part in zip(ours, ref, ('value', 'grad pred', 'grad target')):
+        assert (a is None) == (b is None), f'{what} {part}'
+        if a is not None:
+            assert_close(a, b, what=f'{what} {part}', **tol)
+
+
+def test_public_functions_take_mmdets_arguments(mmdet_losses):
+    import importlib
+    import inspect
+    mmdet_iou = importlib.import_module('mmdet.models.losses.iou_loss')
+    for name, fn in FUNCTIONS.items():
+        params = inspect.signature(fn).parameters
+        assert list(params)[:5] == ['pred', 'target', 'weight', 'reduction',
+                                    'avg_factor'], name
+        assert params['reduction'].default == 'mean', name
+        assert params['weight'].default is None, name
+        assert 'reduce' not in params, name
+    for name in ('iou_loss', 'giou_loss', 'diou_loss', 'ciou_loss',
+                 'eiou_loss', 'siou_loss', 'bounded_iou_loss'):
+        ours = inspect.signature(getattr(iou_family, name)).parameters
+        ref = inspect.signature(getattr(mmdet_iou, name),
+                                follow_wrapped=False).parameters
+        assert ours['reduction'].default == ref['reduction'].default
+        assert list(ours)[:5] == list(ref)[:5]
+        for arg, spec in inspect.signature(
+                getattr(mmdet_iou, name).__wrapped__).parameters.items():
+            if spec.default is not inspect.Parameter.empty:
+                assert ours[arg].default == spec.default, (name, arg)
+
+
+@pytest.mark.parametrize('name', sorted(FUNCTIONS) + ['WiseIoULoss'])
+def test_functions_check_their_inputs_on_entry(name):
+    fn = FUNCTIONS.get(name, iou_family.wise_iou_loss)
+    box = torch.rand(10, 4)
+    with pytest.raises(ValueError, match=rf'{name}: pred has shape \(10, 4\) '
+                       r'but target has shape \(10, 5\)'):
+        fn(box, torch.rand(10, 5))
+    with pytest.raises(ValueError, match=rf'{name}: pred must have shape'):
+        fn(torch.rand(10, 5), torch.rand(10, 5))
+    with pytest.raises(TypeError, match=name):
+        fn(box.long(), box.long())
+    with pytest.raises(TypeError, match=name):
+        fn(box.tolist(), box)
+    if name == 'WiseIoULoss':
+        return
+    with pytest.raises(ValueError, match=rf'{name}: weight has shape'):
+        fn(box, box, torch.rand(7))
+    with pytest.raises(ValueError, match=f'{name}: reduction'):
+        fn(box, box, reduction='avg')
+    with pytest.raises(ValueError, match=f'{name}: avg_factor'):
+        fn(box, box, reduction='sum', avg_factor=2.0)
+
+
+def test_modules_check_once_through_their_function(monkeypatch):
+    # the module hands its inputs to the function, which checks them
+    calls = []
+    real = iou_functions.check_boxes
+
+    def counting(*args):
+        calls.append(args[0])
+        return real(*args)
+
+    monkeypatch.setattr(iou_functions, 'check_boxes', counting)
+    pred, target = make_pairs(20, 0)
+    mmloss.GIoULoss()(pred, target, weight=torch.rand(20, 4))
+    assert calls == ['GIoULoss']
+
+
+@pytest.mark.parametrize('name,kw', ENGINE, ids=ENGINE_IDS)
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+def test_fast_switches_force_the_plain_formula(name, kw, reduction):
+    """``fast=False`` and ``mmloss.fast_paths(False)`` run the plain
+    formula (no engine Function in the graph); the default runs the engine,
+    and all three agree."""
+    pred, target = make_pairs(300, 1, torch.float64)
+    fn = FUNCTIONS[name]
+    results = {}
+    for how in ('fast', 'fast=False', 'switch'):
+        p = pred.clone().requires_grad_()
+        with mmloss.fast_paths(how != 'switch'):
+            loss = fn(p, target, reduction=reduction, fast=how == 'fast',
+                      **kw) if how != 'switch' else \
+                fn(p, target, reduction=reduction, **kw)
+        assert _uses_engine(loss) == (how == 'fast'), how
+        loss.sum().backward()
+        results[how] = (loss.detach(), p.grad)
+    for how in ('fast=False', 'switch'):
+        for a, b in zip(results['fast'], results[how]):
+            assert_close(a, b, rtol=1e-10, atol=1e-12, what=how)
+
+
+@pytest.mark.parametrize('kw', VARIANTS, ids=str)
+def test_variant_fast_false_is_the_plain_formula(kw):
+    pred, target = make_pairs(400, 2, torch.float64)
+    pred[:10] = target[:10]
+    weight = torch.rand(400, dtype=torch.float64)
+    fast = _loss_and_grads(iou_family.variant_iou_loss, pred, target,
+                           weight=weight, **kw)
+    plain = _loss_and_grads(iou_family.variant_iou_loss, pred, target,
+                            weight=weight, fast=False, **kw)
+    _assert_all_close(fast, plain, str(kw), rtol=1e-10, atol=1e-12)
+    with mmloss.fast_paths(False):
+        switched = _loss_and_grads(iou_family.variant_iou_loss, pred,
+                                   target, weight=weight, **kw)
+    _assert_all_close(switched, plain, str(kw), rtol=0, atol=0)
+
+
+def test_block_rows_come_from_the_dispatch_table(monkeypatch):
+    # the engine splits exactly as the table says: 1000 rows in blocks of
+    # at most 300 are 4 blocks of 250, for the wide cores too
+    from mmloss.engine import rowwise
+    seen = []
+    real = iou_family.cores.giou_core
+
+    def spy(pred, target, *args):
+        seen.append(pred.shape[0])
+        return real(pred, target, *args)
+
+    monkeypatch.setattr(iou_functions.cores, 'giou_core', spy)
+    small_blocks(monkeypatch, 300)
+    pred, target = make_pairs(1000, 3)
+    for reduction in ('none', 'mean'):
+        seen.clear()
+        p = pred.clone().requires_grad_()
+        iou_family.giou_loss(p, target, reduction=reduction).sum().backward()
+        assert seen == [250] * 4, reduction
+    assert rowwise.blocks(0, 300) == [(0, 0)]
+    assert rowwise.blocks(601, 300) == [(0, 201), (201, 402), (402, 601)]
+    # a pretended device takes its own table entry (one block here)
+    seen.clear()
+    with dispatch.pretend_device('cuda'):
+        iou_family.giou_loss(pred.clone().requires_grad_(), target)
+    assert seen == [1000]
+
+
+def _uses_engine(loss):
+    stack, seen = [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is not None:
+            seen.add(type(node).__name__)
+            stack.extend(f for f, _ in node.next_functions)
+    return 'GradientInForwardBackward' in seen
+
+
+@pytest.mark.parametrize('name', sorted(set(n for n, _ in ENGINE)) +
+                         ['VariantIoULoss'])
+def test_min_rows_of_the_table_decide_the_path(monkeypatch, name):
+    """The dispatcher decides: below the table's ``min_rows`` for the loss
+    the plain formula runs (same result), from it the engine."""
+    monkeypatch.setitem(dispatch.TUNING, 'cpu', dispatch.Tuning(
+        cpu_kernels=True, min_rows={name: 100}))
+    fn = FUNCTIONS[name]
+    kw = dict(mode='ciou') if name == 'VariantIoULoss' else {}
+    for n, engine in ((99, False), (100, True)):
+        pred, target = make_pairs(n, 12, torch.float64)
+        for reduction in ('mean', 'none'):
+            loss = fn(pred.clone().requires_grad_(), target,
+                      reduction=reduction, **kw)
+            assert _uses_engine(loss) == engine, (n, reduction)
+            with mmloss.fast_paths(False):
+                plain = fn(pred, target, reduction=reduction, **kw)
+            assert_close(loss.detach(), plain, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('name,kw', ENGINE, ids=ENGINE_IDS)
+@pytest.mark.parametrize('n', [16, 1023, 1024, 1025, 40_000])
+def test_autocast_computes_as_float32(name, kw, n):
+    """Under bfloat16 autocast every path gives the float32 call's value
+    and gradient (no op lowers the coordinates, whatever the size)."""
+    gen = torch.Generator().manual_seed(n)
+    target = random_boxes(n, gen, 1000.0) + 0.123456
+    pred = jitter_boxes(target, gen, 0.3)
+    weight = torch.rand(n, generator=gen)
+    fn = FUNCTIONS[name]
+    for call in (dict(), dict(reduction='none'), dict(weight=weight),
+                 dict(reduction='sum', weight=weight)):
+        if name == 'BoundedIoULoss' and 'weight' in call:
+            call['weight'] = weight[:, None].expand(n, 4).contiguous()
+        ref = _loss_and_grads(fn, pred, target, **call, **kw)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            ours = _loss_and_grads(fn, pred, target, **call, **kw)
+        assert ours[0].dtype == torch.float32
+        _assert_all_close(ours, ref, f'{name} {sorted(call)}', rtol=1e-4,
+                          atol=0)
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_modules_under_autocast_compute_as_float32(name):
+    pred, target = make_pairs(1500, 4)
+    pred, target = pred * 10 + 0.123, target * 10 + 0.123
+    for reduction in ('mean', 'none'):
+        module = getattr(mmloss, name)(reduction=reduction)
+        ref = _loss_and_grads(module, pred, target)
+        module = getattr(mmloss, name)(reduction=reduction)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            ours = _loss_and_grads(module, pred, target)
+        _assert_all_close(ours, ref, f'{name} {reduction}', rtol=1e-4,
+                          atol=0)
+
+
+def test_no_matmul_in_any_path():
+    """No product-family op copies or transposes boxes (autocast and TF32
+    would lower it): every path's forward and backward, fused or not."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    banned = ('mm', 'bmm', 'matmul', 'addmm', 'addbmm', 'baddbmm', 'einsum',
+              'linear', 'dot', 'vdot', 'mv', 'addmv')
+
+    class Ops(TorchDispatchMode):
+        seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Ops.seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    pred, target = make_pairs(3000, 5)
+    for name, kw in ENGINE:
+        for call in (dict(), dict(reduction='none'),
+                     dict(weight=torch.rand(3000, 4) if name ==
+                          'BoundedIoULoss' else torch.rand(3000))):
+            with Ops():
+                _loss_and_grads(FUNCTIONS[name], pred, target, **call, **kw)
+    assert not Ops.seen & set(banned), Ops.seen
+
+
+@pytest.mark.parametrize('name', ALL)
+@pytest.mark.parametrize('reduction', ['mean', 'none'])
+def test_double_backward_is_the_plain_formulas(name, reduction):
+    """A gradient taken with create_graph=True carries the plain formula's
+    graph: its Hessian-vector products equal the plain formula's."""
+    pred, target = make_pairs(300, 6, torch.float64)
+    pred[:8] = target[:8]  # ties
+    v = torch.rand(300, 4, dtype=torch.float64,
+                   generator=torch.Generator().manual_seed(6)) - 0.5
+    weight = torch.rand(300, 4, dtype=torch.float64)
+
+    def hvp():
+        p = pred.clone().requires_grad_()
+        t = target.clone().requires_grad_()
+        loss = getattr(mmloss, name)(reduction=reduction)(p, t,
+                                                          weight=weight)
+        inputs = [p, t]
+        grads = torch.autograd.grad(loss.sum(), inputs, create_graph=True,
+                                    allow_unused=True)
+        total = sum((g * v).sum() for g in grads if g is not None)
+        assert total.requires_grad
+        second = torch.autograd.grad(total, inputs, allow_unused=True)
+        return [loss.detach()] + list(grads) + list(second)
+
+    fast = hvp()
+    with mmloss.fast_paths(False):
+        plain = hvp()
+    for i, (a, b) in enumerate(zip(fast, plain)):
+        assert (a is None) == (b is None), i
+        if a is not None:
+            assert_close(a.detach(), b, rtol=1e-9, atol=1e-12,
+                         what=f'{name} {reduction} #{i}')
+
+
+@pytest.mark.parametrize('name,kw', ENGINE, ids=ENGINE_IDS)
+@pytest.mark.parametrize('reduction', ['mean', 'none'])
+def test_fast_path_gradgradcheck(name, kw, reduction):
+    pred, target = make_pairs(6, 9, torch.float64)
+    if name == 'CIoULoss':  # detached alpha: see test_fast_path_gradcheck
+        pred = pred + torch.tensor([30., 30., 30., 30.], dtype=pred.dtype)
+    fn = FUNCTIONS[name]
+    inputs = (pred.requires_grad_(),
+              target.requires_grad_(name != 'BoundedIoULoss'))
+    assert torch.autograd.gradgradcheck(
+        lambda p, t: fn(p, t, reduction=reduction, **kw), inputs)
+
+
+@pytest.mark.parametrize('name,kw', ENGINE, ids=ENGINE_IDS)
+def test_blocks_of_the_real_table(name, kw):
+    """Above one block of the real table (32768 rows, 65536 for the wide
+    cores): the element-wise and the fused paths in several blocks equal
+    the plain formula, values and gradients."""
+    n = 65_537
+    pred, target = make_pairs(n, 7)
+    pred[:50] = target[:50]
+    weight = torch.rand(n, generator=torch.Generator().manual_seed(7))
+    if name == 'BoundedIoULoss':
+        weight = torch.rand(n, 4, generator=torch.Generator().manual_seed(7))
+    fn = FUNCTIONS[name]
+    back = torch.rand(pred.shape[:-1] + ((4, ) if name == 'BoundedIoULoss'
+                                         else ()))
+    for call in (dict(reduction='none'), dict(weight=weight),
+                 dict(weight=weight, reduction='sum')):
+        fast = _loss_and_grads(fn, pred, target, backward=back, **call, **kw)
+        plain = _loss_and_grads(fn, pred, target, backward=back, fast=False,
+                                **call, **kw)
+        _assert_all_close(fast, plain, f'{name} {sorted(call)}', rtol=1e-5,
+                          atol=1e-6)
+
+
+@pytest.mark.parametrize('name,kw', ENGINE, ids=ENGINE_IDS)
+def test_blocks_of_the_real_table_large(name, kw):
+    """131073 rows: three wide blocks (five narrow ones), in float64 so
+    the comparison is tight, with a target that needs a gradient."""
+    n = 131_073
+    pred, target = make_pairs(n, 8, torch.float64)
+    weight = torch.rand(n, dtype=torch.float64)
+    if name == 'BoundedIoULoss':
+        weight = torch.rand(n, 4, dtype=torch.float64)
+    fn = FUNCTIONS[name]
+    for call in (dict(reduction='none'), dict(weight=weight)):
+        fast = _loss_and_grads(fn, pred, target, **call, **kw)
+        plain = _loss_and_grads(fn, pred, target, fast=False, **call, **kw)
+        _assert_all_close(fast, plain, f'{name} {sorted(call)}', rtol=1e-9,
+                          atol=1e-12)
+
+
+@pytest.mark.parametrize('kw', VARIANTS[:2], ids=str)
+def test_variant_above_one_block(kw):
+    n = 65_537  # above 32768 (and 65536) rows: several blocks
+    pred, target = make_pairs(n, 10)
+    weight = torch.rand(n, generator=torch.Generator().manual_seed(10))
+    fast = _loss_and_grads(iou_family.variant_iou_loss, pred, target,
+                           weight=weight, reduction='none', **kw)
+    plain = _loss_and_grads(iou_family.variant_iou_loss, pred, target,
+                            weight=weight, reduction='none', fast=False,
+                            **kw)
+    _assert_all_close(fast, plain, str(kw), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('kw', VARIANTS, ids=str)
+def test_variant_module_above_one_block_large(kw):
+    n = 131_073
+    pred, target = make_pairs(n, 11, torch.float64)
+    module = mmloss.VariantIoULoss(**kw)
+    fast = _loss_and_grads(module, pred, target)
+    with mmloss.fast_paths(False):
+        plain = _loss_and_grads(module, pred, target)
+    _assert_all_close(fast, plain, str(kw), rtol=1e-9, atol=1e-12)

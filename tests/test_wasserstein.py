@@ -130,3 +130,36 @@ def test_registry():
     from mmdet.registry import MODELS
     built = MODELS.build(dict(type='mmloss.NWDLoss', constant=8.0))
     assert isinstance(built, mmloss.NWDLoss) and built.constant == 8.0
+
+
+def test_function_checks_and_signature():
+    import inspect
+    params = list(inspect.signature(nwd_loss).parameters)
+    assert params[:5] == ['pred', 'target', 'weight', 'reduction',
+                          'avg_factor']
+    assert inspect.signature(nwd_loss).parameters['reduction'].default == \
+        'mean'
+    with pytest.raises(ValueError, match=r'NWDLoss: pred has shape \(10, 4\) '
+                       r'but target has shape \(10, 5\)'):
+        nwd_loss(torch.rand(10, 4), torch.rand(10, 5))
+    with pytest.raises(ValueError, match='NWDLoss: avg_factor'):
+        nwd_loss(P, T, reduction='sum', avg_factor=1.0)
+    with pytest.raises(ValueError, match='NWDLoss: weight'):
+        nwd_loss(P, T, torch.ones(3))
+
+
+@pytest.mark.parametrize('n', [16, 1025, 40_000])
+@pytest.mark.parametrize('reduction', ['mean', 'none'])
+def test_autocast_computes_as_float32(n, reduction):
+    pred, target = pairs(n, 5)
+    pred, target = pred * 10 + 0.123, target * 10 + 0.123
+    out = []
+    for enabled in (False, True):
+        p = pred.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=enabled):
+            loss = mmloss.NWDLoss(reduction=reduction)(p, target)
+            loss.sum().backward()
+        out.append((loss.detach(), p.grad))
+    assert out[1][0].dtype == torch.float32
+    for a, b in zip(*out):
+        assert_close(a, b, rtol=1e-4, atol=0)

@@ -12,14 +12,18 @@ not overlap and is smooth in position and scale, which suits objects of a
 few pixels. Wang et al., "A Normalized Gaussian Wasserstein Distance for
 Tiny Object Detection", 2021, arXiv:2110.13389.
 """
+from typing import Optional, Union
+
 import torch
 from torch import Tensor
 
 from .. import geometry as geo
 from ..checks import check_positive
-from ..reduction import weighted_loss
+from ..engine import dispatch
+from ..precision import restore_dtype, upcast
 from ..registry import MODELS
 from .iou import IoUFamilyLoss
+from .iou.functions import checked_call
 
 __all__ = ['gaussian_wasserstein_sq', 'nwd_loss', 'NWDLoss']
 
@@ -34,24 +38,36 @@ def gaussian_wasserstein_sq(pred: Tensor, target: Tensor) -> Tensor:
     return geo.centre_distance_sq(pred, target) + size.sum(-1) / 4
 
 
-@weighted_loss
-def nwd_loss(pred: Tensor, target: Tensor, constant: float = 12.8,
-             eps: float = 1e-7) -> Tensor:
-    """NWD loss ``1 - exp(-sqrt(W2**2 + eps) / C)``, element-wise (...).
+def nwd_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+             reduction: str = 'mean',
+             avg_factor: Optional[Union[float, Tensor]] = None, *,
+             constant: float = 12.8, eps: float = 1e-7) -> Tensor:
+    """NWD loss ``1 - exp(-sqrt(W2**2 + eps) / C)``.
 
     ``eps`` keeps the square root differentiable at ``W2 = 0`` (identical
     boxes), where the loss is ``1 - exp(-sqrt(eps) / C)``, about 2.5e-5.
 
     Args:
         pred, target (Tensor): boxes (..., 4).
+        weight (Tensor, optional): per-box weight, broadcast to (...).
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        avg_factor (float | Tensor, optional): denominator of the mean.
         constant (float): the normaliser ``C`` (> 0), roughly the average
             absolute object size of the dataset.
         eps (float): stabiliser under the square root.
+
+    Returns:
+        Tensor: the element-wise loss (...) for ``'none'``, else a scalar,
+        in ``pred``'s dtype (half boxes compute in float32).
     """
-    p, t = geo.upcast(pred, target)
-    distance = (gaussian_wasserstein_sq(p, t) + eps).sqrt()
-    # -expm1(-x) = 1 - exp(-x), without the cancellation for close boxes
-    return geo.restore_dtype(-torch.expm1(-distance / constant), pred)
+    reduce = checked_call('NWDLoss', pred, target, weight, reduction,
+                          avg_factor)
+    with dispatch.autocast_off(pred):
+        p, t = upcast(pred, target)
+        distance = (gaussian_wasserstein_sq(p, t) + eps).sqrt()
+        # -expm1(-x) = 1 - exp(-x), without the cancellation for close boxes
+        loss = -torch.expm1(-distance / constant)
+        return reduce.apply(restore_dtype(loss, pred))
 
 
 @MODELS.register_module()
