@@ -1,21 +1,43 @@
 """CrossEntropyLoss / CrossEntropyCustomLoss against MMDetection 3.3."""
+import dataclasses
+import functools
 import warnings
 
 import pytest
 import torch
 
 import mmloss
+from mmloss.engine import dispatch
+from mmloss.engine.functions import GradientInForward
 from mmloss.losses import cross_entropy as ce_module
-from mmloss.losses.cross_entropy import (SigmoidOneHotCrossEntropyFunction,
-                                         SoftmaxCrossEntropyFunction,
-                                         accurate_neg_log,
+from mmloss.losses.cross_entropy import (accurate_neg_log,
                                          binary_cross_entropy,
+                                         mask_cross_entropy,
                                          softmax_cross_entropy)
 from tests.helpers import assert_close
+from tests.test_focal import (assert_second_order, graph_functions,
+                              value_grad_hvp)
 
 REDUCTIONS = ('none', 'mean', 'sum')
 CLASS_WEIGHT = [1.0, 2.0, 0.5, 1.5, 3.0, 0.25, 1.0]
 C = len(CLASS_WEIGHT)
+
+
+def softmax_kernel_path(logits, label, ignore_index, factor, reduce_sum):
+    """The softmax fast kernel through the engine's Function."""
+    options = dict(ignore_index=ignore_index, reduce_sum=reduce_sum)
+    return GradientInForward.apply(
+        functools.partial(ce_module.softmax_cross_entropy_kernel, **options),
+        functools.partial(ce_module._softmax_cross_entropy_plain, **options),
+        logits, label, factor)
+
+
+def sigmoid_kernel_path(logits, label, pos_weight, row_weight):
+    """The integer-label sigmoid fast kernel through the engine's Function.
+    """
+    return GradientInForward.apply(ce_module.sigmoid_one_hot_kernel,
+                                   ce_module._sigmoid_one_hot_plain, logits,
+                                   label, pos_weight, row_weight)
 
 
 def build_pair(mmdet_losses, name='CrossEntropyLoss', **kwargs):
@@ -214,25 +236,27 @@ def test_no_warning_on_default_paths():
 
 # ---------------------------------------------- fast paths vs plain formula
 @pytest.fixture(autouse=True)
-def fused_softmax_for_every_size(monkeypatch):
-    """The tests here use small logits; run the fused softmax Function on
-    them too (by default only larger inputs take it)."""
-    monkeypatch.setattr(ce_module, 'FUSED_SOFTMAX_MIN_ELEMENTS', 0)
+def fast_paths_for_every_size(monkeypatch):
+    """The tests here use small logits; run the fast paths on them too (by
+    default the dispatch table sends fewer rows to the plain formula)."""
+    for kind, entry in list(dispatch.TUNING.items()):
+        monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
+            entry, min_rows={key: rows for key, rows in entry.min_rows.items()
+                             if not key.startswith('CrossEntropyLoss')}))
 
 
 def test_small_logits_take_aten_and_agree(monkeypatch):
     monkeypatch.undo()
-    threshold = ce_module.FUSED_SOFTMAX_MIN_ELEMENTS
+    threshold = dispatch.TUNING['cpu'].min_rows['CrossEntropyLoss']
     g = torch.Generator().manual_seed(21)
-    rows = threshold // 81 + 1  # just above the threshold at 81 classes
-    pred = torch.randn(rows, 81, generator=g) * 3
-    label = torch.randint(0, 81, (rows,), generator=g)
-    for n, fused in ((rows - 2, False), (rows, True)):
+    pred = torch.randn(threshold, 81, generator=g) * 3
+    label = torch.randint(0, 81, (threshold,), generator=g)
+    for n, fused in ((threshold - 1, False), (threshold, True)):
         x = pred[:n].clone().requires_grad_()
         out = softmax_cross_entropy(x, label[:n])
         names = [type(f).__name__ for f, _ in out.grad_fn.next_functions
                  if f is not None]
-        assert any('SoftmaxCrossEntropy' in name for name in names) == \
+        assert any('GradientInForward' in name for name in names) == \
             fused, names
         out.backward()
         x_ref = pred[:n].clone().requires_grad_()
@@ -274,13 +298,12 @@ def test_gradcheck():
     for rw in (None, row_weight):
         for reduce_sum in (False, True):
             assert torch.autograd.gradcheck(
-                lambda t: SoftmaxCrossEntropyFunction.apply(
-                    t, label, -100, rw, reduce_sum), (x,))
+                lambda t: softmax_kernel_path(t, label, -100, rw,
+                                              reduce_sum), (x,))
     bin_label = torch.tensor([0, 5, 2, -1, 4, 3])
     pw = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)
     assert torch.autograd.gradcheck(
-        lambda t: SigmoidOneHotCrossEntropyFunction.apply(t, bin_label, pw),
-        (x,))
+        lambda t: sigmoid_kernel_path(t, bin_label, pw, row_weight), (x,))
     weight = torch.rand(6, generator=g, dtype=torch.float64,
                         requires_grad=True)
     for use_sigmoid in (False, True):
@@ -465,3 +488,207 @@ def test_invalid_inputs():
     with pytest.raises(ValueError, match='CrossEntropyLoss'):
         mask(torch.randn(2, 3, 4, 4), torch.rand(2, 4, 5),
              torch.tensor([0, 1]))
+
+
+# ---------------------------------------------- the engine: double backward
+def _ce_cases():
+    g = torch.Generator().manual_seed(30)
+    pred = torch.randn(20, C, generator=g, dtype=torch.float64) * 2
+    label = torch.randint(0, C, (20,), generator=g)
+    label[[2, 7]] = 255
+    bin_label = torch.randint(-1, C + 1, (20,), generator=g)
+    weight = torch.rand(20, generator=g, dtype=torch.float64)
+    return [
+        ('softmax', dict(ignore_index=255, avg_non_ignore=True,
+                         class_weight=CLASS_WEIGHT), pred, label,
+         dict(weight=weight)),
+        ('softmax-none', dict(reduction='none', class_weight=CLASS_WEIGHT),
+         pred, label.clamp(max=C - 1), dict(weight=weight)),
+        ('softmax-sum', dict(reduction='sum'), pred, label.clamp(max=C - 1),
+         {}),
+        ('sigmoid', dict(use_sigmoid=True, class_weight=CLASS_WEIGHT), pred,
+         bin_label, dict(weight=weight, avg_factor=6.0)),
+        ('sigmoid-sum', dict(use_sigmoid=True, reduction='sum'), pred,
+         bin_label, {}),
+    ]
+
+
+@pytest.mark.parametrize('kind', ['cpu', 'cuda'])
+@pytest.mark.parametrize('case', range(5))
+def test_double_backward_equals_the_plain_formula(case, kind):
+    """create_graph=True gives a gradient with a graph (the sigmoid path
+    used to raise an in-place error there) whose Hessian-vector product is
+    the plain formula's, with the CPU's and (pretended) an accelerator's
+    kernels."""
+    name, cfg, pred, label, kwargs = _ce_cases()[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        loss = mmloss.CrossEntropyLoss(**cfg)
+    with dispatch.pretend_device(kind):
+        fast = value_grad_hvp(lambda x: loss(x, label, **kwargs), [pred],
+                              expect_engine=True)
+    plain = value_grad_hvp(lambda x: loss(x, label, **kwargs), [pred],
+                           fast=False, expect_engine=False)
+    assert_second_order(fast, plain, what=name)
+
+
+@pytest.mark.parametrize('case', range(5))
+def test_second_derivatives_match_mmdet(mmdet_losses, case):
+    name, cfg, pred, label, kwargs = _ce_cases()[case]
+    ref, ours = build_pair(mmdet_losses, **cfg)
+    results = [[r.double() for r in value_grad_hvp(
+        lambda x: m(x, label, **kwargs), [pred])] for m in (ours, ref)]
+    # mmdet casts the weight (and, with sigmoid, the loss) to float32
+    assert_second_order(*results, rtol=1e-5 if 'sigmoid' in name else 1e-6,
+                        atol=1e-7 if 'sigmoid' in name else 1e-11,
+                        what=name)
+
+
+def test_mask_and_dense_double_backward_match_mmdet(mmdet_losses):
+    g = torch.Generator().manual_seed(31)
+    pred = torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64)
+    target = torch.rand(3, 5, 5, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 3, 1])
+    ref, ours = build_pair(mmdet_losses, use_mask=True)
+    results = [value_grad_hvp(lambda x: m(x, target, labels), [pred])
+               for m in (ours, ref)]
+    assert_second_order(*results, what='mask')
+    logits = torch.randn(10, C, generator=g, dtype=torch.float64)
+    dense = torch.rand(10, C, generator=g, dtype=torch.float64)
+    ref, ours = build_pair(mmdet_losses, use_sigmoid=True)
+    # mmdet's sigmoid loss computes in float32
+    results = [[r.double() for r in value_grad_hvp(
+        lambda x: m(x, dense), [logits])] for m in (ours, ref)]
+    assert_second_order(*results, rtol=1e-5, atol=1e-7, what='dense')
+
+
+def test_gradgradcheck():
+    g = torch.Generator().manual_seed(32)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64,
+                    requires_grad=True)
+    label = torch.tensor([0, 4, 2, -100, 1, 3])
+    row_weight = torch.rand(6, generator=g, dtype=torch.float64)
+    for rw in (None, row_weight):
+        for reduce_sum in (False, True):
+            assert torch.autograd.gradgradcheck(
+                lambda t: softmax_kernel_path(t, label, -100, rw,
+                                              reduce_sum), (x,))
+    bin_label = torch.tensor([0, 5, 2, -1, 4, 3])
+    pw = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(
+        lambda t: sigmoid_kernel_path(t, bin_label, pw, row_weight), (x,))
+    # as many rows as classes: the per-row factor still scales rows
+    square = x[:5].detach().clone().requires_grad_()
+    for reduce_sum in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda t: softmax_kernel_path(t, label[:5], -100, row_weight[:5],
+                                          reduce_sum), (square,))
+    assert torch.autograd.gradcheck(
+        lambda t: sigmoid_kernel_path(t, bin_label[:5], pw, row_weight[:5]),
+        (square,))
+    for use_sigmoid in (False, True):
+        loss = mmloss.CrossEntropyLoss(use_sigmoid=use_sigmoid)
+        lab = bin_label if use_sigmoid else label
+        assert torch.autograd.gradgradcheck(
+            lambda t: loss(t, lab, row_weight, avg_factor=3.0), (x,))
+
+
+def test_softmax_accelerator_branch_where_the_softmax_underflows():
+    """Off the CPU every row's logsumexp is computed and selected (no host
+    sync); forced with pretend_device it gives F.cross_entropy's value and
+    gradient, underflowed label entries included."""
+    pred = torch.tensor([[0.0, 1.0, 2.0], [500.0, -500.0, 0.0],
+                         [90.0, 0.0, 0.0], [1e4, -1e4, 1e4]])
+    label = torch.tensor([2, 1, 1, 1])
+    weight = torch.tensor([1.0, 0.5, 2.0, 1.0])
+    for reduction in REDUCTIONS:
+        results = []
+        for fast, kind in ((True, 'cuda'), (False, 'cpu')):
+            x = pred.clone().requires_grad_()
+            with mmloss.fast_paths(fast), dispatch.pretend_device(kind):
+                out = softmax_cross_entropy(x, label, weight, reduction)
+                assert ('GradientInForwardBackward' in
+                        graph_functions(out)) == fast
+            out.sum().backward()
+            results.append((out.detach(), x.grad))
+        assert_close(results[0][0], results[1][0], rtol=1e-6)
+        assert_close(results[0][1], results[1][1], rtol=1e-6)
+
+
+def test_sigmoid_min_rows_of_the_dispatch_table(monkeypatch):
+    """The integer-label sigmoid path below the table's min_rows takes the
+    plain formula (and the same value)."""
+    monkeypatch.undo()
+    threshold = dispatch.TUNING['cpu'].min_rows['CrossEntropyLoss(sigmoid)']
+    g = torch.Generator().manual_seed(33)
+    pred = torch.randn(threshold, 6, generator=g)
+    label = torch.randint(0, 7, (threshold,), generator=g)
+    for n, engine in ((threshold - 1, False), (threshold, True)):
+        x = pred[:n].clone().requires_grad_()
+        out = binary_cross_entropy(x, label[:n])
+        assert ('GradientInForwardBackward' in graph_functions(out)) == \
+            engine
+        with mmloss.fast_paths(False):
+            ref = binary_cross_entropy(x, label[:n])
+        assert_close(out, ref)
+
+
+def test_fast_false_is_a_per_call_override():
+    g = torch.Generator().manual_seed(34)
+    pred = torch.randn(12, C, generator=g).requires_grad_()
+    label = torch.randint(0, C, (12,), generator=g)
+    for fn in (softmax_cross_entropy, binary_cross_entropy):
+        assert graph_functions(fn(pred, label))
+        assert not graph_functions(fn(pred, label, fast=False))
+
+
+@pytest.mark.parametrize('n', [16, 3000])
+def test_autocast_gives_the_float32_result(n):
+    g = torch.Generator().manual_seed(35)
+    pred = torch.randn(n, C, generator=g) * 3
+    label = torch.randint(0, C, (n,), generator=g)
+    weight = torch.rand(n, generator=g)
+    masks = torch.randn(4, C, 6, 6, generator=g)
+    cases = [(dict(), pred, label), (dict(use_sigmoid=True), pred, label),
+             (dict(use_sigmoid=True), pred, torch.rand(n, C, generator=g)),
+             (dict(use_mask=True), masks, torch.rand(4, 6, 6, generator=g))]
+    for cfg, x0, target in cases:
+        # (mmdet broadcasts a mask loss's class_weight over W: none here)
+        loss = mmloss.CrossEntropyLoss(
+            class_weight=None if cfg.get('use_mask') else CLASS_WEIGHT,
+            **cfg)
+        extra = torch.tensor([0, 3, 1, 6]) if cfg.get('use_mask') else \
+            weight[:, None] if target.is_floating_point() else weight
+        results = []
+        for autocast in (False, True):
+            x = x0.clone().requires_grad_()
+            with torch.autocast('cpu', dtype=torch.bfloat16,
+                                enabled=autocast):
+                out = loss(x, target, extra)
+            out.sum().backward()
+            assert out.dtype == torch.float32
+            results.append((out.detach(), x.grad))
+        assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-7)
+        assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-9)
+
+
+def test_function_errors_name_the_function_and_the_shapes():
+    pred = torch.randn(5, C)
+    with pytest.raises(ValueError, match=r'softmax_cross_entropy: pred has '
+                       r'shape \(5, 7\) so label must have shape \(5,\)'):
+        softmax_cross_entropy(pred, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r'softmax_cross_entropy.*\[0, 7\)'):
+        softmax_cross_entropy(pred, torch.full((5, ), 7))
+    with pytest.raises(ValueError, match=r'binary_cross_entropy: weight has '
+                       r'shape \(4,\)'):
+        binary_cross_entropy(pred, torch.zeros(5, dtype=torch.long),
+                             torch.ones(4))
+    with pytest.raises(ValueError, match='binary_cross_entropy: class_weight'):
+        binary_cross_entropy(pred, torch.zeros(5, dtype=torch.long),
+                             class_weight=torch.ones(3))
+    with pytest.raises(ValueError, match=r'mask_cross_entropy: .*\(2, 3, 4, '
+                       r'4\), \(2, 4, 5\)'):
+        mask_cross_entropy(torch.randn(2, 3, 4, 4), torch.rand(2, 4, 5),
+                           torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match='softmax_cross_entropy: pred'):
+        softmax_cross_entropy(pred.long(), torch.zeros(5, dtype=torch.long))

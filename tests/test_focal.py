@@ -1,4 +1,5 @@
 """FocalLoss and Poly1FocalLoss: mmdet 3.3 parity, hand values, hardening."""
+import functools
 import itertools
 import math
 
@@ -6,11 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import mmloss
 from mmloss import MODELS
+from mmloss.engine import dispatch
+from mmloss.engine.functions import GradientInForward
 from mmloss.losses import focal
 from mmloss.losses.focal import (FocalLoss, Poly1FocalLoss,
-                                 SigmoidFocalFunction, elementwise_focal_loss,
-                                 poly1_focal_loss, sigmoid_focal_loss)
+                                 elementwise_focal_loss, poly1_focal_loss,
+                                 sigmoid_focal_loss)
 from tests.helpers import assert_close
 
 REDUCTIONS = ('none', 'mean', 'sum')
@@ -25,6 +29,17 @@ def make_inputs(n, c, seed, background=0.5, dtype=torch.float32, scale=2.0):
     labels = torch.randint(0, c, (n, ), generator=g)
     labels[torch.rand(n, generator=g) < background] = c
     return pred, labels
+
+
+def kernel_path(logits, labels, weight, gamma, alpha, epsilon, reduce_sum):
+    """The label fast path's kernel through the engine's Function (its
+    plain twin runs for a double backward)."""
+    options = dict(gamma=gamma, alpha=alpha, epsilon=epsilon,
+                   reduce_sum=reduce_sum)
+    return GradientInForward.apply(
+        functools.partial(focal._focal_engine_kernel, **options),
+        functools.partial(focal._focal_engine_plain, **options), logits,
+        labels, weight)
 
 
 def make_weight(kind, n, c, seed):
@@ -222,8 +237,7 @@ def test_fast_path_matches_plain_formula(gamma, alpha, epsilon):
     weight = make_weight('row', n, c, 5).double().view(-1, 1)
     one_hot = F.one_hot(labels, c + 1)[:, :c]
     x = pred.clone().requires_grad_()
-    loss = SigmoidFocalFunction.apply(x, labels, weight, gamma, alpha,
-                                      epsilon, False)
+    loss = kernel_path(x, labels, weight, gamma, alpha, epsilon, False)
     loss.sum().backward()
     x_ref = pred.clone().requires_grad_()
     ref = elementwise_focal_loss(x_ref, one_hot, gamma, alpha,
@@ -270,8 +284,8 @@ def test_gradcheck_fast_path(gamma, reduce_sum):
     weight = make_weight('class', 6, 4, 1).double()
     x = pred.clone().requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda x: SigmoidFocalFunction.apply(x, labels, weight, gamma, 0.25,
-                                             0.5, reduce_sum), (x, ))
+        lambda x: kernel_path(x, labels, weight, gamma, 0.25, 0.5,
+                              reduce_sum), (x, ))
 
 
 @pytest.mark.parametrize('kind', ['labels', 'activated', 'soft', 'weight'])
@@ -507,13 +521,212 @@ def test_compile_fallback(monkeypatch):
             raise RuntimeError('no compiler')
         return run
 
-    monkeypatch.setenv(focal.COMPILE_ENV, '1')
+    monkeypatch.setenv(dispatch.COMPILE_ENV, '1')
     monkeypatch.setattr(torch, 'compile', broken_compile)
     monkeypatch.setattr(focal, '_compiled_kernel', None)
     monkeypatch.setattr(focal, '_compile_failed', False)
-    assert focal.compile_enabled()
+    assert dispatch.compile_enabled()
     with pytest.warns(UserWarning, match='eager'):
         first = FocalLoss()(pred, labels)
     assert focal._compile_failed
     assert torch.equal(first, eager)
     assert torch.equal(FocalLoss()(pred, labels), eager)
+
+
+# ---------------------------------------------------------------------------
+# the engine: exact double backward, dispatch, autocast
+# ---------------------------------------------------------------------------
+def graph_functions(out):
+    """Names of the custom autograd Functions in ``out``'s graph."""
+    seen, stack, found = set(), [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            found.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found
+
+
+def value_grad_hvp(loss_fn, inputs, fast=True, expect_engine=None, seed=0):
+    """Value, gradient with ``create_graph=True`` (which must carry a
+    graph) and the Hessian-vector product ``grad((g * v).sum())`` of
+    ``loss_fn(*inputs)``, for every input; detached.
+
+    ``expect_engine`` (True/False) asserts whether the engine's Function
+    ran."""
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    gen = torch.Generator().manual_seed(seed)
+    with mmloss.fast_paths(fast):
+        out = loss_fn(*leaves)
+        if expect_engine is not None:
+            ran = 'GradientInForwardBackward' in graph_functions(out)
+            assert ran == expect_engine, graph_functions(out)
+        upstream = torch.rand(out.shape, generator=gen,
+                              dtype=torch.float64).to(out) + 0.5
+        grads = torch.autograd.grad(out, leaves, upstream,
+                                    create_graph=True)
+        assert all(g.requires_grad for g in grads), \
+            'a create_graph gradient without a graph'
+        directions = [torch.rand(x.shape, generator=gen,
+                                 dtype=torch.float64).to(x) for x in leaves]
+        product = sum((g * d).sum() for g, d in zip(grads, directions))
+        hvps = torch.autograd.grad(product, leaves, allow_unused=True)
+    hvps = [torch.zeros_like(x) if h is None else h
+            for h, x in zip(hvps, leaves)]
+    return [out.detach()] + [g.detach() for g in grads] + list(hvps)
+
+
+def assert_second_order(candidate, reference, rtol=1e-9, atol=1e-11,
+                        what=''):
+    """Value, gradients and Hessian-vector products agree (relative to
+    each result's largest entry)."""
+    assert len(candidate) == len(reference)
+    for i, (got, want) in enumerate(zip(candidate, reference)):
+        scale = want.abs().max().item() if want.numel() else 1.0
+        assert_close(got, want, rtol=rtol, atol=atol * max(scale, 1.0),
+                     what=f'{what} result {i}')
+
+
+@pytest.mark.parametrize('cls', [FocalLoss, Poly1FocalLoss])
+@pytest.mark.parametrize('reduction,weight_kind,avg_factor', [
+    ('mean', 'none', None), ('mean', 'row', 7.5), ('sum', 'class', None),
+    ('none', 'row_column', None), ('mean', 'class', 0)])
+def test_double_backward_equals_the_plain_formula(cls, reduction,
+                                                  weight_kind, avg_factor):
+    """create_graph=True gives a gradient with a graph, and its derivative
+    (a Hessian-vector product) equals the plain formula's."""
+    pred, labels = make_inputs(23, 5, seed=4, dtype=torch.float64,
+                               scale=3.0)
+    weight = make_weight(weight_kind, 23, 5, 4)
+    weight = None if weight is None else weight.double()
+    module = cls(gamma=1.5, reduction=reduction)
+
+    def loss(x):
+        return module(x, labels, weight=weight, avg_factor=avg_factor)
+
+    fast = value_grad_hvp(loss, [pred], expect_engine=True)
+    plain = value_grad_hvp(loss, [pred], fast=False, expect_engine=False)
+    assert_second_order(fast, plain)
+
+
+@pytest.mark.parametrize('gamma', [2.0, 1.5, 0.0])
+def test_gradgradcheck(gamma):
+    pred, labels = make_inputs(6, 4, seed=1, dtype=torch.float64)
+    weight = make_weight('class', 6, 4, 1).double()
+    x = pred.clone().requires_grad_()
+    for epsilon in (0.0, 0.5):
+        for reduce_sum in (False, True):
+            assert torch.autograd.gradgradcheck(
+                lambda x: kernel_path(x, labels, weight, gamma, 0.25,
+                                      epsilon, reduce_sum), (x, ))
+    assert torch.autograd.gradgradcheck(
+        lambda x: Poly1FocalLoss(gamma=gamma)(x, labels, avg_factor=2.0),
+        (x, ))
+    # a weight that needs a gradient: second derivatives in both
+    w = torch.rand(6, 4, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        lambda x, w: FocalLoss(gamma=gamma)(x, labels, weight=w), (x, w))
+
+
+@pytest.mark.parametrize('path', ['labels', 'one_hot', 'activated'])
+def test_second_derivatives_match_mmdet(mm_focal, path):
+    """mmdet's CPU focal loss is plain autograd: its Hessian-vector
+    products are the reference for every path."""
+    pred, labels = make_inputs(19, 4, seed=9, dtype=torch.float64)
+    target = labels if path == 'labels' else \
+        F.one_hot(labels, 5)[:, :4]
+    activated = path == 'activated'
+    if activated:
+        pred = pred.sigmoid()
+    weight = make_weight('row', 19, 4, 9).double()
+    ours, theirs = FocalLoss(activated=activated), mm_focal(
+        activated=activated)
+    results = [value_grad_hvp(
+        lambda x: module(x, target, weight=weight, avg_factor=3.0), [pred])
+        for module in (ours, theirs)]
+    assert_second_order(*results, rtol=1e-9)
+
+
+def test_a_gradient_penalty_is_not_silently_zero():
+    """The penalty |dL/dx|^2 has a non-zero gradient (a once-differentiable
+    Function gave it none) equal to the plain formula's."""
+    pred, labels = make_inputs(30, 6, seed=2, dtype=torch.float64)
+    grads = []
+    for fast in (True, False):
+        x = pred.clone().requires_grad_()
+        with mmloss.fast_paths(fast):
+            g, = torch.autograd.grad(FocalLoss()(x, labels), x,
+                                     create_graph=True)
+            penalty = g.pow(2).sum()
+            penalty.backward()
+        grads.append(x.grad)
+    assert grads[0].abs().max() > 0
+    assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-14)
+
+
+def test_switch_and_fast_keyword_pick_the_path():
+    pred, labels = make_inputs(12, 3, seed=0)
+    x = pred.clone().requires_grad_()
+    assert 'GradientInForwardBackward' in graph_functions(
+        FocalLoss()(x, labels))
+    with mmloss.fast_paths(False):
+        assert not graph_functions(FocalLoss()(x, labels))
+        assert not graph_functions(Poly1FocalLoss()(x, labels))
+
+
+@pytest.mark.parametrize('n', [16, 3000])
+@pytest.mark.parametrize('cls,activated', [(FocalLoss, False),
+                                           (Poly1FocalLoss, False),
+                                           (FocalLoss, True)])
+def test_autocast_gives_the_float32_result(n, cls, activated):
+    """Under bfloat16 autocast the loss computes in float32 as outside it:
+    same value and gradient (and a dense target too)."""
+    pred, labels = make_inputs(n, 7, seed=3)
+    if activated:
+        pred = pred.sigmoid()
+    weight = make_weight('row', n, 7, 3)
+    module = cls(activated=activated)
+    for target in (labels, F.one_hot(labels, 8)[:, :7].float() * 0.9):
+        results = []
+        for autocast in (False, True):
+            x = pred.clone().requires_grad_()
+            with torch.autocast('cpu', dtype=torch.bfloat16,
+                                enabled=autocast):
+                out = module(x, target, weight=weight, avg_factor=n / 3)
+            out.backward()
+            assert out.dtype == torch.float32
+            results.append((out.detach(), x.grad))
+        assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-7)
+        assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-9)
+
+
+def test_half_gradient_scaled_before_it_is_cast():
+    """The kernel's gradient stays float32 until scaled: a half input with
+    a large weight and avg_factor gets the plain formula's finite
+    gradient."""
+    pred, labels = make_inputs(40, 5, seed=5)
+    weight = torch.full((40, ), 3e5)
+    results = []
+    for fast in (True, False):
+        x = pred.half().requires_grad_()
+        with mmloss.fast_paths(fast):
+            FocalLoss()(x, labels, weight=weight, avg_factor=4e5).backward()
+        results.append(x.grad.float())
+    assert torch.isfinite(results[0]).all()
+    assert_close(results[0], results[1], rtol=1e-3, atol=1e-4)
+
+
+def test_errors_name_the_function_and_the_shapes():
+    pred, labels = make_inputs(10, 3, seed=0)
+    with pytest.raises(ValueError, match=r'poly1_focal_loss: pred has shape '
+                       r'\(10, 3\) but target has shape \(10, 4\)'):
+        poly1_focal_loss(pred, torch.zeros(10, 4))
+    with pytest.raises(ValueError, match=r'sigmoid_focal_loss: weight has '
+                       r'shape \(3,\).*\(4, 5, 2\)'):
+        sigmoid_focal_loss(torch.zeros(4, 5, 2), torch.zeros(4, 5, 2),
+                           weight=torch.ones(3))
+    with pytest.raises(ValueError, match='sigmoid_focal_loss: avg_factor'):
+        sigmoid_focal_loss(pred, labels, reduction='sum', avg_factor=2.0)

@@ -6,11 +6,14 @@ import math
 import pytest
 import torch
 
+import mmloss
 from mmloss import MODELS
 from mmloss.losses.gaussian_focal import (GaussianFocalLoss,
                                           gaussian_focal_loss,
                                           gaussian_focal_loss_with_pos_inds)
 from tests.helpers import assert_close
+from tests.test_focal import (assert_second_order, graph_functions,
+                              value_grad_hvp)
 
 REDUCTIONS = ('none', 'mean', 'sum')
 
@@ -242,3 +245,115 @@ def test_bad_constructor_arguments(kwargs, argument):
 def test_built_from_config():
     module = MODELS.build(dict(type='GaussianFocalLoss', gamma=2.0))
     assert isinstance(module, GaussianFocalLoss) and module.gamma == 2.0
+
+
+# ---------------------------------------------------------------------------
+# the engine: exact double backward, autocast
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize('reduction,weighted,avg_factor', [
+    ('mean', False, None), ('sum', True, None), ('none', True, None),
+    ('mean', True, 3.0)])
+def test_double_backward_equals_the_plain_formula(reduction, weighted,
+                                                  avg_factor):
+    pred, target = heatmap((3, 4, 5), 2, peaks=0.1)
+    weight = torch.rand(3, 4, 5, dtype=torch.float64) if weighted else None
+    module = GaussianFocalLoss(alpha=1.5, gamma=3.0, pos_weight=0.7,
+                               neg_weight=1.3, reduction=reduction)
+
+    def loss(x):
+        return module(x, target.double(), weight=weight,
+                      avg_factor=avg_factor)
+
+    fast = value_grad_hvp(loss, [pred.double()], expect_engine=True)
+    plain = value_grad_hvp(loss, [pred.double()], fast=False,
+                           expect_engine=False)
+    assert_second_order(fast, plain)
+
+
+def test_index_form_double_backward_equals_the_plain_formula():
+    pred, target = heatmap((30, 4), 3, peaks=0.0)
+    pos_inds, pos_labels = positives(30, 4, 5, 3)
+    module = GaussianFocalLoss(alpha=1.5, gamma=3.0, pos_weight=0.5)
+
+    def loss(x):
+        return module(x, target.double(), pos_inds, pos_labels,
+                      avg_factor=6.0)
+
+    fast = value_grad_hvp(loss, [pred.double()], expect_engine=True)
+    plain = value_grad_hvp(loss, [pred.double()], fast=False,
+                           expect_engine=False)
+    assert_second_order(fast, plain)
+
+
+def test_second_derivatives_match_mmdet(mmdet_losses):
+    pred, target = heatmap((2, 3, 4, 4), 4, peaks=0.1)
+    pos_inds, pos_labels = positives(8, 4, 3, 4)
+    hm, hm_target = heatmap((8, 4), 5, peaks=0.0)
+    for ours, theirs in ((GaussianFocalLoss(), mmdet_losses.GaussianFocalLoss(
+    )), (GaussianFocalLoss(alpha=1.5, gamma=3.0, neg_weight=0.5),
+         mmdet_losses.GaussianFocalLoss(alpha=1.5, gamma=3.0,
+                                        neg_weight=0.5))):
+        results = [value_grad_hvp(
+            lambda x: m(x, target.double(), avg_factor=5.0),
+            [pred.double()]) for m in (ours, theirs)]
+        assert_second_order(*results)
+        results = [value_grad_hvp(
+            lambda x: m(x, hm_target.double(), pos_inds, pos_labels),
+            [hm.double()]) for m in (ours, theirs)]
+        assert_second_order(*results)
+
+
+def test_gradgradcheck():
+    pred, target = heatmap((4, 5), 0, peaks=0.2)
+    x = pred.double().requires_grad_()
+    loss = GaussianFocalLoss(alpha=1.5, gamma=3.0)
+    assert torch.autograd.gradgradcheck(
+        lambda x: loss(x, target.double(), reduction_override='none'), (x, ))
+    pos_inds, pos_labels = positives(4, 5, 3, 0)
+    assert torch.autograd.gradgradcheck(
+        lambda x: loss(x, target.double(), pos_inds, pos_labels), (x, ))
+
+
+def test_a_target_that_needs_a_gradient_takes_the_plain_formula(
+        mmdet_losses):
+    """The kernel gives no target gradient; mmdet's (1 - y)**gamma has
+    one: such a call takes the plain formula and gets it."""
+    pred, target = heatmap((5, 6), 1, peaks=0.2)
+    grads = []
+    for module in (GaussianFocalLoss(), mmdet_losses.GaussianFocalLoss()):
+        x = pred.double().requires_grad_()
+        t = target.double().requires_grad_()
+        out = module(x, t)
+        out.backward()
+        grads.append((x.grad, t.grad))
+    assert grads[0][1].abs().max() > 0
+    for ours, ref in zip(*grads):
+        assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize('n', [16, 3000])
+def test_autocast_gives_the_float32_result(n):
+    pred, target = heatmap((n, 6), 6)
+    pos_inds, pos_labels = positives(n, 6, 4, 6)
+    for extra in ((), (pos_inds, pos_labels)):
+        results = []
+        for autocast in (False, True):
+            x = pred.clone().requires_grad_()
+            with torch.autocast('cpu', dtype=torch.bfloat16,
+                                enabled=autocast):
+                out = GaussianFocalLoss()(x, target, *extra,
+                                          avg_factor=n / 4)
+            out.backward()
+            assert out.dtype == torch.float32
+            results.append((out.detach(), x.grad))
+        assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-7)
+        assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-9)
+
+
+def test_switch_forces_the_plain_formula():
+    pred, target = heatmap((3, 4), 0)
+    x = pred.clone().requires_grad_()
+    assert 'GradientInForwardBackward' in graph_functions(
+        GaussianFocalLoss()(x, target))
+    with mmloss.fast_paths(False):
+        assert not graph_functions(GaussianFocalLoss()(x, target))

@@ -1,16 +1,31 @@
 """KnowledgeDistillationKLDivLoss against MMDetection 3.3."""
+import functools
 import itertools
 
 import pytest
 import torch
 
 import mmloss
-from mmloss.losses.kd import (KLDivDistillFunction,
-                              knowledge_distillation_kl_div_loss)
+from mmloss.engine import dispatch
+from mmloss.engine.functions import GradientInForward
+from mmloss.losses import kd
+from mmloss.losses.kd import knowledge_distillation_kl_div_loss
 from mmloss.reduction import FLOAT32_EPS
 from tests.helpers import assert_close
+from tests.test_focal import (assert_second_order, graph_functions,
+                              value_grad_hvp)
 
 REDUCTIONS = ('none', 'mean', 'sum')
+
+
+def kernel_path(pred, soft, T, row_weight, reduce_sum):
+    """The fast kernel through the engine's Function (what the fast path
+    runs), with its plain twin for the double backward."""
+    options = dict(T=T, reduce_sum=reduce_sum)
+    return GradientInForward.apply(
+        functools.partial(kd.kl_div_distill_kernel, **options),
+        functools.partial(kd._kl_div_distill_plain, **options), pred, soft,
+        row_weight)
 
 
 def compare(ref, ours, pred, soft, *args, grad_atol=1e-6, **kwargs):
@@ -95,8 +110,8 @@ def test_fast_matches_plain_and_gradcheck():
     for row_weight, reduce_sum in itertools.product(weights[:2],
                                                     (False, True)):
         assert torch.autograd.gradcheck(
-            lambda t: KLDivDistillFunction.apply(t, soft, 3.0, row_weight,
-                                                 reduce_sum), (x,))
+            lambda t: kernel_path(t, soft, 3.0, row_weight, reduce_sum),
+            (x,))
     assert torch.autograd.gradcheck(
         lambda t: mmloss.KnowledgeDistillationKLDivLoss(T=2)(t, soft), (x,))
     # the plain path with a live teacher is differentiable in both
@@ -188,3 +203,108 @@ def test_registry_build():
                               T=5, loss_weight=0.5))
     assert isinstance(built, mmloss.KnowledgeDistillationKLDivLoss)
     assert built.T == 5
+
+
+# ------------------------------------------ the engine: double backward
+def _kd_inputs(n=11, c=5, seed=40):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, c, generator=g, dtype=torch.float64) * 2,
+            torch.randn(n, c, generator=g, dtype=torch.float64) * 2,
+            torch.rand(n, generator=g, dtype=torch.float64))
+
+
+@pytest.mark.parametrize('kind', ['cpu', 'cuda'])
+@pytest.mark.parametrize('reduction,weighted,avg_factor', [
+    ('mean', False, None), ('mean', True, 4.0), ('sum', True, None),
+    ('none', True, None)])
+def test_double_backward_equals_the_plain_formula(kind, reduction, weighted,
+                                                  avg_factor):
+    """create_graph=True gives a gradient with a graph whose Hessian-vector
+    product is the plain formula's, with the CPU's in-place log-softmax and
+    (pretended) an accelerator's."""
+    pred, soft, weight = _kd_inputs()
+    loss = mmloss.KnowledgeDistillationKLDivLoss(T=3, reduction=reduction)
+
+    def fn(x):
+        return loss(x, soft, weight if weighted else None,
+                    avg_factor=avg_factor)
+
+    with dispatch.pretend_device(kind):
+        fast = value_grad_hvp(fn, [pred], expect_engine=True)
+    plain = value_grad_hvp(fn, [pred], fast=False, expect_engine=False)
+    assert_second_order(fast, plain)
+
+
+def test_second_derivatives_match_mmdet(mmdet_losses):
+    pred, soft, weight = _kd_inputs()
+    results = [value_grad_hvp(lambda x: m(x, soft, weight, avg_factor=3.0),
+                              [pred]) for m in (
+        mmloss.KnowledgeDistillationKLDivLoss(T=2),
+        mmdet_losses.KnowledgeDistillationKLDivLoss(T=2))]
+    assert_second_order(*results)
+
+
+def test_gradgradcheck():
+    pred, soft, weight = _kd_inputs(5, 4)
+    x = pred.clone().requires_grad_()
+    for row_weight, reduce_sum in itertools.product((None, weight),
+                                                    (False, True)):
+        assert torch.autograd.gradgradcheck(
+            lambda t: kernel_path(t, soft, 3.0, row_weight, reduce_sum),
+            (x,))
+    assert torch.autograd.gradgradcheck(
+        lambda t: mmloss.KnowledgeDistillationKLDivLoss(T=2)(t, soft), (x,))
+    # a live teacher: the plain formula, second derivatives in both
+    s = soft.clone().requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        lambda a, b: knowledge_distillation_kl_div_loss(
+            a, b, T=2, detach_target=False), (x, s))
+
+
+def test_a_live_teacher_takes_the_plain_formula():
+    pred, soft, _ = _kd_inputs()
+    x, s = pred.clone().requires_grad_(), soft.clone().requires_grad_()
+    out = knowledge_distillation_kl_div_loss(x, s, T=2, detach_target=False)
+    assert not graph_functions(out)
+    out.backward()
+    assert s.grad.abs().max() > 0
+    # a teacher without grad and detach_target=False: the fast path
+    out = knowledge_distillation_kl_div_loss(x, soft, T=2,
+                                             detach_target=False)
+    assert 'GradientInForwardBackward' in graph_functions(out)
+    assert not graph_functions(knowledge_distillation_kl_div_loss(
+        x, soft, T=2, fast=False))
+
+
+@pytest.mark.parametrize('n', [16, 3000])
+def test_autocast_gives_the_float32_result(n):
+    g = torch.Generator().manual_seed(41)
+    pred = torch.randn(n, 17, generator=g) * 3
+    soft = torch.randn(n, 17, generator=g) * 3
+    weight = torch.rand(n, generator=g)
+    for reduction in REDUCTIONS:
+        loss = mmloss.KnowledgeDistillationKLDivLoss(reduction=reduction)
+        results = []
+        for autocast in (False, True):
+            x = pred.clone().requires_grad_()
+            with torch.autocast('cpu', dtype=torch.bfloat16,
+                                enabled=autocast):
+                out = loss(x, soft, weight)
+            out.sum().backward()
+            assert out.dtype == torch.float32
+            results.append((out.detach(), x.grad))
+        assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-7)
+        assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-9)
+
+
+def test_function_errors_name_the_function_and_the_shapes():
+    with pytest.raises(ValueError, match=r'knowledge_distillation_kl_div_'
+                       r'loss: pred has shape \(3, 4\) but soft_label has '
+                       r'shape \(3, 5\)'):
+        knowledge_distillation_kl_div_loss(torch.randn(3, 4),
+                                           torch.randn(3, 5), T=2)
+    with pytest.raises(ValueError, match=r'knowledge_distillation_kl_div_'
+                       r'loss: weight has shape \(4,\)'):
+        knowledge_distillation_kl_div_loss(torch.randn(3, 4),
+                                           torch.randn(3, 4), torch.ones(4),
+                                           T=2)

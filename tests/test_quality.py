@@ -1,5 +1,6 @@
 """VarifocalLoss, QualityFocalLoss, DistributionFocalLoss: mmdet 3.3 parity,
 hand values, gradcheck and hardening."""
+import dataclasses
 import itertools
 import math
 
@@ -7,14 +8,29 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import mmloss
 from mmloss import MODELS
+from mmloss.engine import dispatch
 from mmloss.losses.quality import (DistributionFocalLoss, QualityFocalLoss,
                                    VarifocalLoss, distribution_focal_loss,
                                    quality_focal_loss, varifocal_loss)
 from tests.helpers import assert_close
+from tests.test_focal import (assert_second_order, graph_functions,
+                              value_grad_hvp)
 
 REDUCTIONS = ('none', 'mean', 'sum')
 AVG_FACTORS = (None, 0, 6.5)
+
+
+@pytest.fixture(autouse=True)
+def fast_paths_for_every_size(monkeypatch):
+    """The tests here use small inputs; run the fast paths on them too (by
+    default the dispatch table sends small DFL inputs to the plain
+    formula)."""
+    for kind, entry in list(dispatch.TUNING.items()):
+        monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
+            entry, min_rows={key: rows for key, rows in entry.min_rows.items()
+                             if key != 'DistributionFocalLoss'}))
 
 
 def grad_close(grad, ref, what=''):
@@ -440,3 +456,202 @@ def test_built_from_config():
         assert type(module).__name__ == name
     assert MODELS.build(dict(type='QualityFocalLoss')).use_sigmoid is True
     assert MODELS.build(dict(type='VarifocalLoss')).use_sigmoid is True
+
+
+# ---------------------------------------------------------------------------
+# the engine: exact double backward, dispatch, the CPU-only branches,
+# autocast
+# ---------------------------------------------------------------------------
+def _double_inputs():
+    vpred, vtarget = vfl_inputs(17, 5, 3)
+    vtarget[0, :2] = -0.2  # q < 0: a negative with its own |p - q|
+    qpred, labels, scores = qfl_inputs(17, 5, 3)
+    dpred, dlabel = dfl_inputs(17, 6, 3)
+    return [
+        ('vfl', VarifocalLoss(gamma=1.5), vpred, vtarget.double(), {}),
+        ('vfl-none', VarifocalLoss(iou_weighted=False, reduction='none'),
+         vpred, vtarget.double(), dict(weight=torch.rand(17, 5).double())),
+        ('qfl', QualityFocalLoss(beta=1.5), qpred,
+         (labels, scores.double()), dict(weight=torch.rand(17).double())),
+        ('dfl', DistributionFocalLoss(reduction='sum'), dpred,
+         dlabel.double(), {}),
+    ]
+
+
+@pytest.mark.parametrize('kind', ['cpu', 'cuda'])
+@pytest.mark.parametrize('case', range(4))
+def test_double_backward_equals_the_plain_formula(case, kind):
+    """create_graph=True gives a gradient with a graph whose derivative
+    equals the plain formula's, on the CPU's kernels and (pretended) on an
+    accelerator's."""
+    name, module, pred, target, kwargs = _double_inputs()[case]
+    with dispatch.pretend_device(kind):
+        fast = value_grad_hvp(lambda x: module(x, target, **kwargs),
+                              [pred.double()], expect_engine=True)
+    plain = value_grad_hvp(lambda x: module(x, target, **kwargs),
+                           [pred.double()], fast=False, expect_engine=False)
+    assert_second_order(fast, plain, what=f'{name} on {kind}')
+
+
+@pytest.mark.parametrize('case', range(4))
+def test_second_derivatives_match_mmdet(mmdet_losses, case):
+    name, module, pred, target, kwargs = _double_inputs()[case]
+    theirs = getattr(mmdet_losses, type(module).__name__)(
+        **{key: getattr(module, key) for key in
+           ('gamma', 'alpha', 'iou_weighted', 'beta', 'reduction')
+           if hasattr(module, key)})
+    results = [value_grad_hvp(lambda x: m(x, target, **kwargs),
+                              [pred.double()]) for m in (module, theirs)]
+    assert_second_order(*results, what=name)
+
+
+def test_gradgradcheck():
+    vpred, vtarget = vfl_inputs(6, 4, 0)
+    vtarget[0, 0] = -0.3
+    x = vpred.double().requires_grad_()
+    for kind in ('cpu', 'cuda'):
+        with dispatch.pretend_device(kind):
+            assert torch.autograd.gradgradcheck(
+                lambda x: VarifocalLoss(gamma=1.5)(x, vtarget.double()),
+                (x, ))
+    qpred, labels, scores = qfl_inputs(6, 4, 1)
+    x = qpred.double().requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        lambda x: QualityFocalLoss(beta=1.5)(x, (labels, scores.double()),
+                                             reduction_override='none'),
+        (x, ))
+    dpred, dlabel = dfl_inputs(5, 6, 0)
+    x = dpred.double().requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        lambda x: DistributionFocalLoss()(x, dlabel.double()), (x, ))
+
+
+def test_targets_that_need_a_gradient_take_the_plain_formula(mmdet_losses):
+    """The kernels give no target gradient: a target that needs one takes
+    the plain formula (mmdet's gradient), never a silent zero."""
+    vpred, vtarget = vfl_inputs(12, 4, 0)
+    qpred, labels, scores = qfl_inputs(12, 4, 0)
+    dpred, dlabel = dfl_inputs(12, 6, 0)
+    cases = [(VarifocalLoss, vpred, lambda t: t, vtarget),
+             (QualityFocalLoss, qpred, lambda t: (labels, t), scores),
+             (DistributionFocalLoss, dpred, lambda t: t, dlabel)]
+    for cls, pred, wrap, target in cases:
+        grads = []
+        for module in (cls(), getattr(mmdet_losses, cls.__name__)()):
+            t = target.double().clone().requires_grad_()
+            x = pred.double().clone().requires_grad_()
+            out = module(x, wrap(t))
+            if module.__module__.startswith('mmloss'):
+                assert not graph_functions(out), cls.__name__
+            out.backward()
+            grads.append((x.grad, t.grad))
+        assert grads[0][1].abs().max() > 0
+        for ours, ref in zip(*grads):
+            assert_close(ours, ref, rtol=1e-9, atol=1e-12,
+                         what=cls.__name__)
+
+
+def test_varifocal_accelerator_branch_equals_the_plain_formula():
+    """Off the CPU the varifocal kernel runs over every entry (no search
+    for the non-zero targets): forced with pretend_device, it gives the
+    plain formula's value and gradient for every reduction."""
+    pred, target = vfl_inputs(40, 6, 5)
+    target[3, :3] = -0.5
+    pred, target = pred.double(), target.double()
+    weight = torch.rand(40, 1, dtype=torch.float64)
+    for reduction in REDUCTIONS:
+        results = []
+        for fast, kind in ((True, 'cuda'), (False, 'cpu')):
+            x = pred.clone().requires_grad_()
+            with mmloss.fast_paths(fast), dispatch.pretend_device(kind):
+                out = varifocal_loss(x, target, weight, reduction=reduction)
+                assert ('GradientInForwardBackward' in
+                        graph_functions(out)) == fast
+            out.sum().backward()
+            results.append((out.detach(), x.grad))
+        assert_close(*[r[0] for r in results], rtol=1e-12, atol=1e-14)
+        assert_close(*[r[1] for r in results], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize('kind', ['cpu', 'cuda'])
+def test_dfl_kernel_where_the_softmax_underflows_on_each_device(kind):
+    """The CPU recomputes only the underflowed rows, an accelerator selects
+    (no host sync); both give the plain formula's value and gradient."""
+    pred = torch.tensor([[0.0, 120.0, -5.0], [300.0, 0.0, -300.0],
+                         [1.0, 2.0, 3.0], [0.5, 0.0, 0.2]])
+    label = torch.tensor([0.25, 1.5, 0.0, 2.0])
+    results = []
+    for fast in (True, False):
+        x = pred.clone().requires_grad_()
+        with mmloss.fast_paths(fast), dispatch.pretend_device(kind):
+            out = distribution_focal_loss(x, label, reduction='none')
+            assert ('GradientInForwardBackward' in graph_functions(out)) \
+                == fast
+        (out * torch.arange(1.0, 5.0)).sum().backward()
+        results.append((out.detach(), x.grad))
+    assert_close(results[0][0], results[1][0], rtol=1e-6)
+    assert_close(results[0][1], results[1][1], rtol=1e-6)
+
+
+def test_dfl_range_check_is_queued_on_an_accelerator():
+    """Off the CPU the distance check never waits for the device: it is an
+    asynchronous assert (on CPU tensors it fires at once)."""
+    pred = torch.randn(4, 3)
+    with dispatch.pretend_device('cuda'):
+        distribution_focal_loss(pred, torch.tensor([0.0, 1.0, 2.0, 0.5]))
+        with pytest.raises(RuntimeError, match='distribution_focal_loss'):
+            distribution_focal_loss(pred, torch.full((4, ), 2.5))
+
+
+def test_dfl_min_rows_of_the_dispatch_table(monkeypatch):
+    """Fewer rows than the table's min_rows take the plain formula."""
+    entry = dataclasses.replace(dispatch.TUNING['cpu'],
+                                min_rows={'DistributionFocalLoss': 20})
+    monkeypatch.setitem(dispatch.TUNING, 'cpu', entry)
+    pred, label = dfl_inputs(20, 5, 0)
+    for n, engine in ((19, False), (20, True)):
+        x = pred[:n].clone().requires_grad_()
+        out = DistributionFocalLoss()(x, label[:n])
+        assert ('GradientInForwardBackward' in graph_functions(out)) == \
+            engine
+    assert 'DistributionFocalLoss' in dispatch.TUNING['cpu'].min_rows
+
+
+@pytest.mark.parametrize('n', [16, 3000])
+def test_autocast_gives_the_float32_result(n):
+    vpred, vtarget = vfl_inputs(n, 7, 1)
+    qpred, labels, scores = qfl_inputs(n, 7, 1)
+    dpred, dlabel = dfl_inputs(n, 9, 1)
+    cases = [(VarifocalLoss(), vpred, vtarget),
+             (QualityFocalLoss(), qpred, (labels, scores)),
+             (QualityFocalLoss(), vpred, vtarget),
+             (QualityFocalLoss(activated=True), qpred.sigmoid(),
+              (labels, scores)),
+             (DistributionFocalLoss(), dpred, dlabel)]
+    for module, pred, target in cases:
+        results = []
+        for autocast in (False, True):
+            x = pred.clone().requires_grad_()
+            with torch.autocast('cpu', dtype=torch.bfloat16,
+                                enabled=autocast):
+                out = module(x, target, avg_factor=n / 2)
+            out.backward()
+            assert out.dtype == torch.float32
+            results.append((out.detach(), x.grad))
+        assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-7)
+        assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-9)
+
+
+def test_function_errors_name_the_function_and_the_shapes():
+    pred, target = vfl_inputs(8, 3, 0)
+    with pytest.raises(ValueError, match=r'quality_focal_loss: pred has '
+                       r'shape \(8, 3\) but target has shape \(8, 2\)'):
+        quality_focal_loss(pred, target[:, :2])
+    with pytest.raises(ValueError, match=r'quality_focal_loss: weight has '
+                       r'shape \(3,\)'):
+        quality_focal_loss(pred, target, weight=torch.ones(3))
+    with pytest.raises(ValueError, match=r'distribution_focal_loss: pred '
+                       r'must have shape \(N, n \+ 1\)'):
+        distribution_focal_loss(pred, torch.zeros(7))
+    with pytest.raises(TypeError, match='varifocal_loss: pred'):
+        varifocal_loss(pred.long(), target)

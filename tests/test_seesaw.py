@@ -8,6 +8,8 @@ import mmloss
 from mmloss.reduction import FLOAT32_EPS
 from mmloss.losses.seesaw import seesaw_ce_loss, seesaw_log_weights
 from tests.helpers import assert_close
+from tests.test_focal import (assert_second_order, graph_functions,
+                              value_grad_hvp)
 
 REDUCTIONS = ('none', 'mean', 'sum')
 NUM_CLASSES = 12
@@ -267,3 +269,98 @@ def test_invalid_inputs():
                    dict(loss_weight=-1.0), dict(reduction='avg')):
         with pytest.raises(ValueError, match='SeesawLoss'):
             mmloss.SeesawLoss(**kwargs)
+
+
+# ------------------------------------------ the engine: double backward
+def _class_inputs(n=10, c=6, seed=50):
+    g = torch.Generator().manual_seed(seed)
+    score = torch.randn(n, c, generator=g, dtype=torch.float64) * 2
+    labels = torch.randint(0, c, (n,), generator=g)
+    counts = torch.tensor([5.0, 0.0, 30.0, 2.0, 9.0, 1.0],
+                          dtype=torch.float64)[:c]
+    weight = torch.rand(n, generator=g, dtype=torch.float64)
+    return score, labels, counts, weight
+
+
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+def test_double_backward_equals_the_plain_formula(reduction):
+    """The compensation factor reads the *detached* scores (the paper's and
+    MMDetection's choice), in the fast path (log space) and in the plain
+    formula (ratios) alike: with create_graph=True both give the same
+    gradient, with a graph, and the same Hessian-vector product (that of
+    the detached formula)."""
+    score, labels, counts, weight = _class_inputs()
+
+    def fn(x):
+        return seesaw_ce_loss(x, labels, weight, counts, 6, 0.8, 2.0, 0.01,
+                              reduction, avg_factor=None)
+
+    fast = value_grad_hvp(fn, [score])
+    plain = value_grad_hvp(fn, [score], fast=False, expect_engine=False)
+    assert_second_order(fast, plain)
+    x = score.clone().requires_grad_()
+    assert not graph_functions(seesaw_ce_loss(
+        x, labels, weight, counts, 6, 0.8, 2.0, 0.01, fast=False))
+
+
+def test_second_derivatives_match_mmdet(mmdet_losses):
+    """The module (both terms, running counts) against MMDetection's, which
+    detaches the compensation the same way."""
+    g = torch.Generator().manual_seed(51)
+    score, labels, weight = batch(g, n=24)
+    score = score.double()
+    results = []
+    for module in (mmloss.SeesawLoss(num_classes=NUM_CLASSES,
+                                     return_dict=False),
+                   mmdet_losses.SeesawLoss(num_classes=NUM_CLASSES,
+                                           return_dict=False)):
+        module.double()
+        module(score, labels)  # one step of counts first
+        results.append(value_grad_hvp(
+            lambda x: module(x, labels, weight.double(), avg_factor=7.0),
+            [score]))
+    assert_second_order(*results)
+
+
+def test_gradgradcheck():
+    """Finite differences see the detached compensation as a function of
+    the scores, so the check runs without it (q = 0); with it, the
+    test above compares against the plain formula's same detach."""
+    score, labels, counts, weight = _class_inputs(6, 4)
+    x = score.clone().requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        lambda t: seesaw_ce_loss(t, labels, weight, counts, 4, 0.8, 0.0,
+                                 0.01, 'sum'), (x,))
+    assert torch.autograd.gradgradcheck(
+        lambda t: seesaw_ce_loss(t, labels, None, counts, 4, 1.5, 0.0,
+                                 0.01, 'none'), (x,))
+
+
+@pytest.mark.parametrize('n', [16, 3000])
+def test_autocast_gives_the_float32_result(n):
+    g = torch.Generator().manual_seed(52)
+    score, labels, weight = batch(g, n=n)
+    results = []
+    for autocast in (False, True):
+        loss = mmloss.SeesawLoss(num_classes=NUM_CLASSES, return_dict=False)
+        x = score.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            out = loss(x, labels, weight)
+        out.backward()
+        assert out.dtype == torch.float32
+        results.append((out.detach(), x.grad))
+    assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-7)
+    assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-9)
+
+
+def test_function_errors_name_the_function_and_the_shapes():
+    score, labels, counts, weight = _class_inputs()
+    with pytest.raises(ValueError, match=r'seesaw_ce_loss: cls_score has '
+                       r'shape \(10, 6\), labels \(9,\)'):
+        seesaw_ce_loss(score, labels[:9], None, counts, 6, 0.8, 2.0, 0.01)
+    with pytest.raises(ValueError, match=r'seesaw_ce_loss: label_weights has '
+                       r'shape \(3,\)'):
+        seesaw_ce_loss(score, labels, weight[:3], counts, 6, 0.8, 2.0, 0.01)
+    with pytest.raises(ValueError, match=r'seesaw_ce_loss: labels holds 6'):
+        seesaw_ce_loss(score, torch.full((10, ), 6), None, counts, 6, 0.8,
+                       2.0, 0.01)

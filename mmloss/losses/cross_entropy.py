@@ -1,11 +1,12 @@
 """Cross-entropy losses: softmax, sigmoid (binary) and per-class mask CE.
 
-Softmax cross-entropy of logits ``x`` (N, C) and a class index ``l``::
+Softmax cross-entropy of logits ``x`` (N, C) (or (N, C, d1, ...)) and a
+class index ``l`` (N,) (or (N, d1, ...))::
 
     loss_i = w_c[l_i] * (logsumexp_j x_ij - x_il_i)   (0 if l_i is ignored)
 
-Binary (sigmoid) cross-entropy of logits ``x`` and a 0/1 target ``y``, with
-the per-class positive weight ``p_j`` (``class_weight``)::
+Binary (sigmoid) cross-entropy of logits ``x`` and a 0/1 target ``y`` of the
+same shape, with the per-class positive weight ``p_j`` (``class_weight``)::
 
     loss_ij = p_j * y_ij * softplus(-x_ij) + (1 - y_ij) * softplus(x_ij)
 
@@ -13,15 +14,18 @@ With integer labels (N,) against logits (N, C), ``y`` is the one-hot of the
 label; labels ``>= C`` (background) give an all-zero row and negative labels
 or ``ignore_index`` give a zero-weight row, exactly as MMDetection 3.3 does.
 
-Speed: the softmax path runs through :class:`SoftmaxCrossEntropyFunction`
-(one softmax, turned into the gradient in place and saved; the reduction
-fused in) from :data:`FUSED_SOFTMAX_MIN_ELEMENTS` logits up (below that
-``F.cross_entropy``'s single fused kernel is faster) and the
-integer-label sigmoid path (reductions ``'mean'``/``'sum'``) through
-:class:`SigmoidOneHotCrossEntropyFunction`, which saves only the logits and
-never builds the one-hot target. The plain formulas stay available with
-``fast=False``.
+Fast paths (:class:`mmloss.engine.functions.GradientInForward`, chosen by
+:mod:`mmloss.engine.dispatch`): 2-D softmax logits run one softmax, turned
+into the gradient in place (:func:`softmax_cross_entropy_kernel`), from the
+dispatch table's ``min_rows['CrossEntropyLoss']`` rows up (below it
+``F.cross_entropy``'s single fused kernel is faster); integer-label sigmoid
+logits with ``'mean'``/``'sum'`` never build the one-hot target
+(:func:`sigmoid_one_hot_kernel`, from ``min_rows['CrossEntropyLoss(sigmoid)']``
+rows up). Each has a plain formula by autograd ops, which a backward with
+``create_graph=True`` differentiates, and which ``fast=False`` (or
+:func:`mmloss.fast_paths`) runs instead.
 """
+import functools
 import warnings
 from numbers import Integral, Real
 from typing import Dict, Optional, Sequence, Union
@@ -29,108 +33,50 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from ..checks import (check_avg_factor, check_integer_labels,
-                      check_label_range, check_tensor,
+from ..checks import (check_integer_labels, check_label_range, check_tensor,
                       check_weight_shape)
-from ..gradients import scale_saved_grad
-from ..precision import compute_dtype, to_dtype
-from ..reduction import (FLOAT32_EPS, reduce_weighted_sum,
-                         weight_reduce_loss)
+from ..engine import dispatch
+from ..engine.functions import gradient_in_forward
+from ..precision import compute_dtype, restore_dtype, to_dtype
+from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
+from .focal import loss_like
 
 __all__ = [
     'softmax_cross_entropy', 'binary_cross_entropy', 'accurate_neg_log',
-    'mask_cross_entropy', 'top1_accuracy', 'SoftmaxCrossEntropyFunction',
-    'SigmoidOneHotCrossEntropyFunction', 'CrossEntropyLoss',
+    'mask_cross_entropy', 'top1_accuracy', 'CrossEntropyLoss',
     'CrossEntropyCustomLoss'
 ]
 
 # PyTorch's (and MMDetection's) default label to ignore.
 DEFAULT_IGNORE_INDEX = -100
 
-#: Softmax logits with fewer elements than this take ``F.cross_entropy``
-#: even with ``fast=True``: for a few thousand rows (a RoI head's 512 x 81
-#: scores, say) the per-op overhead of :class:`SoftmaxCrossEntropyFunction`
-#: outweighs what it saves, and ATen's fused kernel is faster (measured on
-#: 2 CPU threads: 0.12 vs 0.20 ms at 1000 x 81, 1.4 vs 0.5 ms at 4000 x 81).
-FUSED_SOFTMAX_MIN_ELEMENTS = 1 << 17
+#: The dispatch table's names (:func:`mmloss.engine.dispatch.use_fast`) of
+#: the softmax and the integer-label sigmoid fast paths.
+SOFTMAX_DISPATCH_NAME = 'CrossEntropyLoss'
+SIGMOID_DISPATCH_NAME = 'CrossEntropyLoss(sigmoid)'
+
+
+def _float_pred(loss_name: str, pred) -> None:
+    check_tensor(loss_name, 'pred', pred)
+    if not pred.dtype.is_floating_point:
+        raise TypeError(f'{loss_name}: pred must be a floating point tensor, '
+                        f'but has dtype {pred.dtype}')
+
+
+def _check_class_weight_size(loss_name: str, class_weight: Optional[Tensor],
+                             num_classes: int) -> None:
+    if class_weight is not None and class_weight.numel() != num_classes:
+        raise ValueError(
+            f'{loss_name}: class_weight has {class_weight.numel()} entries '
+            f'but pred has {num_classes} classes')
 
 
 # --------------------------------------------------------------------------
 # Softmax cross-entropy
 # --------------------------------------------------------------------------
-class SoftmaxCrossEntropyFunction(torch.autograd.Function):
-    """Weighted row losses ``f_i (logsumexp(x_i) - x_il_i)``, gradient in
-    forward.
-
-    ``f_i`` is the row factor (``weight_i * class_weight[l_i]``, 0 where
-    ``l_i`` is ``ignore_index``). The forward pass runs one softmax ``p`` and
-    turns it, in place, into the gradient of the unweighted row loss,
-    ``p - onehot(l)`` (``scatter_add_`` at the N label entries); the loss is
-    ``-log p_il``. That buffer and the (N,) factors are all that is saved;
-    backward is one pass, ``(p - onehot) * f * grad``. ``F.cross_entropy``
-    instead saves a log-softmax, then fills a dense one-hot gradient and
-    runs the log-softmax backward over it.
-
-    Where ``p_il`` is too small for ``-log p_il`` to be accurate (the label
-    logit more than ~69 below the row's largest), the loss is
-    ``logsumexp - x_il`` from the logits. On the CPU only those rows are
-    recomputed (reading the flag costs nothing there); on an accelerator
-    every row's ``logsumexp`` is computed and selected, so no step waits on
-    the device. Half inputs are computed in float32.
-
-    Args (of ``apply``):
-        logits (Tensor): (N, C), C >= 1.
-        label (Tensor): (N,) integer labels in ``[0, C)`` or
-            ``ignore_index``.
-        ignore_index (int): label of the rows to ignore.
-        row_weight (Tensor, optional): (N,) factor per row (no gradient
-            flows to it); None means 1.
-        reduce_sum (bool): return the sum of the row losses.
-
-    Returns:
-        Tensor: (N,) weighted row losses, or their sum if ``reduce_sum``;
-        float32 for half ``logits``, else their dtype.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, label: Tensor, ignore_index: int,
-                row_weight: Optional[Tensor], reduce_sum: bool) -> Tensor:
-        dtype = compute_dtype(logits)
-        work = to_dtype(logits, dtype)
-        num_rows, num_classes = work.shape
-        valid = label != ignore_index
-        # an ignored row may point at any column: clamp instead of select
-        column = label.clamp(0, num_classes - 1).unsqueeze(1)
-        grad = torch.softmax(work, dim=1)
-        picked = grad.gather(1, column).squeeze(1)
-        loss = accurate_neg_log(picked, work, column,
-                                rows_only=work.device.type == 'cpu')
-        if row_weight is None:
-            factor = valid.to(dtype)
-        else:
-            row_weight = to_dtype(row_weight, dtype)
-            factor = torch.where(valid, row_weight, 0.0)
-            loss = loss * row_weight
-        # select, so that an ignored row's value (even inf) never gives NaN
-        loss = torch.where(valid, loss, 0.0)
-        if ctx.needs_input_grad[0]:
-            # p - onehot(l): subtract 1 at the N label entries
-            grad.scatter_add_(1, column, grad.new_full((num_rows, 1), -1.0))
-            ctx.save_for_backward(to_dtype(grad, logits.dtype), factor)
-        return loss.sum() if reduce_sum else loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        grad, factor = ctx.saved_tensors
-        return (scale_saved_grad(grad, grad_out, row_factor=factor), None,
-                None, None, None)
-
-
 # -log p is exact to float32 rounding above this; below it p has lost bits
 _SMALLEST_ACCURATE_PROB = 1e-30
 
@@ -146,8 +92,9 @@ def accurate_neg_log(picked: Tensor, logits: Tensor, column: Tensor,
         logits (Tensor): (N, C).
         column (Tensor): (N, 1) column of each picked entry.
         rows_only (bool): recompute only the rows that need it (reads a flag
-            on the host: for CPU tensors), else compute every row's
-            ``logsumexp`` and select (no host sync).
+            on the host: where :func:`mmloss.engine.dispatch.cpu_kernels`
+            allows), else compute every row's ``logsumexp`` and select (no
+            host sync).
     """
     loss = torch.log(picked).neg_()
     tiny = picked < _SMALLEST_ACCURATE_PROB
@@ -161,6 +108,95 @@ def accurate_neg_log(picked: Tensor, logits: Tensor, column: Tensor,
     exact = torch.logsumexp(logits, dim=1) - \
         logits.gather(1, column).squeeze(1)
     return torch.where(tiny, exact, loss)
+
+
+def softmax_cross_entropy_kernel(needs, logits: Tensor, label: Tensor,
+                                 factor: Optional[Tensor], *,
+                                 ignore_index: int, reduce_sum: bool):
+    """Weighted row losses ``f_i (logsumexp(x_i) - x_il_i)`` and their
+    gradient, the engine kernel
+    (:class:`~mmloss.engine.functions.GradientInForward`).
+
+    ``logits`` (N, C) with C >= 1, ``label`` (N,) in ``[0, C)`` or
+    ``ignore_index`` (a row of value and gradient 0), ``factor`` (N,) the
+    row factor or None for 1. One softmax ``p``, turned in place into the
+    gradient of the unweighted row loss, ``p - onehot(l)``
+    (``scatter_add_`` at the N label entries); the loss is ``-log p_il``,
+    from the logits where ``p_il`` is too small to be accurate
+    (:func:`accurate_neg_log`). The row factors are the per-row ``scale``
+    that backward folds into its one pass over the gradient.
+
+    Returns:
+        ``(value, grads, scale)``: the (N,) weighted row losses or their
+        sum, float32 at least.
+    """
+    dtype = compute_dtype(logits)
+    work = to_dtype(logits, dtype)
+    num_rows, num_classes = work.shape
+    valid = label != ignore_index
+    # an ignored row may point at any column: clamp instead of select
+    column = label.clamp(0, num_classes - 1).unsqueeze(1)
+    grad = torch.softmax(work, dim=1)
+    picked = grad.gather(1, column).squeeze(1)
+    loss = accurate_neg_log(picked, work, column,
+                            rows_only=dispatch.cpu_kernels(logits))
+    if factor is None:
+        row_factor = valid.to(dtype)
+    else:
+        row_factor = torch.where(valid, factor, 0.0)
+        loss = loss * factor
+    # select, so that an ignored row's value (even inf) never gives NaN
+    loss = torch.where(valid, loss, 0.0)
+    if needs[0]:
+        # p - onehot(l): subtract 1 at the N label entries
+        grad.scatter_add_(1, column, grad.new_full((num_rows, 1), -1.0))
+    else:
+        grad = None
+    return (loss.sum() if reduce_sum else loss), (grad, None, None), \
+        row_factor
+
+
+def _softmax_cross_entropy_plain(logits: Tensor, label: Tensor,
+                                 factor: Optional[Tensor], *,
+                                 ignore_index: int,
+                                 reduce_sum: bool) -> Tensor:
+    """The value of :func:`softmax_cross_entropy_kernel` by autograd ops."""
+    with dispatch.autocast_off(logits):
+        loss = F.cross_entropy(to_dtype(logits, compute_dtype(logits)),
+                               label, reduction='none',
+                               ignore_index=ignore_index)
+        if factor is not None:
+            loss = loss * factor
+        return loss.sum() if reduce_sum else loss
+
+
+def softmax_cross_entropy_rows(pred: Tensor, label: Tensor, rule: Reduction,
+                               class_weight: Optional[Tensor] = None,
+                               ignore_index: int = DEFAULT_IGNORE_INDEX
+                               ) -> Tensor:
+    """The fast path of 2-D softmax cross-entropy, weighted and reduced by
+    ``rule``: the kernel with the weighted sum fused in where
+    :meth:`~mmloss.reduction.Reduction.fusable`, else its (N,) row losses
+    handed to :meth:`~mmloss.reduction.Reduction.apply`. Float32 at least.
+    """
+    dtype = compute_dtype(pred)
+    factor = None
+    if class_weight is not None:
+        factor = class_weight[torch.where(label != ignore_index, label, 0)]
+    weight = rule.weight
+    fused = rule.fusable(loss_like(label.shape, dtype, pred.device),
+                         None if weight is None else weight.shape)
+    if fused and weight is not None:
+        weight = weight.expand(label.shape)
+        factor = weight if factor is None else weight * factor
+    options = dict(ignore_index=int(ignore_index), reduce_sum=fused)
+    value = gradient_in_forward(
+        functools.partial(softmax_cross_entropy_kernel, **options),
+        functools.partial(_softmax_cross_entropy_plain, **options), pred,
+        label, factor)
+    if fused:
+        return rule.finish(value, label.numel())
+    return rule.apply(value)
 
 
 def softmax_cross_entropy(pred: Tensor,
@@ -178,7 +214,7 @@ def softmax_cross_entropy(pred: Tensor,
     exported: the name would shadow this module in ``mmloss.losses``).
     Element-wise ``loss_i = class_weight[l_i] * (logsumexp_j x_ij - x_il_i)``,
     0 where ``l_i == ignore_index``. It is multiplied
-    by ``weight`` and reduced by :func:`~mmloss.reduction.weight_reduce_loss`.
+    by ``weight`` and reduced by :class:`~mmloss.reduction.Reduction`.
     ``'mean'`` divides by the number of elements (ignored ones included)
     unless ``avg_non_ignore`` is set, which divides by the number of labels
     that are not ``ignore_index`` (0 of them gives ``0``, not ``NaN``).
@@ -192,47 +228,75 @@ def softmax_cross_entropy(pred: Tensor,
         class_weight (Tensor, optional): (C,) per-class weight.
         ignore_index (int, optional): ignored label; ``None`` means -100.
         avg_non_ignore (bool): average over the non-ignored labels only.
-        fast (bool): :class:`SoftmaxCrossEntropyFunction` for 2-D logits
-            of at least :data:`FUSED_SOFTMAX_MIN_ELEMENTS` elements (smaller
-            ones run ``F.cross_entropy``, faster there; same result).
+        fast (bool): allow the fast path (2-D logits, as the dispatcher
+            decides); ``False`` runs the plain formula.
 
     Returns:
-        Tensor: the reduced loss.
+        Tensor: the reduced loss, ``pred``'s dtype.
     """
+    return _softmax_cross_entropy('softmax_cross_entropy', pred, label,
+                                  weight, reduction, avg_factor,
+                                  class_weight, ignore_index, avg_non_ignore,
+                                  fast)
+
+
+def _check_softmax_inputs(loss_name, pred, label, weight, class_weight,
+                          ignore_index) -> None:
+    _float_pred(loss_name, pred)
+    check_tensor(loss_name, 'label', label)
+    if pred.dim() == 0:
+        raise ValueError(f'{loss_name}: pred must have a class dim, but has '
+                         f'shape ()')
+    check_integer_labels(loss_name, label, 'label')
+    expected = pred.shape[:1] + pred.shape[2:]
+    if label.shape != expected:
+        raise ValueError(f'{loss_name}: pred has shape {tuple(pred.shape)} '
+                         f'so label must have shape {tuple(expected)}, but '
+                         f'has shape {tuple(label.shape)}')
+    check_weight_shape(loss_name, weight, label.shape)
+    _check_class_weight_size(loss_name, class_weight, pred.size(1))
+    check_label_range(loss_name, label, pred.size(1), ignore_index)
+
+
+def _softmax_cross_entropy(loss_name, pred, label, weight, reduction,
+                           avg_factor, class_weight, ignore_index,
+                           avg_non_ignore, fast):
     ignore_index = DEFAULT_IGNORE_INDEX if ignore_index is None \
         else ignore_index
-    dtype = compute_dtype(pred)
-    if avg_factor is None and avg_non_ignore and reduction == 'mean':
-        # a tensor, so no host sync (MMDetection calls .item() here)
-        avg_factor = label.numel() - (label == ignore_index).sum()
-    if weight is not None:
-        weight = weight.to(dtype)
-    if class_weight is not None:
-        class_weight = class_weight.to(dtype)
+    Reduction(loss_name, None, reduction, avg_factor).checked()
+    _check_softmax_inputs(loss_name, pred, label, weight, class_weight,
+                          ignore_index)
+    return softmax_cross_entropy_checked(loss_name, pred, label, weight,
+                                         reduction, avg_factor, class_weight,
+                                         ignore_index, avg_non_ignore, fast)
 
-    if fast and pred.dim() == 2 and pred.size(1) > 0 and \
-            pred.numel() >= FUSED_SOFTMAX_MIN_ELEMENTS and not (
-            weight is not None and weight.requires_grad) and not (
-                class_weight is not None and class_weight.requires_grad):
-        row_weight = None if weight is None else weight.reshape(-1)
+
+def softmax_cross_entropy_checked(loss_name, pred, label, weight, reduction,
+                                  avg_factor, class_weight, ignore_index,
+                                  avg_non_ignore, fast) -> Tensor:
+    """:func:`softmax_cross_entropy` of inputs already checked (by the
+    caller that made them), ``ignore_index`` an int."""
+    with dispatch.autocast_off(pred):
+        dtype = compute_dtype(pred)
+        if avg_factor is None and avg_non_ignore and reduction == 'mean':
+            # a tensor, so no host sync (MMDetection calls .item() here)
+            avg_factor = label.numel() - (label == ignore_index).sum()
+        if weight is not None:
+            weight = to_dtype(weight, dtype)
         if class_weight is not None:
-            picked = class_weight[torch.where(label != ignore_index, label,
-                                              0)]
-            row_weight = picked if row_weight is None else \
-                row_weight * picked
-        if reduction == 'none':
-            return SoftmaxCrossEntropyFunction.apply(
-                pred, label, ignore_index, row_weight, False).to(pred.dtype)
-        total = SoftmaxCrossEntropyFunction.apply(pred, label, ignore_index,
-                                                  row_weight, True)
-        return reduce_weighted_sum('softmax_cross_entropy', total,
-                                   label.numel(), reduction,
-                                   avg_factor).to(pred.dtype)
-
-    loss = F.cross_entropy(pred.to(dtype), label, weight=class_weight,
-                           reduction='none', ignore_index=ignore_index)
-    return weight_reduce_loss(loss, weight, reduction,
-                              avg_factor).to(pred.dtype)
+            class_weight = to_dtype(class_weight, dtype)
+        rule = Reduction(loss_name, weight, reduction, avg_factor)
+        if fast and pred.dim() == 2 and pred.size(1) > 0 and not (
+                class_weight is not None and class_weight.requires_grad) \
+                and dispatch.use_fast(SOFTMAX_DISPATCH_NAME, pred,
+                                      rows=pred.size(0)):
+            loss = softmax_cross_entropy_rows(pred, label, rule,
+                                              class_weight, ignore_index)
+        else:
+            loss = rule.apply(F.cross_entropy(
+                to_dtype(pred, dtype), label, weight=class_weight,
+                reduction='none', ignore_index=ignore_index))
+        return restore_dtype(loss, pred)
 
 
 cross_entropy = softmax_cross_entropy
@@ -241,63 +305,65 @@ cross_entropy = softmax_cross_entropy
 # --------------------------------------------------------------------------
 # Binary (sigmoid) cross-entropy
 # --------------------------------------------------------------------------
-class SigmoidOneHotCrossEntropyFunction(torch.autograd.Function):
-    """Row sums of sigmoid BCE against the one-hot of integer labels.
+def sigmoid_one_hot_rows(logits: Tensor, label: Tensor,
+                         pos_weight: Optional[Tensor]) -> Tensor:
+    """Row sums (N,) of sigmoid BCE against the one-hot of integer labels,
+    without the one-hot target (autograd, any order).
 
     ``row_i = sum_j softplus(x_ij) + [0 <= l_i < C] * (p_l softplus(-x_il)
-    - softplus(x_il))``. The one-hot target is never built; backward is
-    ``sigmoid(x)`` with the label column replaced by ``-p_l sigmoid(-x_il)``,
-    rebuilt from the saved logits alone.
-
-    Args (of ``apply``):
-        logits (Tensor): (N, C).
-        label (Tensor): (N,) int64; labels outside ``[0, C)`` are negatives.
-        pos_weight (Tensor, optional): (C,) weight of the positive term.
-
-    Returns:
-        Tensor: (N,) row sums, float32 for half ``logits``.
+    - softplus(x_il))``; labels outside ``[0, C)`` give negatives only.
     """
+    num_classes = logits.size(1)
+    positive = (label >= 0) & (label < num_classes)
+    column = torch.where(positive, label, 0).long()[:, None]
+    picked = logits.gather(1, column).squeeze(1)
+    pos_term = F.softplus(-picked)
+    if pos_weight is not None:
+        pos_term = pos_term * pos_weight[column.squeeze(1)]
+    return F.softplus(logits).sum(1) + torch.where(
+        positive, pos_term - F.softplus(picked), 0.0)
 
-    @staticmethod
-    def forward(ctx, logits: Tensor, label: Tensor,
-                pos_weight: Optional[Tensor]) -> Tensor:
-        work = logits.to(compute_dtype(logits))
+
+def sigmoid_one_hot_kernel(needs, logits: Tensor, label: Tensor,
+                           pos_weight: Optional[Tensor], row_weight: Tensor):
+    """``sum_i r_i * row_i`` of :func:`sigmoid_one_hot_rows` and its
+    gradient, the engine kernel
+    (:class:`~mmloss.engine.functions.GradientInForward`).
+
+    The gradient of ``row_i`` is ``sigmoid(x_i)``, its label column
+    replaced by ``p_l (sigmoid(x_il) - 1)``; the row weights ``r`` (N,)
+    are the per-row ``scale`` backward folds in. Float32 at least.
+    """
+    dtype = compute_dtype(logits)
+    work = to_dtype(logits, dtype)
+    if pos_weight is not None:
+        pos_weight = to_dtype(pos_weight, dtype)
+    total = (sigmoid_one_hot_rows(work, label, pos_weight) *
+             row_weight).sum()
+    grad = None
+    if needs[0]:
         num_classes = work.size(1)
-        positive = (label >= 0) & (label < num_classes)
-        column = torch.where(positive, label, 0).long()[:, None]
-        rows = F.softplus(work).sum(1)
-        picked = work.gather(1, column).squeeze(1)
-        pos_term = F.softplus(-picked)
-        if pos_weight is not None:
-            pos_term = pos_term * pos_weight.to(work.dtype)[column.squeeze(1)]
-        rows = rows + torch.where(positive, pos_term - F.softplus(picked),
-                                  rows.new_zeros(()))
-        ctx.save_for_backward(logits, column, positive, pos_weight)
-        return rows
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        logits, column, positive, pos_weight = ctx.saved_tensors
-        work_dtype = compute_dtype(logits)
-        grad_out = grad_out.to(work_dtype)[:, None]
-        grad = logits.to(work_dtype).sigmoid()
+        positive = ((label >= 0) & (label < num_classes))[:, None]
+        column = torch.where(positive, label[:, None], 0).long()
+        grad = torch.sigmoid(work)
         picked = grad.gather(1, column)
         pos_grad = picked - 1
         if pos_weight is not None:
-            pos_grad = pos_grad * pos_weight.to(work_dtype)[column]
-        grad.mul_(grad_out)
-        grad.scatter_(1, column, torch.where(
-            positive[:, None], pos_grad, picked) * grad_out)
-        return grad.to(logits.dtype), None, None
+            pos_grad = pos_grad * pos_weight[column]
+        grad.scatter_(1, column, torch.where(positive, pos_grad, picked))
+    return total, (grad, None, None, None), row_weight
 
 
-def _expand_onehot_weights(label: Tensor, weight: Optional[Tensor],
-                           ignore_index: int, dtype: torch.dtype):
-    """Per-row weight of the one-hot expansion: ``weight * valid``."""
-    valid = ((label >= 0) & (label != ignore_index)).to(dtype)
-    if weight is None:
-        return valid, valid
-    return weight.reshape(-1).to(dtype) * valid, valid
+def _sigmoid_one_hot_plain(logits: Tensor, label: Tensor,
+                           pos_weight: Optional[Tensor],
+                           row_weight: Tensor) -> Tensor:
+    """The value of :func:`sigmoid_one_hot_kernel` by autograd ops."""
+    with dispatch.autocast_off(logits):
+        dtype = compute_dtype(logits)
+        if pos_weight is not None:
+            pos_weight = to_dtype(pos_weight, dtype)
+        return (sigmoid_one_hot_rows(to_dtype(logits, dtype), label,
+                                     pos_weight) * row_weight).sum()
 
 
 def binary_cross_entropy(pred: Tensor,
@@ -333,54 +399,97 @@ def binary_cross_entropy(pred: Tensor,
         class_weight (Tensor, optional): (C,) positive weight per class.
         ignore_index (int, optional): ignored label; ``None`` means -100.
         avg_non_ignore (bool): average over non-ignored elements only.
-        fast (bool): for the one-hot case with ``'mean'``/``'sum'``, use
-            :class:`SigmoidOneHotCrossEntropyFunction` (no one-hot tensor).
+        fast (bool): allow the fast path (the one-hot case with
+            ``'mean'``/``'sum'``, as the dispatcher decides); ``False`` runs
+            the plain formula.
 
     Returns:
         Tensor: the reduced loss, dtype of ``pred``.
     """
+    return _binary_cross_entropy('binary_cross_entropy', pred, label, weight,
+                                 reduction, avg_factor, class_weight,
+                                 ignore_index, avg_non_ignore, fast)
+
+
+def _check_sigmoid_inputs(loss_name, pred, label, weight, class_weight,
+                          ignore_index) -> None:
+    _float_pred(loss_name, pred)
+    check_tensor(loss_name, 'label', label)
+    if pred.dim() == 0:
+        raise ValueError(f'{loss_name}: pred must have a class dim, but has '
+                         f'shape ()')
+    if pred.dim() == label.dim():
+        if pred.shape != label.shape:
+            raise ValueError(f'{loss_name}: pred has shape '
+                             f'{tuple(pred.shape)} but label has shape '
+                             f'{tuple(label.shape)}')
+        check_weight_shape(loss_name, weight, pred.shape)
+    else:
+        check_integer_labels(loss_name, label, 'label')
+        if pred.dim() != 2 or label.dim() != 1 or \
+                label.shape[0] != pred.shape[0]:
+            raise ValueError(
+                f'{loss_name}: with integer labels pred must be (N, C) and '
+                f'label (N,), but got {tuple(pred.shape)} and '
+                f'{tuple(label.shape)}')
+        if weight is not None and (check_tensor(
+                loss_name, 'weight', weight).numel() != label.numel()):
+            raise ValueError(
+                f'{loss_name}: weight has shape {tuple(weight.shape)}, but '
+                f'one weight per label {tuple(label.shape)} is needed')
+        # labels >= C are background and negative ones are ignored
+        # (MMDetection's semantics); only labels above C are errors
+        check_label_range(loss_name, label, pred.size(-1), ignore_index,
+                          allow_negative=True, high_inclusive=True)
+    _check_class_weight_size(loss_name, class_weight, pred.size(-1))
+
+
+def _binary_cross_entropy(loss_name, pred, label, weight, reduction,
+                          avg_factor, class_weight, ignore_index,
+                          avg_non_ignore, fast):
     ignore_index = DEFAULT_IGNORE_INDEX if ignore_index is None \
         else ignore_index
-    work_dtype = compute_dtype(pred)
-    if pred.dim() != label.dim():
-        num_classes = pred.size(-1)
-        row_weight, valid = _expand_onehot_weights(label, weight,
-                                                   ignore_index, work_dtype)
-        if avg_factor is None and avg_non_ignore and reduction == 'mean':
-            avg_factor = valid.sum() * num_classes
-        if fast and reduction != 'none':
-            rows = SigmoidOneHotCrossEntropyFunction.apply(
-                pred, label, class_weight)
-            total = (rows * row_weight).sum()
-            if reduction == 'sum':
-                if avg_factor is not None:
-                    # the same error weight_reduce_loss raises
-                    return weight_reduce_loss(rows, None, 'sum', avg_factor)
-                return total.to(pred.dtype)
-            if avg_factor is None:
-                count = pred.numel()
-                return (total / count if count else total).to(pred.dtype)
-            return (total / (avg_factor + FLOAT32_EPS)).to(pred.dtype)
-        target = torch.zeros(pred.shape, dtype=work_dtype,
-                             device=pred.device)
-        positive = (label >= 0) & (label < num_classes)
-        target.scatter_(1, torch.where(positive, label, 0).long()[:, None],
-                        positive.to(work_dtype)[:, None])
-        elem_weight = row_weight[:, None]
-    else:
-        target = label.to(work_dtype)
-        valid = ((label >= 0) & (label != ignore_index)).to(work_dtype)
-        elem_weight = valid if weight is None else \
-            weight.to(work_dtype) * valid
-        if avg_factor is None and avg_non_ignore and reduction == 'mean':
-            avg_factor = valid.sum()
-    if class_weight is not None:
-        class_weight = class_weight.to(work_dtype)
-    loss = F.binary_cross_entropy_with_logits(
-        pred.to(work_dtype), target, pos_weight=class_weight,
-        reduction='none')
-    return weight_reduce_loss(loss, elem_weight, reduction,
-                              avg_factor).to(pred.dtype)
+    Reduction(loss_name, None, reduction, avg_factor).checked()
+    _check_sigmoid_inputs(loss_name, pred, label, weight, class_weight,
+                          ignore_index)
+    with dispatch.autocast_off(pred):
+        dtype = compute_dtype(pred)
+        if class_weight is not None:
+            class_weight = to_dtype(class_weight, dtype)
+        valid = ((label >= 0) & (label != ignore_index)).to(dtype)
+        if pred.dim() != label.dim():
+            num_classes = pred.size(-1)
+            row_weight = valid if weight is None else \
+                to_dtype(weight.reshape(-1), dtype) * valid
+            if avg_factor is None and avg_non_ignore and reduction == 'mean':
+                avg_factor = valid.sum() * num_classes
+            rule = Reduction(loss_name, row_weight[:, None], reduction,
+                             avg_factor)
+            if fast and rule.fusable(
+                    loss_like(pred.shape, dtype, pred.device),
+                    (pred.size(0), 1)) and not (
+                        class_weight is not None and
+                        class_weight.requires_grad) and dispatch.use_fast(
+                            SIGMOID_DISPATCH_NAME, pred, rows=pred.size(0)):
+                total = gradient_in_forward(
+                    sigmoid_one_hot_kernel, _sigmoid_one_hot_plain, pred,
+                    label, class_weight, row_weight)
+                return restore_dtype(rule.finish(total, pred.numel()), pred)
+            target = torch.zeros(pred.shape, dtype=dtype, device=pred.device)
+            positive = (label >= 0) & (label < num_classes)
+            target.scatter_(1, torch.where(positive, label, 0).long()[:, None],
+                            positive.to(dtype)[:, None])
+        else:
+            target = to_dtype(label, dtype)
+            if avg_factor is None and avg_non_ignore and reduction == 'mean':
+                avg_factor = valid.sum()
+            rule = Reduction(loss_name, valid if weight is None else
+                             to_dtype(weight, dtype) * valid, reduction,
+                             avg_factor)
+        loss = F.binary_cross_entropy_with_logits(
+            to_dtype(pred, dtype), target, pos_weight=class_weight,
+            reduction='none')
+        return restore_dtype(rule.apply(loss), pred)
 
 
 # --------------------------------------------------------------------------
@@ -407,22 +516,46 @@ def mask_cross_entropy(pred: Tensor,
         label (Tensor): (N,) class of each RoI.
 
     Returns:
-        Tensor: (1,) loss.
+        Tensor: (1,) loss, ``pred``'s dtype.
     """
+    return _mask_cross_entropy('mask_cross_entropy', pred, target, label,
+                               reduction, avg_factor, class_weight,
+                               ignore_index)
+
+
+def _mask_cross_entropy(loss_name, pred, target, label, reduction,
+                        avg_factor, class_weight, ignore_index):
     if reduction != 'mean' or avg_factor is not None \
             or ignore_index is not None:
         raise ValueError(
-            'mask_cross_entropy: only reduction="mean" without avg_factor '
-            f'and ignore_index is supported, but got reduction={reduction!r}'
-            f', avg_factor={avg_factor!r}, ignore_index={ignore_index!r}')
-    work_dtype = compute_dtype(pred)
-    rows = torch.arange(pred.size(0), device=pred.device)
-    picked = pred[rows, label.long()].to(work_dtype)
-    loss = F.binary_cross_entropy_with_logits(
-        picked, target.to(work_dtype), reduction='none')
-    if class_weight is not None:
-        loss = loss * class_weight.to(work_dtype)
-    return weight_reduce_loss(loss, None, 'mean').to(pred.dtype)[None]
+            f'{loss_name}: with masks only reduction="mean" without '
+            f'avg_factor and ignore_index is supported, but got reduction='
+            f'{reduction!r}, avg_factor={avg_factor!r}, ignore_index='
+            f'{ignore_index!r}')
+    _float_pred(loss_name, pred)
+    check_tensor(loss_name, 'target', target)
+    check_tensor(loss_name, 'label (the RoI labels)', label)
+    check_integer_labels(loss_name, label, 'label (the RoI labels)')
+    if pred.dim() != 4 or target.dim() != 3 or \
+            target.shape[0] != pred.shape[0] or \
+            target.shape[1:] != pred.shape[2:] or \
+            label.shape != pred.shape[:1]:
+        raise ValueError(
+            f'{loss_name}: mask logits must be (N, C, H, W), targets '
+            f'(N, H, W) and RoI labels (N,), but got '
+            f'{tuple(pred.shape)}, {tuple(target.shape)} and '
+            f'{tuple(label.shape)}')
+    check_label_range(loss_name, label, pred.size(1),
+                      argument='label (the RoI labels)')
+    with dispatch.autocast_off(pred):
+        dtype = compute_dtype(pred)
+        rows = torch.arange(pred.size(0), device=pred.device)
+        picked = to_dtype(pred[rows, label.long()], dtype)
+        loss = F.binary_cross_entropy_with_logits(
+            picked, to_dtype(target, dtype), reduction='none')
+        if class_weight is not None:
+            loss = loss * to_dtype(class_weight, dtype)
+        return restore_dtype(Reduction(loss_name).apply(loss), pred)[None]
 
 
 def top1_accuracy(pred: Tensor, target: Tensor) -> Tensor:
@@ -521,75 +654,6 @@ class CrossEntropyLoss(BaseLoss):
                 f'use_mask={self.use_mask}, '
                 f'avg_non_ignore={self.avg_non_ignore}')
 
-    def _check_inputs(self, cls_score: Tensor, label: Tensor,
-                      weight: Optional[Tensor], ignore_index: int) -> None:
-        """Shapes, dtypes and label range; the one validator of the family."""
-        name = self.loss_name
-        check_tensor(name, 'cls_score', cls_score)
-        check_tensor(name, 'label', label)
-        if self.use_mask:
-            check_tensor(name, 'weight (the RoI labels)', weight)
-            check_integer_labels(name, weight, 'weight (the RoI labels)')
-            if cls_score.dim() != 4 or label.dim() != 3 or \
-                    label.shape[0] != cls_score.shape[0] or \
-                    label.shape[1:] != cls_score.shape[2:] or \
-                    weight.shape != cls_score.shape[:1]:
-                raise ValueError(
-                    f'{name}: with use_mask, cls_score must be (N, C, H, W), '
-                    'label (N, H, W) and weight (N,), but got '
-                    f'{tuple(cls_score.shape)}, {tuple(label.shape)} and '
-                    f'{tuple(weight.shape)}')
-            check_label_range(name, weight, cls_score.size(1),
-                              argument='weight (the RoI labels)')
-            return
-        if cls_score.dim() == 0:
-            raise ValueError(f'{name}: cls_score must have a class dim, but '
-                             'has shape ()')
-        num_classes = cls_score.size(1 if not self.use_sigmoid else -1)
-        if self.use_sigmoid and cls_score.dim() == label.dim():
-            if cls_score.shape != label.shape:
-                raise ValueError(
-                    f'{name}: cls_score has shape {tuple(cls_score.shape)} '
-                    f'but label has shape {tuple(label.shape)}')
-            check_weight_shape(name, weight, cls_score.shape)
-            loss_shape = cls_score.shape
-        elif self.use_sigmoid:
-            check_integer_labels(name, label, 'label')
-            if cls_score.dim() != 2 or label.dim() != 1 or \
-                    label.shape[0] != cls_score.shape[0]:
-                raise ValueError(
-                    f'{name}: with integer labels cls_score must be (N, C) '
-                    f'and label (N,), but got {tuple(cls_score.shape)} and '
-                    f'{tuple(label.shape)}')
-            if weight is not None and (
-                    check_tensor(name, 'weight', weight).numel() !=
-                    label.numel()):
-                raise ValueError(
-                    f'{name}: weight has shape {tuple(weight.shape)}, but '
-                    f'one weight per label {tuple(label.shape)} is needed')
-            # labels >= C are background and negative ones are ignored
-            # (MMDetection's semantics); only labels above C are errors
-            check_label_range(name, label, num_classes, ignore_index,
-                              allow_negative=True, high_inclusive=True)
-            loss_shape = cls_score.shape
-        else:
-            check_integer_labels(name, label, 'label')
-            expected = cls_score.shape[:1] + cls_score.shape[2:]
-            if label.shape != expected:
-                raise ValueError(
-                    f'{name}: cls_score has shape {tuple(cls_score.shape)} '
-                    f'so label must have shape {tuple(expected)}, but has '
-                    f'shape {tuple(label.shape)}')
-            check_weight_shape(name, weight, label.shape)
-            check_label_range(name, label, num_classes, ignore_index)
-            loss_shape = label.shape
-        if self.class_weight is not None and \
-                len(self.class_weight) != num_classes:
-            raise ValueError(
-                f'{name}: class_weight has {len(self.class_weight)} entries '
-                f'but cls_score has {num_classes} classes')
-        del loss_shape
-
     def forward(self,
                 cls_score: Tensor,
                 label: Tensor,
@@ -598,7 +662,7 @@ class CrossEntropyLoss(BaseLoss):
                 reduction_override: Optional[str] = None,
                 ignore_index: Optional[int] = None,
                 **kwargs) -> Tensor:
-        """Compute the loss.
+        """Compute the loss (the family's functions check the inputs).
 
         Args:
             cls_score (Tensor): logits, (N, C) (or (N, C, d1, ...) for
@@ -616,33 +680,27 @@ class CrossEntropyLoss(BaseLoss):
             Tensor: the weighted loss.
         """
         reduction = self.resolve_reduction(reduction_override)
-        check_avg_factor(self.loss_name, reduction, avg_factor)
         if kwargs:
             raise TypeError(f'{self.loss_name}: unexpected arguments '
                             f'{sorted(kwargs)}')
         ignore_index = _check_ignore_index(
             self.loss_name,
             self.ignore_index if ignore_index is None else ignore_index)
-        check_ignore = DEFAULT_IGNORE_INDEX if ignore_index is None \
-            else ignore_index
-        self._check_inputs(cls_score, label, weight, check_ignore)
         class_weight = self.class_weight_tensor
         if self.use_mask:
-            if reduction != 'mean' or avg_factor is not None:
-                raise ValueError(
-                    f'{self.loss_name}: use_mask supports only reduction='
-                    f'"mean" without avg_factor, but got {reduction!r} and '
-                    f'avg_factor={avg_factor!r}')
-            loss = mask_cross_entropy(cls_score, label, weight, reduction,
-                                      avg_factor, class_weight, ignore_index)
+            loss = _mask_cross_entropy(self.loss_name, cls_score, label,
+                                       weight, reduction, avg_factor,
+                                       class_weight, ignore_index)
         elif self.use_sigmoid:
-            loss = binary_cross_entropy(cls_score, label, weight, reduction,
-                                        avg_factor, class_weight,
-                                        ignore_index, self.avg_non_ignore)
+            loss = _binary_cross_entropy(self.loss_name, cls_score, label,
+                                         weight, reduction, avg_factor,
+                                         class_weight, ignore_index,
+                                         self.avg_non_ignore, True)
         else:
-            loss = softmax_cross_entropy(cls_score, label, weight,
-                                         reduction, avg_factor, class_weight,
-                                         ignore_index, self.avg_non_ignore)
+            loss = _softmax_cross_entropy(self.loss_name, cls_score, label,
+                                          weight, reduction, avg_factor,
+                                          class_weight, ignore_index,
+                                          self.avg_non_ignore, True)
         return self.apply_loss_weight(loss)
 
 

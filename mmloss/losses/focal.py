@@ -14,10 +14,14 @@ adds the first polynomial term, not alpha-balanced::
 
     Poly1 = FL + epsilon * pt' ** (gamma + 1)
 
-With integer labels (background index ``num_classes``) every entry is a
-negative except the one of each foreground row, so the fast path computes the
-negative formula for all ``N x C`` entries and overwrites the ``N`` positive
-entries, never building a one-hot target. For a negative (``t = 0``) with
+Shapes: logits ``(N, C)`` with integer labels ``(N,)`` in ``[0, C]``
+(``C`` is the background), or logits of any shape with a one-hot or soft
+target of the same shape.
+
+With integer labels every entry is a negative except the one of each
+foreground row, so the fast path computes the negative formula for all
+``N x C`` entries and overwrites the ``N`` positive entries, never building
+a one-hot target. For a negative (``t = 0``) with
 ``sp(x) = softplus(x) = -log(1 - p)``::
 
     loss  = (1 - alpha) * p**g * sp(x)          + eps * p**(g+1)
@@ -31,18 +35,21 @@ and for a positive (``t = 1``) with ``q = 1 - p``, ``sp(-x) = -log(p)``::
 
 Written with softplus these stay finite for logits of +-100, and no power
 ``p**(g-1)`` appears, so ``gamma < 1`` has no singularity at ``p = 0``.
-:class:`SigmoidFocalFunction` computes the loss and this gradient in one pass
-and saves only the gradient (one ``N x C`` tensor) for backward: at 100k x 80
-on 2 CPU threads that is ~1.4x faster than saving the logits and recomputing
-in backward, for the same saved bytes (1/8 of mmdet's).
+:func:`sigmoid_focal_kernel` computes the loss and this gradient in one pass;
+it runs through :class:`mmloss.engine.functions.GradientInForward`, which
+saves the gradient (one ``N x C`` tensor) and, for a backward with
+``create_graph=True``, differentiates the plain formula
+(:func:`label_focal_loss`) instead, so second derivatives are exact. Which
+path a call takes is decided by :mod:`mmloss.engine.dispatch`.
 
-Setting the environment variable ``MMLOSS_COMPILE=1`` runs the same pass
-through ``torch.compile`` (:func:`fused_sigmoid_focal_kernel`, one fused loop,
-about twice as fast again; the first call compiles for 15-40 s and each new
-weight layout recompiles once). If compilation is unavailable or fails, it
-warns once and falls back to the eager kernel, which agrees to rounding.
+With the environment variable ``MMLOSS_COMPILE=1``
+(:func:`mmloss.engine.dispatch.compile_enabled`) the same pass runs through
+``torch.compile`` (:func:`fused_sigmoid_focal_kernel`, one fused loop; the
+first call compiles and each new weight layout recompiles once). If
+compilation is unavailable or fails, it warns once and falls back to the
+eager kernel, which agrees to rounding.
 """
-import os
+import functools
 import warnings
 from numbers import Real
 from typing import Optional, Tuple, Union
@@ -50,13 +57,14 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..checks import (check_in_range, check_integer_labels,
-                      check_label_range, check_positive, check_reduction,
-                      check_tensor)
-from ..gradients import scale_saved_grad
-from ..reduction import reduce_weighted_sum, weight_reduce_loss
+                      check_label_range, check_positive, check_tensor,
+                      check_weight_shape)
+from ..engine import dispatch
+from ..engine.functions import gradient_in_forward
+from ..precision import compute_dtype, restore_dtype, to_dtype
+from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
 
@@ -69,7 +77,12 @@ __all__ = [
 # ``activated`` path does the same so it agrees with it (and with mmdet).
 _LOG_CLAMP = -100.0
 
-COMPILE_ENV = 'MMLOSS_COMPILE'
+
+def loss_like(shape, dtype: torch.dtype, device) -> Tensor:
+    """A tensor with ``shape``, ``dtype`` and ``device`` and no memory
+    behind it: what :meth:`mmloss.reduction.Reduction.fusable` compares a
+    weight with, for a loss not computed yet."""
+    return torch.empty((), dtype=dtype, device=device).expand(shape)
 
 
 # ---------------------------------------------------------------------------
@@ -138,6 +151,21 @@ def _check_pred_target(loss_name: str, pred: Tensor, target: Tensor) -> bool:
     return True
 
 
+def _check_inputs(loss_name: str, pred: Tensor, target: Tensor,
+                  weight: Optional[Tensor], reduction: str,
+                  avg_factor) -> Tuple[bool, Optional[Tensor]]:
+    """The focal family's one validator: ``(labels_given, weight)`` with
+    ``weight`` in the layout the loss uses ((N, 1) or (N, C) for 2-D
+    logits, as mmdet reshapes a per-row weight)."""
+    Reduction(loss_name, None, reduction, avg_factor).checked()
+    labels_given = _check_pred_target(loss_name, pred, target)
+    if weight is not None and pred.dim() == 2:
+        weight = _classification_weight(loss_name, weight, *pred.shape)
+    else:
+        check_weight_shape(loss_name, weight, pred.shape)
+    return labels_given, weight
+
+
 # ---------------------------------------------------------------------------
 # the plain formula (any target, autograd)
 # ---------------------------------------------------------------------------
@@ -165,22 +193,25 @@ def elementwise_focal_loss(pred: Tensor,
         activated (bool): ``pred`` holds probabilities, not logits.
 
     Returns:
-        Tensor: the element-wise loss, shape of ``pred``.
+        Tensor: the element-wise loss, shape of ``pred``, float32 at least
+        (computed with autocast off).
     """
-    target = target.type_as(pred)
-    if activated:
-        prob = pred
-        bce = F.binary_cross_entropy(pred, target, reduction='none')
-    else:
-        prob = pred.sigmoid()
-        bce = F.binary_cross_entropy_with_logits(pred, target,
-                                                 reduction='none')
-    one_minus_pt = (1 - prob) * target + prob * (1 - target)
-    alpha_t = alpha * target + (1 - alpha) * (1 - target)
-    loss = bce * alpha_t * one_minus_pt.pow(gamma)
-    if epsilon != 0:
-        loss = loss + epsilon * one_minus_pt.pow(gamma + 1)
-    return loss
+    with dispatch.autocast_off(pred):
+        pred = to_dtype(pred, compute_dtype(pred))
+        target = target.type_as(pred)
+        if activated:
+            prob = pred
+            bce = F.binary_cross_entropy(pred, target, reduction='none')
+        else:
+            prob = pred.sigmoid()
+            bce = F.binary_cross_entropy_with_logits(pred, target,
+                                                     reduction='none')
+        one_minus_pt = (1 - prob) * target + prob * (1 - target)
+        alpha_t = alpha * target + (1 - alpha) * (1 - target)
+        loss = bce * alpha_t * one_minus_pt.pow(gamma)
+        if epsilon != 0:
+            loss = loss + epsilon * one_minus_pt.pow(gamma + 1)
+        return loss
 
 
 def _positive_columns(labels: Tensor, num_classes: int
@@ -191,14 +222,25 @@ def _positive_columns(labels: Tensor, num_classes: int
     return labels.clamp(max=num_classes - 1), foreground
 
 
-def _label_focal_loss_autograd(pred: Tensor, labels: Tensor, gamma: float,
-                               alpha: float, epsilon: float,
-                               activated: bool) -> Tensor:
-    """Element-wise loss for integer labels, differentiated by autograd.
+def label_focal_loss(pred: Tensor, labels: Tensor, gamma: float = 2.0,
+                     alpha: float = 0.25, epsilon: float = 0.0,
+                     activated: bool = False) -> Tensor:
+    """The plain element-wise (Poly-1) focal loss for integer labels.
 
-    Used for probabilities (``activated``) and whenever ``weight`` itself
-    needs a gradient. Computes the negative formula everywhere, then puts
-    the positive formula at each foreground row's label.
+    The negative formula ``(1 - alpha) p**g BCE(x, 0) + eps p**(g+1)`` on
+    every entry, then the positive one ``alpha (1-p)**g BCE(x, 1) + eps
+    (1-p)**(g+1)`` at each foreground row's label; no one-hot target.
+    Differentiated by autograd (any order): the reference of the fast path
+    and the formula of its double backward.
+
+    Args:
+        pred (Tensor): logits (N, C), or probabilities if ``activated``.
+        labels (Tensor): (N,) integers in ``[0, C]``, ``C`` the background.
+        gamma, alpha, epsilon: as :func:`elementwise_focal_loss`.
+        activated (bool): ``pred`` holds probabilities.
+
+    Returns:
+        Tensor: the element-wise loss (N, C), ``pred``'s dtype.
     """
     num_classes = pred.shape[1]
     if activated:
@@ -257,7 +299,7 @@ def sigmoid_focal_kernel(logits: Tensor, labels: Optional[Tensor],
 
     The negative formula runs on every entry and the positive one on the N
     label entries, which then overwrite theirs (``take``/``put_`` on flat
-    indices; ``gather``/``scatter`` along dim 1 is ~20x slower on CPU).
+    indices; ``gather``/``scatter`` along dim 1 is much slower on CPU).
     Every ``N x C`` pass costs about as much as the next, so the gradient
     ``B * (g (1 - p) sp + p)`` with ``B = (1 - alpha) w p**g`` is written as
     ``g * B * lerp(sp, 1/g, p)`` (one pass instead of three) and the factor
@@ -393,16 +435,11 @@ _compiled_kernel = None
 _compile_failed = False
 
 
-def compile_enabled() -> bool:
-    """Whether ``MMLOSS_COMPILE=1`` asks for the compiled kernel."""
-    return os.environ.get(COMPILE_ENV, '0').strip().lower() in ('1', 'true',
-                                                                'yes', 'on')
-
-
 def _run_kernel(*args) -> Tuple[Tensor, Optional[Tensor], float]:
-    """The compiled kernel when asked for and working, else the eager one."""
+    """The compiled kernel when ``MMLOSS_COMPILE`` asks for it and it
+    works, else the eager one."""
     global _compiled_kernel, _compile_failed
-    if compile_enabled() and not _compile_failed:
+    if dispatch.compile_enabled() and not _compile_failed:
         try:
             if _compiled_kernel is None:
                 _compiled_kernel = torch.compile(
@@ -416,44 +453,39 @@ def _run_kernel(*args) -> Tuple[Tensor, Optional[Tensor], float]:
     return sigmoid_focal_kernel(*args)
 
 
-class SigmoidFocalFunction(torch.autograd.Function):
-    """(Poly-1) sigmoid focal loss of logits and integer labels.
+# ---------------------------------------------------------------------------
+# the engine's kernel and plain formula, and the public functions
+# ---------------------------------------------------------------------------
+def _focal_engine_kernel(needs, logits: Tensor, labels: Tensor,
+                         weight: Optional[Tensor], *, gamma: float,
+                         alpha: float, epsilon: float, reduce_sum: bool):
+    """``kernel(needs, logits, labels, weight) -> (value, grads, scale)``
+    of :class:`~mmloss.engine.functions.GradientInForward`: the weighted
+    element-wise loss (N, C) or its sum and the gradient, in float32 at
+    least (a half gradient is cast only after backward has scaled it)."""
+    x = to_dtype(logits, compute_dtype(logits))
+    loss, grad, scale = _run_kernel(x, labels, weight, gamma, alpha,
+                                    epsilon, reduce_sum, needs[0])
+    return loss, (grad, None, None), scale
 
-    The forward pass computes the loss and its gradient together (they share
-    the sigmoid, softplus and power) and saves only the gradient, one
-    ``N x C`` tensor of ``logits``' dtype; backward scales it by the incoming
-    gradient. Half inputs are computed in float32.
 
-    ``apply(logits, labels, weight, gamma, alpha, epsilon, reduce_sum)``:
-    ``logits`` (N, C), ``labels`` (N,) int in ``[0, C]``, ``weight`` (N, 1),
-    (N, C) or None (no gradient flows to it). Returns the weighted
-    element-wise loss (N, C) in ``logits``' dtype, or if ``reduce_sum`` its
-    sum in float32 at least.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, labels, weight, gamma, alpha, epsilon,
-                reduce_sum):
-        compute_dtype = torch.promote_types(logits.dtype, torch.float32)
-        x = logits.to(compute_dtype)
+def _focal_engine_plain(logits: Tensor, labels: Tensor,
+                        weight: Optional[Tensor], *, gamma: float,
+                        alpha: float, epsilon: float,
+                        reduce_sum: bool) -> Tensor:
+    """The value of :func:`_focal_engine_kernel` by autograd ops."""
+    with dispatch.autocast_off(logits):
+        x = to_dtype(logits, compute_dtype(logits))
+        loss = label_focal_loss(x, labels, gamma, alpha, epsilon)
         if weight is not None:
-            weight = weight.to(compute_dtype)
-        need_grad = ctx.needs_input_grad[0]
-        loss, grad, ctx.grad_scale = _run_kernel(
-            x, labels, weight, float(gamma), float(alpha), float(epsilon),
-            bool(reduce_sum), need_grad)
-        if grad is not None:
-            ctx.save_for_backward(grad.to(logits.dtype))
-        # a sum stays in float32, so a half 'mean' cannot overflow before
-        # it is divided; the caller casts the reduced loss back
-        return loss if reduce_sum else loss.to(logits.dtype)
+            loss = loss * weight
+        return loss.sum() if reduce_sum else loss
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        grad, = ctx.saved_tensors
-        return (scale_saved_grad(grad, grad_output, ctx.grad_scale),
-                None, None, None, None, None, None)
+
+#: The dispatch table's name (:func:`mmloss.engine.dispatch.use_fast`) of
+#: each caller of the label fast path; any other caller is ``'FocalLoss'``.
+_DISPATCH_NAMES = {'poly1_focal_loss': 'Poly1FocalLoss',
+                   'Poly1FocalLoss': 'Poly1FocalLoss'}
 
 
 def _focal_loss(loss_name: str, pred: Tensor, target: Tensor,
@@ -461,29 +493,35 @@ def _focal_loss(loss_name: str, pred: Tensor, target: Tensor,
                 epsilon: float, reduction: str,
                 avg_factor: Optional[Union[float, Tensor]],
                 activated: bool) -> Tensor:
-    check_reduction(loss_name, reduction)
-    labels_given = _check_pred_target(loss_name, pred, target)
-    if not labels_given:
-        # one-hot or soft targets: the plain formula. mmdet reshapes a
-        # per-row weight to (N, 1) for 2-D inputs; so do we.
-        if weight is not None and pred.dim() == 2:
-            weight = _classification_weight(loss_name, weight, *pred.shape)
-        loss = elementwise_focal_loss(pred, target, gamma, alpha, epsilon,
-                                      activated)
-        return weight_reduce_loss(loss, weight, reduction, avg_factor)
-
-    weight = _classification_weight(loss_name, weight, *pred.shape)
-    if activated or (weight is not None and weight.requires_grad):
-        loss = _label_focal_loss_autograd(pred, target, gamma, alpha,
-                                          epsilon, activated)
-        return weight_reduce_loss(loss, weight, reduction, avg_factor)
-    if reduction == 'none':
-        return SigmoidFocalFunction.apply(pred, target, weight, gamma, alpha,
-                                          epsilon, False)
-    total = SigmoidFocalFunction.apply(pred, target, weight, gamma, alpha,
-                                       epsilon, True)
-    return reduce_weighted_sum(loss_name, total, pred.numel(), reduction,
-                              avg_factor).to(pred.dtype)
+    labels_given, weight = _check_inputs(loss_name, pred, target, weight,
+                                         reduction, avg_factor)
+    with dispatch.autocast_off(pred):
+        dtype = compute_dtype(pred)
+        if weight is not None:
+            weight = to_dtype(weight, dtype)
+        rule = Reduction(loss_name, weight, reduction, avg_factor)
+        x = to_dtype(pred, dtype)
+        if not labels_given:  # one-hot or soft targets: the plain formula
+            loss = elementwise_focal_loss(x, target, gamma, alpha, epsilon,
+                                          activated)
+            return restore_dtype(rule.apply(loss), pred)
+        if activated or not dispatch.use_fast(
+                _DISPATCH_NAMES.get(loss_name, 'FocalLoss'), pred,
+                rows=pred.shape[0]):
+            loss = label_focal_loss(x, target, gamma, alpha, epsilon,
+                                    activated)
+            return restore_dtype(rule.apply(loss), pred)
+        fused = rule.fusable(loss_like(pred.shape, dtype, pred.device),
+                             None if weight is None else weight.shape)
+        options = dict(gamma=float(gamma), alpha=float(alpha),
+                       epsilon=float(epsilon), reduce_sum=fused)
+        value = gradient_in_forward(
+            functools.partial(_focal_engine_kernel, **options),
+            functools.partial(_focal_engine_plain, **options), pred, target,
+            weight if fused else None)
+        if fused:
+            return restore_dtype(rule.finish(value, pred.numel()), pred)
+        return restore_dtype(rule.apply(value), pred)
 
 
 def sigmoid_focal_loss(pred: Tensor,
@@ -510,7 +548,7 @@ def sigmoid_focal_loss(pred: Tensor,
         activated (bool): ``pred`` holds probabilities.
 
     Returns:
-        Tensor: (N, C) for ``'none'``, else a scalar.
+        Tensor: (N, C) for ``'none'``, else a scalar; ``pred``'s dtype.
     """
     check_focal_params('sigmoid_focal_loss', gamma, alpha)
     return _focal_loss('sigmoid_focal_loss', pred, target, weight, gamma,
@@ -537,7 +575,7 @@ def poly1_focal_loss(pred: Tensor,
         epsilon (float): coefficient of the first polynomial term.
 
     Returns:
-        Tensor: (N, C) for ``'none'``, else a scalar.
+        Tensor: (N, C) for ``'none'``, else a scalar; ``pred``'s dtype.
     """
     check_focal_params('poly1_focal_loss', gamma, alpha, epsilon)
     return _focal_loss('poly1_focal_loss', pred, target, weight, gamma, alpha,

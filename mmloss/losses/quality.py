@@ -20,33 +20,39 @@
 
       DFL = -((l + 1 - y) * log S_l + (y - l) * log S_(l+1))
 
+Shapes: VFL logits and targets (N, C) (any shape); QFL logits (N, C) with
+``(labels (N,), scores (N,))`` or a soft target (N, C); DFL logits
+(N, n + 1) with distances (N,) in ``[0, n]``.
+
 The label form of QFL never builds an ``N x C`` target: the background
 formula ``p ** beta * softplus(x)`` is summed per row and each foreground
-row's label entry is corrected. VFL and the logit label form of QFL compute
-their gradient analytically in the forward pass and save only it (one
-``N x C`` tensor, about 1/8 and 1/5 of mmdet's saved bytes). On the CPU,
-VFL runs the focal kernel over every entry (a zero target is a focal
-negative) and recomputes only the non-zero targets: at 100k x 80, 3-4x
-faster than mmdet. The probability (``activated``) and soft-target
-forms of QFL, and any call whose ``weight`` needs a gradient, use autograd.
+row's label entry is corrected. VFL, the logit label form of QFL and DFL
+compute their gradient analytically in the forward pass
+(:class:`mmloss.engine.functions.GradientInForward`: the gradient is saved;
+a backward with ``create_graph=True`` differentiates the plain formula, so
+second derivatives are exact). Where the CPU kernels may run
+(:func:`mmloss.engine.dispatch.cpu_kernels`), VFL runs the focal kernel over
+every entry (a zero target is a focal negative) and recomputes only the
+non-zero targets. The probability (``activated``) and soft-target forms of
+QFL, and targets that need a gradient, take the plain formula.
 """
+import functools
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..checks import (check_integer_labels, check_label_range,
-                      check_positive, check_reduction, check_tensor,
-                      check_weight_shape)
-from ..gradients import scale_saved_grad
-from ..precision import compute_dtype, to_dtype
-from ..reduction import reduce_weighted_sum, weight_reduce_loss
+                      check_positive, check_tensor, check_weight_shape)
+from ..engine import dispatch
+from ..engine.functions import gradient_in_forward
+from ..precision import compute_dtype, restore_dtype, to_dtype
+from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
 from .cross_entropy import accurate_neg_log
-from .focal import _check_use_sigmoid, sigmoid_focal_kernel
+from .focal import _check_use_sigmoid, loss_like, sigmoid_focal_kernel
 
 __all__ = [
     'varifocal_loss', 'quality_focal_loss', 'distribution_focal_loss',
@@ -62,6 +68,10 @@ def _check_float_pred(loss_name: str, pred: Tensor) -> None:
     if not pred.dtype.is_floating_point:
         raise TypeError(f'{loss_name}: pred must be a floating point tensor, '
                         f'but has dtype {pred.dtype}')
+
+
+def _rows(pred: Tensor) -> int:
+    return pred.shape[0] if pred.dim() else 1
 
 
 # ---------------------------------------------------------------------------
@@ -93,7 +103,7 @@ def varifocal_loss(pred: Tensor,
         avg_factor (float | Tensor, optional): denominator of the mean.
 
     Returns:
-        Tensor: (N, C) for ``'none'``, else a scalar.
+        Tensor: (N, C) for ``'none'``, else a scalar; ``pred``'s dtype.
     """
     return _varifocal_loss('varifocal_loss', pred, target, weight, alpha,
                            gamma, iou_weighted, reduction, avg_factor)
@@ -101,36 +111,47 @@ def varifocal_loss(pred: Tensor,
 
 def _varifocal_loss(loss_name, pred, target, weight, alpha, gamma,
                     iou_weighted, reduction, avg_factor):
-    check_reduction(loss_name, reduction)
+    Reduction(loss_name, None, reduction, avg_factor).checked()
     _check_float_pred(loss_name, pred)
     check_tensor(loss_name, 'target', target)
     if pred.shape != target.shape:
         raise ValueError(f'{loss_name}: pred has shape {tuple(pred.shape)} '
                          f'but target has shape {tuple(target.shape)}')
     check_weight_shape(loss_name, weight, pred.shape)
-    if weight is not None and weight.requires_grad:
-        loss = varifocal_elementwise(pred, target, alpha, gamma, iou_weighted)
-        return weight_reduce_loss(loss, weight, reduction, avg_factor)
-    if reduction == 'none':
-        return VarifocalFunction.apply(pred, target, weight, alpha, gamma,
-                                       iou_weighted, False)
-    total = VarifocalFunction.apply(pred, target, weight, alpha, gamma,
-                                    iou_weighted, True)
-    return reduce_weighted_sum(loss_name, total, pred.numel(), reduction,
-                         avg_factor).to(pred.dtype)
+    with dispatch.autocast_off(pred):
+        dtype = compute_dtype(pred)
+        if weight is not None:
+            weight = to_dtype(weight, dtype)
+        rule = Reduction(loss_name, weight, reduction, avg_factor)
+        if target.requires_grad or not dispatch.use_fast(
+                'VarifocalLoss', pred, rows=_rows(pred)):
+            loss = varifocal_elementwise(pred, target, alpha, gamma,
+                                         iou_weighted)
+            return restore_dtype(rule.apply(loss), pred)
+        fused = rule.fusable(loss_like(pred.shape, dtype, pred.device),
+                             None if weight is None else weight.shape)
+        options = dict(alpha=float(alpha), gamma=float(gamma),
+                       iou_weighted=bool(iou_weighted), reduce_sum=fused)
+        value = gradient_in_forward(
+            functools.partial(_varifocal_engine_kernel, **options),
+            functools.partial(_varifocal_engine_plain, **options), pred,
+            target, weight if fused else None)
+        if fused:
+            return restore_dtype(rule.finish(value, pred.numel()), pred)
+        return restore_dtype(rule.apply(value), pred)
 
 
 def varifocal_elementwise(pred: Tensor, target: Tensor, alpha: float,
                           gamma: float, iou_weighted: bool) -> Tensor:
-    """The element-wise varifocal loss, differentiated by autograd."""
+    """The plain element-wise varifocal loss (autograd, any order), in
+    float32 at least."""
     dtype = compute_dtype(pred)
-    x, target = pred.to(dtype), target.to(dtype)
+    x, target = to_dtype(pred, dtype), to_dtype(target, dtype)
     prob = torch.sigmoid(x)
     bce = F.binary_cross_entropy_with_logits(x, target, reduction='none')
     negative_weight = alpha * (prob - target).abs().pow(gamma)
     positive_weight = target if iou_weighted else torch.ones_like(target)
-    loss = bce * torch.where(target > 0, positive_weight, negative_weight)
-    return loss.to(pred.dtype)
+    return bce * torch.where(target > 0, positive_weight, negative_weight)
 
 
 def varifocal_kernel(logits: Tensor, target: Tensor,
@@ -187,7 +208,8 @@ def _varifocal_mostly_zero(logits: Tensor, target: Tensor,
     background) computes every entry in its few fused passes; the entries
     with ``q != 0`` (a handful per positive row) are then found and
     recomputed with the general formula. Finding them has a data-dependent
-    size, so this runs on the CPU only (no device to wait for there).
+    size, so this runs only where the CPU kernels may
+    (:func:`mmloss.engine.dispatch.cpu_kernels`).
 
     Returns ``(loss, grad, grad_scale)`` like the focal kernel: the
     gradient is ``grad * grad_scale``.
@@ -220,39 +242,34 @@ def _varifocal_mostly_zero(logits: Tensor, target: Tensor,
     return loss, grad, grad_scale
 
 
-class VarifocalFunction(torch.autograd.Function):
-    """Varifocal loss with the gradient computed in forward and saved.
+def _varifocal_engine_kernel(needs, logits: Tensor, target: Tensor,
+                             weight: Optional[Tensor], *, alpha: float,
+                             gamma: float, iou_weighted: bool,
+                             reduce_sum: bool):
+    """The engine kernel: 2-D logits take :func:`_varifocal_mostly_zero`
+    where the CPU kernels may run, anything else :func:`varifocal_kernel`
+    (every entry, no data-dependent shapes)."""
+    dtype = compute_dtype(logits)
+    args = (to_dtype(logits, dtype), to_dtype(target, dtype), weight, alpha,
+            gamma, iou_weighted, reduce_sum, needs[0])
+    if logits.dim() == 2 and dispatch.cpu_kernels(logits):
+        loss, grad, scale = _varifocal_mostly_zero(*args)
+    else:
+        (loss, grad), scale = varifocal_kernel(*args), 1.0
+    return loss, (grad, None, None), scale
 
-    ``apply(logits, target, weight, alpha, gamma, iou_weighted,
-    reduce_sum)``; saves one ``N x C`` tensor (the gradient) instead of
-    autograd's dozen intermediates. Half inputs are computed in float32.
-    On the CPU, 2-D logits take :func:`_varifocal_mostly_zero` (the focal
-    kernel's few passes, then the non-zero targets), elsewhere
-    :func:`varifocal_kernel` (every entry, no data-dependent shapes).
-    """
 
-    @staticmethod
-    def forward(ctx, logits, target, weight, alpha, gamma, iou_weighted,
-                reduce_sum):
-        dtype = compute_dtype(logits)
-        args = (logits.to(dtype), target.to(dtype),
-                None if weight is None else weight.to(dtype), float(alpha),
-                float(gamma), bool(iou_weighted), bool(reduce_sum),
-                ctx.needs_input_grad[0])
-        if logits.device.type == 'cpu' and logits.dim() == 2:
-            loss, grad, ctx.grad_scale = _varifocal_mostly_zero(*args)
-        else:
-            (loss, grad), ctx.grad_scale = varifocal_kernel(*args), 1.0
-        if grad is not None:
-            ctx.save_for_backward(grad.to(logits.dtype))
-        return loss if reduce_sum else loss.to(logits.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        grad, = ctx.saved_tensors
-        return (scale_saved_grad(grad, grad_output, ctx.grad_scale), None,
-                None, None, None, None, None)
+def _varifocal_engine_plain(logits: Tensor, target: Tensor,
+                            weight: Optional[Tensor], *, alpha: float,
+                            gamma: float, iou_weighted: bool,
+                            reduce_sum: bool) -> Tensor:
+    """The value of :func:`_varifocal_engine_kernel` by autograd ops."""
+    with dispatch.autocast_off(logits):
+        loss = varifocal_elementwise(logits, target, alpha, gamma,
+                                     iou_weighted)
+        if weight is not None:
+            loss = loss * weight
+        return loss.sum() if reduce_sum else loss
 
 
 # ---------------------------------------------------------------------------
@@ -279,6 +296,7 @@ def quality_focal_loss_labels(pred: Tensor, labels: Tensor, scores: Tensor,
     Every entry is a negative (target 0: ``p ** beta * BCE(x, 0)``) except
     each foreground row's label entry (target ``score``:
     ``|score - p| ** beta * BCE(x, score)``). Returns the row sums (N,).
+    The plain formula (autograd, any order).
     """
     num_rows, num_classes = pred.shape
     prob, neg_ce = _negative_terms(pred, activated)
@@ -297,57 +315,54 @@ def quality_focal_loss_labels(pred: Tensor, labels: Tensor, scores: Tensor,
     return loss + torch.where(foreground, positive - negative, 0)
 
 
-class QualityFocalFunction(torch.autograd.Function):
-    """Per-row QFL of logits and ``(labels, scores)``, gradient precomputed.
+def quality_focal_kernel(needs, logits: Tensor, labels: Tensor,
+                         scores: Tensor, *, beta: float):
+    """Per-row QFL of logits and ``(labels, scores)`` with its gradient.
 
-    ``apply(logits, labels, scores, beta)`` returns the row sums (N,). The
-    background formula ``p**beta * softplus(x)`` and its gradient come from
-    the focal kernel (alpha = 0, every row background); each foreground
-    row's label entry is then replaced by
+    The engine kernel (:class:`~mmloss.engine.functions.GradientInForward`)
+    of :func:`quality_focal_loss_labels`: the row sums (N,) in float32 at
+    least. The background formula ``p**beta * softplus(x)`` and its
+    gradient come from the focal kernel (alpha = 0, every row background);
+    each foreground row's label entry is then replaced by
     ``|d|**beta * BCE(x, s)`` with ``d = p - s`` and gradient
-    ``|d|**beta * (beta * p (1-p) BCE / d + d)`` (0 where ``d = 0``). Only
-    the ``N x C`` gradient is saved. Half inputs are computed in float32.
+    ``|d|**beta * (beta * p (1-p) BCE / d + d)`` (0 where ``d = 0``).
     """
-
-    @staticmethod
-    def forward(ctx, logits, labels, scores, beta):
-        dtype = compute_dtype(logits)
-        x = logits.to(dtype)
-        num_rows, num_classes = x.shape
-        need_grad = ctx.needs_input_grad[0]
-        loss, grad, scale = sigmoid_focal_kernel(x, None, None,
-                                                 float(beta), 0.0, 0.0,
-                                                 False, need_grad)
-        rows = loss.sum(dim=1)
-        if num_classes > 0:
-            foreground = labels < num_classes
-            flat = torch.arange(num_rows, device=x.device) * num_classes + \
-                labels.clamp(max=num_classes - 1)
-            label_logit = x.take(flat)
-            label_prob = torch.sigmoid(label_logit)
-            score = scores.to(dtype)
-            bce = F.binary_cross_entropy_with_logits(label_logit, score,
-                                                     reduction='none')
-            diff = label_prob - score
-            modulator = diff.abs().pow(beta)
-            rows = rows + torch.where(foreground,
-                                      modulator * bce - loss.take(flat), 0)
-            if grad is not None:
-                slope = beta * label_prob * (1 - label_prob) * bce / diff
-                label_grad = torch.where(diff != 0,
-                                         modulator * (slope + diff), 0)
-                grad.put_(flat, torch.where(foreground, label_grad / scale,
-                                            grad.take(flat)))
+    dtype = compute_dtype(logits)
+    x = to_dtype(logits, dtype)
+    num_rows, num_classes = x.shape
+    need_grad = needs[0]
+    loss, grad, scale = sigmoid_focal_kernel(x, None, None, float(beta), 0.0,
+                                             0.0, False, need_grad)
+    rows = loss.sum(dim=1)
+    if num_classes > 0:
+        foreground = labels < num_classes
+        flat = torch.arange(num_rows, device=x.device) * num_classes + \
+            labels.clamp(max=num_classes - 1)
+        label_logit = x.take(flat)
+        label_prob = torch.sigmoid(label_logit)
+        score = to_dtype(scores, dtype)
+        bce = F.binary_cross_entropy_with_logits(label_logit, score,
+                                                 reduction='none')
+        diff = label_prob - score
+        modulator = diff.abs().pow(beta)
+        rows = rows + torch.where(foreground,
+                                  modulator * bce - loss.take(flat), 0)
         if grad is not None:
-            ctx.save_for_backward(grad.to(logits.dtype))
-            ctx.scale = scale
-        return rows
+            slope = beta * label_prob * (1 - label_prob) * bce / diff
+            label_grad = torch.where(diff != 0,
+                                     modulator * (slope + diff), 0)
+            grad.put_(flat, torch.where(foreground, label_grad / scale,
+                                        grad.take(flat)))
+    return rows, (grad, None, None), scale
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        grad, = ctx.saved_tensors
-        return scale_saved_grad(grad, grad_output, ctx.scale), None, None, None
+
+def _quality_focal_plain(logits: Tensor, labels: Tensor, scores: Tensor, *,
+                         beta: float) -> Tensor:
+    """The value of :func:`quality_focal_kernel` by autograd ops."""
+    with dispatch.autocast_off(logits):
+        dtype = compute_dtype(logits)
+        return quality_focal_loss_labels(to_dtype(logits, dtype), labels,
+                                         to_dtype(scores, dtype), beta)
 
 
 def quality_focal_loss_soft(pred: Tensor, target: Tensor, beta: float = 2.0,
@@ -386,17 +401,17 @@ def quality_focal_loss(pred: Tensor,
         activated (bool): ``pred`` holds probabilities.
 
     Returns:
-        Tensor: (N,) for ``'none'``, else a scalar.
+        Tensor: (N,) for ``'none'``, else a scalar; ``pred``'s dtype.
     """
     return _quality_focal_loss('quality_focal_loss', pred, target, weight,
                                beta, reduction, avg_factor, activated)
 
 
-def _quality_focal_loss(loss_name, pred, target, weight, beta, reduction,
-                        avg_factor, activated):
-    check_reduction(loss_name, reduction)
+def _check_quality_inputs(loss_name, pred, target, weight, reduction,
+                          avg_factor) -> None:
+    """The one validator of QFL: shapes, dtypes, label range."""
+    Reduction(loss_name, None, reduction, avg_factor).checked()
     _check_float_pred(loss_name, pred)
-    dtype = compute_dtype(pred)
     if isinstance(target, Tensor):
         if pred.shape != target.shape:
             raise ValueError(f'{loss_name}: pred has shape '
@@ -405,34 +420,56 @@ def _quality_focal_loss(loss_name, pred, target, weight, beta, reduction,
         if pred.dim() < 2:
             raise ValueError(f'{loss_name}: pred must have shape (N, C, ...) '
                              f'but has shape {tuple(pred.shape)}')
-        loss = quality_focal_loss_soft(pred.to(dtype), target.to(dtype), beta,
-                                       activated)
-    else:
-        if not isinstance(target, (tuple, list)) or len(target) != 2:
-            raise TypeError(f'{loss_name}: target must be a tensor or a '
-                            f'(labels, scores) pair, but got '
-                            f'{type(target).__name__}')
+        check_weight_shape(loss_name, weight,
+                           pred.shape[:1] + pred.shape[2:])
+        return
+    if not isinstance(target, (tuple, list)) or len(target) != 2:
+        raise TypeError(f'{loss_name}: target must be a tensor or a '
+                        f'(labels, scores) pair, but got '
+                        f'{type(target).__name__}')
+    labels, scores = target
+    check_tensor(loss_name, 'labels', labels)
+    check_tensor(loss_name, 'scores', scores)
+    if pred.dim() != 2 or labels.shape != (pred.shape[0], ) or \
+            scores.shape != (pred.shape[0], ):
+        raise ValueError(f'{loss_name}: pred must have shape (N, C) and '
+                         f'labels and scores shape (N,), but got pred '
+                         f'{tuple(pred.shape)}, labels '
+                         f'{tuple(labels.shape)}, scores '
+                         f'{tuple(scores.shape)}')
+    check_integer_labels(loss_name, labels, 'labels')
+    check_label_range(loss_name, labels, pred.shape[1], high_inclusive=True,
+                      argument='labels')
+    check_weight_shape(loss_name, weight, pred.shape[:1])
+
+
+def _quality_focal_loss(loss_name, pred, target, weight, beta, reduction,
+                        avg_factor, activated):
+    _check_quality_inputs(loss_name, pred, target, weight, reduction,
+                          avg_factor)
+    with dispatch.autocast_off(pred):
+        dtype = compute_dtype(pred)
+        x = to_dtype(pred, dtype)
+        if weight is not None:
+            weight = to_dtype(weight, dtype)
+        rule = Reduction(loss_name, weight, reduction, avg_factor)
+        if isinstance(target, Tensor):
+            loss = quality_focal_loss_soft(x, to_dtype(target, dtype), beta,
+                                           activated)
+            return restore_dtype(rule.apply(loss), pred)
         labels, scores = target
-        check_tensor(loss_name, 'labels', labels)
-        check_tensor(loss_name, 'scores', scores)
-        if pred.dim() != 2 or labels.shape != (pred.shape[0], ) or \
-                scores.shape != (pred.shape[0], ):
-            raise ValueError(f'{loss_name}: pred must have shape (N, C) and '
-                             f'labels and scores shape (N,), but got pred '
-                             f'{tuple(pred.shape)}, labels '
-                             f'{tuple(labels.shape)}, scores '
-                             f'{tuple(scores.shape)}')
-        check_integer_labels(loss_name, labels, 'labels')
-        check_label_range(loss_name, labels, pred.shape[1],
-                          high_inclusive=True, argument='labels')
-        if activated:
-            loss = quality_focal_loss_labels(pred.to(dtype), labels,
-                                             scores.to(dtype), beta, True)
+        if activated or scores.requires_grad or not dispatch.use_fast(
+                'QualityFocalLoss', pred, rows=pred.shape[0]):
+            loss = quality_focal_loss_labels(x, labels,
+                                             to_dtype(scores, dtype), beta,
+                                             activated)
         else:
-            loss = QualityFocalFunction.apply(pred, labels, scores, beta)
-    check_weight_shape(loss_name, weight, loss.shape)
-    return weight_reduce_loss(loss, weight, reduction,
-                              avg_factor).to(pred.dtype)
+            beta = float(beta)
+            loss = gradient_in_forward(
+                functools.partial(quality_focal_kernel, beta=beta),
+                functools.partial(_quality_focal_plain, beta=beta), pred,
+                labels, scores)
+        return restore_dtype(rule.apply(loss), pred)
 
 
 # ---------------------------------------------------------------------------
@@ -458,15 +495,32 @@ def distribution_focal_loss(pred: Tensor,
         avg_factor (float | Tensor, optional): denominator of the mean.
 
     Returns:
-        Tensor: (N,) for ``'none'``, else a scalar.
+        Tensor: (N,) for ``'none'``, else a scalar; ``pred``'s dtype.
     """
     return _distribution_focal_loss('distribution_focal_loss', pred, label,
                                     weight, reduction, avg_factor)
 
 
+def _check_distances(loss_name: str, label: Tensor, last: int) -> None:
+    """Raise unless every distance lies in ``[0, last]``: read on the host
+    where that costs nothing, queued on the device elsewhere (as
+    :func:`mmloss.checks.check_label_range`)."""
+    if label.numel() == 0:
+        return
+    low, high = torch.aminmax(label.detach())
+    if dispatch.tuning(label).cpu_kernels:
+        if not (float(low) >= 0 and float(high) <= last):
+            raise ValueError(f'{loss_name}: target must lie in [0, {last}] '
+                             f'for pred with {last + 1} bins, but got values '
+                             f'in [{float(low)}, {float(high)}]')
+    else:
+        torch._assert_async((low >= 0) & (high <= last),
+                            f'{loss_name}: target out of [0, {last}]')
+
+
 def _distribution_focal_loss(loss_name, pred, label, weight, reduction,
                              avg_factor):
-    check_reduction(loss_name, reduction)
+    Reduction(loss_name, None, reduction, avg_factor).checked()
     _check_float_pred(loss_name, pred)
     check_tensor(loss_name, 'target', label)
     if pred.dim() != 2 or label.shape != (pred.shape[0], ):
@@ -477,66 +531,83 @@ def _distribution_focal_loss(loss_name, pred, label, weight, reduction,
     if label.dtype == torch.bool or label.dtype.is_complex:
         raise TypeError(f'{loss_name}: target must hold real distances, but '
                         f'has dtype {label.dtype}')
-    last = pred.shape[1] - 1
-    if label.numel():  # the one value check: an index past the bins
-        low, high = torch.aminmax(label)
-        if not (float(low) >= 0 and float(high) <= last):
-            raise ValueError(f'{loss_name}: target must lie in [0, {last}] '
-                             f'for pred with {last + 1} bins, but got values '
-                             f'in [{float(low)}, {float(high)}]')
+    _check_distances(loss_name, label, pred.shape[1] - 1)
     check_weight_shape(loss_name, weight, label.shape)
-    loss = DistributionFocalFunction.apply(pred, label)
-    return weight_reduce_loss(loss, weight, reduction,
-                              avg_factor).to(pred.dtype)
-
-
-class DistributionFocalFunction(torch.autograd.Function):
-    """Per-row DFL with its gradient computed in forward and saved.
-
-    ``apply(pred, label)`` returns (N,). With ``S = softmax(x)`` and the
-    two bins ``l``, ``l + 1`` weighted ``w_l = l + 1 - y``,
-    ``w_r = y - l``, the gradient is ``S - w_l e_l - w_r e_(l+1)``: one
-    softmax (whose two picked entries give the loss, from the logits where
-    they underflowed; see :func:`mmloss.losses.cross_entropy.
-    accurate_neg_log`) and two sparse updates, saved as one (N, n + 1)
-    tensor. Half inputs are computed in float32.
-    """
-
-    @staticmethod
-    def forward(ctx, pred, label):
+    with dispatch.autocast_off(pred):
         dtype = compute_dtype(pred)
-        num_rows, num_bins = pred.shape
-        label = label.to(dtype)
-        left = label.long()
-        right = (left + 1).clamp(max=num_bins - 1)
-        weight_left = (left + 1).to(dtype) - label
-        weight_right = label - left.to(dtype)
-        logits = to_dtype(pred, dtype)
-        prob = torch.softmax(logits, dim=1)
-        rows_only = pred.device.type == 'cpu'
-        columns = []
-        loss = None
-        for index, weight in ((left, weight_left), (right, weight_right)):
-            column = index.unsqueeze(1)
-            picked = prob.gather(1, column).squeeze(1)
-            # -log S at the bin, from the logits where S underflowed
-            term = accurate_neg_log(picked, logits, column, rows_only).mul_(
-                weight)
-            loss = term if loss is None else loss.add_(term)
-            columns.append((column, weight))
-        if ctx.needs_input_grad[0]:
-            grad = prob
-            # at the last bin left == right: scatter_add_ adds both weights
-            for column, weight in columns:
-                grad.scatter_add_(1, column, weight.neg().unsqueeze(1))
-            ctx.save_for_backward(grad.to(pred.dtype))
-        return loss
+        if weight is not None:
+            weight = to_dtype(weight, dtype)
+        rule = Reduction(loss_name, weight, reduction, avg_factor)
+        if label.requires_grad or not dispatch.use_fast(
+                'DistributionFocalLoss', pred, rows=pred.shape[0]):
+            loss = distribution_focal_rows(pred, label)
+        else:
+            loss = gradient_in_forward(distribution_focal_kernel,
+                                       _distribution_focal_plain, pred,
+                                       label)
+        return restore_dtype(rule.apply(loss), pred)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        grad, = ctx.saved_tensors
-        return scale_saved_grad(grad, grad_output), None
+
+def _bins(label: Tensor, num_bins: int, dtype: torch.dtype):
+    """Left and right bin of each distance and their weights."""
+    label = to_dtype(label, dtype)
+    left = label.long()
+    right = (left + 1).clamp(max=num_bins - 1)
+    return left, right, (left + 1).to(dtype) - label, label - left.to(dtype)
+
+
+def distribution_focal_rows(pred: Tensor, label: Tensor) -> Tensor:
+    """The plain per-row DFL (N,) by ``log_softmax`` (autograd, any order;
+    differentiable in ``label`` too, as mmdet's), float32 at least."""
+    dtype = compute_dtype(pred)
+    left, right, weight_left, weight_right = _bins(label, pred.shape[1],
+                                                   dtype)
+    log_prob = F.log_softmax(to_dtype(pred, dtype), dim=1)
+    return -(log_prob.gather(1, left[:, None]).squeeze(1) * weight_left +
+             log_prob.gather(1, right[:, None]).squeeze(1) * weight_right)
+
+
+def distribution_focal_kernel(needs, pred: Tensor, label: Tensor):
+    """Per-row DFL (N,) with its gradient, the engine kernel
+    (:class:`~mmloss.engine.functions.GradientInForward`).
+
+    With ``S = softmax(x)`` and the two bins ``l``, ``l + 1`` weighted
+    ``w_l = l + 1 - y``, ``w_r = y - l``, the gradient is ``S - w_l e_l -
+    w_r e_(l+1)``: one softmax (whose two picked entries give the loss, from
+    the logits where they underflowed; see :func:`mmloss.losses.
+    cross_entropy.accurate_neg_log`) and two sparse updates. ``label``
+    gets no gradient (the caller takes the plain formula when it needs
+    one).
+    """
+    dtype = compute_dtype(pred)
+    num_rows, num_bins = pred.shape
+    left, right, weight_left, weight_right = _bins(label, num_bins, dtype)
+    logits = to_dtype(pred, dtype)
+    prob = torch.softmax(logits, dim=1)
+    rows_only = dispatch.cpu_kernels(pred)
+    columns = []
+    loss = None
+    for index, weight in ((left, weight_left), (right, weight_right)):
+        column = index.unsqueeze(1)
+        picked = prob.gather(1, column).squeeze(1)
+        # -log S at the bin, from the logits where S underflowed
+        term = accurate_neg_log(picked, logits, column, rows_only).mul_(
+            weight)
+        loss = term if loss is None else loss.add_(term)
+        columns.append((column, weight))
+    grad = None
+    if needs[0]:
+        grad = prob
+        # at the last bin left == right: scatter_add_ adds both weights
+        for column, weight in columns:
+            grad.scatter_add_(1, column, weight.neg().unsqueeze(1))
+    return loss, (grad, None), None
+
+
+def _distribution_focal_plain(pred: Tensor, label: Tensor) -> Tensor:
+    """The value of :func:`distribution_focal_kernel` by autograd ops."""
+    with dispatch.autocast_off(pred):
+        return distribution_focal_rows(pred, label)
 
 
 # ---------------------------------------------------------------------------

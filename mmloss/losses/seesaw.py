@@ -12,8 +12,17 @@ by ``log S_lj`` before the softmax cross-entropy, ``S_lj = M_lj * C_lj``::
                                              no gradient)
 
 so ``log S_lj = p * min(0, log N_j - log N_l) + q * max(0, log s_j -
-max(log s_l, log eps))``, which is 0 for ``j == l``. Everything is computed
-in log space from the label vector: no C x C ratio matrix and no one-hot.
+max(log s_l, log eps))``, which is 0 for ``j == l``. The fast path
+(:func:`seesaw_rows`) computes everything in log space from the label
+vector: no C x C ratio matrix and no one-hot; the plain formula
+(:func:`seesaw_rows_plain`) builds the ratios term by term.
+
+The compensation ``C_lj`` is a function of the scores, but the paper (and
+MMDetection) treat it as a constant: it is computed from the *detached*
+scores. Both paths detach it the same way, so their gradients and their
+second derivatives (``create_graph=True``) agree, and are those of the
+loss with ``C`` held fixed, not of the fully differentiated formula.
+Shapes: class logits (N, C), labels (N,) in ``[0, C)``.
 
 :class:`SeesawLoss` works on ``num_classes + 2`` channels (the classes and a
 2-way objectness) and keeps the cumulative class counts ``cum_samples`` as a
@@ -26,14 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import (check_avg_factor, check_integer_labels,
-                      check_label_range, check_positive, check_tensor)
-from ..precision import compute_dtype
-from ..reduction import weight_reduce_loss
+from ..checks import (check_integer_labels, check_label_range,
+                      check_positive, check_tensor)
+from ..engine import dispatch
+from ..precision import compute_dtype, restore_dtype, to_dtype
+from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
-from .cross_entropy import (SoftmaxCrossEntropyFunction,
-                            softmax_cross_entropy, top1_accuracy)
+from .cross_entropy import (DEFAULT_IGNORE_INDEX,
+                            softmax_cross_entropy_checked, top1_accuracy)
 
 __all__ = ['seesaw_log_weights', 'seesaw_ce_loss', 'SeesawLoss']
 
@@ -42,6 +52,10 @@ def seesaw_log_weights(cls_score: Tensor, labels: Tensor,
                        cum_samples: Tensor, p: float, q: float,
                        eps: float) -> Tensor:
     """``log S`` (N, C): the logit shift of every class for every sample.
+
+    Computed without gradient: the compensation factor is a function of the
+    *detached* scores, as in the paper and MMDetection, and the mitigation
+    factor is a constant of the class counts.
 
     Args:
         cls_score (Tensor): (N, C) class logits (only read, no gradient).
@@ -54,7 +68,7 @@ def seesaw_log_weights(cls_score: Tensor, labels: Tensor,
     Returns:
         Tensor: (N, C) float, ``0`` at each sample's own class.
     """
-    with torch.no_grad():
+    with torch.no_grad(), dispatch.autocast_off(cls_score):
         work = cls_score.detach().to(compute_dtype(cls_score))
         log_weights = work.new_zeros(work.shape)
         if p > 0:
@@ -69,23 +83,15 @@ def seesaw_log_weights(cls_score: Tensor, labels: Tensor,
     return log_weights
 
 
-def _seesaw_rows(cls_score: Tensor, labels: Tensor, cum_samples: Tensor,
-                 p: float, q: float, eps: float, fast: bool) -> Tensor:
-    """Unweighted per-sample seesaw CE (N,), compute dtype."""
-    labels = labels.long()
-    if not fast:
-        return _seesaw_rows_plain(cls_score, labels, cum_samples, p, q, eps)
-    shifted = cls_score.to(compute_dtype(cls_score))
-    shifted = shifted + seesaw_log_weights(cls_score, labels, cum_samples, p,
-                                           q, eps)
-    return SoftmaxCrossEntropyFunction.apply(shifted, labels, -100, None,
-                                             False)
+def seesaw_rows_plain(cls_score: Tensor, labels: Tensor, cum_samples: Tensor,
+                      p: float, q: float, eps: float) -> Tensor:
+    """The paper's formula, term by term (the reference of the fast path).
 
-
-def _seesaw_rows_plain(cls_score: Tensor, labels: Tensor,
-                       cum_samples: Tensor, p: float, q: float,
-                       eps: float) -> Tensor:
-    """The paper's formula, term by term (the reference of the fast path)."""
+    ``CE(x + log S * (1 - onehot))`` with the mitigation and compensation
+    factors as ratios; the compensation reads the detached scores, exactly
+    as :func:`seesaw_log_weights` (and the paper) does, so both paths have
+    the same first and second derivatives.
+    """
     num_classes = cls_score.size(1)
     onehot = F.one_hot(labels, num_classes).to(cls_score.dtype)
     factors = cls_score.new_ones(cls_score.shape)
@@ -100,6 +106,45 @@ def _seesaw_rows_plain(cls_score: Tensor, labels: Tensor,
         factors = factors * torch.where(ratio > 1, ratio.pow(q), 1.0)
     shifted = cls_score + factors.log() * (1 - onehot)
     return F.cross_entropy(shifted, labels, reduction='none')
+
+
+def seesaw_rows(cls_score: Tensor, labels: Tensor, cum_samples: Tensor,
+                p: float, q: float, eps: float) -> Tensor:
+    """Per-sample seesaw CE (N,) in log space: ``CE(x + log S)`` with
+    :func:`seesaw_log_weights` (detached compensation, as the paper), no
+    C x C matrix and no one-hot. The same value, gradient and second
+    derivatives as :func:`seesaw_rows_plain`."""
+    shifted = cls_score + seesaw_log_weights(cls_score, labels, cum_samples,
+                                             p, q, eps)
+    return F.cross_entropy(shifted, labels, reduction='none')
+
+
+def _seesaw_class_loss(loss_name: str, cls_score: Tensor, labels: Tensor,
+                       label_weights: Optional[Tensor], cum_samples: Tensor,
+                       p: float, q: float, eps: float, reduction: str,
+                       avg_factor, fast: bool) -> Tensor:
+    """Seesaw CE of checked inputs, weighted and reduced; ``cls_score``'s
+    dtype. The fast path is :func:`seesaw_rows` (log space), the plain one
+    :func:`seesaw_rows_plain` (the paper's ratios, term by term); both are
+    autograd graphs, so double backward is exact in both.
+
+    (The softmax cross-entropy kernel is not used here: its exact double
+    backward needs the shifted logits kept alive, an extra ``N x C``
+    tensor, next to its gradient, where ``F.cross_entropy`` keeps one.)
+    """
+    with dispatch.autocast_off(cls_score):
+        dtype = compute_dtype(cls_score)
+        labels = labels.long()
+        if label_weights is not None:
+            label_weights = to_dtype(label_weights, dtype)
+        rule = Reduction(loss_name, label_weights, reduction, avg_factor)
+        x = to_dtype(cls_score, dtype)
+        if fast and dispatch.use_fast('SeesawLoss', cls_score,
+                                      rows=cls_score.size(0)):
+            rows = seesaw_rows(x, labels, cum_samples, p, q, eps)
+        else:
+            rows = seesaw_rows_plain(x, labels, cum_samples, p, q, eps)
+        return restore_dtype(rule.apply(rows), cls_score)
 
 
 def seesaw_ce_loss(cls_score: Tensor,
@@ -124,23 +169,39 @@ def seesaw_ce_loss(cls_score: Tensor,
         p, q, eps (float): see :func:`seesaw_log_weights`.
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
         avg_factor (float | Tensor, optional): denominator of the mean.
-        fast (bool): log-space shift + analytic-backward softmax CE;
-            ``False`` runs the term-by-term formula.
+        fast (bool): allow the fast path (the log-space shift, as the
+            dispatcher decides); ``False`` runs the term-by-term formula.
 
     Returns:
-        Tensor: the reduced loss.
+        Tensor: the reduced loss, ``cls_score``'s dtype.
     """
-    if cls_score.size(-1) != num_classes or cum_samples.numel() != \
-            num_classes:
+    name = 'seesaw_ce_loss'
+    Reduction(name, None, reduction, avg_factor).checked()
+    check_tensor(name, 'cls_score', cls_score)
+    check_tensor(name, 'labels', labels)
+    check_tensor(name, 'cum_samples', cum_samples)
+    if not cls_score.dtype.is_floating_point:
+        raise TypeError(f'{name}: cls_score must be a floating point tensor, '
+                        f'but has dtype {cls_score.dtype}')
+    check_integer_labels(name, labels, 'labels')
+    if cls_score.dim() != 2 or cls_score.size(-1) != num_classes or \
+            cum_samples.numel() != num_classes or \
+            labels.shape != cls_score.shape[:1]:
         raise ValueError(
-            f'seesaw_ce_loss: cls_score has shape {tuple(cls_score.shape)} '
-            f'and cum_samples {tuple(cum_samples.shape)}, but num_classes '
-            f'is {num_classes}')
-    loss = _seesaw_rows(cls_score, labels, cum_samples, p, q, eps, fast)
+            f'{name}: cls_score has shape {tuple(cls_score.shape)}, labels '
+            f'{tuple(labels.shape)} and cum_samples '
+            f'{tuple(cum_samples.shape)}, but num_classes is {num_classes} '
+            f'(cls_score must be (N, num_classes), labels (N,))')
     if label_weights is not None:
-        label_weights = label_weights.to(loss.dtype)
-    return weight_reduce_loss(loss, label_weights, reduction,
-                              avg_factor).to(cls_score.dtype)
+        check_tensor(name, 'label_weights', label_weights)
+        if label_weights.shape != labels.shape:
+            raise ValueError(f'{name}: label_weights has shape '
+                             f'{tuple(label_weights.shape)} but labels has '
+                             f'shape {tuple(labels.shape)}')
+    check_label_range(name, labels, num_classes, argument='labels')
+    return _seesaw_class_loss(name, cls_score, labels, label_weights,
+                              cum_samples, p, q, eps, reduction, avg_factor,
+                              fast)
 
 
 @MODELS.register_module()
@@ -239,10 +300,17 @@ class SeesawLoss(BaseLoss):
             acc_classes=top1_accuracy(classes[positive], labels[positive]))
 
     def _check_inputs(self, cls_score: Tensor, labels: Tensor,
-                      label_weights: Optional[Tensor]) -> None:
+                      label_weights: Optional[Tensor], reduction: str,
+                      avg_factor) -> None:
+        """The one validator of a call (before ``cum_samples`` counts it).
+        """
         name = self.loss_name
+        Reduction(name, None, reduction, avg_factor).checked()
         check_tensor(name, 'cls_score', cls_score)
         check_tensor(name, 'labels', labels)
+        if not cls_score.dtype.is_floating_point:
+            raise TypeError(f'{name}: cls_score must be a floating point '
+                            f'tensor, but has dtype {cls_score.dtype}')
         check_integer_labels(name, labels, 'labels')
         if cls_score.dim() != 2 or cls_score.size(1) != self.num_classes + 2:
             raise ValueError(
@@ -275,10 +343,10 @@ class SeesawLoss(BaseLoss):
         if index.numel() == 0:
             # MMDetection's value here: the sum of no rows
             return classes[index].sum()
-        return self.apply_loss_weight(seesaw_ce_loss(
-            classes[index], labels[index], label_weights[index],
-            self.cum_samples[:self.num_classes], self.num_classes, self.p,
-            self.q, self.eps, reduction, avg_factor))
+        return self.apply_loss_weight(_seesaw_class_loss(
+            self.loss_name, classes[index], labels[index],
+            label_weights[index], self.cum_samples[:self.num_classes],
+            self.p, self.q, self.eps, reduction, avg_factor, True))
 
     def forward(
         self,
@@ -302,8 +370,8 @@ class SeesawLoss(BaseLoss):
             ``return_dict``.
         """
         reduction = self.resolve_reduction(reduction_override)
-        check_avg_factor(self.loss_name, reduction, avg_factor)
-        self._check_inputs(cls_score, labels, label_weights)
+        self._check_inputs(cls_score, labels, label_weights, reduction,
+                           avg_factor)
         labels = labels.long()
         # count before computing, as MMDetection does; one scatter, no loop
         self.cum_samples.index_add_(
@@ -315,9 +383,12 @@ class SeesawLoss(BaseLoss):
         classes, objectness = self._split_cls_score(cls_score)
         loss_classes = self._class_loss(classes, labels, label_weights,
                                         reduction, avg_factor)
-        loss_objectness = self.apply_loss_weight(softmax_cross_entropy(
-            objectness, (labels == self.num_classes).long(), label_weights,
-            reduction, avg_factor))
+        loss_objectness = self.apply_loss_weight(
+            softmax_cross_entropy_checked(
+                self.loss_name, objectness,
+                (labels == self.num_classes).long(), label_weights,
+                reduction, avg_factor, None, DEFAULT_IGNORE_INDEX, False,
+                True))
         if self.return_dict:
             return dict(loss_cls_objectness=loss_objectness,
                         loss_cls_classes=loss_classes)
