@@ -3,9 +3,13 @@ import pytest
 import torch
 
 import mmloss
-from mmloss.losses.dice import DiceFunction, dice_loss, sigmoid_dice_loss
+from mmloss.engine import dispatch
+from mmloss.losses.dice import dice_loss, sigmoid_dice_loss
 from mmloss.reduction import FLOAT32_EPS
 from tests.helpers import assert_close
+from tests.test_gradients import (MATMUL_FAMILY, OpRecorder,
+                                  assert_same_derivatives, custom_functions,
+                                  derivatives)
 
 REDUCTIONS = ('none', 'mean', 'sum')
 VARIANTS = [dict(naive_dice=False), dict(naive_dice=True),
@@ -19,14 +23,20 @@ def masks(generator, n=12, shape=(6, 7), dtype=torch.float32):
 
 
 def compare(ref, ours, pred, target, *args, grad_atol=1e-6, **kwargs):
-    xa, xb = pred.clone().requires_grad_(), pred.clone().requires_grad_()
-    a, b = ref(xa, target, *args, **kwargs), ours(xb, target, *args, **kwargs)
-    assert b.shape == a.shape
-    assert_close(b, a, what='value')
+    """Same value and gradient, on the CPU's paths and on the kernel (the
+    'cuda' entry of the table has no size threshold)."""
+    xa = pred.clone().requires_grad_()
+    a = ref(xa, target, *args, **kwargs)
     proj = torch.linspace(-1, 1, a.numel()).reshape(a.shape)
     (a * proj).sum().backward()
-    (b * proj).sum().backward()
-    assert_close(xb.grad, xa.grad, atol=grad_atol, what='grad')
+    for kind in ('cpu', 'cuda'):
+        xb = pred.clone().requires_grad_()
+        with dispatch.pretend_device(kind):
+            b = ours(xb, target, *args, **kwargs)
+        assert b.shape == a.shape
+        assert_close(b, a, what=f'{kind} value')
+        (b * proj).sum().backward()
+        assert_close(xb.grad, xa.grad, atol=grad_atol, what=f'{kind} grad')
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
@@ -100,10 +110,10 @@ def test_fast_matches_plain_and_gradcheck():
                          atol=1e-12)
             assert_close(results[0][1], results[1][1], rtol=1e-12,
                          atol=1e-12)
-            x = pred.flatten(1).clone().requires_grad_()
+            x = pred.clone().requires_grad_()
             assert torch.autograd.gradcheck(
-                lambda t: DiceFunction.apply(t, target.flatten(1), 0.1, naive,
-                                             fn is sigmoid_dice_loss), (x,))
+                lambda t: fn(t, target, eps=0.1, naive_dice=naive,
+                             reduction='none', fast=True), (x,))
     x = logits.clone().requires_grad_()
     assert torch.autograd.gradcheck(
         lambda t: mmloss.DiceLoss(naive_dice=True)(t, target), (x,))
@@ -178,3 +188,154 @@ def test_invalid_inputs():
             mmloss.DiceLoss(**kwargs)
     # probabilities given directly need no sigmoid, so no use_sigmoid either
     mmloss.DiceLoss(use_sigmoid=False, activate=False)
+
+
+# --------------------------------------------------------------------------
+# The engine: double backward, dispatch, autocast, no matrix products
+# --------------------------------------------------------------------------
+def _dice_call(fn, target, weight, reduction, naive, fast, avg_factor=None):
+    def call(pred):
+        return fn(pred, target, weight, eps=0.1, reduction=reduction,
+                  naive_dice=naive, avg_factor=avg_factor, fast=fast)
+    return call
+
+
+@pytest.mark.parametrize('sigmoid', [True, False])
+@pytest.mark.parametrize('naive', [False, True])
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+@pytest.mark.parametrize('weighted', [False, True])
+def test_double_backward_equals_the_plain_formula(sigmoid, naive, reduction,
+                                                  weighted):
+    g = torch.Generator().manual_seed(8)
+    logits, target = masks(g, n=6, shape=(3, 5), dtype=torch.float64)
+    pred = logits if sigmoid else logits.sigmoid()
+    fn = sigmoid_dice_loss if sigmoid else dice_loss
+    weight = torch.rand(6, generator=g, dtype=torch.float64) \
+        if weighted else None
+    avg_factor = 4.0 if weighted and reduction == 'mean' else None
+    fast = derivatives(_dice_call(fn, target, weight, reduction, naive, True,
+                                  avg_factor), (pred, ))
+    plain = derivatives(_dice_call(fn, target, weight, reduction, naive,
+                                   False, avg_factor), (pred, ))
+    assert_same_derivatives(fast, plain, what=f'{reduction} naive={naive}')
+
+
+@pytest.mark.parametrize('variant', VARIANTS, ids=str)
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+def test_double_backward_matches_mmdet(mmdet_losses, variant, reduction):
+    g = torch.Generator().manual_seed(9)
+    logits, target = masks(g, n=5, shape=(4, 4), dtype=torch.float64)
+    pred = logits if variant.get('activate', True) else logits.sigmoid()
+    weight = torch.rand(5, generator=g, dtype=torch.float64)
+    kwargs = dict(reduction=reduction, **variant)
+    theirs = mmdet_losses.DiceLoss(**kwargs)
+    ours = mmloss.DiceLoss(**kwargs)
+    expected = derivatives(lambda p: theirs(p, target, weight), (pred, ))
+    for fast in (True, False):
+        with mmloss.fast_paths(fast), dispatch.pretend_device('cuda'):
+            got = derivatives(lambda p: ours(p, target, weight), (pred, ))
+        # mmdet casts the target to float32, so its sum of squares is
+        # rounded to float32 even for float64 inputs
+        assert_same_derivatives(got, expected, rtol=1e-6, atol=1e-7,
+                                what=f'fast={fast}')
+
+
+@pytest.mark.parametrize('naive', [False, True])
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+def test_gradgradcheck(naive, reduction):
+    g = torch.Generator().manual_seed(10)
+    logits, target = masks(g, n=3, shape=(2, 3), dtype=torch.float64)
+    weight = torch.rand(3, generator=g, dtype=torch.float64)
+    for fn, pred in ((sigmoid_dice_loss, logits),
+                     (dice_loss, logits.sigmoid())):
+        assert torch.autograd.gradgradcheck(
+            _dice_call(fn, target, weight, reduction, naive, True),
+            (pred.clone().requires_grad_(), ))
+
+
+def test_the_dispatcher_decides_the_path():
+    # the dispatcher's size for the dice loss is the number of elements
+    # N x D: one element per sample straddles its threshold exactly
+    g = torch.Generator().manual_seed(11)
+    threshold = dispatch.TUNING['cpu'].min_elements.get('DiceLoss', 0)
+
+    def functions(n, **kwargs):
+        pred, target = masks(g, n=n, shape=(1, ))
+        out = sigmoid_dice_loss(pred.requires_grad_(), target, **kwargs)
+        return custom_functions(out)
+
+    kernel = 'GradientInForwardBackward'
+    if threshold > 1:
+        assert kernel not in functions(threshold - 1)
+        assert kernel in functions(threshold - 1, fast=True)
+    assert kernel in functions(max(threshold, 1))
+    assert kernel not in functions(max(threshold, 1), fast=False)
+    with mmloss.fast_paths(False):
+        assert not functions(max(threshold, 1))
+    with dispatch.pretend_device('cuda'):
+        assert kernel in functions(max(
+            dispatch.TUNING['cuda'].min_elements.get('DiceLoss', 0), 1))
+    # the same elements split into other samples: the same path
+    pred, target = masks(g, n=max(threshold, 16) // 16, shape=(4, 4))
+    assert kernel in custom_functions(
+        sigmoid_dice_loss(pred.requires_grad_(), target))
+    # a target that requires grad takes the plain formula (it gets one)
+    pred, target = masks(g, n=max(threshold, 1), shape=(1, ))
+    target.requires_grad_()
+    out = sigmoid_dice_loss(pred.requires_grad_(), target, fast=True)
+    assert not custom_functions(out)
+    out.backward()
+    assert target.grad is not None
+
+
+@pytest.mark.parametrize('n', [16, 5000])
+@pytest.mark.parametrize('fast', [None, True, False])
+@pytest.mark.parametrize('naive', [False, True])
+def test_autocast_equals_float32(n, fast, naive):
+    g = torch.Generator().manual_seed(12)
+    logits, target = masks(g, n=n, shape=(4, 4))
+    weight = torch.rand(n, generator=g)
+
+    def step(autocast):
+        x = logits.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            loss = sigmoid_dice_loss(x, target, weight, naive_dice=naive,
+                                     fast=fast)
+        loss.backward()
+        return loss.detach(), x.grad
+
+    (value, grad), (ref_value, ref_grad) = step(True), step(False)
+    assert value.dtype == torch.float32
+    assert_close(value, ref_value, rtol=1e-4, atol=0)
+    assert_close(grad, ref_grad, rtol=1e-4,
+                 atol=1e-4 * float(ref_grad.abs().max()))
+
+
+def test_no_matrix_product_touches_pred_or_grad():
+    g = torch.Generator().manual_seed(13)
+    logits, target = masks(g, n=8)
+    weight = torch.rand(8, generator=g)
+    for fast in (True, False):
+        for naive in (False, True):
+            for reduction in REDUCTIONS:
+                x = logits.clone().requires_grad_()
+                with OpRecorder() as recorder:
+                    sigmoid_dice_loss(x, target, weight, naive_dice=naive,
+                                      reduction=reduction,
+                                      fast=fast).sum().backward()
+                assert not recorder.ops & MATMUL_FAMILY, recorder.ops
+
+
+def test_function_input_errors_name_the_loss_and_shapes():
+    with pytest.raises(ValueError, match=r'DiceLoss: pred must be \(N, \*\) '
+                       r'.* but got \(3, 4\) and \(2, 4\)'):
+        dice_loss(torch.rand(3, 4), torch.rand(2, 4))
+    with pytest.raises(ValueError, match=r'DiceLoss: weight has shape \(2,\)'):
+        sigmoid_dice_loss(torch.rand(3, 4), torch.rand(3, 4), torch.ones(2))
+    with pytest.raises(TypeError, match='DiceLoss: pred must be a float'):
+        dice_loss(torch.ones(3, 4, dtype=torch.long), torch.rand(3, 4))
+    with pytest.raises(ValueError, match='DiceLoss: reduction'):
+        dice_loss(torch.rand(3, 4), torch.rand(3, 4), reduction='max')
+    # mask targets without the channel dimension of the logits
+    out = sigmoid_dice_loss(torch.randn(3, 1, 4, 4), torch.rand(3, 4, 4))
+    assert out.shape == ()

@@ -4,9 +4,14 @@ import math
 import pytest
 import torch
 
+import mmloss
+from mmloss.engine import dispatch
 from mmloss.losses.ghm import (GHMC, GHMR, ghm_edges, ghmc_loss, ghmr_loss,
                                gradient_bin_index, harmonized_bin_weights)
 from tests.helpers import assert_close
+from tests.test_gradients import (MATMUL_FAMILY, OpRecorder,
+                                  assert_same_derivatives, custom_functions,
+                                  derivatives)
 
 NUM_CLASSES = 8
 
@@ -547,3 +552,215 @@ def test_ghmr_bad_inputs():
         GHMR()(pred, target, label_weight[:, :1])
     with pytest.raises(TypeError, match='GHMR'):
         GHMR()(pred.long(), target, label_weight)
+
+
+# --------------------------------------------------------------------------
+# The engine: double backward, dispatch, autocast, no matrix products
+# --------------------------------------------------------------------------
+def _ghmc_inputs(onehot, n=40, num_classes=4, dtype=torch.float64):
+    pred, labels, label_weight = cls_inputs(31, n=n, num_classes=num_classes)
+    if onehot:
+        return (pred.to(dtype), onehot_of(labels, num_classes).to(dtype),
+                label_weight[:, None].expand(-1, num_classes).to(dtype))
+    return pred.to(dtype), labels, label_weight.to(dtype)
+
+
+def _ghmc_call(target, label_weight, reduction, fast, momentum=0.75,
+               bins=5):
+    # a fresh running state for every evaluation of the loss
+    acc = torch.zeros(bins, dtype=torch.float64)
+
+    def call(pred):
+        acc.zero_()
+        return ghmc_loss(pred, target, label_weight, bins=bins,
+                         momentum=momentum, acc_sum=acc if momentum else None,
+                         reduction=reduction, fast=fast)
+    return call
+
+
+def _ghmr_call(label_weight, reduction, fast, momentum=0.7, bins=4):
+    acc = torch.zeros(bins, dtype=torch.float64)
+
+    def call(pred, target):
+        acc.zero_()
+        return ghmr_loss(pred, target, label_weight, mu=0.05, bins=bins,
+                         momentum=momentum, acc_sum=acc if momentum else None,
+                         reduction=reduction, fast=fast)
+    return call
+
+
+@pytest.mark.parametrize('onehot', [False, True])
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_ghmc_double_backward_equals_the_plain_formula(onehot, reduction):
+    pred, target, label_weight = _ghmc_inputs(onehot)
+    fast = derivatives(_ghmc_call(target, label_weight, reduction, True),
+                       (pred, ))
+    plain = derivatives(_ghmc_call(target, label_weight, reduction, False),
+                        (pred, ))
+    assert_same_derivatives(fast, plain, what=f'GHMC {reduction}')
+
+
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_ghmr_double_backward_equals_the_plain_formula(reduction):
+    pred, target, label_weight = (t.double() for t in reg_inputs(32, n=30))
+    fast = derivatives(_ghmr_call(label_weight, reduction, True),
+                       (pred, target))
+    plain = derivatives(_ghmr_call(label_weight, reduction, False),
+                        (pred, target))
+    assert_same_derivatives(fast, plain, what=f'GHMR {reduction}')
+
+
+def test_double_backward_moves_the_running_state_once():
+    pred, labels, label_weight = cls_inputs(33, n=50)
+    acc = torch.zeros(10)
+    x = pred.clone().requires_grad_()
+    loss = ghmc_loss(x, labels, label_weight, momentum=0.5, acc_sum=acc,
+                     fast=True)
+    after_forward = acc.clone()
+    grad, = torch.autograd.grad(loss, x, create_graph=True)
+    (grad * grad).sum().backward()
+    assert torch.equal(acc, after_forward)
+    assert after_forward.abs().sum() > 0
+
+
+@pytest.mark.parametrize('onehot', [False, True])
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_ghmc_gradgradcheck(onehot, reduction):
+    # the weights are constants of the derivatives (momentum 0: they depend
+    # on the bins of this input only, and no element sits on a bin edge)
+    pred, target, label_weight = _ghmc_inputs(onehot, n=6, num_classes=3)
+    assert torch.autograd.gradgradcheck(
+        _ghmc_call(target, label_weight, reduction, True, momentum=0),
+        (pred.requires_grad_(), ))
+
+
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_ghmr_gradgradcheck(reduction):
+    pred, target, label_weight = (t.double() for t in reg_inputs(34, n=5))
+    assert torch.autograd.gradgradcheck(
+        _ghmr_call(label_weight, reduction, True, momentum=0),
+        (pred.requires_grad_(), target.requires_grad_()))
+
+
+@pytest.mark.parametrize('loss', ['GHMC', 'GHMR'])
+def test_the_dispatcher_decides_the_path(loss):
+    if loss == 'GHMC':
+        pred, *rest = cls_inputs(35, n=64)
+        module = GHMC(bins=10, momentum=0.5)
+    else:
+        pred, *rest = reg_inputs(35, n=64)
+        module = GHMR(momentum=0.5)
+
+    def functions():
+        return custom_functions(module(pred.clone().requires_grad_(), *rest))
+
+    threshold = dispatch.TUNING['cpu'].min_rows.get(loss, 0)
+    assert threshold <= 64
+    assert 'GradientInForwardBackward' in functions()
+    with dispatch.pretend_device('cuda'):
+        assert 'GradientInForwardBackward' in functions()
+    with mmloss.fast_paths(False):
+        assert not functions()
+
+
+@pytest.mark.parametrize('onehot', [False, True])
+@pytest.mark.parametrize('n', [16, 5000])
+def test_ghmc_autocast_equals_float32(onehot, n):
+    pred, target, label_weight = _ghmc_inputs(onehot, n=n, num_classes=8,
+                                              dtype=torch.float32)
+
+    def step(autocast):
+        x = pred.clone().requires_grad_()
+        acc = torch.zeros(10)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            loss = ghmc_loss(x, target, label_weight, momentum=0.5,
+                             acc_sum=acc)
+        loss.backward()
+        return loss.detach(), x.grad, acc
+
+    for got, expected in zip(step(True), step(False)):
+        assert got.dtype == torch.float32
+        assert_close(got, expected, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize('n', [16, 5000])
+def test_ghmr_autocast_equals_float32(n):
+    pred, target, label_weight = reg_inputs(36, n=n)
+
+    def step(autocast):
+        x = pred.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            loss = GHMR(momentum=0.5)(x, target, label_weight)
+        loss.backward()
+        return loss.detach(), x.grad
+
+    for got, expected in zip(step(True), step(False)):
+        assert got.dtype == torch.float32
+        assert_close(got, expected, rtol=1e-4, atol=0)
+
+
+def test_no_matrix_product_touches_pred_or_grad():
+    pred, labels, label_weight = cls_inputs(37, n=40)
+    rpred, rtarget, rweight = reg_inputs(37, n=40)
+    for fast in (True, False):
+        for reduction in ('none', 'mean', 'sum'):
+            with OpRecorder() as recorder:
+                x = pred.clone().requires_grad_()
+                ghmc_loss(x, labels, label_weight, reduction=reduction,
+                          fast=fast).sum().backward()
+                x = rpred.clone().requires_grad_()
+                ghmr_loss(x, rtarget, rweight, reduction=reduction,
+                          fast=fast).sum().backward()
+            assert not recorder.ops & MATMUL_FAMILY, recorder.ops
+
+
+def test_label_check_is_queued_off_the_cpu():
+    # on an accelerator the label range check must not read the labels on
+    # the host: it is queued (torch._assert_async), and fails as a
+    # RuntimeError at the next synchronisation (at once on CPU tensors)
+    pred, labels, label_weight = cls_inputs(38, n=20)
+    with dispatch.pretend_device('cuda'):
+        GHMC()(pred, labels, label_weight)
+        with pytest.raises(RuntimeError, match='GHMC: target out of range'):
+            GHMC()(pred, labels + NUM_CLASSES + 1, label_weight)
+
+
+def test_function_argument_errors_name_the_loss():
+    pred, labels, label_weight = cls_inputs(39, n=10)
+    with pytest.raises(ValueError, match='GHMC: momentum > 0 needs acc_sum'):
+        ghmc_loss(pred, labels, label_weight, momentum=0.5)
+    with pytest.raises(ValueError, match=r'GHMC: acc_sum must have shape '
+                       r'\(10,\), but has shape \(3,\)'):
+        ghmc_loss(pred, labels, label_weight, momentum=0.5,
+                  acc_sum=torch.zeros(3))
+    with pytest.raises(ValueError, match='GHMC: bins'):
+        ghmc_loss(pred, labels, label_weight, bins=0)
+    with pytest.raises(ValueError, match='GHMC: reduction'):
+        ghmc_loss(pred, labels, label_weight, reduction='avg')
+    rpred, rtarget, rweight = reg_inputs(39, n=10)
+    with pytest.raises(ValueError, match='GHMR: mu'):
+        ghmr_loss(rpred, rtarget, rweight, mu=0.0)
+    with pytest.raises(ValueError, match=r'GHMR: pred has shape \(10, 4\) '
+                       r'but label_weight has shape \(10, 1\)'):
+        ghmr_loss(rpred, rtarget, rweight[:, :1])
+
+
+def test_bin_helpers_check_their_inputs():
+    with pytest.raises(TypeError, match='gradient_bin_index: g must be a '
+                       'float tensor'):
+        gradient_bin_index(torch.zeros(3, dtype=torch.long), 10, 1.0)
+    with pytest.raises(TypeError, match='gradient_bin_index: valid must be '
+                       'a bool tensor'):
+        gradient_bin_index(torch.zeros(3), 10, 1.0, torch.ones(3))
+    with pytest.raises(ValueError, match=r'gradient_bin_index: valid has '
+                       r'shape \(2,\)'):
+        gradient_bin_index(torch.zeros(3), 10, 1.0, torch.ones(2, dtype=bool))
+    with pytest.raises(ValueError, match='gradient_bin_index: bins'):
+        gradient_bin_index(torch.zeros(3), 0, 1.0)
+    index = torch.zeros(3, dtype=torch.int32)
+    with pytest.raises(TypeError, match='harmonized_bin_weights: index must '
+                       'hold integer'):
+        harmonized_bin_weights(index.float(), 4, torch.tensor(1.0))
+    with pytest.raises(ValueError, match='harmonized_bin_weights: momentum '
+                       '> 0 needs acc_sum'):
+        harmonized_bin_weights(index, 4, torch.tensor(1.0), 0.5)

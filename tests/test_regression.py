@@ -5,10 +5,15 @@ import math
 import pytest
 import torch
 
+import mmloss
+from mmloss.engine import dispatch
 from mmloss.losses.regression import (BalancedL1Loss, L1Loss, MSELoss,
                                       SmoothL1Loss, balanced_l1_loss,
                                       l1_loss, mse_loss, smooth_l1_loss)
 from tests.helpers import assert_close
+from tests.test_gradients import (MATMUL_FAMILY, OpRecorder,
+                                  assert_same_derivatives, custom_functions,
+                                  derivatives)
 
 # (name, constructor arguments, our pure function with them)
 CASES = [
@@ -65,8 +70,15 @@ def assert_same_step(ours, theirs, pred, target, *args, what='', **kwargs):
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
 @pytest.mark.parametrize('seed', [0, 1, 2])
-def test_matches_mmdet(mmdet_losses, name, kwargs, seed):
+@pytest.mark.parametrize('kind', ['cpu', 'cuda'])
+def test_matches_mmdet(mmdet_losses, name, kwargs, seed, kind):
+    # 'cuda': the table entry without size thresholds (the kernels)
     pred, target, weight = deltas(seed)
+    with dispatch.pretend_device(kind):
+        _matches_mmdet(mmdet_losses, name, kwargs, pred, target, weight)
+
+
+def _matches_mmdet(mmdet_losses, name, kwargs, pred, target, weight):
     for reduction in ('mean', 'sum', 'none'):
         ours = OURS[name](reduction=reduction, loss_weight=1.5, **kwargs)
         theirs = getattr(mmdet_losses, name)(reduction=reduction,
@@ -312,3 +324,166 @@ def test_builds_from_registry():
     module = MODELS.build(dict(type='mmloss.SmoothL1Loss', beta=0.11,
                                loss_weight=2.0))
     assert isinstance(module, SmoothL1Loss) and module.beta == 0.11
+
+
+# --------------------------------------------------------------------------
+# The engine: double backward, dispatch, autocast, no matrix products
+# --------------------------------------------------------------------------
+def _function_call(name, kwargs, weight, reduction, avg_factor, fast):
+    def call(pred, target):
+        return FUNCTIONS[name](pred, target, weight, reduction=reduction,
+                               avg_factor=avg_factor, fast=fast, **kwargs)
+    return call
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+@pytest.mark.parametrize('weighted', [False, True])
+def test_double_backward_equals_the_plain_formula(name, kwargs, reduction,
+                                                  weighted):
+    pred, target, weight = (t.double() for t in deltas(21, n=40))
+    weight = weight if weighted else None
+    avg_factor = 17.0 if reduction == 'mean' and weighted else None
+    fast = derivatives(_function_call(name, kwargs, weight, reduction,
+                                      avg_factor, True), (pred, target))
+    plain = derivatives(_function_call(name, kwargs, weight, reduction,
+                                       avg_factor, False), (pred, target))
+    with mmloss.fast_paths(False):
+        switched = derivatives(_function_call(name, kwargs, weight,
+                                              reduction, avg_factor, None),
+                               (pred, target))
+    assert_same_derivatives(fast, plain, what=f'{name} {reduction}')
+    assert_same_derivatives(switched, plain, what=f'{name} switched off')
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+@pytest.mark.parametrize('reduction', ['none', 'mean'])
+def test_double_backward_matches_mmdet(mmdet_losses, name, kwargs,
+                                       reduction):
+    pred, target, weight = (t.double() for t in deltas(22, n=50))
+    theirs = getattr(mmdet_losses, name)(reduction=reduction, **kwargs)
+    ours = OURS[name](reduction=reduction, **kwargs)
+    expected = derivatives(lambda p, t: theirs(p, t, weight), (pred, target))
+    for fast in (True, False):
+        with mmloss.fast_paths(fast):
+            got = derivatives(lambda p, t: FUNCTIONS[name](
+                p, t, weight, reduction=reduction, fast=fast, **kwargs),
+                (pred, target))
+        assert_same_derivatives(got, expected, what=f'{name} fast={fast}')
+    got = derivatives(lambda p, t: ours(p, t, weight), (pred, target))
+    assert_same_derivatives(got, expected, what=f'{name} module')
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_gradgradcheck(name, kwargs, reduction):
+    pred, target, weight = deltas(23, n=5, scale=1.5)
+    pred = pred.double().requires_grad_()
+    target = target.double().requires_grad_()
+    weight = weight.double()
+    avg_factor = 3.0 if reduction == 'mean' else None
+    assert torch.autograd.gradgradcheck(
+        _function_call(name, kwargs, weight, reduction, avg_factor, True),
+        (pred, target))
+
+
+def _takes_kernel(name, kwargs, n, **call):
+    pred, target, _ = deltas(24, n=n)
+    out = FUNCTIONS[name](pred.requires_grad_(), target, **kwargs, **call)
+    return 'GradientInForwardBackward' in custom_functions(out)
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+def test_the_dispatcher_decides_the_path(name, kwargs):
+    threshold = dispatch.TUNING['cpu'].min_rows.get(name, 0)
+    if threshold > 1:
+        assert not _takes_kernel(name, kwargs, threshold - 1)
+        # fast=True skips the size threshold
+        assert _takes_kernel(name, kwargs, threshold - 1, fast=True)
+    assert _takes_kernel(name, kwargs, max(threshold, 1))
+    assert not _takes_kernel(name, kwargs, max(threshold, 1), fast=False)
+    with mmloss.fast_paths(False):
+        assert not _takes_kernel(name, kwargs, max(threshold, 1))
+        assert not _takes_kernel(name, kwargs, 4, fast=True)
+    # off the CPU (the 'cuda' entry of the table, forced on CPU tensors)
+    with dispatch.pretend_device('cuda'):
+        cuda_threshold = dispatch.TUNING['cuda'].min_rows.get(name, 0)
+        assert _takes_kernel(name, kwargs, max(cuda_threshold, 16))
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_cuda_table_entry_equals_the_plain_formula(name, kwargs, reduction):
+    pred, target, weight = deltas(25, n=64)
+    call = _function_call(name, kwargs, weight, reduction, None, None)
+    with dispatch.pretend_device('cuda'):
+        got = derivatives(call, (pred, target))
+    with mmloss.fast_paths(False):
+        expected = derivatives(call, (pred, target))
+    assert_same_derivatives(got, expected, rtol=1e-5, atol=1e-6,
+                            what=f'{name} {reduction}')
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+@pytest.mark.parametrize('n', [16, 5000])
+@pytest.mark.parametrize('fast', [None, True, False])
+def test_autocast_equals_float32(name, kwargs, n, fast):
+    pred, target, weight = deltas(26, n=n, scale=3.0)
+
+    def step(autocast):
+        x = pred.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            loss = FUNCTIONS[name](x, target, weight, fast=fast, **kwargs)
+        loss.backward()
+        return loss.detach(), x.grad
+
+    (value, grad), (ref_value, ref_grad) = step(True), step(False)
+    assert value.dtype == torch.float32
+    assert_close(value, ref_value, rtol=1e-4, atol=0)
+    assert_close(grad, ref_grad, rtol=1e-4, atol=1e-4 * float(
+        ref_grad.abs().max()))
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+def test_no_matrix_product_touches_pred_or_grad(name, kwargs):
+    pred, target, weight = deltas(27, n=40)
+    for fast in (True, False):
+        for w, reduction in ((None, 'mean'), (weight, 'mean'),
+                             (weight[:, :1], 'sum'), (weight, 'none')):
+            x = pred.clone().requires_grad_()
+            with OpRecorder() as recorder:
+                FUNCTIONS[name](x, target, w, reduction=reduction, fast=fast,
+                                **kwargs).sum().backward()
+            assert not recorder.ops & MATMUL_FAMILY, recorder.ops
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+def test_input_errors_name_the_loss_and_shapes(name, kwargs):
+    pred, target, weight = deltas(28, n=10)
+    function = FUNCTIONS[name]
+    with pytest.raises(ValueError, match=rf'{name}: pred has shape \(10, 4\) '
+                       r'but target has shape \(10, 3\)'):
+        function(pred, target[:, :3], **kwargs)
+    with pytest.raises(ValueError,
+                       match=rf'{name}: weight has shape \(5, 4\)'):
+        function(pred, target, weight[:5], **kwargs)
+    with pytest.raises(TypeError, match=rf'{name}: pred must be a float'):
+        function(pred.long(), target, **kwargs)
+    with pytest.raises(TypeError, match=rf'{name}: target must be a torch'):
+        function(pred, target.tolist(), **kwargs)
+    with pytest.raises(ValueError, match=rf'{name}: reduction must be one'):
+        function(pred, target, reduction='max', **kwargs)
+    with pytest.raises(ValueError, match=rf'{name}: avg_factor can not'):
+        function(pred, target, reduction='sum', avg_factor=2.0, **kwargs)
+
+
+def test_target_gradient_alone():
+    # only the target asks for a gradient: it gets minus the slope
+    pred, target, _ = deltas(29, n=30)
+    for name, kwargs in CASES:
+        grads = []
+        for fast in (True, False):
+            t = target.clone().requires_grad_()
+            FUNCTIONS[name](pred, t, fast=fast, **kwargs).backward()
+            grads.append(t.grad)
+        assert_close(grads[0], grads[1], what=name)

@@ -3,130 +3,236 @@
 Milletari et al., "V-Net: Fully Convolutional Neural Networks for Volumetric
 Medical Image Segmentation", 3DV 2016, https://arxiv.org/abs/1606.04797.
 
-Per sample ``i``, over its flattened pixels, with probabilities ``p`` and
-targets ``t`` (``a = sum p t``)::
+Per sample ``i``, over its flattened pixels, with probabilities ``p``
+(``sigmoid(pred)`` when activated) and targets ``t`` (``a = sum p t``)::
 
     V-Net:  loss_i = 1 - 2a / ((sum p^2 + eps) + (sum t^2 + eps))
     naive:  loss_i = 1 - (2a + eps) / (sum p + sum t + eps)
 
-:class:`DiceFunction` fuses the optional sigmoid, takes the three sums of
-each sample from one batched 2 x 2 Gram matrix (no N x D product is built)
-and computes the gradient in forward, saving only it (one N x D tensor).
-Sums are taken in float32 at least.
+then weighted per sample and reduced by MMDetection's rules
+(:class:`~mmloss.reduction.Reduction`).
+
+Shapes: ``pred`` (N, *) and ``target`` with the same number of elements per
+sample (flattened to (N, D)), ``weight`` (N,); the loss is (N,) for
+``'none'``, else a scalar.
+
+Two executions of the same maths, chosen per call by
+:mod:`mmloss.engine.dispatch`: the plain formula (autograd ops) and a
+kernel (``_dice_kernel``) that takes the per-sample sums with
+element-wise products and row sums and computes the gradient in forward,
+through :class:`~mmloss.engine.functions.GradientInForward`, which keeps
+that one (N, D) tensor for backward. Sums are taken in float32 at least,
+with autocast switched off.
 """
 from numbers import Real
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from ..checks import check_avg_factor, check_positive, check_tensor
-from ..gradients import scale_saved_grad
+from ..checks import (REDUCTIONS, check_float, check_positive,
+                      check_tensor, check_weight_shape)
+from ..engine import dispatch
+from ..engine.functions import gradient_in_forward
 from ..precision import compute_dtype
-from ..reduction import weight_reduce_loss
+from ..reduction import Reduction
 from ..registry import MODELS
-from .base import BaseLoss
+from .base import BaseLoss, reduce_in_kernel
 
-__all__ = ['dice_loss', 'sigmoid_dice_loss', 'DiceFunction', 'DiceLoss']
+__all__ = ['dice_loss', 'sigmoid_dice_loss', 'DiceLoss']
+
+AvgFactor = Optional[Union[float, Tensor]]
+LOSS_NAME = 'DiceLoss'
+# dtypes computed as they are (half inputs compute in float32)
+_WIDE = (torch.float32, torch.float64)
 
 
-def _dice_from_sums(inter: Tensor, pred_sum: Tensor, target_sum: Tensor,
-                    eps: float, naive_dice: bool) -> Tensor:
-    """``1 - dice`` from the row sums (``pred_sum``/``target_sum`` are sums
-    of squares for V-Net)."""
+def _denominator(total: Tensor, eps: float, naive_dice: bool) -> Tensor:
+    """``S``: ``total + eps`` (naive) or ``total + 2 eps`` (V-Net), where
+    ``total`` is ``sum p + sum t`` or ``sum p^2 + sum t^2``."""
+    return total + (eps if naive_dice else 2 * eps)
+
+
+def _dice_from_sums(inter: Tensor, denom: Tensor, eps: float,
+                    naive_dice: bool) -> Tensor:
+    """``1 - dice`` of each row from ``a = sum p t`` and ``S``."""
     if naive_dice:
-        return 1 - (2 * inter + eps) / (pred_sum + target_sum + eps)
-    return 1 - 2 * inter / ((pred_sum + eps) + (target_sum + eps))
+        return 1 - (2 * inter + eps) / denom
+    return 1 - 2 * inter / denom
 
 
-class DiceFunction(torch.autograd.Function):
-    """Per-sample dice loss (N,) of (N, D) inputs, gradient in forward.
+def _dice_rows(prob: Tensor, target: Tensor, eps: float,
+               naive_dice: bool) -> Tensor:
+    """The per-sample loss (N,) of (N, D) probabilities, by autograd ops.
 
-    The probabilities and a copy of the target go into one (2, N, D) buffer
-    ``S``; one batched matrix product ``S_i S_i^T`` (a 2 x 2 Gram matrix per
-    sample) gives all three sums ``sum p^2``, ``sum p t``, ``sum t^2`` in a
-    single read (three row dot products would take three). With
-    ``a = sum p t`` and ``S = sum p^2 + sum t^2 + 2 eps`` the gradient of the
-    V-Net loss is ``(4a / S^2) p - (2 / S) t`` (naive: ``(2a + eps) / S^2
-    - (2 / S) t``), times ``p (1 - p)`` through the sigmoid. It is written
-    over the target copy in place and saved alone; backward scales it by the
-    incoming gradient (:func:`~mmloss.gradients.scale_saved_grad`).
+    The two sums of the denominator are taken as one (``sum (p + t)``,
+    ``sum (p^2 + t^2)``).
+    """
+    inter = (prob * target).sum(1)
+    if naive_dice:
+        total = (prob + target).sum(1)
+    else:
+        total = torch.addcmul(prob * prob, target, target).sum(1)
+    return _dice_from_sums(inter, _denominator(total, eps, naive_dice), eps,
+                           naive_dice)
 
-    Args (of ``apply``):
-        pred (Tensor): (N, D) logits if ``sigmoid`` else probabilities.
-        target (Tensor): (N, D) targets (no gradient).
+
+def _dice_kernel(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
+                naive_dice: bool, sigmoid: bool, grad: bool = True):
+    """The reduced dice loss of (N, D) inputs and its gradient, in one go.
+
+    With ``a = sum p t`` and ``S = sum p^2 + sum t^2 + 2 eps`` the gradient
+    of the V-Net loss of a sample is ``(4a / S^2) p - (2 / S) t`` (naive,
+    ``S = sum p + sum t + eps``: ``(2a + eps) / S^2 - (2 / S) t``), times
+    ``p (1 - p)`` through the sigmoid and times the sample's weight. The
+    sums take element-wise products and row sums in one scratch buffer,
+    which then receives the gradient.
+
+    Args:
+        pred (Tensor): (N, D) logits if ``sigmoid`` else probabilities, in
+            the compute dtype (float32 at least).
+        target (Tensor): (N, D) targets, same dtype.
+        rule (Reduction): weight (N,) (or ``None``) and reduction.
         eps (float): smoothing term.
         naive_dice (bool): first-power denominator instead of V-Net's.
         sigmoid (bool): apply the sigmoid to ``pred`` first.
+        grad (bool): compute the gradient.
 
     Returns:
-        Tensor: (N,) in float32 for half inputs, else ``pred``'s dtype.
+        tuple: ``(value, (gradient or None,), scale)`` as
+        :class:`~mmloss.engine.functions.GradientInForward` takes it.
     """
-
-    @staticmethod
-    def forward(ctx, pred: Tensor, target: Tensor, eps: float,
-                naive_dice: bool, sigmoid: bool) -> Tensor:
-        dtype = compute_dtype(pred)
-        stacked = pred.new_empty((2, ) + tuple(pred.shape), dtype=dtype)
-        prob, tgt = stacked[0], stacked[1]
-        if sigmoid:
-            torch.sigmoid(pred.to(dtype), out=prob)
-        else:
-            prob.copy_(pred)
-        tgt.copy_(target)
-        per_sample = stacked.transpose(0, 1)  # (N, 2, D), no copy
-        gram = torch.bmm(per_sample, per_sample.transpose(1, 2))
-        inter = gram[:, 0, 1]
-        if naive_dice:
-            pred_sum, target_sum = per_sample.sum(2).unbind(1)
-        else:
-            pred_sum, target_sum = gram[:, 0, 0], gram[:, 1, 1]
-        loss = _dice_from_sums(inter, pred_sum, target_sum, eps, naive_dice)
-        if ctx.needs_input_grad[0]:
-            grad = tgt  # overwritten: the target copy is not needed again
-            if naive_dice:
-                # d/dp of -(2a + eps) / S, S = sum p + sum t + eps
-                denom = pred_sum + target_sum + eps
-                grad.mul_((-2 / denom)[:, None]).add_(
-                    ((2 * inter + eps) / denom.square())[:, None])
-            else:
-                # d/dp of -2a / S, S = sum p^2 + sum t^2 + 2 eps
-                denom = pred_sum + target_sum + 2 * eps
-                grad.mul_((-2 / denom)[:, None]).addcmul_(
-                    prob, (4 * inter / denom.square())[:, None])
-            if sigmoid:
-                # times p (1 - p), in place
-                torch.ops.aten.sigmoid_backward.grad_input(
-                    grad, prob, grad_input=grad)
-            ctx.save_for_backward(grad)
-            ctx.pred_dtype = pred.dtype
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        grad, = ctx.saved_tensors
-        grad = scale_saved_grad(grad, grad_out)
-        return grad.to(ctx.pred_dtype), None, None, None, None
-
-
-def _dice_rows_plain(prob: Tensor, target: Tensor, eps: float,
-                     naive_dice: bool) -> Tensor:
-    """The formula with autograd (reference of :class:`DiceFunction`)."""
-    dtype = compute_dtype(prob)
-    prob, target = prob.to(dtype), target.to(dtype)
-    inter = (prob * target).sum(1)
+    prob = torch.sigmoid(pred) if sigmoid else pred
+    scratch = torch.mul(prob, target)
+    inter = scratch.sum(1)
     if naive_dice:
-        return _dice_from_sums(inter, prob.sum(1), target.sum(1), eps, True)
-    return _dice_from_sums(inter, (prob * prob).sum(1),
-                           (target * target).sum(1), eps, False)
-
-
-def _reduce(rows: Tensor, weight, reduction, avg_factor, dtype) -> Tensor:
+        total = torch.add(prob, target, out=scratch).sum(1)
+    else:
+        torch.mul(prob, prob, out=scratch)
+        total = scratch.addcmul_(target, target).sum(1)
+    denom = _denominator(total, eps, naive_dice)
+    rows = _dice_from_sums(inter, denom, eps, naive_dice)
+    value, scale = reduce_in_kernel(rule, rows, rows.numel(), False)
+    if not grad:
+        return value, (None, ), scale
+    # the per-sample factors, the weight folded in
+    target_factor = -2 / denom
+    if naive_dice:
+        prob_factor = None
+        offset = (2 * inter + eps) / denom.square()
+    else:
+        prob_factor = 4 * inter / denom.square()
+    weight = rule.weight
     if weight is not None:
-        weight = weight.to(rows.dtype)
-    return weight_reduce_loss(rows, weight, reduction, avg_factor).to(dtype)
+        target_factor = target_factor * weight
+        if naive_dice:
+            offset = offset * weight
+        else:
+            prob_factor = prob_factor * weight
+    gradient = torch.mul(target, target_factor[:, None], out=scratch)
+    if naive_dice:
+        gradient.add_(offset[:, None])
+    else:
+        gradient.addcmul_(prob, prob_factor[:, None])
+    if sigmoid:
+        # times p (1 - p), in place
+        torch.ops.aten.sigmoid_backward.grad_input(gradient, prob,
+                                                   grad_input=gradient)
+    return value, (gradient, ), scale
+
+
+def _check_inputs(pred: Tensor, target: Tensor, rule: Reduction) -> None:
+    """Shapes and dtypes only (no values: no host sync). Each condition is
+    tested inline and its check (which raises, naming the loss) runs only
+    when it fails: this runs on every call."""
+    name = rule.loss_name
+    if not isinstance(pred, Tensor):
+        check_tensor(name, 'pred', pred)
+    if not isinstance(target, Tensor):
+        check_tensor(name, 'target', target)
+    if pred.dim() < 2 or target.dim() < 1 or \
+            pred.shape[0] != target.shape[0] or \
+            pred.numel() != target.numel():
+        raise ValueError(
+            f'{name}: pred must be (N, *) and target hold the same '
+            f'elements per sample, but got {tuple(pred.shape)} and '
+            f'{tuple(target.shape)}')
+    if not pred.is_floating_point():
+        check_float(name, 'pred', pred)
+    if rule.weight is not None:
+        check_weight_shape(name, rule.weight, pred.shape[:1])
+    if rule.reduction not in REDUCTIONS or rule.avg_factor is not None:
+        rule.checked()
+
+
+def _rows_of(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """``tensor`` as (N, D) rows in ``dtype`` (a view where it can be)."""
+    dim = tensor.dim()
+    rows = tensor if dim == 2 else \
+        tensor.flatten(1) if dim > 2 else tensor[:, None]
+    return rows if rows.dtype == dtype else rows.to(dtype)
+
+
+def _dice_plain(pred: Tensor, target: Tensor, rule: Reduction,
+                dtype: torch.dtype, eps: float, naive_dice: bool,
+                sigmoid: bool) -> Tensor:
+    """The plain formula (autograd ops), weighted and reduced."""
+    with dispatch.autocast_off(pred):
+        x = _rows_of(pred, dtype)
+        rows = _dice_rows(x.sigmoid() if sigmoid else x,
+                          _rows_of(target, dtype), eps, naive_dice)
+        return rule.apply(rows)
+
+
+def _dice(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
+          naive_dice: bool, sigmoid: bool, fast: Optional[bool]) -> Tensor:
+    """The dice loss of checked inputs, by the kernel or the plain formula.
+
+    ``fast=None`` asks the dispatcher (its size: the elements ``N x D``),
+    ``False`` forces the plain formula, ``True`` skips the size
+    thresholds.
+    """
+    out_dtype = dtype = pred.dtype
+    if dtype not in _WIDE:
+        dtype = compute_dtype(pred)
+    weight, avg_factor = rule.weight, rule.avg_factor
+    if weight is not None and weight.dtype != dtype:
+        rule = rule._replace(weight=weight.to(dtype))
+
+    # the kernel gives no gradient to the target, the weight or avg_factor
+    if fast is False or target.requires_grad or (
+            weight is not None and weight.requires_grad) or (
+                isinstance(avg_factor, Tensor)
+                and avg_factor.requires_grad):
+        use_kernel = False
+    elif fast is None:
+        # the size that decides is the number of mask elements N x D (the
+        # kernel's saving grows with it, whatever the split into samples)
+        use_kernel = dispatch.use_fast(LOSS_NAME, pred, target,
+                                       elements=pred.numel())
+    else:
+        use_kernel = dispatch.fast_paths_enabled()
+    if not use_kernel:
+        out = _dice_plain(pred, target, rule, dtype, eps, naive_dice,
+                          sigmoid)
+        return out if out.dtype == out_dtype else out.to(out_dtype)
+
+    def plain(pred: Tensor) -> Tensor:
+        # the same formula, for a backward with create_graph=True
+        return _dice_plain(pred, target, rule, dtype, eps, naive_dice,
+                           sigmoid)
+
+    def kernel(needs, pred: Tensor):
+        value, (gradient, ), scale = _dice_kernel(
+            _rows_of(pred, dtype), _rows_of(target, dtype), rule, eps,
+            naive_dice, sigmoid, needs[0])
+        if gradient is not None:
+            gradient = gradient.view(pred.shape)  # a fresh (N, D) buffer
+        return value, (gradient, ), scale
+
+    with dispatch.autocast_off(pred):
+        out = gradient_in_forward(kernel, plain, pred)
+    return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
 def dice_loss(pred: Tensor,
@@ -135,8 +241,8 @@ def dice_loss(pred: Tensor,
               eps: float = 1e-3,
               reduction: str = 'mean',
               naive_dice: bool = False,
-              avg_factor: Optional[Union[float, Tensor]] = None,
-              fast: bool = True) -> Tensor:
+              avg_factor: AvgFactor = None,
+              fast: Optional[bool] = None) -> Tensor:
     """Dice loss of probabilities (see the module docstring).
 
     Args:
@@ -147,17 +253,17 @@ def dice_loss(pred: Tensor,
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
         naive_dice (bool): first-power denominator instead of V-Net's.
         avg_factor (float | Tensor, optional): denominator of the mean.
-        fast (bool): analytic backward (:class:`DiceFunction`).
+        fast (bool, optional): ``None`` lets the dispatcher choose the
+            path, ``False`` forces the plain formula, ``True`` the kernel
+            at any size (unless :func:`mmloss.fast_paths` forbids it).
 
     Returns:
-        Tensor: the reduced loss, dtype of ``pred``.
+        Tensor: the loss, in ``pred``'s dtype: (N,) for ``'none'``, else a
+        scalar.
     """
-    pred_2d, target_2d = pred.flatten(1), target.flatten(1)
-    if fast and not target.requires_grad:
-        rows = DiceFunction.apply(pred_2d, target_2d, eps, naive_dice, False)
-    else:
-        rows = _dice_rows_plain(pred_2d, target_2d, eps, naive_dice)
-    return _reduce(rows, weight, reduction, avg_factor, pred.dtype)
+    rule = Reduction(LOSS_NAME, weight, reduction, avg_factor)
+    _check_inputs(pred, target, rule)
+    return _dice(pred, target, rule, eps, naive_dice, False, fast)
 
 
 def sigmoid_dice_loss(pred: Tensor,
@@ -166,19 +272,15 @@ def sigmoid_dice_loss(pred: Tensor,
                       eps: float = 1e-3,
                       reduction: str = 'mean',
                       naive_dice: bool = False,
-                      avg_factor: Optional[Union[float, Tensor]] = None,
-                      fast: bool = True) -> Tensor:
+                      avg_factor: AvgFactor = None,
+                      fast: Optional[bool] = None) -> Tensor:
     """:func:`dice_loss` of ``sigmoid(pred)``, the sigmoid fused in.
 
     Args: as :func:`dice_loss`, with ``pred`` the logits (N, *).
     """
-    pred_2d, target_2d = pred.flatten(1), target.flatten(1)
-    if fast and not target.requires_grad:
-        rows = DiceFunction.apply(pred_2d, target_2d, eps, naive_dice, True)
-    else:
-        rows = _dice_rows_plain(pred_2d.sigmoid(), target_2d, eps,
-                                naive_dice)
-    return _reduce(rows, weight, reduction, avg_factor, pred.dtype)
+    rule = Reduction(LOSS_NAME, weight, reduction, avg_factor)
+    _check_inputs(pred, target, rule)
+    return _dice(pred, target, rule, eps, naive_dice, True, fast)
 
 
 @MODELS.register_module()
@@ -227,13 +329,13 @@ class DiceLoss(BaseLoss):
                 target: Tensor,
                 weight: Optional[Tensor] = None,
                 reduction_override: Optional[str] = None,
-                avg_factor: Optional[Union[float, Tensor]] = None) -> Tensor:
+                avg_factor: AvgFactor = None) -> Tensor:
         """Compute the loss.
 
         Args:
             pred (Tensor): logits (or probabilities if not ``activate``),
                 (N, *).
-            target (Tensor): targets (N, *), same shape as ``pred``.
+            target (Tensor): targets (N, *), same number of elements.
             weight (Tensor, optional): per-sample weight (N,).
             reduction_override (str, optional): reduction for this call.
             avg_factor (float | Tensor, optional): denominator of the mean.
@@ -241,28 +343,10 @@ class DiceLoss(BaseLoss):
         Returns:
             Tensor: the weighted loss.
         """
-        reduction = self.resolve_reduction(reduction_override)
-        check_avg_factor(self.loss_name, reduction, avg_factor)
-        name = self.loss_name
-        check_tensor(name, 'pred', pred)
-        check_tensor(name, 'target', target)
-        if pred.dim() < 2 or target.dim() < 1 or \
-                pred.shape[0] != target.shape[0] or \
-                pred.numel() != target.numel():
-            raise ValueError(
-                f'{name}: pred must be (N, *) and target hold the same '
-                f'elements per sample, but got {tuple(pred.shape)} and '
-                f'{tuple(target.shape)}')
-        if not pred.is_floating_point():
-            raise TypeError(f'{name}: pred must be floating point, but has '
-                            f'dtype {pred.dtype}')
-        if weight is not None:
-            check_tensor(name, 'weight', weight)
-            if weight.shape != pred.shape[:1]:
-                raise ValueError(f'{name}: weight must have shape '
-                                 f'{tuple(pred.shape[:1])} (one per sample), '
-                                 f'but has shape {tuple(weight.shape)}')
-        loss_fn = sigmoid_dice_loss if self.activate else dice_loss
-        return self.apply_loss_weight(loss_fn(
-            pred, target, weight, eps=self.eps, reduction=reduction,
-            naive_dice=self.naive_dice, avg_factor=avg_factor))
+        reduction = self.reduction if reduction_override is None else \
+            self.resolve_reduction(reduction_override)
+        rule = Reduction(LOSS_NAME, weight, reduction, avg_factor)
+        _check_inputs(pred, target, rule)
+        loss = _dice(pred, target, rule, self.eps, self.naive_dice,
+                     self.activate, None)
+        return loss if self.loss_weight == 1.0 else self.loss_weight * loss

@@ -28,14 +28,25 @@ The moving averages ``A`` live in the module's ``acc_sum`` buffer (present
 when ``momentum > 0``, as in MMDetection, so checkpoints of either library
 load into the other and a resumed run continues the same statistics).
 
-Speed: MMDetection loops over the bins in Python with a host sync per bin.
-Here a bin index is computed for every element in a few vectorised passes
-(exactly MMDetection's bin, see :func:`gradient_bin_index`), the counts come
-from one ``bincount``, ``n`` stays a tensor, and the loss runs through
-:class:`~mmloss.gradients.PrecomputedGradientFunction`, which keeps only
-``d loss / d pred`` (one float32 tensor) for backward instead of the
-target, the weights and the autograd intermediates. Nothing syncs with the device. The plain autograd
-formulas stay available with ``fast=False``.
+Shapes: GHM-C takes logits ``(N, C)`` with integer labels ``(N,)`` and a
+``label_weight`` ``(N,)``, or logits, target and ``label_weight`` of one
+shape; GHM-R takes ``pred``, ``target`` and ``label_weight`` of one shape
+(``(N, 4)`` deltas). The loss is element-wise for ``'none'``, else a
+scalar.
+
+MMDetection loops over the bins in Python with a host sync per bin. Here a
+bin index is computed for every element in a few vectorised passes (exactly
+MMDetection's bin, see :func:`gradient_bin_index`), the counts come from
+one ``bincount`` and ``n`` stays a tensor: nothing syncs with the device.
+Two executions of the same maths, chosen per call by
+:mod:`mmloss.engine.dispatch`: the plain formula (the weights under
+``no_grad``, the loss by autograd) and a kernel that computes the value and
+``d loss / d pred`` together through
+:class:`~mmloss.engine.functions.GradientInForward`, which keeps that one
+tensor for backward instead of the target, the weights and the autograd
+intermediates. A backward with ``create_graph=True`` differentiates the
+plain formula with the same weights (the running state moves once per
+call), so second derivatives are exact with the weights held constant.
 
 Deliberate differences from MMDetection 3.3:
 
@@ -53,20 +64,21 @@ Deliberate differences from MMDetection 3.3:
 """
 import math
 from numbers import Integral
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import (check_in_range, check_integer_labels,
-                      check_label_range, check_positive, check_same_shape,
-                      check_tensor)
-from ..gradients import PrecomputedGradientFunction
-from ..precision import compute_dtype
-from ..reduction import FLOAT32_EPS
+from ..checks import (check_float, check_in_range, check_integer_labels,
+                      check_label_range, check_positive, check_reduction,
+                      check_same_shape, check_tensor, check_weight_shape)
+from ..engine import dispatch
+from ..engine.functions import NegativeOf, gradient_in_forward
+from ..precision import compute_dtype, to_dtype
+from ..reduction import Reduction
 from ..registry import MODELS
-from .base import BaseLoss
+from .base import BaseLoss, reduce_in_kernel
 
 __all__ = [
     'ghm_edges', 'gradient_bin_index', 'harmonized_bin_weights',
@@ -90,6 +102,22 @@ def ghm_edges(bins: int, top: float, device=None) -> Tensor:
     edges = torch.arange(bins + 1, device=device).float() / bins
     edges[-1] = top
     return edges
+
+
+_UPPER_EDGES: Dict[Tuple[int, float, torch.device], Tensor] = {}
+
+
+def _upper_edges(bins: int, top: float, device: torch.device) -> Tensor:
+    """``[e_1, ..., e_bins, inf]``: the upper edge of every bin, the
+    excluded bin's being +inf (never left). Cached per device and never
+    written to: it is the same table at every call."""
+    key = (bins, top, device)
+    upper = _UPPER_EDGES.get(key)
+    if upper is None:
+        edges = ghm_edges(bins, top, device)
+        upper = _UPPER_EDGES[key] = torch.cat(
+            [edges[1:], edges.new_full((1, ), math.inf)])
+    return upper
 
 
 def gradient_bin_index(g: Tensor, bins: int, top: float,
@@ -123,9 +151,23 @@ def gradient_bin_index(g: Tensor, bins: int, top: float,
     Returns:
         Tensor: int32 bin indices in ``[0, bins]``, shaped like ``g``.
     """
-    # upper edge of every bin; the excluded bin's is +inf (never left)
-    edges = ghm_edges(bins, top, g.device)
-    upper = torch.cat([edges[1:], edges.new_full((1, ), math.inf)])
+    name = 'gradient_bin_index'
+    check_tensor(name, 'g', g)
+    check_float(name, 'g', g)
+    _check_bins(name, bins)
+    if valid is not None:
+        check_tensor(name, 'valid', valid)
+        if valid.dtype != torch.bool:
+            raise TypeError(f'{name}: valid must be a bool tensor, but has '
+                            f'dtype {valid.dtype}')
+        check_weight_shape(name, valid, g.shape, 'valid')
+    return _bin_index(g, bins, top, valid)
+
+
+def _bin_index(g: Tensor, bins: int, top: float,
+               valid: Optional[Tensor]) -> Tensor:
+    """:func:`gradient_bin_index` of checked inputs."""
+    upper = _upper_edges(bins, top, g.device)
     scale = bins * (1.0 - 2.0 ** -19)
     if valid is None:
         scaled = g.mul(scale)
@@ -167,13 +209,24 @@ def harmonized_bin_weights(index: Tensor, bins: int, tot: Tensor,
     Returns:
         Tensor: ``(bins + 1,)`` float32 bin weights.
     """
+    name = 'harmonized_bin_weights'
+    check_tensor(name, 'index', index)
+    if index.is_floating_point() or index.is_complex() or \
+            index.dtype == torch.bool:
+        raise TypeError(f'{name}: index must hold integer bin indices, but '
+                        f'has dtype {index.dtype}')
+    check_tensor(name, 'tot', tot)
+    _check_statistics(name, bins, momentum, acc_sum)
+    return _bin_weights(index, bins, tot, momentum, acc_sum)
+
+
+def _bin_weights(index: Tensor, bins: int, tot: Tensor, momentum: float,
+                 acc_sum: Optional[Tensor]) -> Tensor:
+    """:func:`harmonized_bin_weights` of checked inputs."""
     counts = torch.bincount(index.reshape(-1), minlength=bins + 1)[:bins]
     nonempty = counts > 0
     n = nonempty.sum().clamp_(min=1).float()
     if momentum > 0:
-        if acc_sum is None:
-            raise ValueError('harmonized_bin_weights: momentum > 0 needs '
-                             'acc_sum')
         # m * A (float32) + float32((1 - m) * c), as MMDetection's
         # tensor-times-Python-float update rounds it.
         fresh = acc_sum.float() * momentum + (
@@ -189,36 +242,80 @@ def harmonized_bin_weights(index: Tensor, bins: int, tot: Tensor,
 
 
 # --------------------------------------------------------------------------
-# The shared reduction
+# Shared by GHM-C and GHM-R
 # --------------------------------------------------------------------------
-def _reduce(elementwise: Tensor, weight: Tensor, reduction: str,
-            denominator: Tensor) -> Tensor:
-    """``w * L`` reduced: 'none', 'sum' or the sum over ``denominator``."""
-    if reduction == 'none':
-        return elementwise.mul_(weight)
-    total = torch.dot(elementwise.reshape(-1), weight.reshape(-1))
-    return total / denominator if reduction == 'mean' else total
+def _rule(loss_name: str, weight: Tensor, reduction: str,
+          tot: Tensor) -> Reduction:
+    """``'mean'`` divides by ``tot`` (MMDetection's ``avg_factor=tot``);
+    ``'sum'`` and ``'none'`` take the weighted losses as they are."""
+    return Reduction(loss_name, weight, reduction,
+                     tot if reduction == 'mean' else None)
 
 
-def _mean_denominator(tot: Tensor) -> Tensor:
-    # MMDetection divides by the Python float `tot + eps`, rounded to
-    # float32 by the division
-    return (tot.double() + FLOAT32_EPS).float()
+def _bin_weights_of(g: Tensor, valid: Tensor, bins: int, top: float,
+                    statistics: dict, tot: Tensor, momentum: float,
+                    acc_sum: Optional[Tensor]) -> Tensor:
+    """The harmonizing weight of every element (no gradient).
+
+    The first call for a loss evaluation computes the bin weights from the
+    counts (updating ``acc_sum``) and keeps them in ``statistics`` with
+    ``tot``; a later call for the same evaluation (the plain formula of a
+    double backward) reuses them, so the running state moves once.
+    """
+    index = _bin_index(g, bins, top, valid)
+    table = statistics.get('table')
+    if table is None:
+        table = _bin_weights(index, bins, tot, momentum, acc_sum)
+        statistics.update(table=table, tot=tot)
+    return table.to(g.dtype).index_select(0, index.reshape(-1)).view_as(g)
+
+
+def _weighted_value(rule: Reduction, loss: Tensor, weight: Tensor):
+    """``rule`` applied to ``w * L`` in the kernel: ``(value, scale)``."""
+    fused = rule.fusable(loss)
+    if fused:
+        loss = torch.dot(loss.reshape(-1), weight.reshape(-1))
+    return reduce_in_kernel(rule, loss, weight.numel(), fused, 1.0)
+
+
+def _check_statistics(loss_name: str, bins, momentum,
+                      acc_sum: Optional[Tensor]) -> None:
+    _check_bins(loss_name, bins)
+    check_in_range(loss_name, 'momentum', momentum, 0.0, 1.0)
+    if momentum > 0:
+        if acc_sum is None:
+            raise ValueError(f'{loss_name}: momentum > 0 needs acc_sum')
+        check_tensor(loss_name, 'acc_sum', acc_sum)
+        if acc_sum.shape != (bins, ):
+            raise ValueError(f'{loss_name}: acc_sum must have shape '
+                             f'({bins},), but has shape '
+                             f'{tuple(acc_sum.shape)}')
+
+
+def _takes_fast_path(loss_name: str, fast: Optional[bool], pred: Tensor,
+                     target: Tensor) -> bool:
+    """``fast=None`` asks the dispatcher, ``False`` forces the plain
+    formula, ``True`` skips its size thresholds."""
+    if fast is False:
+        return False
+    if fast is None:
+        return dispatch.use_fast(loss_name, pred, target,
+                                 rows=pred.shape[0] if pred.dim() else 1)
+    return dispatch.fast_paths_enabled()
 
 
 # --------------------------------------------------------------------------
 # GHM-C
 # --------------------------------------------------------------------------
-def _check_ghmc_inputs(pred: Tensor, target: Tensor,
-                       label_weight: Tensor) -> bool:
+def _check_ghmc_inputs(pred: Tensor, target: Tensor, label_weight: Tensor,
+                       reduction: str) -> bool:
     """Validate GHM-C's inputs; return True for integer labels."""
     name = 'GHMC'
     check_tensor(name, 'pred', pred)
     check_tensor(name, 'target', target)
     check_tensor(name, 'label_weight', label_weight)
-    if not pred.dtype.is_floating_point:
-        raise TypeError(f'{name}: pred must hold float logits, but has dtype '
-                        f'{pred.dtype}')
+    check_float(name, 'pred', pred)
+    check_reduction(name, reduction)
     if target.dim() == pred.dim():
         check_same_shape(name, pred, target)
         check_same_shape(name, pred, label_weight, ('pred', 'label_weight'))
@@ -237,9 +334,10 @@ def _check_ghmc_inputs(pred: Tensor, target: Tensor,
     return True
 
 
-def _ghmc_label_parts(pred: Tensor, labels: Tensor, label_weight: Tensor,
-                      bins: int, momentum: float, acc_sum: Optional[Tensor],
-                      reduction: str):
+def _ghmc_label_kernel(x: Tensor, labels: Tensor, label_weight: Tensor,
+                       bins: int, momentum: float,
+                       acc_sum: Optional[Tensor], reduction: str,
+                       statistics: dict, grad: bool):
     """GHM-C of integer labels without an N x C one-hot.
 
     With ``s = sigmoid(x)``, the target is 1 only in the label's column of
@@ -248,9 +346,7 @@ def _ghmc_label_parts(pred: Tensor, labels: Tensor, label_weight: Tensor,
     ``d BCE / d x = s`` except there (``s - 1 = -g``): the N x C tensors are
     built for the negatives and one column per row is patched.
     """
-    num_classes = pred.shape[1]
-    # contiguous: the label cells are addressed by flat row-major index
-    x = pred.detach().to(compute_dtype(pred)).contiguous()
+    num_classes = x.shape[1]
     foreground = labels < num_classes
     # flat index of each row's label cell (column 0 for background rows,
     # which are then left as they are); a flat index_select is much faster
@@ -267,47 +363,90 @@ def _ghmc_label_parts(pred: Tensor, labels: Tensor, label_weight: Tensor,
 
     g = torch.sigmoid(x)
     patch(g, lambda s: 1 - s)
-
     valid_row = label_weight > 0
     tot = (valid_row.sum() * num_classes).clamp_(min=1).float()
-    index = gradient_bin_index(g, bins, 1.0 + GHMC_TOP_EDGE_PAD,
-                               valid_row[:, None])
-    bin_weight = harmonized_bin_weights(index, bins, tot, momentum, acc_sum)
-    weight = bin_weight.to(g.dtype).index_select(0, index.reshape(-1))
-    weight = weight.view_as(g)
-
+    weight = _bin_weights_of(g, valid_row[:, None], bins,
+                             1.0 + GHMC_TOP_EDGE_PAD, statistics, tot,
+                             momentum, acc_sum)
     x_cell = x.reshape(-1).index_select(0, cell)
     bce = F.softplus(x)
     patch(bce, lambda _: F.softplus(-x_cell))
-    denominator = _mean_denominator(tot)
-    value = _reduce(bce, weight, reduction, denominator)
-
+    value, scale = _weighted_value(_rule('GHMC', weight, reduction, tot),
+                                   bce, weight)
+    if not grad:
+        return value, (None, ), scale
     coeff = g.mul_(weight)
     patch(coeff, torch.neg)
-    scale = denominator.reciprocal() if reduction == 'mean' else None
-    return value, coeff, scale, weight, tot
+    return value, (coeff, ), scale
 
 
-def _ghmc_onehot_parts(pred: Tensor, target: Tensor, label_weight: Tensor,
-                       bins: int, momentum: float,
-                       acc_sum: Optional[Tensor], reduction: str):
-    """GHM-C of a (possibly soft) target shaped like ``pred``."""
-    x = pred.detach().to(compute_dtype(pred)).contiguous()
-    t = target.detach().to(x.dtype)
+def _ghmc_target_kernel(x: Tensor, target: Tensor, label_weight: Tensor,
+                        bins: int, momentum: float,
+                        acc_sum: Optional[Tensor], reduction: str,
+                        statistics: dict, grad: bool):
+    """GHM-C of a (possibly soft) target shaped like the logits."""
+    t = to_dtype(target, x.dtype)
     residual = torch.sigmoid(x).sub_(t)
-    g = residual.abs()
     valid = label_weight > 0
     tot = valid.sum().clamp_(min=1).float()
-    index = gradient_bin_index(g, bins, 1.0 + GHMC_TOP_EDGE_PAD, valid)
-    bin_weight = harmonized_bin_weights(index, bins, tot, momentum, acc_sum)
-    weight = bin_weight.to(g.dtype).index_select(0, index.reshape(-1))
-    weight = weight.view_as(g)
+    weight = _bin_weights_of(residual.abs(), valid, bins,
+                             1.0 + GHMC_TOP_EDGE_PAD, statistics, tot,
+                             momentum, acc_sum)
     bce = F.binary_cross_entropy_with_logits(x, t, reduction='none')
-    denominator = _mean_denominator(tot)
-    value = _reduce(bce, weight, reduction, denominator)
-    coeff = residual.mul_(weight)
-    scale = denominator.reciprocal() if reduction == 'mean' else None
-    return value, coeff, scale, weight, tot
+    value, scale = _weighted_value(_rule('GHMC', weight, reduction, tot),
+                                   bce, weight)
+    return value, (residual.mul_(weight) if grad else None, ), scale
+
+
+def _ghmc_plain(pred: Tensor, target: Tensor, label_weight: Tensor,
+                with_labels: bool, bins: int, momentum: float,
+                acc_sum: Optional[Tensor], reduction: str,
+                statistics: dict) -> Tensor:
+    """The plain formula: ``w * BCE`` by autograd, ``w`` a constant."""
+    with dispatch.autocast_off(pred):
+        x = to_dtype(pred, compute_dtype(pred))
+        if with_labels:
+            t = F.one_hot(target.long(), x.shape[1] + 1)[:, :-1].to(x.dtype)
+            valid = (label_weight > 0)[:, None]
+        else:
+            t = to_dtype(target, x.dtype)
+            valid = label_weight > 0
+        with torch.no_grad():
+            g = (torch.sigmoid(x) - t).abs()
+            tot = valid.expand_as(g).sum().clamp_(min=1).float()
+            weight = _bin_weights_of(g, valid, bins, 1.0 + GHMC_TOP_EDGE_PAD,
+                                     statistics, tot, momentum, acc_sum)
+        bce = F.binary_cross_entropy_with_logits(x, t, reduction='none')
+        return _rule('GHMC', weight, reduction,
+                     statistics['tot']).apply(bce)
+
+
+def _ghmc(pred: Tensor, target: Tensor, label_weight: Tensor,
+          with_labels: bool, bins: int, momentum: float,
+          acc_sum: Optional[Tensor], reduction: str,
+          fast: Optional[bool]) -> Tensor:
+    """GHM-C of checked inputs, by the kernel or the plain formula."""
+    statistics = {}
+
+    def plain(pred: Tensor) -> Tensor:
+        return _ghmc_plain(pred, target, label_weight, with_labels, bins,
+                           momentum, acc_sum, reduction, statistics)
+
+    # the kernel gives no gradient to a soft target
+    if target.requires_grad or not _takes_fast_path('GHMC', fast, pred,
+                                                    target):
+        return to_dtype(plain(pred), pred.dtype)
+    kernel_of = _ghmc_label_kernel if with_labels else _ghmc_target_kernel
+
+    def kernel(needs, pred: Tensor):
+        # contiguous: the label cells are addressed by flat row-major index
+        x = to_dtype(pred, compute_dtype(pred)).contiguous()
+        return kernel_of(x, target, label_weight, bins, momentum, acc_sum,
+                         reduction, statistics, needs[0])
+
+    with dispatch.autocast_off(pred):
+        out = gradient_in_forward(kernel, plain, pred)
+    return to_dtype(out, pred.dtype)
 
 
 def ghmc_loss(pred: Tensor,
@@ -317,14 +456,15 @@ def ghmc_loss(pred: Tensor,
               momentum: float = 0.0,
               acc_sum: Optional[Tensor] = None,
               reduction: str = 'mean',
-              fast: bool = True) -> Tensor:
+              fast: Optional[bool] = None) -> Tensor:
     """GHM-C: binary cross-entropy weighted by gradient-norm density.
 
     ``g = |sigmoid(x) - t|``, the weights ``w`` as in the module docstring,
     and the loss ``sum(w * BCE(x, t)) / tot`` (``'mean'``; ``tot`` is the
     number of valid elements, at least 1), ``sum(w * BCE)`` (``'sum'``) or
     ``w * BCE`` (``'none'``). ``label_weight`` only marks elements valid
-    (``> 0``); its values do not scale the loss.
+    (``> 0``); its values do not scale the loss. The weights are constants
+    of the gradient (as in MMDetection), also of second derivatives.
 
     Args:
         pred (Tensor): logits (N, C), or any shape with a target like it.
@@ -336,79 +476,100 @@ def ghmc_loss(pred: Tensor,
         acc_sum (Tensor, optional): ``(bins,)`` moving bin counts, updated
             in place; required when ``momentum > 0``.
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
-        fast (bool): the gradient computed in forward (one saved N x C
-            tensor); ``False`` runs the plain autograd formula.
+        fast (bool, optional): ``None`` lets the dispatcher choose the
+            path, ``False`` forces the plain formula, ``True`` the kernel
+            (the gradient computed in forward) at any size, unless
+            :func:`mmloss.fast_paths` forbids it.
 
     Returns:
         Tensor: the loss, in ``pred``'s dtype.
     """
-    with_labels = _check_ghmc_inputs(pred, target, label_weight)
-    parts = _ghmc_label_parts if with_labels else _ghmc_onehot_parts
-
-    if fast and not target.requires_grad:
-        out = PrecomputedGradientFunction.apply(
-            pred, None, lambda: parts(pred, target, label_weight, bins,
-                                      momentum, acc_sum, reduction)[:3])
-        return out.to(pred.dtype)
-
-    # the plain formula: the same weights, autograd through the BCE
-    with torch.no_grad():
-        weight, tot = parts(pred, target, label_weight, bins, momentum,
-                            acc_sum, 'sum')[3:]
-    if with_labels:
-        onehot = F.one_hot(target.long(), pred.shape[1] + 1)[:, :-1]
-    else:
-        onehot = target
-    work = pred.to(compute_dtype(pred))
-    bce = F.binary_cross_entropy_with_logits(
-        work, onehot.to(work.dtype), reduction='none')
-    loss = bce * weight
-    if reduction == 'mean':
-        loss = loss.sum() / _mean_denominator(tot)
-    elif reduction == 'sum':
-        loss = loss.sum()
-    return loss.to(pred.dtype)
+    with_labels = _check_ghmc_inputs(pred, target, label_weight, reduction)
+    _check_statistics('GHMC', bins, momentum, acc_sum)
+    return _ghmc(pred, target, label_weight, with_labels, bins, momentum,
+                 acc_sum, reduction, fast)
 
 
 # --------------------------------------------------------------------------
 # GHM-R
 # --------------------------------------------------------------------------
-def _check_ghmr_inputs(pred: Tensor, target: Tensor,
-                       label_weight: Tensor) -> None:
+def _check_ghmr_inputs(pred: Tensor, target: Tensor, label_weight: Tensor,
+                       reduction: str) -> None:
     name = 'GHMR'
     check_tensor(name, 'pred', pred)
     check_tensor(name, 'target', target)
     check_tensor(name, 'label_weight', label_weight)
-    if not pred.dtype.is_floating_point:
-        raise TypeError(f'{name}: pred must be a float tensor, but has dtype '
-                        f'{pred.dtype}')
+    check_float(name, 'pred', pred)
+    check_reduction(name, reduction)
     check_same_shape(name, pred, target)
     check_same_shape(name, pred, label_weight, ('pred', 'label_weight'))
 
 
-def _ghmr_parts(pred: Tensor, target: Tensor, label_weight: Tensor,
+def _ghmr_plain(pred: Tensor, target: Tensor, label_weight: Tensor,
                 mu: float, bins: int, momentum: float,
-                acc_sum: Optional[Tensor], reduction: str):
-    """GHM-R's value, ``d loss / d pred``, weights and ``tot``."""
+                acc_sum: Optional[Tensor], reduction: str,
+                statistics: dict) -> Tensor:
+    """The plain formula: ``w * ASL1`` by autograd, ``w`` a constant."""
+    with dispatch.autocast_off(pred):
+        dtype = compute_dtype(pred)
+        diff = to_dtype(pred, dtype) - to_dtype(target, dtype)
+        with torch.no_grad():
+            # the kernel's g, operation for operation (the same bins)
+            g = diff.div(torch.sqrt(diff * diff + mu * mu)).abs_()
+            tot = label_weight.float().sum().clamp_(min=1)
+            weight = _bin_weights_of(g, label_weight > 0, bins,
+                                     GHMR_TOP_EDGE, statistics, tot,
+                                     momentum, acc_sum)
+        asl1 = torch.sqrt(diff * diff + mu * mu) - mu
+        return _rule('GHMR', weight, reduction,
+                     statistics['tot']).apply(asl1)
+
+
+def _ghmr_kernel(pred: Tensor, target: Tensor, label_weight: Tensor,
+                 mu: float, bins: int, momentum: float,
+                 acc_sum: Optional[Tensor], reduction: str,
+                 statistics: dict, needs):
+    """GHM-R's value and ``d loss / d pred`` in one pass."""
     dtype = compute_dtype(pred)
-    diff = (pred.detach().to(dtype) - target.detach().to(dtype)).contiguous()
+    diff = (to_dtype(pred, dtype) - to_dtype(target, dtype)).contiguous()
     # MMDetection's own rounding: sqrt(d * d + float32(mu * mu))
     root = (diff * diff).add_(mu * mu).sqrt_()
     # d ASL1 / d pred, in (-1, 1), written over d (not needed any more)
     slope = diff.div_(root)
     del diff
-    valid = label_weight > 0
     tot = label_weight.float().sum().clamp_(min=1)
-    index = gradient_bin_index(slope.abs(), bins, GHMR_TOP_EDGE, valid)
-    bin_weight = harmonized_bin_weights(index, bins, tot, momentum, acc_sum)
-    weight = bin_weight.to(slope.dtype).index_select(0, index.reshape(-1))
-    weight = weight.view_as(slope)
-    asl1 = root.sub_(mu)
-    denominator = _mean_denominator(tot)
-    value = _reduce(asl1, weight, reduction, denominator)
-    coeff = slope.mul_(weight)
-    scale = denominator.reciprocal() if reduction == 'mean' else None
-    return value, coeff, scale, weight, tot
+    weight = _bin_weights_of(slope.abs(), label_weight > 0, bins,
+                             GHMR_TOP_EDGE, statistics, tot, momentum,
+                             acc_sum)
+    value, scale = _weighted_value(_rule('GHMR', weight, reduction, tot),
+                                   root.sub_(mu), weight)
+    if needs[0]:
+        return value, (slope.mul_(weight), NegativeOf(0)), scale
+    if needs[1]:
+        return value, (None, slope.mul_(weight).neg_()), scale
+    return value, (None, None), scale
+
+
+def _ghmr(pred: Tensor, target: Tensor, label_weight: Tensor, mu: float,
+          bins: int, momentum: float, acc_sum: Optional[Tensor],
+          reduction: str, fast: Optional[bool]) -> Tensor:
+    """GHM-R of checked inputs, by the kernel or the plain formula."""
+    statistics = {}
+
+    def plain(pred: Tensor, target: Tensor) -> Tensor:
+        return _ghmr_plain(pred, target, label_weight, mu, bins, momentum,
+                           acc_sum, reduction, statistics)
+
+    if not _takes_fast_path('GHMR', fast, pred, target):
+        return to_dtype(plain(pred, target), pred.dtype)
+
+    def kernel(needs, pred: Tensor, target: Tensor):
+        return _ghmr_kernel(pred, target, label_weight, mu, bins, momentum,
+                            acc_sum, reduction, statistics, needs)
+
+    with dispatch.autocast_off(pred):
+        out = gradient_in_forward(kernel, plain, pred, target)
+    return to_dtype(out, pred.dtype)
 
 
 def ghmr_loss(pred: Tensor,
@@ -419,7 +580,7 @@ def ghmr_loss(pred: Tensor,
               momentum: float = 0.0,
               acc_sum: Optional[Tensor] = None,
               reduction: str = 'mean',
-              fast: bool = True) -> Tensor:
+              fast: Optional[bool] = None) -> Tensor:
     """GHM-R: authentic smooth L1 weighted by gradient-norm density.
 
     With ``d = pred - target``: ``ASL1 = sqrt(d^2 + mu^2) - mu``,
@@ -427,6 +588,8 @@ def ghmr_loss(pred: Tensor,
     docstring, and the loss ``sum(w * ASL1) / tot`` (``'mean'``; ``tot`` is
     ``sum(label_weight)``, at least 1), ``sum(w * ASL1)`` (``'sum'``) or
     ``w * ASL1`` (``'none'``). ``label_weight > 0`` marks valid elements.
+    The weights are constants of the gradient (as in MMDetection), also of
+    second derivatives; ``target`` gets minus ``pred``'s gradient.
 
     Args:
         pred (Tensor): box regression deltas, e.g. (N, 4).
@@ -438,31 +601,16 @@ def ghmr_loss(pred: Tensor,
         acc_sum (Tensor, optional): ``(bins,)`` moving bin counts, updated
             in place; required when ``momentum > 0``.
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
-        fast (bool): the gradient computed in forward; ``False`` runs
-            the plain autograd formula.
+        fast (bool, optional): the path, as in :func:`ghmc_loss`.
 
     Returns:
         Tensor: the loss, in ``pred``'s dtype.
     """
-    _check_ghmr_inputs(pred, target, label_weight)
-    if fast:
-        out = PrecomputedGradientFunction.apply(
-            pred, target, lambda: _ghmr_parts(
-                pred, target, label_weight, mu, bins, momentum, acc_sum,
-                reduction)[:3])
-        return out.to(pred.dtype)
-
-    with torch.no_grad():
-        weight, tot = _ghmr_parts(pred, target, label_weight, mu, bins,
-                                  momentum, acc_sum, 'sum')[3:]
-    dtype = compute_dtype(pred)
-    diff = pred.to(dtype) - target.to(dtype)
-    loss = (torch.sqrt(diff * diff + mu * mu) - mu) * weight
-    if reduction == 'mean':
-        loss = loss.sum() / _mean_denominator(tot)
-    elif reduction == 'sum':
-        loss = loss.sum()
-    return loss.to(pred.dtype)
+    _check_ghmr_inputs(pred, target, label_weight, reduction)
+    check_positive('GHMR', 'mu', mu)
+    _check_statistics('GHMR', bins, momentum, acc_sum)
+    return _ghmr(pred, target, label_weight, mu, bins, momentum, acc_sum,
+                 reduction, fast)
 
 
 # --------------------------------------------------------------------------
@@ -549,10 +697,11 @@ class GHMC(_HarmonizedLoss):
             Tensor: the loss times ``loss_weight``.
         """
         reduction = self.resolve_reduction(reduction_override)
-        loss = ghmc_loss(pred, target, label_weight, bins=self.bins,
-                         momentum=self.momentum, acc_sum=self.acc_sum,
-                         reduction=reduction)
-        return loss * self.loss_weight
+        with_labels = _check_ghmc_inputs(pred, target, label_weight,
+                                         reduction)
+        return self.apply_loss_weight(_ghmc(
+            pred, target, label_weight, with_labels, self.bins,
+            self.momentum, self.acc_sum, reduction, None))
 
 
 @MODELS.register_module()
@@ -604,10 +753,10 @@ class GHMR(_HarmonizedLoss):
             Tensor: the loss times ``loss_weight``.
         """
         reduction = self.resolve_reduction(reduction_override)
-        loss = ghmr_loss(pred, target, label_weight, mu=self.mu,
-                         bins=self.bins, momentum=self.momentum,
-                         acc_sum=self.acc_sum, reduction=reduction)
-        return loss * self.loss_weight
+        _check_ghmr_inputs(pred, target, label_weight, reduction)
+        return self.apply_loss_weight(_ghmr(
+            pred, target, label_weight, self.mu, self.bins, self.momentum,
+            self.acc_sum, reduction, None))
 
     def extra_repr(self) -> str:
         return f'mu={self.mu}, ' + super().extra_repr()

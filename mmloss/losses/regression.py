@@ -14,22 +14,29 @@ balanced L1   ``alpha / b * (b x + 1) * ln(b x / beta + 1) - alpha x`` if
 MSE           ``x^2``
 ============  ===========================================================
 
-Each is multiplied by ``weight`` (broadcast) and reduced by MMDetection's
-rules (:func:`~mmloss.reduction.weight_reduce_loss`): ``'mean'`` divides by
-the number of elements, or by ``avg_factor + eps`` when given.
+Shapes: ``pred`` and ``target`` of any one shape (``(N, 4)`` box deltas in
+a detector), ``weight`` broadcast to it; the loss is element-wise for
+``'none'`` and a scalar otherwise. Each is multiplied by ``weight`` and
+reduced by MMDetection's rules (:class:`~mmloss.reduction.Reduction`):
+``'mean'`` divides by the number of elements, or by ``avg_factor + eps``
+when given.
 
-Speed: each loss runs through
-:class:`~mmloss.gradients.PrecomputedGradientFunction`, which computes the
-value and its slope ``d loss / d pred`` in one go without autograd and
-keeps only the slope (times ``weight``) for backward: one tensor the size
-of ``pred``, which is what MMDetection's graph keeps at least (its ``|d|``
-input), and backward is a single multiplication, in place. The
-plain autograd formulas stay available with ``fast=False``; the fast path
-also steps aside for a ``weight`` or ``avg_factor`` that requires grad.
+Two executions of the same maths, chosen per call by
+:mod:`mmloss.engine.dispatch`: the *plain* formula (ordinary autograd ops),
+and a *kernel* that computes the value and its slope ``d loss / d pred``
+together and runs through
+:class:`~mmloss.engine.functions.GradientInForward`, which keeps the slope
+(times ``weight`` and the reduction's factor) for backward and gives
+``target`` minus that gradient. A ``weight`` or ``avg_factor`` that
+requires grad takes the plain formula (the kernel does not differentiate
+them), and so does a backward with ``create_graph=True`` (through the
+engine), so second derivatives are exact.
 
 Numerics: half inputs are computed in float32 and the loss is returned in
 the input dtype, so the square of an fp16 error over 256 (which overflows
 in MMDetection) stays finite whenever the reduced loss fits in fp16.
+Autocast is switched off inside, so a loss computed under
+``torch.autocast`` equals the float32 one.
 
 Deliberate differences from MMDetection 3.3:
 
@@ -44,19 +51,22 @@ Deliberate differences from MMDetection 3.3:
 * The mean of an empty input is 0 (connected to the graph), also for MSE,
   where MMDetection returns NaN.
 """
+import functools
 import math
-from typing import Callable, Optional, Union
+from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import (check_positive, check_reduction, check_same_shape,
-                      check_tensor, check_weight_shape)
-from ..gradients import PrecomputedGradientFunction
-from ..precision import compute_dtype, to_dtype
-from ..reduction import FLOAT32_EPS, weight_reduce_loss
+from ..checks import (REDUCTIONS, check_float, check_positive,
+                      check_same_shape, check_tensor, check_weight_shape)
+from ..engine import dispatch
+from ..engine.functions import NegativeOf, gradient_in_forward
+from ..precision import compute_dtype
+from ..reduction import Reduction
 from ..registry import MODELS
-from .base import BaseLoss
+from .base import BaseLoss, reduce_in_kernel
 
 __all__ = [
     'l1_loss', 'smooth_l1_loss', 'balanced_l1_loss', 'mse_loss', 'L1Loss',
@@ -67,117 +77,156 @@ __all__ = [
 SMOOTH_L1_MIN_BETA = 1e-5
 
 AvgFactor = Optional[Union[float, Tensor]]
+# dtypes computed as they are (half inputs compute in float32)
+_WIDE = (torch.float32, torch.float64)
+
+
+class _Formula(NamedTuple):
+    """One loss of ``d = pred - target``, both ways.
+
+    Attributes:
+        core: the kernel's maths, ``core(d, weight, fused, grad) -> (value,
+            slope, scale)`` on a fresh ``d`` it may overwrite: with
+            ``fused`` (the reduction is fusable, see
+            :meth:`~mmloss.reduction.Reduction.fusable`) ``value`` is
+            ``sum(loss * weight)``, else the element-wise unweighted loss;
+            ``slope`` (``None`` unless ``grad``) is ``d loss / d pred``
+            times ``weight``, up to the number ``scale``.
+        elementwise: the plain formula, ``(pred, target) -> loss``
+            element-wise by autograd ops.
+        reduced: where torch has the loss, ``(pred, target, reduction)``
+            by torch's own reductions (one operation; used where
+            :meth:`~mmloss.reduction.Reduction.torch_reduction` allows).
+    """
+    core: Callable[[Tensor, Optional[Tensor], bool, bool],
+                   Tuple[Tensor, Optional[Tensor], float]]
+    elementwise: Callable[[Tensor, Tensor], Tensor]
+    reduced: Optional[Callable[[Tensor, Tensor, str], Tensor]] = None
 
 
 # --------------------------------------------------------------------------
 # The shared machinery
 # --------------------------------------------------------------------------
-def _check_inputs(loss_name: str, pred: Tensor, target: Tensor,
-                  weight: Optional[Tensor], reduction: str,
-                  avg_factor: AvgFactor) -> None:
-    check_tensor(loss_name, 'pred', pred)
-    check_tensor(loss_name, 'target', target)
-    if not pred.dtype.is_floating_point:
-        raise TypeError(f'{loss_name}: pred must be a float tensor, but has '
-                        f'dtype {pred.dtype}')
-    check_same_shape(loss_name, pred, target)
-    check_weight_shape(loss_name, weight, pred.shape)
-    check_reduction(loss_name, reduction)
-    if reduction == 'sum' and avg_factor is not None:
-        raise ValueError(f'{loss_name}: avg_factor can not be used with '
-                         f'reduction="sum"')
+def _check_inputs(reduce: Reduction, pred: Tensor, target: Tensor) -> None:
+    """Shapes and dtypes only (no values: no host sync). Each condition is
+    tested inline and its check (which raises, naming the loss) runs only
+    when it fails: this runs on every call."""
+    name = reduce.loss_name
+    if not isinstance(pred, Tensor):
+        check_tensor(name, 'pred', pred)
+    if not isinstance(target, Tensor):
+        check_tensor(name, 'target', target)
+    if not pred.is_floating_point():
+        check_float(name, 'pred', pred)
+    if pred.shape != target.shape:
+        check_same_shape(name, pred, target)
+    if reduce.weight is not None:
+        check_weight_shape(name, reduce.weight, pred.shape)
+    if reduce.reduction not in REDUCTIONS or reduce.avg_factor is not None:
+        reduce.checked()
 
 
-def _needs_plain_path(weight: Optional[Tensor],
-                      avg_factor: AvgFactor) -> bool:
-    """The fast path gives no gradient to ``weight`` or ``avg_factor``."""
-    return (weight is not None and weight.requires_grad) or (
-        isinstance(avg_factor, Tensor) and avg_factor.requires_grad)
+def _difference_loss(reduce: Reduction, pred: Tensor, target: Tensor,
+                     fast: Optional[bool], formula: _Formula) -> Tensor:
+    """A loss of ``d = pred - target`` by its kernel or its plain formula.
 
-
-def _reduced(value: Tensor, coeff: Tensor, scale, weight: Optional[Tensor],
-             reduction: str, avg_factor: AvgFactor, numel: int,
-             weighted_value: bool = False):
-    """Apply ``weight`` and the reduction to ``(value, coeff, scale)``.
-
-    ``value`` is element-wise; ``coeff`` is the element-wise slope, already
-    weighted when ``weighted_value`` is True (then ``value`` is the weighted
-    total, already summed).
+    ``fast=None`` asks the dispatcher (rows: ``pred``'s first dimension),
+    ``False`` forces the plain formula, ``True`` skips the size thresholds.
+    A weight or avg_factor that requires grad always takes the plain
+    formula (the kernel does not differentiate them).
     """
-    if not weighted_value:
-        if weight is not None:
-            coeff = coeff.mul_(weight)
-            if reduction == 'none':
-                value = value.mul_(weight)
-            elif weight.shape == value.shape:
-                value = torch.dot(value.reshape(-1), weight.reshape(-1))
-            else:
-                value = value.mul_(weight).sum()
-        elif reduction != 'none':
-            value = value.sum()
-    if reduction != 'mean':
-        return value, coeff, scale
-    if avg_factor is None:
-        if numel == 0:
-            return value, coeff, scale
-        return value / numel, coeff, scale / numel
-    denominator = avg_factor + FLOAT32_EPS
-    if isinstance(denominator, Tensor):
-        denominator = denominator.to(value.dtype)
-    return value / denominator, coeff, scale / denominator
+    _check_inputs(reduce, pred, target)
+    out_dtype = dtype = pred.dtype
+    if dtype not in _WIDE:
+        dtype = compute_dtype(pred)
+    weight, avg_factor = reduce.weight, reduce.avg_factor
+    if weight is not None and weight.dtype != dtype:
+        reduce = reduce._replace(weight=weight.to(dtype))
+
+    if fast is False or (weight is not None and weight.requires_grad) or (
+            isinstance(avg_factor, Tensor) and avg_factor.requires_grad):
+        use_kernel = False
+    elif fast is None:
+        use_kernel = dispatch.use_fast(
+            reduce.loss_name, pred, target,
+            rows=pred.shape[0] if pred.dim() else 1)
+    else:
+        use_kernel = dispatch.fast_paths_enabled()
+
+    if not use_kernel:
+        out = _plain(reduce, formula, dtype, pred, target)
+        return out if out.dtype == out_dtype else out.to(out_dtype)
+
+    def plain(pred: Tensor, target: Tensor) -> Tensor:
+        # the same formula, for a backward with create_graph=True
+        return _plain(reduce, formula, dtype, pred, target)
+
+    def kernel(needs, pred: Tensor, target: Tensor):
+        diff = pred.to(dtype) - target.to(dtype)
+        fused = reduce.fusable(diff)
+        grad = any(needs)
+        value, slope, scale = formula.core(diff, reduce.weight, fused, grad)
+        value, scale = reduce_in_kernel(reduce, value, diff.numel(), fused,
+                                        scale)
+        if not grad:
+            return value, (None, None), scale
+        if needs[0]:
+            return value, (slope, NegativeOf(0)), scale
+        return value, (None, slope.neg_()), scale
+
+    with dispatch.autocast_off(pred):
+        out = gradient_in_forward(kernel, plain, pred, target)
+    return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
-def _difference_loss(loss_name: str, pred: Tensor, target: Tensor,
-                     weight: Optional[Tensor], reduction: str,
-                     avg_factor: AvgFactor, fast: bool,
-                     value_and_slope: Callable,
-                     plain_value: Callable) -> Tensor:
-    """Run a loss of ``d`` through the fast path or the plain formula.
+def _plain(reduce: Reduction, formula: _Formula, dtype: torch.dtype,
+           pred: Tensor, target: Tensor) -> Tensor:
+    """The plain formula, weighted and reduced, in ``dtype``."""
+    with dispatch.autocast_off(pred):
+        if pred.dtype != dtype:
+            pred = pred.to(dtype)
+        if target.dtype != dtype:
+            target = target.to(dtype)
+        if formula.reduced is not None:
+            how = reduce.torch_reduction(pred.numel())
+            if how is not None:
+                return formula.reduced(pred, target, how)
+        return reduce.apply(formula.elementwise(pred, target))
 
-    ``value_and_slope(d, weight, reduce)`` returns ``(value, coeff, scale,
-    weighted)``: with ``weighted`` True, ``value`` is already the weighted
-    sum and ``coeff`` already weighted. ``plain_value(d)`` is the
-    element-wise formula for autograd.
-    """
-    _check_inputs(loss_name, pred, target, weight, reduction, avg_factor)
-    dtype = compute_dtype(pred)
-    if weight is not None:
-        weight = weight.to(dtype)
 
-    if not fast or _needs_plain_path(weight, avg_factor):
-        loss = plain_value(pred.to(dtype) - target.to(dtype))
-        return weight_reduce_loss(loss, weight, reduction,
-                                  avg_factor).to(pred.dtype)
+def _weighted_sum(loss: Tensor, weight: Optional[Tensor]) -> Tensor:
+    """``sum(loss * weight)`` of a weight shaped like ``loss`` (fused)."""
+    if weight is None:
+        return loss.sum()
+    return torch.dot(loss.reshape(-1), weight.reshape(-1))
 
-    def compute():
-        # runs inside PrecomputedGradientFunction.forward: autograd is off
-        diff = to_dtype(pred, dtype) - to_dtype(target, dtype)
-        value, coeff, scale, weighted = value_and_slope(
-            diff, weight, reduction != 'none')
-        return _reduced(value, coeff, scale, weight, reduction, avg_factor,
-                        pred.numel(), weighted)
 
-    return to_dtype(PrecomputedGradientFunction.apply(pred, target, compute),
-                    pred.dtype)
+def _weighted_slope(slope: Optional[Tensor],
+                    weight: Optional[Tensor]) -> Optional[Tensor]:
+    if slope is None or weight is None:
+        return slope
+    return slope.mul_(weight)
 
 
 # --------------------------------------------------------------------------
 # L1
 # --------------------------------------------------------------------------
-def _l1_value_and_slope(diff: Tensor, weight: Optional[Tensor],
-                        reduce: bool):
-    if reduce and weight is None:
-        # the sum, then the slope sign(d) written over d: one fresh buffer
-        # (on the CPU each fresh buffer costs page faults, about a pass)
-        total = diff.abs().sum()
-        return total, diff.sign_(), 1.0, True
-    sign = torch.sign(diff)
-    if reduce and weight.shape == diff.shape:
-        # |d| * w = d * (sign(d) * w) exactly, in one dot product
-        coeff = sign.mul_(weight)
-        return torch.dot(diff.reshape(-1), coeff.reshape(-1)), coeff, 1.0, \
-            True
-    return diff.abs_(), sign, 1.0, False
+def _l1_core(diff: Tensor, weight: Optional[Tensor], fused: bool,
+             grad: bool):
+    if fused:
+        # |d| * w = d * (sign(d) * w) exactly, in one dot product (no
+        # |d| buffer; as accurate as a sum of |d|)
+        coeff = _weighted_slope(torch.sign(diff), weight)
+        return torch.dot(diff.reshape(-1), coeff.reshape(-1)), coeff, 1.0
+    slope = _weighted_slope(torch.sign(diff), weight) if grad else None
+    return diff.abs_(), slope, 1.0
+
+
+def _l1_elementwise(pred: Tensor, target: Tensor) -> Tensor:
+    return torch.abs(pred - target)
+
+
+_L1 = _Formula(_l1_core, _l1_elementwise)
 
 
 def l1_loss(pred: Tensor,
@@ -185,8 +234,10 @@ def l1_loss(pred: Tensor,
             weight: Optional[Tensor] = None,
             reduction: str = 'mean',
             avg_factor: AvgFactor = None,
-            fast: bool = True) -> Tensor:
+            fast: Optional[bool] = None) -> Tensor:
     """L1 loss ``|pred - target|``, weighted and reduced.
+
+    Its slope is ``sign(pred - target)``.
 
     Args:
         pred (Tensor): prediction, any shape (e.g. (N, 4) deltas).
@@ -195,14 +246,16 @@ def l1_loss(pred: Tensor,
             ``pred``.
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
         avg_factor (float | Tensor, optional): denominator of the mean.
-        fast (bool): analytic backward (the slope computed in forward).
+        fast (bool, optional): ``None`` lets the dispatcher choose the
+            path, ``False`` forces the plain formula, ``True`` the kernel
+            at any size (unless :func:`mmloss.fast_paths` forbids it).
 
     Returns:
         Tensor: the loss, in ``pred``'s dtype.
     """
-    return _difference_loss('L1Loss', pred, target, weight, reduction,
-                            avg_factor, fast, _l1_value_and_slope,
-                            torch.abs)
+    return _difference_loss(
+        Reduction('L1Loss', weight, reduction, avg_factor), pred, target,
+        fast, _L1)
 
 
 # --------------------------------------------------------------------------
@@ -212,13 +265,45 @@ def _check_smooth_l1_beta(loss_name: str, beta) -> float:
     return float(check_positive(loss_name, 'beta', beta, allow_zero=True))
 
 
+@functools.lru_cache(maxsize=64)
+def _smooth_l1(beta: float) -> _Formula:
+    """Smooth L1 of half width ``beta`` (L1 below ``1e-5``)."""
+    if beta < SMOOTH_L1_MIN_BETA:
+        return _L1
+
+    def core(diff, weight, fused, grad):
+        # With c = clamp(d, -beta, beta) the loss is c * (d - c / 2) / beta
+        # (d^2 / 2 beta inside, |d| - beta / 2 outside) and the slope is
+        # c / beta: two fast passes and dot products, no branch masks.
+        clamped = diff.clamp(-beta, beta)
+        if fused and weight is None:
+            flat = clamped.reshape(-1)
+            total = torch.dot(flat, diff.reshape(-1)) \
+                - 0.5 * torch.dot(flat, flat)
+            return total / beta, clamped, 1.0 / beta
+        half_way = diff.sub_(clamped, alpha=0.5)          # d - c / 2
+        if fused:
+            coeff = clamped.mul_(weight)
+            total = torch.dot(coeff.reshape(-1), half_way.reshape(-1))
+            return total / beta, coeff, 1.0 / beta
+        value = half_way.mul_(clamped).div_(beta)
+        return value, _weighted_slope(clamped, weight), 1.0 / beta
+
+    def reduced(pred, target, reduction):
+        # torch's own smooth L1 is this formula in one operation
+        return F.smooth_l1_loss(pred, target, reduction=reduction, beta=beta)
+
+    return _Formula(core, functools.partial(reduced, reduction='none'),
+                    reduced)
+
+
 def smooth_l1_loss(pred: Tensor,
                    target: Tensor,
                    weight: Optional[Tensor] = None,
                    reduction: str = 'mean',
                    avg_factor: AvgFactor = None,
                    beta: float = 1.0,
-                   fast: bool = True) -> Tensor:
+                   fast: Optional[bool] = None) -> Tensor:
     """Smooth L1 loss of ``x = |pred - target|``, weighted and reduced.
 
     ``0.5 * x^2 / beta`` for ``x < beta``, else ``x - 0.5 * beta``; its
@@ -231,40 +316,15 @@ def smooth_l1_loss(pred: Tensor,
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
         avg_factor (float | Tensor, optional): denominator of the mean.
         beta (float): the quadratic zone's half width (>= 0).
-        fast (bool): analytic backward (the slope computed in forward).
+        fast (bool, optional): the path, as in :func:`l1_loss`.
 
     Returns:
         Tensor: the loss, in ``pred``'s dtype.
     """
     name = 'SmoothL1Loss'
-    beta = _check_smooth_l1_beta(name, beta)
-    if beta < SMOOTH_L1_MIN_BETA:
-        return _difference_loss(name, pred, target, weight, reduction,
-                                avg_factor, fast, _l1_value_and_slope,
-                                torch.abs)
-
-    def value_and_slope(diff, weight, reduce):
-        # With c = clamp(d, -beta, beta) the loss is c * (d - c / 2) / beta
-        # (d^2 / 2 beta inside, |d| - beta / 2 outside) and the slope is
-        # c / beta: two fast passes and dot products, no branch masks.
-        clamped = diff.clamp(-beta, beta)
-        if reduce and weight is None:
-            value = torch.dot(clamped.reshape(-1), diff.reshape(-1)) \
-                - 0.5 * torch.dot(clamped.reshape(-1), clamped.reshape(-1))
-            return value / beta, clamped, 1.0 / beta, True
-        half_way = diff.sub_(clamped, alpha=0.5)          # d - c / 2
-        if reduce and weight.shape == diff.shape:
-            coeff = clamped.mul_(weight)
-            value = torch.dot(coeff.reshape(-1), half_way.reshape(-1))
-            return value / beta, coeff, 1.0 / beta, True
-        return half_way.mul_(clamped).div_(beta), clamped, 1.0 / beta, False
-
-    def plain_value(diff):
-        x = diff.abs()
-        return torch.where(x < beta, 0.5 * x * x / beta, x - 0.5 * beta)
-
-    return _difference_loss(name, pred, target, weight, reduction,
-                            avg_factor, fast, value_and_slope, plain_value)
+    return _difference_loss(
+        Reduction(name, weight, reduction, avg_factor), pred, target, fast,
+        _smooth_l1(_check_smooth_l1_beta(name, beta)))
 
 
 # --------------------------------------------------------------------------
@@ -285,6 +345,43 @@ def _balanced_l1_b(loss_name: str, alpha, gamma, beta) -> float:
     return b
 
 
+@functools.lru_cache(maxsize=64)
+def _balanced_l1(alpha: float, gamma: float, beta: float) -> _Formula:
+    """Balanced L1 of checked parameters."""
+    b = math.exp(gamma / alpha) - 1
+
+    def elementwise(pred, target):
+        x = torch.abs(pred - target)
+        return torch.where(
+            x < beta,
+            alpha / b * (b * x + 1) * torch.log(b * x / beta + 1) - alpha * x,
+            gamma * x + gamma / b - alpha * beta)
+
+    def core(diff, weight, fused, grad):
+        x = diff.abs()
+        # a NaN takes the inlier branch, whose log makes its slope NaN
+        # (as autograd of the plain formula does; the outlier slope is a
+        # constant)
+        outside = x >= beta
+        bx = x * b
+        log_term = torch.log1p(bx if beta == 1 else bx / beta)
+        inlier = (bx + 1).mul_(log_term).mul_(alpha / b).sub_(x, alpha=alpha)
+        outlier = x.mul_(gamma).add_(gamma / b - alpha * beta)
+        value = torch.where(outside, outlier, inlier)
+        if fused:
+            value = _weighted_sum(value, weight)
+        if not grad:
+            return value, None, 1.0
+        # (b x + 1) / (b x + beta) - 1 = (1 - beta) / (b x + beta): no
+        # cancellation, and exactly alpha * ln(b x + 1) for beta = 1
+        if beta != 1:
+            log_term.add_(bx.add_(beta).reciprocal_().mul_(1 - beta))
+        slope = log_term.mul_(alpha).masked_fill_(outside, gamma)
+        return value, _weighted_slope(slope.mul_(diff.sign_()), weight), 1.0
+
+    return _Formula(core, elementwise)
+
+
 def balanced_l1_loss(pred: Tensor,
                      target: Tensor,
                      weight: Optional[Tensor] = None,
@@ -293,7 +390,7 @@ def balanced_l1_loss(pred: Tensor,
                      beta: float = 1.0,
                      alpha: float = 0.5,
                      gamma: float = 1.5,
-                     fast: bool = True) -> Tensor:
+                     fast: Optional[bool] = None) -> Tensor:
     """Balanced L1 loss (Libra R-CNN) of ``x = |pred - target|``.
 
     ``alpha / b * (b x + 1) * ln(b x / beta + 1) - alpha x`` for
@@ -311,57 +408,37 @@ def balanced_l1_loss(pred: Tensor,
         beta (float): the zone's width (> 0).
         alpha (float): the inlier gradient scale (> 0).
         gamma (float): the outlier gradient (> 0).
-        fast (bool): analytic backward (the slope computed in forward).
+        fast (bool, optional): the path, as in :func:`l1_loss`.
 
     Returns:
         Tensor: the loss, in ``pred``'s dtype.
     """
-    b = _balanced_l1_b('BalancedL1Loss', alpha, gamma, beta)
-
-    def plain_value(diff):
-        x = diff.abs()
-        return torch.where(
-            x < beta,
-            alpha / b * (b * x + 1) * torch.log(b * x / beta + 1) - alpha * x,
-            gamma * x + gamma / b - alpha * beta)
-
-    def value_and_slope(diff, weight, reduce):
-        x = diff.abs()
-        # a NaN takes the inlier branch, whose log makes its slope NaN
-        # (as mmdet's autograd does; the outlier slope is a constant)
-        outside = x >= beta
-        bx = x * b
-        log_term = torch.log1p(bx if beta == 1 else bx / beta)
-        inlier = (bx + 1).mul_(log_term).mul_(alpha / b).sub_(x, alpha=alpha)
-        outlier = x.mul_(gamma).add_(gamma / b - alpha * beta)
-        value = torch.where(outside, outlier, inlier)
-        # (b x + 1) / (b x + beta) - 1 = (1 - beta) / (b x + beta): no
-        # cancellation, and exactly alpha * ln(b x + 1) for beta = 1
-        if beta != 1:
-            log_term.add_(bx.add_(beta).reciprocal_().mul_(1 - beta))
-        slope = log_term.mul_(alpha).masked_fill_(outside, gamma)
-        return value, slope.mul_(diff.sign_()), 1.0, False
-
-    return _difference_loss('BalancedL1Loss', pred, target, weight,
-                            reduction, avg_factor, fast, value_and_slope,
-                            plain_value)
+    name = 'BalancedL1Loss'
+    _balanced_l1_b(name, alpha, gamma, beta)
+    return _difference_loss(
+        Reduction(name, weight, reduction, avg_factor), pred, target, fast,
+        _balanced_l1(alpha, gamma, beta))
 
 
 # --------------------------------------------------------------------------
 # MSE
 # --------------------------------------------------------------------------
-def _mse_value_and_slope(diff: Tensor, weight: Optional[Tensor],
-                         reduce: bool):
-    # the slope 2 d is kept as d with the factor 2 in `scale`
-    if reduce:
-        if weight is None:
-            return torch.dot(diff.reshape(-1), diff.reshape(-1)), diff, \
-                2.0, True
-        if weight.shape == diff.shape:
-            coeff = diff * weight
-            return torch.dot(diff.reshape(-1), coeff.reshape(-1)), coeff, \
-                2.0, True
-    return diff * diff, diff, 2.0, False
+def _mse_core(diff: Tensor, weight: Optional[Tensor], fused: bool,
+              grad: bool):
+    # the slope 2 d is kept as d (times the weight) with the 2 in `scale`
+    if fused:
+        coeff = diff if weight is None else diff * weight
+        return torch.dot(diff.reshape(-1), coeff.reshape(-1)), coeff, 2.0
+    value = diff * diff
+    return value, _weighted_slope(diff, weight) if grad else None, 2.0
+
+
+def _mse_reduced(pred: Tensor, target: Tensor, reduction: str) -> Tensor:
+    return F.mse_loss(pred, target, reduction=reduction)
+
+
+_MSE = _Formula(_mse_core, functools.partial(_mse_reduced, reduction='none'),
+                _mse_reduced)
 
 
 def mse_loss(pred: Tensor,
@@ -369,11 +446,11 @@ def mse_loss(pred: Tensor,
              weight: Optional[Tensor] = None,
              reduction: str = 'mean',
              avg_factor: AvgFactor = None,
-             fast: bool = True) -> Tensor:
+             fast: Optional[bool] = None) -> Tensor:
     """Squared error ``(pred - target)^2``, weighted and reduced.
 
-    Computed in float32 for half inputs (an fp16 error over 256 squares to
-    infinity in fp16).
+    Its slope is ``2 (pred - target)``. Computed in float32 for half inputs
+    (an fp16 error over 256 squares to infinity in fp16).
 
     Args:
         pred (Tensor): prediction, any shape.
@@ -381,14 +458,14 @@ def mse_loss(pred: Tensor,
         weight (Tensor, optional): element-wise weight, broadcast.
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
         avg_factor (float | Tensor, optional): denominator of the mean.
-        fast (bool): analytic backward (the slope computed in forward).
+        fast (bool, optional): the path, as in :func:`l1_loss`.
 
     Returns:
         Tensor: the loss, in ``pred``'s dtype.
     """
-    return _difference_loss('MSELoss', pred, target, weight, reduction,
-                            avg_factor, fast, _mse_value_and_slope,
-                            lambda diff: diff * diff)
+    return _difference_loss(
+        Reduction('MSELoss', weight, reduction, avg_factor), pred, target,
+        fast, _MSE)
 
 
 # --------------------------------------------------------------------------
@@ -404,9 +481,9 @@ def _reject_kwargs(loss_name: str, kwargs: dict) -> None:
 class ElementwiseRegressionLoss(BaseLoss):
     """Shared base of the L1-family modules.
 
-    Subclasses name their pure function in ``loss_function`` and its extra
-    arguments in :meth:`loss_kwargs`; this class resolves the reduction and
-    calls it.
+    Subclasses return their formula (checked at construction) from
+    :meth:`formula`; this class resolves the reduction and runs it, with
+    the same input checks and dispatch as the pure functions.
 
     Forward args (as MMDetection's):
         pred (Tensor): prediction, e.g. (N, 4).
@@ -416,10 +493,8 @@ class ElementwiseRegressionLoss(BaseLoss):
         reduction_override (str, optional): overrides ``reduction``.
     """
 
-    loss_function = None
-
-    def loss_kwargs(self) -> dict:
-        return {}
+    def formula(self) -> _Formula:
+        raise NotImplementedError
 
     def forward(self,
                 pred: Tensor,
@@ -429,11 +504,14 @@ class ElementwiseRegressionLoss(BaseLoss):
                 reduction_override: Optional[str] = None,
                 **kwargs) -> Tensor:
         """The weighted loss times ``loss_weight``."""
-        _reject_kwargs(self.loss_name, kwargs)
-        reduction = self.resolve_reduction(reduction_override)
-        return self.apply_loss_weight(type(self).loss_function(
-            pred, target, weight, reduction=reduction, avg_factor=avg_factor,
-            **self.loss_kwargs()))
+        if kwargs:
+            _reject_kwargs(self.loss_name, kwargs)
+        reduction = self.reduction if reduction_override is None else \
+            self.resolve_reduction(reduction_override)
+        loss = _difference_loss(
+            Reduction(self.loss_name, weight, reduction, avg_factor), pred,
+            target, None, self.formula())
+        return loss if self.loss_weight == 1.0 else self.loss_weight * loss
 
 
 @MODELS.register_module()
@@ -447,10 +525,11 @@ class L1Loss(ElementwiseRegressionLoss):
         loss_weight (float): factor applied to the loss.
     """
 
-    loss_function = staticmethod(l1_loss)
-
     def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
+
+    def formula(self) -> _Formula:
+        return _L1
 
 
 @MODELS.register_module()
@@ -466,8 +545,6 @@ class SmoothL1Loss(ElementwiseRegressionLoss):
         loss_weight (float): factor applied to the loss.
     """
 
-    loss_function = staticmethod(smooth_l1_loss)
-
     def __init__(self,
                  beta: float = 1.0,
                  reduction: str = 'mean',
@@ -475,8 +552,8 @@ class SmoothL1Loss(ElementwiseRegressionLoss):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         self.beta = _check_smooth_l1_beta(self.loss_name, beta)
 
-    def loss_kwargs(self) -> dict:
-        return dict(beta=self.beta)
+    def formula(self) -> _Formula:
+        return _smooth_l1(self.beta)
 
     def extra_repr(self) -> str:
         return f'beta={self.beta}, ' + super().extra_repr()
@@ -497,8 +574,6 @@ class BalancedL1Loss(ElementwiseRegressionLoss):
         loss_weight (float): factor applied to the loss.
     """
 
-    loss_function = staticmethod(balanced_l1_loss)
-
     def __init__(self,
                  alpha: float = 0.5,
                  gamma: float = 1.5,
@@ -509,8 +584,8 @@ class BalancedL1Loss(ElementwiseRegressionLoss):
         _balanced_l1_b(self.loss_name, alpha, gamma, beta)
         self.alpha, self.gamma, self.beta = alpha, gamma, beta
 
-    def loss_kwargs(self) -> dict:
-        return dict(beta=self.beta, alpha=self.alpha, gamma=self.gamma)
+    def formula(self) -> _Formula:
+        return _balanced_l1(self.alpha, self.gamma, self.beta)
 
     def extra_repr(self) -> str:
         return (f'alpha={self.alpha}, gamma={self.gamma}, beta={self.beta}, '
@@ -528,7 +603,8 @@ class MSELoss(ElementwiseRegressionLoss):
         loss_weight (float): factor applied to the loss.
     """
 
-    loss_function = staticmethod(mse_loss)
-
     def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
+
+    def formula(self) -> _Formula:
+        return _MSE
