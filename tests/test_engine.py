@@ -176,3 +176,52 @@ def test_half_inputs_get_gradients_of_their_dtype():
 
     GradientInForward.apply(kernel, plain, pred).backward()
     assert pred.grad.dtype == torch.float16
+
+
+# ---------------------------------------------------------------------------
+# GradientInBackward
+# ---------------------------------------------------------------------------
+def _cube_of_difference(calls):
+    """sum(d^3) of a difference the caller made: value in forward, slope
+    in backward (written over the difference when the graph is freed)."""
+
+    def value_kernel(d):
+        return (d ** 3).sum(), (d.abs().amax(), )
+
+    def grad_kernel(needs, extras, in_place, d):
+        calls.append(in_place)
+        assert extras[0] == d.abs().amax()
+        slope = d.mul_(d).mul_(3) if in_place else d * d * 3
+        return (slope, ), None
+
+    def plain(d):
+        return (d ** 3).sum()
+
+    return value_kernel, grad_kernel, plain
+
+
+def test_gradient_in_backward_is_exact_and_writes_over_its_own_tensor():
+    from mmloss.engine.functions import (GradientInBackward,
+                                         gradient_in_backward)
+    pred, target = _pair()
+    calls = []
+    kernels = _cube_of_difference(calls)
+
+    def fn(p, t):
+        return GradientInBackward.apply(*kernels, (p - t) * 1)
+
+    assert torch.autograd.gradcheck(fn, (pred, target))
+    assert torch.autograd.gradgradcheck(fn, (pred, target))
+    d = (pred - target).detach()
+    out = gradient_in_backward(*kernels, pred - target)
+    first, = torch.autograd.grad(out, pred, retain_graph=True)
+    second, = torch.autograd.grad(out, pred)
+    assert torch.equal(first, second)
+    torch.testing.assert_close(second, 3 * d * d)
+    assert calls[-2:] == [False, True]  # in place only when freed
+    with torch.no_grad():
+        assert gradient_in_backward(*kernels, pred - target).grad_fn is None
+    out = gradient_in_backward(*kernels, pred - target)
+    grad, = torch.autograd.grad(out, pred, create_graph=True)
+    hvp, = torch.autograd.grad(grad.sum(), pred)
+    torch.testing.assert_close(hvp, 6 * d)

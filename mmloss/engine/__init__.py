@@ -10,12 +10,13 @@ from .dispatch import (COMPILE_ENV, FAST_PATHS_ENV, PATHS, TUNING, Tuning,
                        autocast_off, block_rows, compile_enabled,
                        cpu_kernels, device_kind, fast_paths,
                        fast_paths_enabled, pretend_device, tuning, use_fast)
-from .functions import GradientInForward, NegativeOf, gradient_in_forward
+from .functions import (GradientInBackward, GradientInForward, NegativeOf,
+                        gradient_in_backward, gradient_in_forward)
 
 __all__ = [
     'COMPILE_ENV', 'FAST_PATHS_ENV', 'PATHS', 'TUNING', 'Tuning',
     'autocast_off', 'block_rows', 'compile_enabled', 'cpu_kernels',
     'device_kind', 'fast_paths', 'fast_paths_enabled', 'pretend_device',
-    'tuning', 'use_fast', 'GradientInForward', 'NegativeOf',
-    'gradient_in_forward'
+    'tuning', 'use_fast', 'GradientInBackward', 'GradientInForward',
+    'NegativeOf', 'gradient_in_backward', 'gradient_in_forward'
 ]

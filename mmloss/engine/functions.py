@@ -26,16 +26,35 @@ formula from the saved inputs (references to tensors the caller holds, not
 copies) and differentiates that with ``create_graph=True``: the gradient,
 and every derivative of it, equals the plain formula's. Without
 ``create_graph`` the plain formula is never run.
+
+Keeping the inputs *and* the gradient costs two tensors of the input's size
+where autograd's graph of the plain formula often keeps one. Where the
+gradient is cheap to get back from the inputs (a loss of the difference
+``pred - target``: its slope is one elementwise pass over the difference;
+the softmax cross-entropy: one ``exp`` per logit given the row's
+log-sum-exp), :class:`GradientInBackward` keeps only the inputs (and small
+per-row statistics) and runs a *gradient kernel* in backward instead::
+
+    value_kernel(*inputs) -> (value, extras)
+    grad_kernel(needs, extras, in_place, *inputs) -> (grads, scale)
+
+``extras`` is a tuple of tensors from forward that backward needs (a row's
+log-sum-exp, say), saved with the inputs; ``in_place`` says the graph is
+freed after this backward, so the kernel may write over a saved tensor
+that nothing else holds (a difference the family made itself, never a
+caller's input). Double backward is exact in the same way, through the
+plain formula.
 """
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from ..gradients import scale_saved_grad
+from ..gradients import graph_is_kept, scale_saved_grad
 from ..precision import to_dtype
 
-__all__ = ['GradientInForward', 'NegativeOf', 'gradient_in_forward']
+__all__ = ['GradientInForward', 'GradientInBackward', 'NegativeOf',
+           'gradient_in_forward', 'gradient_in_backward']
 
 
 class NegativeOf:
@@ -133,3 +152,60 @@ def gradient_in_forward(kernel: Callable, plain: Callable,
             isinstance(x, Tensor) and x.requires_grad for x in inputs):
         return GradientInForward.apply(kernel, plain, *inputs)
     return kernel((False, ) * len(inputs), *inputs)[0]
+
+
+class GradientInBackward(torch.autograd.Function):
+    """``value`` of a loss whose gradient is computed in backward from the
+    saved inputs (see the module docstring).
+
+    ``apply(value_kernel, grad_kernel, plain, *inputs)``.
+    """
+
+    @staticmethod
+    def forward(ctx, value_kernel: Callable, grad_kernel: Callable,
+                plain: Callable, *inputs):
+        value, extras = value_kernel(*inputs)
+        ctx.num_extras = len(extras)
+        ctx.save_for_backward(*extras, *(
+            x if isinstance(x, Tensor) else None for x in inputs))
+        ctx.grad_kernel, ctx.plain = grad_kernel, plain
+        ctx.dtypes = tuple(x.dtype if isinstance(x, Tensor) else None
+                           for x in inputs)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        saved = ctx.saved_tensors
+        extras, inputs = saved[:ctx.num_extras], saved[ctx.num_extras:]
+        needs = ctx.needs_input_grad[3:]
+        if torch.is_grad_enabled():
+            return (None, None, None) + _plain_gradients(
+                ctx.plain, inputs, needs, grad_output)
+        in_place = not graph_is_kept()
+        # detached views: a gradient written over a saved tensor must not
+        # carry that tensor's graph
+        grads, scale = ctx.grad_kernel(needs, extras, in_place, *(
+            x if x is None else x.detach() for x in inputs))
+        out = [None] * len(inputs)
+        for index, (grad, need) in enumerate(zip(grads, needs)):
+            if need and isinstance(grad, Tensor):
+                out[index] = scale_saved_grad(grad, grad_output,
+                                              1.0 if scale is None else scale)
+        for index, (grad, need) in enumerate(zip(grads, needs)):
+            if need and isinstance(grad, NegativeOf):
+                out[index] = out[grad.index].neg()
+        return (None, None, None) + tuple(
+            None if g is None else to_dtype(g, dtype)
+            for g, dtype in zip(out, ctx.dtypes))
+
+
+def gradient_in_backward(value_kernel: Callable, grad_kernel: Callable,
+                         plain: Callable, *inputs: Optional[Tensor]
+                         ) -> Tensor:
+    """Run through :class:`GradientInBackward` when a backward can come,
+    else just the value kernel (nothing saved)."""
+    if torch.is_grad_enabled() and any(
+            isinstance(x, Tensor) and x.requires_grad for x in inputs):
+        return GradientInBackward.apply(value_kernel, grad_kernel, plain,
+                                        *inputs)
+    return value_kernel(*inputs)[0]
