@@ -50,6 +50,7 @@ import argparse
 import contextlib
 import copy
 import datetime
+import functools
 import gc
 import json
 import math
@@ -498,13 +499,37 @@ class SavedTensorMeter:
                                                         lambda t: t)
 
     def finish(self, value: torch.Tensor) -> 'SavedTensorMeter':
-        """Add ``ctx`` attributes of custom Functions in ``value``'s graph."""
+        """Add what custom Functions in ``value``'s graph keep outside
+        ``save_for_backward``: tensors as ``ctx`` attributes, and tensors
+        that callables kept on ``ctx`` (a kernel or a plain formula for
+        backward) hold in their closures or bound arguments."""
+        seen = set()
         for node in _graph_nodes(value.grad_fn):
             for attr in getattr(node, '__dict__', {}).values():
-                items = attr if isinstance(attr, (tuple, list)) else (attr, )
-                for item in items:
-                    self.record(item)
+                self._record_held(attr, seen, depth=0)
         return self
+
+    def _record_held(self, obj, seen, depth: int) -> None:
+        if depth > 6 or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            self.record(obj)
+        elif isinstance(obj, (tuple, list)):
+            for item in obj:
+                self._record_held(item, seen, depth + 1)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                self._record_held(item, seen, depth + 1)
+        elif isinstance(obj, functools.partial):
+            self._record_held((obj.func, obj.args, obj.keywords), seen,
+                              depth + 1)
+        elif callable(obj) and getattr(obj, '__closure__', None):
+            for cell in obj.__closure__:
+                try:
+                    self._record_held(cell.cell_contents, seen, depth + 1)
+                except ValueError:  # an empty cell
+                    pass
 
     @property
     def storage_bytes(self) -> int:
