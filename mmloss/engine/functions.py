@@ -78,53 +78,67 @@ class GradientInForward(torch.autograd.Function):
     def forward(ctx, kernel: Callable, plain: Callable, *inputs):
         needs = tuple(ctx.needs_input_grad[2:])
         value, grads, scale = kernel(needs, *inputs)
-        saved, slots = [], []
-        for index, (grad, need) in enumerate(zip(grads, needs)):
+        front, slots = [], []
+        for grad, need in zip(grads, needs):
             if not need or grad is None:
                 slots.append(None)
             elif isinstance(grad, NegativeOf):
                 slots.append(grad)
             else:
-                slots.append(len(saved))
-                saved.append(grad)
+                slots.append(len(front))
+                front.append(grad)
         ctx.slots = slots
-        ctx.num_grads = len(saved)
         if isinstance(scale, Tensor):
-            ctx.scale_index = len(saved)
-            saved.append(scale)
+            ctx.scale_index = len(front)
+            front.append(scale)
         else:
-            ctx.scale_index = None
-            ctx.scale = 1.0 if scale is None else scale
-        # references for the exact double backward (no copies)
-        ctx.inputs_at = len(saved)
-        saved.extend(x if isinstance(x, Tensor) else None for x in inputs)
-        ctx.save_for_backward(*saved)
-        ctx.plain = plain
-        ctx.dtypes = tuple(x.dtype if isinstance(x, Tensor) else None
-                           for x in inputs)
+            ctx.scale_index, ctx.scale = None, scale
+        _keep(ctx, plain, front, inputs)
         return value
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         saved = ctx.saved_tensors
-        inputs = saved[ctx.inputs_at:]
         if torch.is_grad_enabled():
-            return (None, None) + _plain_gradients(ctx.plain, inputs,
-                                                   ctx.needs_input_grad[2:],
-                                                   grad_output)
+            return (None, None) + _plain_gradients(
+                ctx.plain, saved[ctx.inputs_at:], ctx.needs_input_grad[2:],
+                grad_output)
         scale = ctx.scale if ctx.scale_index is None else \
             saved[ctx.scale_index]
-        grads = [None] * len(ctx.slots)
-        for index, slot in enumerate(ctx.slots):
-            if isinstance(slot, int):
-                grads[index] = scale_saved_grad(saved[slot], grad_output,
-                                                scale)
-        for index, slot in enumerate(ctx.slots):
-            if isinstance(slot, NegativeOf):
-                grads[index] = grads[slot.index].neg()
-        return (None, None) + tuple(
-            None if g is None else to_dtype(g, dtype)
-            for g, dtype in zip(grads, ctx.dtypes))
+        grads = [saved[slot] if isinstance(slot, int) else slot
+                 for slot in ctx.slots]
+        return (None, None) + _chain(ctx, grads, ctx.needs_input_grad[2:],
+                                     grad_output, scale)
+
+
+def _keep(ctx, plain: Callable, front: Sequence[Tensor],
+          inputs: Sequence) -> None:
+    """Save ``front`` and then references to the tensor ``inputs`` (for the
+    exact double backward; no copies); remember ``plain`` and the inputs'
+    dtypes."""
+    ctx.inputs_at = len(front)
+    ctx.save_for_backward(*front, *(
+        x if isinstance(x, Tensor) else None for x in inputs))
+    ctx.plain = plain
+    ctx.dtypes = tuple(x.dtype if isinstance(x, Tensor) else None
+                       for x in inputs)
+
+
+def _chain(ctx, grads: Sequence, needs: Sequence[bool], grad_output: Tensor,
+           scale) -> Tuple[Optional[Tensor], ...]:
+    """The inputs' gradients from the loss's: each tensor in ``grads``
+    times ``grad_output`` and ``scale`` (:func:`scale_saved_grad`, in place
+    when the graph is freed), :class:`NegativeOf` entries resolved, each
+    cast to its input's dtype."""
+    scale = 1.0 if scale is None else scale
+    out = [scale_saved_grad(grad, grad_output, scale)
+           if need and isinstance(grad, Tensor) else None
+           for grad, need in zip(grads, needs)]
+    for index, (grad, need) in enumerate(zip(grads, needs)):
+        if need and isinstance(grad, NegativeOf):
+            out[index] = out[grad.index].neg()
+    return tuple(None if g is None else to_dtype(g, dtype)
+                 for g, dtype in zip(out, ctx.dtypes))
 
 
 def _plain_gradients(plain: Callable, inputs: Sequence[Optional[Tensor]],
@@ -165,38 +179,25 @@ class GradientInBackward(torch.autograd.Function):
     def forward(ctx, value_kernel: Callable, grad_kernel: Callable,
                 plain: Callable, *inputs):
         value, extras = value_kernel(*inputs)
-        ctx.num_extras = len(extras)
-        ctx.save_for_backward(*extras, *(
-            x if isinstance(x, Tensor) else None for x in inputs))
-        ctx.grad_kernel, ctx.plain = grad_kernel, plain
-        ctx.dtypes = tuple(x.dtype if isinstance(x, Tensor) else None
-                           for x in inputs)
+        ctx.grad_kernel = grad_kernel
+        _keep(ctx, plain, extras, inputs)
         return value
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         saved = ctx.saved_tensors
-        extras, inputs = saved[:ctx.num_extras], saved[ctx.num_extras:]
+        extras, inputs = saved[:ctx.inputs_at], saved[ctx.inputs_at:]
         needs = ctx.needs_input_grad[3:]
         if torch.is_grad_enabled():
             return (None, None, None) + _plain_gradients(
                 ctx.plain, inputs, needs, grad_output)
-        in_place = not graph_is_kept()
         # detached views: a gradient written over a saved tensor must not
         # carry that tensor's graph
-        grads, scale = ctx.grad_kernel(needs, extras, in_place, *(
-            x if x is None else x.detach() for x in inputs))
-        out = [None] * len(inputs)
-        for index, (grad, need) in enumerate(zip(grads, needs)):
-            if need and isinstance(grad, Tensor):
-                out[index] = scale_saved_grad(grad, grad_output,
-                                              1.0 if scale is None else scale)
-        for index, (grad, need) in enumerate(zip(grads, needs)):
-            if need and isinstance(grad, NegativeOf):
-                out[index] = out[grad.index].neg()
-        return (None, None, None) + tuple(
-            None if g is None else to_dtype(g, dtype)
-            for g, dtype in zip(out, ctx.dtypes))
+        grads, scale = ctx.grad_kernel(
+            needs, extras, not graph_is_kept(),
+            *(x if x is None else x.detach() for x in inputs))
+        return (None, None, None) + _chain(ctx, grads, needs, grad_output,
+                                           scale)
 
 
 def gradient_in_backward(value_kernel: Callable, grad_kernel: Callable,
