@@ -147,6 +147,26 @@ def _seesaw_class_loss(loss_name: str, cls_score: Tensor, labels: Tensor,
         return restore_dtype(rule.apply(rows), cls_score)
 
 
+def _check_scores_and_labels(name: str, cls_score: Tensor, labels: Tensor,
+                             label_weights: Optional[Tensor], reduction: str,
+                             avg_factor) -> None:
+    """The checks the function and the module share: the reduction,
+    float scores, integer labels and per-label weights of labels' shape."""
+    Reduction(name, None, reduction, avg_factor).checked()
+    check_tensor(name, 'cls_score', cls_score)
+    check_tensor(name, 'labels', labels)
+    if not cls_score.dtype.is_floating_point:
+        raise TypeError(f'{name}: cls_score must be a floating point tensor, '
+                        f'but has dtype {cls_score.dtype}')
+    check_integer_labels(name, labels, 'labels')
+    if label_weights is not None:
+        check_tensor(name, 'label_weights', label_weights)
+        if label_weights.shape != labels.shape:
+            raise ValueError(f'{name}: label_weights has shape '
+                             f'{tuple(label_weights.shape)} but labels has '
+                             f'shape {tuple(labels.shape)}')
+
+
 def seesaw_ce_loss(cls_score: Tensor,
                    labels: Tensor,
                    label_weights: Optional[Tensor],
@@ -176,14 +196,9 @@ def seesaw_ce_loss(cls_score: Tensor,
         Tensor: the reduced loss, ``cls_score``'s dtype.
     """
     name = 'seesaw_ce_loss'
-    Reduction(name, None, reduction, avg_factor).checked()
-    check_tensor(name, 'cls_score', cls_score)
-    check_tensor(name, 'labels', labels)
     check_tensor(name, 'cum_samples', cum_samples)
-    if not cls_score.dtype.is_floating_point:
-        raise TypeError(f'{name}: cls_score must be a floating point tensor, '
-                        f'but has dtype {cls_score.dtype}')
-    check_integer_labels(name, labels, 'labels')
+    _check_scores_and_labels(name, cls_score, labels, label_weights,
+                             reduction, avg_factor)
     if cls_score.dim() != 2 or cls_score.size(-1) != num_classes or \
             cum_samples.numel() != num_classes or \
             labels.shape != cls_score.shape[:1]:
@@ -192,12 +207,6 @@ def seesaw_ce_loss(cls_score: Tensor,
             f'{tuple(labels.shape)} and cum_samples '
             f'{tuple(cum_samples.shape)}, but num_classes is {num_classes} '
             f'(cls_score must be (N, num_classes), labels (N,))')
-    if label_weights is not None:
-        check_tensor(name, 'label_weights', label_weights)
-        if label_weights.shape != labels.shape:
-            raise ValueError(f'{name}: label_weights has shape '
-                             f'{tuple(label_weights.shape)} but labels has '
-                             f'shape {tuple(labels.shape)}')
     check_label_range(name, labels, num_classes, argument='labels')
     return _seesaw_class_loss(name, cls_score, labels, label_weights,
                               cum_samples, p, q, eps, reduction, avg_factor,
@@ -305,13 +314,8 @@ class SeesawLoss(BaseLoss):
         """The one validator of a call (before ``cum_samples`` counts it).
         """
         name = self.loss_name
-        Reduction(name, None, reduction, avg_factor).checked()
-        check_tensor(name, 'cls_score', cls_score)
-        check_tensor(name, 'labels', labels)
-        if not cls_score.dtype.is_floating_point:
-            raise TypeError(f'{name}: cls_score must be a floating point '
-                            f'tensor, but has dtype {cls_score.dtype}')
-        check_integer_labels(name, labels, 'labels')
+        _check_scores_and_labels(name, cls_score, labels, label_weights,
+                                 reduction, avg_factor)
         if cls_score.dim() != 2 or cls_score.size(1) != self.num_classes + 2:
             raise ValueError(
                 f'{name}: cls_score must have shape (N, num_classes + 2 = '
@@ -321,13 +325,6 @@ class SeesawLoss(BaseLoss):
             raise ValueError(f'{name}: cls_score has shape '
                              f'{tuple(cls_score.shape)} but labels has shape '
                              f'{tuple(labels.shape)}')
-        if label_weights is not None:
-            check_tensor(name, 'label_weights', label_weights)
-            if label_weights.shape != labels.shape:
-                raise ValueError(
-                    f'{name}: label_weights has shape '
-                    f'{tuple(label_weights.shape)} but labels has shape '
-                    f'{tuple(labels.shape)}')
         check_label_range(name, labels, self.num_classes,
                           high_inclusive=True, argument='labels')
 
