@@ -1,0 +1,152 @@
+"""Distribution focal loss (Li et al., "Generalized Focal Loss", NeurIPS
+2020): the public function, the plain per-row formula and the kernel of its
+fast path.
+"""
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...checks import check_tensor, check_weight_shape
+from ...engine import dispatch
+from ...engine.functions import gradient_in_forward
+from ...precision import compute_dtype, restore_dtype, to_dtype
+from ...reduction import Reduction
+from ..cross_entropy import accurate_neg_log
+from .common import _check_float_pred, _weighted_rule
+
+__all__ = ['distribution_focal_loss']
+
+
+def distribution_focal_loss(pred: Tensor,
+                            label: Tensor,
+                            weight: Optional[Tensor] = None,
+                            reduction: str = 'mean',
+                            avg_factor: Optional[Union[float, Tensor]] = None
+                            ) -> Tensor:
+    """Distribution focal loss (Li et al. 2020), weighted and reduced.
+
+    ``-((l + 1 - y) log S_l + (y - l) log S_(l+1))`` with ``l = floor(y)``
+    and ``S`` the softmax of a row. A target at the last bin (``y = n``)
+    gives ``-log S_n`` (mmdet indexes past the end there).
+
+    Args:
+        pred (Tensor): logits of the distribution (N, n + 1).
+        label (Tensor): targets (N,) in ``[0, n]``.
+        weight (Tensor, optional): per-row weight (N,).
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        avg_factor (float | Tensor, optional): denominator of the mean.
+
+    Returns:
+        Tensor: (N,) for ``'none'``, else a scalar; ``pred``'s dtype.
+    """
+    return _distribution_focal_loss('distribution_focal_loss', pred, label,
+                                    weight, reduction, avg_factor)
+
+
+def _check_distances(loss_name: str, label: Tensor, last: int) -> None:
+    """Raise unless every distance lies in ``[0, last]``: read on the host
+    where that costs nothing, queued on the device elsewhere (as
+    :func:`mmloss.checks.check_label_range`)."""
+    if label.numel() == 0:
+        return
+    low, high = torch.aminmax(label.detach())
+    if dispatch.tuning(label).cpu_kernels:
+        if not (float(low) >= 0 and float(high) <= last):
+            raise ValueError(f'{loss_name}: target must lie in [0, {last}] '
+                             f'for pred with {last + 1} bins, but got values '
+                             f'in [{float(low)}, {float(high)}]')
+    else:
+        torch._assert_async((low >= 0) & (high <= last),
+                            f'{loss_name}: target out of [0, {last}]')
+
+
+def _distribution_focal_loss(loss_name, pred, label, weight, reduction,
+                             avg_factor):
+    Reduction(loss_name, None, reduction, avg_factor).checked()
+    _check_float_pred(loss_name, pred)
+    check_tensor(loss_name, 'target', label)
+    if pred.dim() != 2 or label.shape != (pred.shape[0], ):
+        raise ValueError(f'{loss_name}: pred must have shape (N, n + 1) and '
+                         f'target shape (N,), but got pred '
+                         f'{tuple(pred.shape)} and target '
+                         f'{tuple(label.shape)}')
+    if label.dtype == torch.bool or label.dtype.is_complex:
+        raise TypeError(f'{loss_name}: target must hold real distances, but '
+                        f'has dtype {label.dtype}')
+    _check_distances(loss_name, label, pred.shape[1] - 1)
+    check_weight_shape(loss_name, weight, label.shape)
+    with dispatch.autocast_off(pred):
+        _, weight, rule = _weighted_rule(loss_name, pred, weight, reduction,
+                                         avg_factor)
+        if label.requires_grad or not dispatch.use_fast(
+                'DistributionFocalLoss', pred, rows=pred.shape[0]):
+            loss = distribution_focal_rows(pred, label)
+        else:
+            loss = gradient_in_forward(distribution_focal_kernel,
+                                       _distribution_focal_plain, pred,
+                                       label)
+        return restore_dtype(rule.apply(loss), pred)
+
+
+def _bins(label: Tensor, num_bins: int, dtype: torch.dtype):
+    """Left and right bin of each distance and their weights."""
+    label = to_dtype(label, dtype)
+    left = label.long()
+    right = (left + 1).clamp(max=num_bins - 1)
+    return left, right, (left + 1).to(dtype) - label, label - left.to(dtype)
+
+
+def distribution_focal_rows(pred: Tensor, label: Tensor) -> Tensor:
+    """The plain per-row DFL (N,) by ``log_softmax`` (autograd, any order;
+    differentiable in ``label`` too, as mmdet's), float32 at least."""
+    dtype = compute_dtype(pred)
+    left, right, weight_left, weight_right = _bins(label, pred.shape[1],
+                                                   dtype)
+    log_prob = F.log_softmax(to_dtype(pred, dtype), dim=1)
+    return -(log_prob.gather(1, left[:, None]).squeeze(1) * weight_left +
+             log_prob.gather(1, right[:, None]).squeeze(1) * weight_right)
+
+
+def distribution_focal_kernel(needs, pred: Tensor, label: Tensor):
+    """Per-row DFL (N,) with its gradient, the engine kernel
+    (:class:`~mmloss.engine.functions.GradientInForward`).
+
+    With ``S = softmax(x)`` and the two bins ``l``, ``l + 1`` weighted
+    ``w_l = l + 1 - y``, ``w_r = y - l``, the gradient is ``S - w_l e_l -
+    w_r e_(l+1)``: one softmax (whose two picked entries give the loss, from
+    the logits where they underflowed; see :func:`mmloss.losses.
+    cross_entropy.accurate_neg_log`) and two sparse updates. ``label``
+    gets no gradient (the caller takes the plain formula when it needs
+    one).
+    """
+    dtype = compute_dtype(pred)
+    num_rows, num_bins = pred.shape
+    left, right, weight_left, weight_right = _bins(label, num_bins, dtype)
+    logits = to_dtype(pred, dtype)
+    prob = torch.softmax(logits, dim=1)
+    rows_only = dispatch.cpu_kernels(pred)
+    columns = []
+    loss = None
+    for index, weight in ((left, weight_left), (right, weight_right)):
+        column = index.unsqueeze(1)
+        picked = prob.gather(1, column).squeeze(1)
+        # -log S at the bin, from the logits where S underflowed
+        term = accurate_neg_log(picked, logits, column, rows_only).mul_(
+            weight)
+        loss = term if loss is None else loss.add_(term)
+        columns.append((column, weight))
+    grad = None
+    if needs[0]:
+        grad = prob
+        # at the last bin left == right: scatter_add_ adds both weights
+        for column, weight in columns:
+            grad.scatter_add_(1, column, weight.neg().unsqueeze(1))
+    return loss, (grad, None), None
+
+
+def _distribution_focal_plain(pred: Tensor, label: Tensor) -> Tensor:
+    """The value of :func:`distribution_focal_kernel` by autograd ops."""
+    with dispatch.autocast_off(pred):
+        return distribution_focal_rows(pred, label)
