@@ -1027,26 +1027,26 @@ def test_block_rows_come_from_the_dispatch_table(monkeypatch):
     # at most 300 are 4 blocks of 250, for the wide cores too
     from mmloss.engine import rowwise
     seen = []
-    real = iou_family.cores.giou_core
+    real = iou_family.cores.iou_core
 
     def spy(pred, target, *args):
         seen.append(pred.shape[0])
         return real(pred, target, *args)
 
-    monkeypatch.setattr(iou_functions.cores, 'giou_core', spy)
+    monkeypatch.setattr(iou_functions.cores, 'iou_core', spy)
     small_blocks(monkeypatch, 300)
     pred, target = make_pairs(1000, 3)
     for reduction in ('none', 'mean'):
         seen.clear()
         p = pred.clone().requires_grad_()
-        iou_family.giou_loss(p, target, reduction=reduction).sum().backward()
+        iou_family.iou_loss(p, target, reduction=reduction).sum().backward()
         assert seen == [250] * 4, reduction
     assert rowwise.blocks(0, 300) == [(0, 0)]
     assert rowwise.blocks(601, 300) == [(0, 201), (201, 402), (402, 601)]
     # a pretended device takes its own table entry (one block here)
     seen.clear()
     with dispatch.pretend_device('cuda'):
-        iou_family.giou_loss(pred.clone().requires_grad_(), target)
+        iou_family.iou_loss(pred.clone().requires_grad_(), target)
     assert seen == [1000]
 
 

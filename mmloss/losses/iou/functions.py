@@ -207,40 +207,46 @@ def iou_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                      target, reduce, fast, (mode, eps))
 
 
-def giou_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
-              reduction: str = 'mean', avg_factor: AvgFactor = None, *,
-              eps: float = 1e-7, fast: bool = True) -> Tensor:
+def _overlap_loss(name: str, loss_name: str, core, plain, extra: tuple,
+                  doc: str):
+    """A public function of the losses that take only ``eps`` (GIoU, DIoU,
+    CIoU): mmdet's signature, the entry checks, ``core`` and ``plain``
+    with ``(eps, *extra)``."""
+
+    def loss(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+             reduction: str = 'mean', avg_factor: AvgFactor = None, *,
+             eps: float = 1e-7, fast: bool = True) -> Tensor:
+        reduce = checked_call(loss_name, pred, target, weight, reduction,
+                              avg_factor)
+        return _box_loss(loss_name, core, plain, pred, target, reduce, fast,
+                         (eps, ) + extra)
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = doc
+    return loss
+
+
+giou_loss = _overlap_loss(
+    'giou_loss', 'GIoULoss', cores.giou_core, F.plain_giou_loss, (),
     """GIoU loss ``1 - IoU + (C - U) / C``.
 
     ``C`` is the area of the smallest enclosing box; union and ``C`` are
     floored at ``eps``. Arguments as :func:`iou_loss`; boxes (..., 4), the
     element-wise loss (...). Rezatofighi et al., "Generalized Intersection
     over Union", CVPR 2019, arXiv:1902.09630.
-    """
-    reduce = checked_call('GIoULoss', pred, target, weight, reduction,
-                          avg_factor)
-    return _box_loss('GIoULoss', cores.giou_core, F.plain_giou_loss, pred,
-                     target, reduce, fast, (eps, ))
+    """)
 
-
-def diou_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
-              reduction: str = 'mean', avg_factor: AvgFactor = None, *,
-              eps: float = 1e-7, fast: bool = True) -> Tensor:
+diou_loss = _overlap_loss(
+    'diou_loss', 'DIoULoss', cores.diou_core, F.plain_diou_loss, (False, ),
     """DIoU loss ``1 - I/(U + eps) + rho**2 / (c**2 + eps)``.
 
     ``rho`` is the centre distance, ``c`` the enclosing box's diagonal.
     Arguments as :func:`iou_loss`; boxes (..., 4), the element-wise loss
     (...). Zheng et al., "Distance-IoU Loss", AAAI 2020, arXiv:1911.08287.
-    """
-    reduce = checked_call('DIoULoss', pred, target, weight, reduction,
-                          avg_factor)
-    return _box_loss('DIoULoss', cores.diou_core, F.plain_diou_loss, pred,
-                     target, reduce, fast, (eps, False))
+    """)
 
-
-def ciou_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
-              reduction: str = 'mean', avg_factor: AvgFactor = None, *,
-              eps: float = 1e-7, fast: bool = True) -> Tensor:
+ciou_loss = _overlap_loss(
+    'ciou_loss', 'CIoULoss', cores.diou_core, F.plain_diou_loss, (True, ),
     """CIoU loss ``1 - clamp(IoU - rho**2/c**2 - alpha v, -1, 1)``.
 
     ``v = 4/pi**2 (atan(w_t/(h_t+eps)) - atan(w_p/(h_p+eps)))**2`` and the
@@ -249,11 +255,7 @@ def ciou_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
     (..., 4), the element-wise loss (...). Zheng et al., "Enhancing
     Geometric Factors in Model Learning and Inference", TCYB 2021,
     arXiv:2005.03572.
-    """
-    reduce = checked_call('CIoULoss', pred, target, weight, reduction,
-                          avg_factor)
-    return _box_loss('CIoULoss', cores.diou_core, F.plain_diou_loss, pred,
-                     target, reduce, fast, (eps, True))
+    """)
 
 
 def eiou_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,

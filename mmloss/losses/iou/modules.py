@@ -134,34 +134,27 @@ class IoULoss(IoUFamilyLoss):
         return dict(mode=self.mode, eps=self.eps)
 
 
-@MODELS.register_module()
-class GIoULoss(IoUFamilyLoss):
-    """GIoU loss ``1 - GIoU`` (see :func:`giou_loss`).
+def _overlap_module(name: str, function, doc: str) -> type:
+    """Register an IoU-family module that only calls ``function`` with
+    ``eps`` (GIoU, DIoU, CIoU: the base class does everything else)."""
+    cls = type(name, (IoUFamilyLoss, ), dict(
+        __doc__=doc, __module__=__name__, __qualname__=name,
+        loss_function=staticmethod(function)))
+    return MODELS.register_module(module=cls)
+
+
+GIoULoss = _overlap_module('GIoULoss', giou_loss, """GIoU loss ``1 - GIoU`` (see :func:`giou_loss`).
 
     Paper: Rezatofighi et al., "Generalized Intersection over Union", CVPR 2019, https://arxiv.org/abs/1902.09630
-    """
-
-    loss_function = staticmethod(giou_loss)
-
-
-@MODELS.register_module()
-class DIoULoss(IoUFamilyLoss):
-    """DIoU loss ``1 - DIoU`` (see :func:`diou_loss`).
+    """)
+DIoULoss = _overlap_module('DIoULoss', diou_loss, """DIoU loss ``1 - DIoU`` (see :func:`diou_loss`).
 
     Paper: Zheng et al., "Distance-IoU Loss", AAAI 2020, https://arxiv.org/abs/1911.08287
-    """
-
-    loss_function = staticmethod(diou_loss)
-
-
-@MODELS.register_module()
-class CIoULoss(IoUFamilyLoss):
-    """CIoU loss ``1 - CIoU`` (see :func:`ciou_loss`).
+    """)
+CIoULoss = _overlap_module('CIoULoss', ciou_loss, """CIoU loss ``1 - CIoU`` (see :func:`ciou_loss`).
 
     Paper: Zheng et al., "Enhancing Geometric Factors in Model Learning and Inference for Object Detection and Instance Segmentation", TCYB 2021, https://arxiv.org/abs/2005.03572
-    """
-
-    loss_function = staticmethod(ciou_loss)
+    """)
 
 
 @MODELS.register_module()
