@@ -235,15 +235,29 @@ def _dice(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
-def dice_loss(pred: Tensor,
-              target: Tensor,
-              weight: Optional[Tensor] = None,
-              eps: float = 1e-3,
-              reduction: str = 'mean',
-              naive_dice: bool = False,
-              avg_factor: AvgFactor = None,
-              fast: Optional[bool] = None) -> Tensor:
-    """Dice loss of probabilities (see the module docstring).
+def _dice_function(name: str, sigmoid: bool, doc: str):
+    """The public dice function of probabilities or (``sigmoid``) logits:
+    mmdet's signature, the entry checks, then :func:`_dice`."""
+
+    def loss(pred: Tensor,
+             target: Tensor,
+             weight: Optional[Tensor] = None,
+             eps: float = 1e-3,
+             reduction: str = 'mean',
+             naive_dice: bool = False,
+             avg_factor: AvgFactor = None,
+             fast: Optional[bool] = None) -> Tensor:
+        rule = Reduction(LOSS_NAME, weight, reduction, avg_factor)
+        _check_inputs(pred, target, rule)
+        return _dice(pred, target, rule, eps, naive_dice, sigmoid, fast)
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = doc
+    return loss
+
+
+dice_loss = _dice_function(
+    'dice_loss', False, """Dice loss of probabilities (see the module docstring).
 
     Args:
         pred (Tensor): probabilities (N, *).
@@ -260,27 +274,14 @@ def dice_loss(pred: Tensor,
     Returns:
         Tensor: the loss, in ``pred``'s dtype: (N,) for ``'none'``, else a
         scalar.
-    """
-    rule = Reduction(LOSS_NAME, weight, reduction, avg_factor)
-    _check_inputs(pred, target, rule)
-    return _dice(pred, target, rule, eps, naive_dice, False, fast)
+    """)
 
-
-def sigmoid_dice_loss(pred: Tensor,
-                      target: Tensor,
-                      weight: Optional[Tensor] = None,
-                      eps: float = 1e-3,
-                      reduction: str = 'mean',
-                      naive_dice: bool = False,
-                      avg_factor: AvgFactor = None,
-                      fast: Optional[bool] = None) -> Tensor:
+sigmoid_dice_loss = _dice_function(
+    'sigmoid_dice_loss', True,
     """:func:`dice_loss` of ``sigmoid(pred)``, the sigmoid fused in.
 
     Args: as :func:`dice_loss`, with ``pred`` the logits (N, *).
-    """
-    rule = Reduction(LOSS_NAME, weight, reduction, avg_factor)
-    _check_inputs(pred, target, rule)
-    return _dice(pred, target, rule, eps, naive_dice, True, fast)
+    """)
 
 
 @MODELS.register_module()
