@@ -400,3 +400,16 @@ def test_readme_without_markers_is_an_error(tmp_path):
     with pytest.raises(ValueError, match='benchmark:start'):
         bench.update_readme(str(readme), [], {})
     assert readme.read_text() == 'no markers here\n'
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
+@pytest.mark.parametrize('size', ['small', 'large'])
+@pytest.mark.parametrize('case', [c for c in bench.CASES if c.in_mmdet],
+                         ids=lambda c: c.key)
+def test_twins_equal_mmdet_on_cuda(case, size, mmdet_losses):
+    """On a GPU every twin equals mmdet's there (mmdet's FocalLoss runs
+    mmcv's fused CUDA kernel), value and input gradient."""
+    row = bench.run_case(case, size, torch.device('cuda'), repeat=1,
+                         warmup=0, use_mmdet=True)
+    assert row['mmloss']['status'] == 'ok', row['mmloss']['error']
+    assert row['agree'] is True, row['agreement']
