@@ -390,7 +390,7 @@ def test_gradgradcheck(name, kwargs, reduction):
 def _takes_kernel(name, kwargs, n, **call):
     pred, target, _ = deltas(24, n=n)
     out = FUNCTIONS[name](pred.requires_grad_(), target, **kwargs, **call)
-    return 'GradientInForwardBackward' in custom_functions(out)
+    return 'GradientInBackwardBackward' in custom_functions(out)
 
 
 @pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
@@ -487,3 +487,57 @@ def test_target_gradient_alone():
             FUNCTIONS[name](pred, t, fast=fast, **kwargs).backward()
             grads.append(t.grad)
         assert_close(grads[0], grads[1], what=name)
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+@pytest.mark.parametrize('weighted,reduction', [(False, 'mean'),
+                                                (True, 'mean'),
+                                                (True, 'none')])
+def test_the_graph_keeps_only_the_difference(name, kwargs, dtype, weighted,
+                                             reduction):
+    # like mmdet's graph, the kernel's keeps one tensor of pred's size (the
+    # difference, in the compute dtype), not the slope and the inputs too
+    pred, target, weight = deltas(30, n=500)
+    pred, target = pred.to(dtype), target.to(dtype)
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = (storage.nbytes(), tensor.numel())
+        return tensor
+
+    x = pred.requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = FUNCTIONS[name](x, target, weight if weighted else None,
+                               reduction=reduction, fast=True, **kwargs)
+    assert 'GradientInBackwardBackward' in custom_functions(loss)
+    big = [numel for _, numel in storages.values() if numel > 1]
+    assert big == [pred.numel()], storages
+    nbytes = [n for n, numel in storages.values() if numel > 1]
+    assert nbytes == [pred.numel() * 4]  # float32 at least
+    # and the kernel's backward still gives the plain formula's gradient
+    loss.sum().backward()
+    expected = pred.detach().clone().requires_grad_()
+    FUNCTIONS[name](expected, target, weight if weighted else None,
+                    reduction=reduction, fast=False,
+                    **kwargs).sum().backward()
+    assert_close(x.grad.float(), expected.grad.float(), rtol=1e-3,
+                 atol=1e-3)
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+def test_the_gradient_never_overwrites_a_caller_tensor(name, kwargs):
+    # the slope is written over the difference only when the graph is
+    # freed; inputs stay intact, and a retained graph gives the same
+    # gradient twice
+    pred, target, weight = deltas(31, n=64)
+    x = pred.clone().requires_grad_()
+    t = target.clone().requires_grad_()
+    loss = FUNCTIONS[name](x, t, weight, fast=True, **kwargs)
+    first = torch.autograd.grad(loss, (x, t), retain_graph=True)
+    second = torch.autograd.grad(loss, (x, t))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    assert torch.equal(x.detach(), pred) and torch.equal(t.detach(), target)
+    assert_close(first[1], -first[0])

@@ -103,9 +103,9 @@ TUNING: Dict[str, Tuning] = {
                             # element-wise box losses: below these rows the
                             # plain formula (F.mse_loss, F.smooth_l1_loss,
                             # sub + abs) costs less than the Function call
-                            'L1Loss': 32768,
-                            'MSELoss': 16384,
-                            'SmoothL1Loss': 32768},
+                            'L1Loss': 65536,
+                            'MSELoss': 65536,
+                            'SmoothL1Loss': 131072},
                   # Dice: counted in mask elements (N x D), not rows
                   min_elements={'DiceLoss': 16384}),
     # accelerators: blocks only bound the temporaries' memory; the softmax

@@ -6,11 +6,14 @@ themselves only gather arguments and call their family's pure function.
 
 :func:`reduce_in_kernel` is how a kernel (the fast path of a loss, see
 :mod:`mmloss.engine.functions`) applies a :class:`~mmloss.reduction.
-Reduction` to the value it computed and to the factor of its gradient.
+Reduction` to the value it computed and to the factor of its gradient;
+:func:`gradient_scale` is that factor alone, for a gradient kernel that runs
+in backward.
 """
 from numbers import Number
 from typing import Optional, Tuple, Union
 
+import torch
 from torch import Tensor, nn
 
 from ..checks import (check_finite_enabled, check_loss_weight,
@@ -31,15 +34,33 @@ def reduce_in_kernel(rule: Reduction, value: Tensor, count: int,
 
     Returns:
         tuple: the reduced value (:meth:`~mmloss.reduction.Reduction.finish`
-        or :meth:`~mmloss.reduction.Reduction.apply`) and the scale.
+        or :meth:`~mmloss.reduction.Reduction.apply`) and the scale
+        (:func:`gradient_scale`).
     """
     value = rule.finish(value, count) if fused else rule.apply(value)
+    return value, gradient_scale(rule, count, scale, value.dtype)
+
+
+def gradient_scale(rule: Reduction, count: int,
+                   scale: Union[Number, Tensor] = 1.0,
+                   dtype: Optional[torch.dtype] = None
+                   ) -> Union[Number, Tensor]:
+    """``scale`` divided by the denominator of ``rule`` over ``count``
+    losses (the mean's ``count`` or ``avg_factor + eps``; nothing for
+    ``'sum'``, ``'none'`` and the mean of nothing).
+
+    A gradient kernel that runs in backward
+    (:class:`~mmloss.engine.functions.GradientInBackward`) gets the factor
+    of its gradient here, the same one :func:`reduce_in_kernel` gives a
+    kernel that runs in forward. A tensor ``avg_factor`` gives a 0-dim
+    tensor in ``dtype`` (when given).
+    """
     denominator = rule.denominator(count)
-    if denominator is not None:
-        if isinstance(denominator, Tensor):
-            denominator = denominator.to(value.dtype)
-        scale = scale / denominator
-    return value, scale
+    if denominator is None:
+        return scale
+    if isinstance(denominator, Tensor) and dtype is not None:
+        denominator = denominator.to(dtype)
+    return scale / denominator
 
 
 # nn.Module's own call (hooks included), without a super() per loss call

@@ -22,15 +22,20 @@ reduced by MMDetection's rules (:class:`~mmloss.reduction.Reduction`):
 when given.
 
 Two executions of the same maths, chosen per call by
-:mod:`mmloss.engine.dispatch`: the *plain* formula (ordinary autograd ops),
-and a *kernel* that computes the value and its slope ``d loss / d pred``
-together and runs through
-:class:`~mmloss.engine.functions.GradientInForward`, which keeps the slope
-(times ``weight`` and the reduction's factor) for backward and gives
-``target`` minus that gradient. A ``weight`` or ``avg_factor`` that
-requires grad takes the plain formula (the kernel does not differentiate
-them), and so does a backward with ``create_graph=True`` (through the
-engine), so second derivatives are exact.
+:mod:`mmloss.engine.dispatch`: the *plain* formula (ordinary autograd ops
+on ``pred`` and ``target``), and a *kernel*. The kernel takes the
+difference ``d = pred - target`` by autograd (a subtraction keeps nothing
+for backward) and runs the loss of ``d`` through
+:class:`~mmloss.engine.functions.GradientInBackward`: forward computes the
+weighted, reduced value from ``d``; backward computes the slope
+``d loss / d d`` from ``d``, writing over ``d`` when the graph is freed (a
+tensor only the graph holds), times ``weight`` and the reduction's factor;
+the subtraction's own backward hands it to ``pred`` and its negative to
+``target``. So the graph keeps the one tensor ``d``, of ``pred``'s shape
+in the compute dtype. A ``weight`` or ``avg_factor`` that requires grad
+takes the plain formula (the kernel does not differentiate them), and so
+does a backward with ``create_graph=True`` (through the engine: the plain
+formula of ``d``), so second derivatives are exact.
 
 Numerics: half inputs are computed in float32 and the loss is returned in
 the input dtype, so the square of an fp16 error over 256 (which overflows
@@ -62,11 +67,11 @@ from torch import Tensor
 from ..checks import (REDUCTIONS, check_float, check_positive,
                       check_same_shape, check_tensor, check_weight_shape)
 from ..engine import dispatch
-from ..engine.functions import NegativeOf, gradient_in_forward
+from ..engine.functions import gradient_in_backward
 from ..precision import compute_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
-from .base import BaseLoss, reduce_in_kernel
+from .base import BaseLoss, gradient_scale, reduce_in_kernel
 
 __all__ = [
     'l1_loss', 'smooth_l1_loss', 'balanced_l1_loss', 'mse_loss', 'L1Loss',
@@ -85,21 +90,27 @@ class _Formula(NamedTuple):
     """One loss of ``d = pred - target``, both ways.
 
     Attributes:
-        core: the kernel's maths, ``core(d, weight, fused, grad) -> (value,
-            slope, scale)`` on a fresh ``d`` it may overwrite: with
+        value: the kernel's forward, ``value(d, weight, fused) -> Tensor``,
+            which never writes over ``d`` (the graph keeps it): with
             ``fused`` (the reduction is fusable, see
-            :meth:`~mmloss.reduction.Reduction.fusable`) ``value`` is
-            ``sum(loss * weight)``, else the element-wise unweighted loss;
-            ``slope`` (``None`` unless ``grad``) is ``d loss / d pred``
-            times ``weight``, up to the number ``scale``.
+            :meth:`~mmloss.reduction.Reduction.fusable`; ``weight`` is then
+            ``None`` or shaped like ``d``) ``sum(loss * weight)``, a
+            scalar, else the element-wise unweighted loss, ``d``'s shape.
+        slope: the kernel's backward, ``slope(d, weight, in_place) ->
+            (grad, scale)``: ``d loss / d d`` times ``weight`` (broadcast
+            to ``d``), up to the number ``scale``; ``d``'s shape. With
+            ``in_place`` it may write over ``d`` and return it; without,
+            it leaves ``d`` intact, and may return ``d`` itself (read
+            only) when the slope is ``d`` up to ``scale``.
         elementwise: the plain formula, ``(pred, target) -> loss``
             element-wise by autograd ops.
         reduced: where torch has the loss, ``(pred, target, reduction)``
             by torch's own reductions (one operation; used where
             :meth:`~mmloss.reduction.Reduction.torch_reduction` allows).
     """
-    core: Callable[[Tensor, Optional[Tensor], bool, bool],
-                   Tuple[Tensor, Optional[Tensor], float]]
+    value: Callable[[Tensor, Optional[Tensor], bool], Tensor]
+    slope: Callable[[Tensor, Optional[Tensor], bool],
+                    Tuple[Tensor, float]]
     elementwise: Callable[[Tensor, Tensor], Tensor]
     reduced: Optional[Callable[[Tensor, Tensor, str], Tensor]] = None
 
@@ -157,25 +168,28 @@ def _difference_loss(reduce: Reduction, pred: Tensor, target: Tensor,
         out = _plain(reduce, formula, dtype, pred, target)
         return out if out.dtype == out_dtype else out.to(out_dtype)
 
-    def plain(pred: Tensor, target: Tensor) -> Tensor:
-        # the same formula, for a backward with create_graph=True
-        return _plain(reduce, formula, dtype, pred, target)
-
-    def kernel(needs, pred: Tensor, target: Tensor):
-        diff = pred.to(dtype) - target.to(dtype)
+    def value_kernel(diff: Tensor):
         fused = reduce.fusable(diff)
-        grad = any(needs)
-        value, slope, scale = formula.core(diff, reduce.weight, fused, grad)
-        value, scale = reduce_in_kernel(reduce, value, diff.numel(), fused,
-                                        scale)
-        if not grad:
-            return value, (None, None), scale
-        if needs[0]:
-            return value, (slope, NegativeOf(0)), scale
-        return value, (None, slope.neg_()), scale
+        value = formula.value(diff, reduce.weight, fused)
+        return reduce_in_kernel(reduce, value, diff.numel(), fused)[0], ()
+
+    def grad_kernel(needs, extras, in_place: bool, diff: Tensor):
+        grad, scale = formula.slope(diff, reduce.weight, in_place)
+        return (grad, ), gradient_scale(reduce, diff.numel(), scale,
+                                        diff.dtype)
+
+    def plain(diff: Tensor) -> Tensor:
+        # the plain formula of (d, 0), for a backward with create_graph
+        return _plain(reduce, formula, dtype, diff,
+                      diff.new_zeros(()).expand_as(diff))
 
     with dispatch.autocast_off(pred):
-        out = gradient_in_forward(kernel, plain, pred, target)
+        # a fresh tensor (the subtraction's result) that only the graph
+        # will hold, which the gradient kernel may overwrite; casts and
+        # the subtraction keep nothing for backward
+        diff = (pred if pred.dtype == dtype else pred.to(dtype)) - (
+            target if target.dtype == dtype else target.to(dtype))
+        out = gradient_in_backward(value_kernel, grad_kernel, plain, diff)
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
@@ -194,39 +208,44 @@ def _plain(reduce: Reduction, formula: _Formula, dtype: torch.dtype,
         return reduce.apply(formula.elementwise(pred, target))
 
 
+def _flat(tensor: Tensor) -> Tensor:
+    return tensor.reshape(-1)
+
+
 def _weighted_sum(loss: Tensor, weight: Optional[Tensor]) -> Tensor:
     """``sum(loss * weight)`` of a weight shaped like ``loss`` (fused)."""
     if weight is None:
         return loss.sum()
-    return torch.dot(loss.reshape(-1), weight.reshape(-1))
+    return torch.dot(_flat(loss), _flat(weight))
 
 
-def _weighted_slope(slope: Optional[Tensor],
-                    weight: Optional[Tensor]) -> Optional[Tensor]:
-    if slope is None or weight is None:
+def _times_weight(slope: Tensor, weight: Optional[Tensor],
+                  writable: bool) -> Tensor:
+    """``slope * weight``, over ``slope`` when it is ``writable``."""
+    if weight is None:
         return slope
-    return slope.mul_(weight)
+    return slope.mul_(weight) if writable else slope * weight
 
 
 # --------------------------------------------------------------------------
 # L1
 # --------------------------------------------------------------------------
-def _l1_core(diff: Tensor, weight: Optional[Tensor], fused: bool,
-             grad: bool):
-    if fused:
-        # |d| * w = d * (sign(d) * w) exactly, in one dot product (no
-        # |d| buffer; as accurate as a sum of |d|)
-        coeff = _weighted_slope(torch.sign(diff), weight)
-        return torch.dot(diff.reshape(-1), coeff.reshape(-1)), coeff, 1.0
-    slope = _weighted_slope(torch.sign(diff), weight) if grad else None
-    return diff.abs_(), slope, 1.0
+def _l1_value(diff: Tensor, weight: Optional[Tensor], fused: bool) -> Tensor:
+    loss = diff.abs()
+    return _weighted_sum(loss, weight) if fused else loss
+
+
+def _l1_slope(diff: Tensor, weight: Optional[Tensor], in_place: bool):
+    # sign(d): 0 at d = 0, as autograd's abs gives
+    sign = diff.sign_() if in_place else diff.sign()
+    return _times_weight(sign, weight, True), 1.0
 
 
 def _l1_elementwise(pred: Tensor, target: Tensor) -> Tensor:
     return torch.abs(pred - target)
 
 
-_L1 = _Formula(_l1_core, _l1_elementwise)
+_L1 = _Formula(_l1_value, _l1_slope, _l1_elementwise)
 
 
 def l1_loss(pred: Tensor,
@@ -271,29 +290,23 @@ def _smooth_l1(beta: float) -> _Formula:
     if beta < SMOOTH_L1_MIN_BETA:
         return _L1
 
-    def core(diff, weight, fused, grad):
-        # With c = clamp(d, -beta, beta) the loss is c * (d - c / 2) / beta
-        # (d^2 / 2 beta inside, |d| - beta / 2 outside) and the slope is
-        # c / beta: two fast passes and dot products, no branch masks.
-        clamped = diff.clamp(-beta, beta)
-        if fused and weight is None:
-            flat = clamped.reshape(-1)
-            total = torch.dot(flat, diff.reshape(-1)) \
-                - 0.5 * torch.dot(flat, flat)
-            return total / beta, clamped, 1.0 / beta
-        half_way = diff.sub_(clamped, alpha=0.5)          # d - c / 2
-        if fused:
-            coeff = clamped.mul_(weight)
-            total = torch.dot(coeff.reshape(-1), half_way.reshape(-1))
-            return total / beta, coeff, 1.0 / beta
-        value = half_way.mul_(clamped).div_(beta)
-        return value, _weighted_slope(clamped, weight), 1.0 / beta
-
     def reduced(pred, target, reduction):
         # torch's own smooth L1 is this formula in one operation
         return F.smooth_l1_loss(pred, target, reduction=reduction, beta=beta)
 
-    return _Formula(core, functools.partial(reduced, reduction='none'),
+    def value(diff, weight, fused):
+        # torch's element-wise smooth L1 of (d, 0): one pass, one buffer
+        loss = reduced(diff, diff.new_zeros(()).expand_as(diff), 'none')
+        return _weighted_sum(loss, weight) if fused else loss
+
+    def slope(diff, weight, in_place):
+        # clamp(d, -beta, beta) / beta, the 1 / beta left in the scale
+        clamped = diff.clamp_(-beta, beta) if in_place else \
+            diff.clamp(-beta, beta)
+        return _times_weight(clamped, weight, True), 1.0 / beta
+
+    return _Formula(value, slope, functools.partial(reduced,
+                                                    reduction='none'),
                     reduced)
 
 
@@ -357,29 +370,42 @@ def _balanced_l1(alpha: float, gamma: float, beta: float) -> _Formula:
             alpha / b * (b * x + 1) * torch.log(b * x / beta + 1) - alpha * x,
             gamma * x + gamma / b - alpha * beta)
 
-    def core(diff, weight, fused, grad):
+    def value(diff, weight, fused):
         x = diff.abs()
-        # a NaN takes the inlier branch, whose log makes its slope NaN
-        # (as autograd of the plain formula does; the outlier slope is a
-        # constant)
+        # a NaN takes the inlier branch (NaN either way)
         outside = x >= beta
         bx = x * b
         log_term = torch.log1p(bx if beta == 1 else bx / beta)
-        inlier = (bx + 1).mul_(log_term).mul_(alpha / b).sub_(x, alpha=alpha)
+        inlier = bx.add_(1).mul_(log_term).mul_(alpha / b).sub_(x,
+                                                                alpha=alpha)
         outlier = x.mul_(gamma).add_(gamma / b - alpha * beta)
-        value = torch.where(outside, outlier, inlier)
-        if fused:
-            value = _weighted_sum(value, weight)
-        if not grad:
-            return value, None, 1.0
-        # (b x + 1) / (b x + beta) - 1 = (1 - beta) / (b x + beta): no
-        # cancellation, and exactly alpha * ln(b x + 1) for beta = 1
-        if beta != 1:
-            log_term.add_(bx.add_(beta).reciprocal_().mul_(1 - beta))
-        slope = log_term.mul_(alpha).masked_fill_(outside, gamma)
-        return value, _weighted_slope(slope.mul_(diff.sign_()), weight), 1.0
+        # into the spent log buffer: no new one
+        loss = torch.where(outside, outlier, inlier, out=log_term)
+        return _weighted_sum(loss, weight) if fused else loss
 
-    return _Formula(core, elementwise)
+    def slope(diff, weight, in_place):
+        # d loss / d x: alpha ln(b x / beta + 1) + alpha (1 - beta) /
+        # (b x + beta) inside (no cancellation), gamma outside; times
+        # sign(d). A NaN takes the inlier branch, whose log makes its
+        # slope NaN (as autograd of the plain formula does; the outlier
+        # slope is a constant).
+        x = diff.abs()
+        if beta == 1:
+            # alpha ln(b x + 1) grows through gamma exactly at x = 1 (as
+            # b + 1 = e^(gamma / alpha)): capping it at gamma gives the
+            # outlier's constant; and it is 0 at d = 0, so the sign can be
+            # copied from d (diff is only read)
+            slope = x.mul_(b).log1p_().mul_(alpha).clamp_(max=gamma)
+            return _times_weight(slope.copysign_(diff), weight, True), 1.0
+        outside = x >= beta
+        bx = x.mul_(b)
+        correction = (bx + beta).reciprocal_().mul_(1 - beta)
+        slope = bx.div_(beta).log1p_().add_(correction)
+        slope = slope.mul_(alpha).masked_fill_(outside, gamma)
+        sign = diff.sign_() if in_place else diff.sign()
+        return _times_weight(sign.mul_(slope), weight, True), 1.0
+
+    return _Formula(value, slope, elementwise)
 
 
 def balanced_l1_loss(pred: Tensor,
@@ -423,21 +449,25 @@ def balanced_l1_loss(pred: Tensor,
 # --------------------------------------------------------------------------
 # MSE
 # --------------------------------------------------------------------------
-def _mse_core(diff: Tensor, weight: Optional[Tensor], fused: bool,
-              grad: bool):
-    # the slope 2 d is kept as d (times the weight) with the 2 in `scale`
+def _mse_value(diff: Tensor, weight: Optional[Tensor], fused: bool) -> Tensor:
     if fused:
-        coeff = diff if weight is None else diff * weight
-        return torch.dot(diff.reshape(-1), coeff.reshape(-1)), coeff, 2.0
-    value = diff * diff
-    return value, _weighted_slope(diff, weight) if grad else None, 2.0
+        # sum(d^2 w) as one dot product, without a d^2 buffer when unweighted
+        return torch.dot(_flat(diff), _flat(
+            diff if weight is None else diff * weight))
+    return diff * diff
+
+
+def _mse_slope(diff: Tensor, weight: Optional[Tensor], in_place: bool):
+    # the slope 2 d is d (times the weight) with the 2 in the scale
+    return _times_weight(diff, weight, in_place), 2.0
 
 
 def _mse_reduced(pred: Tensor, target: Tensor, reduction: str) -> Tensor:
     return F.mse_loss(pred, target, reduction=reduction)
 
 
-_MSE = _Formula(_mse_core, functools.partial(_mse_reduced, reduction='none'),
+_MSE = _Formula(_mse_value, _mse_slope,
+                functools.partial(_mse_reduced, reduction='none'),
                 _mse_reduced)
 
 
