@@ -555,9 +555,6 @@ class L1Loss(ElementwiseRegressionLoss):
         loss_weight (float): factor applied to the loss.
     """
 
-    def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0):
-        super().__init__(reduction=reduction, loss_weight=loss_weight)
-
     def formula(self) -> _Formula:
         return _L1
 
@@ -625,16 +622,10 @@ class BalancedL1Loss(ElementwiseRegressionLoss):
 @MODELS.register_module()
 class MSELoss(ElementwiseRegressionLoss):
     """Squared-error loss (MMDetection 3.3's twin); see :func:`mse_loss`.
+    Arguments as :class:`L1Loss`.
 
     Paper: none (the classical squared error)
-
-    Args:
-        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
-        loss_weight (float): factor applied to the loss.
     """
-
-    def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0):
-        super().__init__(reduction=reduction, loss_weight=loss_weight)
 
     def formula(self) -> _Formula:
         return _MSE
