@@ -66,6 +66,15 @@ def check_tensor(loss_name: str, argument: str, value) -> Tensor:
     return value
 
 
+def check_pred_target(loss_name: str, pred, target) -> None:
+    """Raise unless ``pred`` and ``target`` are tensors (cheap enough for
+    every call: the message is built only when one is not)."""
+    if not isinstance(pred, Tensor):
+        check_tensor(loss_name, 'pred', pred)
+    if not isinstance(target, Tensor):
+        check_tensor(loss_name, 'target', target)
+
+
 def check_float(loss_name: str, argument: str, tensor: Tensor) -> Tensor:
     """Return ``tensor`` if it holds floating-point numbers."""
     if not tensor.is_floating_point():

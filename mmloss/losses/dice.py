@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..checks import (REDUCTIONS, check_float, check_positive,
-                      check_tensor, check_weight_shape)
+                      check_pred_target, check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_forward
 from ..precision import compute_dtype
@@ -142,14 +142,10 @@ def _dice_kernel(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
 
 
 def _check_inputs(pred: Tensor, target: Tensor, rule: Reduction) -> None:
-    """Shapes and dtypes only (no values: no host sync). Each condition is
-    tested inline and its check (which raises, naming the loss) runs only
-    when it fails: this runs on every call."""
+    """Shapes and dtypes only (no values: no host sync), each condition
+    tested inline (this runs on every call)."""
     name = rule.loss_name
-    if not isinstance(pred, Tensor):
-        check_tensor(name, 'pred', pred)
-    if not isinstance(target, Tensor):
-        check_tensor(name, 'target', target)
+    check_pred_target(name, pred, target)
     if pred.dim() < 2 or target.dim() < 1 or \
             pred.shape[0] != target.shape[0] or \
             pred.numel() != target.numel():

@@ -65,7 +65,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..checks import (REDUCTIONS, check_float, check_positive,
-                      check_same_shape, check_tensor, check_weight_shape)
+                      check_pred_target, check_same_shape,
+                      check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_backward
 from ..precision import compute_dtype
@@ -119,14 +120,10 @@ class _Formula(NamedTuple):
 # The shared machinery
 # --------------------------------------------------------------------------
 def _check_inputs(reduce: Reduction, pred: Tensor, target: Tensor) -> None:
-    """Shapes and dtypes only (no values: no host sync). Each condition is
-    tested inline and its check (which raises, naming the loss) runs only
-    when it fails: this runs on every call."""
+    """Shapes and dtypes only (no values: no host sync), each condition
+    tested inline (this runs on every call)."""
     name = reduce.loss_name
-    if not isinstance(pred, Tensor):
-        check_tensor(name, 'pred', pred)
-    if not isinstance(target, Tensor):
-        check_tensor(name, 'target', target)
+    check_pred_target(name, pred, target)
     if not pred.is_floating_point():
         check_float(name, 'pred', pred)
     if pred.shape != target.shape:
