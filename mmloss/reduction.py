@@ -65,6 +65,21 @@ class Reduction(NamedTuple):
                              f'with reduction="sum"')
         return self
 
+    def cast(self, dtype: torch.dtype) -> 'Reduction':
+        """This rule with its weight in ``dtype`` (itself when it is)."""
+        if self.weight is None or self.weight.dtype == dtype:
+            return self
+        return self._replace(weight=self.weight.to(dtype))
+
+    @property
+    def needs_grad(self) -> bool:
+        """Whether the weight or ``avg_factor`` wants a gradient (fast
+        kernels treat both as constants: such calls take the plain
+        formula)."""
+        return (self.weight is not None and self.weight.requires_grad) or (
+            isinstance(self.avg_factor, Tensor)
+            and self.avg_factor.requires_grad)
+
     @property
     def reduces(self) -> bool:
         """Whether the result is a scalar (``'mean'`` or ``'sum'``)."""

@@ -191,15 +191,9 @@ def _dice(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
     out_dtype = dtype = pred.dtype
     if dtype not in _WIDE:
         dtype = compute_dtype(pred)
-    weight, avg_factor = rule.weight, rule.avg_factor
-    if weight is not None and weight.dtype != dtype:
-        rule = rule._replace(weight=weight.to(dtype))
-
+    rule = rule.cast(dtype)
     # the kernel gives no gradient to the target, the weight or avg_factor
-    if fast is False or target.requires_grad or (
-            weight is not None and weight.requires_grad) or (
-                isinstance(avg_factor, Tensor)
-                and avg_factor.requires_grad):
+    if fast is False or target.requires_grad or rule.needs_grad:
         use_kernel = False
     elif fast is None:
         # the size that decides is the number of mask elements N x D (the

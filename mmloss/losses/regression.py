@@ -147,12 +147,8 @@ def _difference_loss(reduce: Reduction, pred: Tensor, target: Tensor,
     out_dtype = dtype = pred.dtype
     if dtype not in _WIDE:
         dtype = compute_dtype(pred)
-    weight, avg_factor = reduce.weight, reduce.avg_factor
-    if weight is not None and weight.dtype != dtype:
-        reduce = reduce._replace(weight=weight.to(dtype))
-
-    if fast is False or (weight is not None and weight.requires_grad) or (
-            isinstance(avg_factor, Tensor) and avg_factor.requires_grad):
+    reduce = reduce.cast(dtype)
+    if fast is False or reduce.needs_grad:
         use_kernel = False
     elif fast is None:
         use_kernel = dispatch.use_fast(

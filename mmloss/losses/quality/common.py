@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ...checks import check_tensor
-from ...precision import compute_dtype, to_dtype
+from ...precision import compute_dtype
 from ...reduction import Reduction
 
 
@@ -25,6 +25,5 @@ def _weighted_rule(loss_name: str, pred: Tensor, weight: Optional[Tensor],
     compute dtype (float32 at least), ``weight`` in it and the reduction
     rule of that weight. Call it with autocast off."""
     dtype = compute_dtype(pred)
-    if weight is not None:
-        weight = to_dtype(weight, dtype)
-    return dtype, weight, Reduction(loss_name, weight, reduction, avg_factor)
+    rule = Reduction(loss_name, weight, reduction, avg_factor).cast(dtype)
+    return dtype, rule.weight, rule
