@@ -28,7 +28,7 @@ rows up). Each has a plain formula by autograd ops, which a backward with
 import functools
 import warnings
 from numbers import Integral, Real
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -37,12 +37,12 @@ from torch import Tensor
 from ..checks import (check_integer_labels, check_label_range, check_tensor,
                       check_weight_shape)
 from ..engine import dispatch
-from ..engine.functions import gradient_in_forward
+from ..engine.functions import gradient_in_backward, gradient_in_forward
 from ..precision import compute_dtype, restore_dtype, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
-from .focal import loss_like
+from .focal import loss_like, row_blocks
 
 __all__ = [
     'softmax_cross_entropy', 'binary_cross_entropy', 'accurate_neg_log',
@@ -110,60 +110,172 @@ def accurate_neg_log(picked: Tensor, logits: Tensor, column: Tensor,
     return torch.where(tiny, exact, loss)
 
 
-def softmax_cross_entropy_kernel(needs, logits: Tensor, label: Tensor,
-                                 factor: Optional[Tensor], *,
-                                 ignore_index: int, reduce_sum: bool):
-    """Weighted row losses ``f_i (logsumexp(x_i) - x_il_i)`` and their
-    gradient, the engine kernel
-    (:class:`~mmloss.engine.functions.GradientInForward`).
+#: Row sums ``sum_j exp(x_ij)`` inside this range: every softmax entry
+#: ``exp(x_ij) / sum`` that is not negligible (below about ``1e-26`` of its
+#: row) is a normal float, so the logits need no shift by their row
+#: maximum (which costs a pass over the logits); the row sum's reciprocal
+#: (at least ``2**-64``) times a row weight stays a normal float too.
+UNSHIFTED_ROW_SUMS = (2.0 ** -40, 2.0 ** 64)
+
+
+def narrow_labels(label: Tensor, num_classes: int,
+                  ignore_index: int) -> Tensor:
+    """``label`` in the narrowest integer dtype that holds every class
+    index below ``num_classes`` and ``ignore_index`` (``label`` itself if
+    none is narrower).
+
+    What the softmax fast path keeps for backward: a copy of 1, 2 or 4
+    bytes per row instead of a reference that keeps the caller's 8-byte
+    labels alive until backward.
+    """
+    for dtype in (torch.int8, torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if label.dtype.itemsize <= info.bits // 8:
+            break
+        if num_classes - 1 <= info.max and \
+                info.min <= ignore_index <= info.max:
+            return label.to(dtype)
+    return label
+
+
+def _label_columns(label: Tensor, ignore_index: int, num_classes: int):
+    """``(valid, column)``: (N,) whether each label counts, and (N, 1)
+    int64 columns (an ignored row points at column 0)."""
+    label = label.long()
+    valid = label != ignore_index
+    return valid, torch.where(valid, label, 0).unsqueeze(1).clamp_(
+        max=num_classes - 1)
+
+
+def sums_in_range(*sums: Tensor) -> bool:
+    """Whether every row sum of unshifted exponentials in ``sums`` lies in
+    :data:`UNSHIFTED_ROW_SUMS` (``NaN`` does not): one reduction and host
+    reads, so only where :func:`mmloss.engine.dispatch.cpu_kernels`
+    allows."""
+    values = torch.cat(sums) if len(sums) > 1 else sums[0]
+    if values.numel() == 0:
+        return True
+    least, most = torch.aminmax(values)
+    low, high = UNSHIFTED_ROW_SUMS
+    return low <= least.item() and most.item() <= high
+
+
+def _exp_row_sums(work: Tensor, shift: Optional[Tensor]) -> Tensor:
+    """``sum_j exp(x_ij - shift_i)`` (no shift for ``None``), (N,), block by
+    block: the exponentials never fill an (N, C) tensor."""
+    spans = row_blocks(work)
+    total = work.new_empty(work.size(0))
+    scratch = work.new_empty((spans[0][1] - spans[0][0], work.size(1)))
+    for start, stop in spans:
+        part = scratch[:stop - start]
+        if shift is None:
+            torch.exp(work[start:stop], out=part)
+        else:
+            torch.sub(work[start:stop], shift[start:stop, None],
+                      out=part).exp_()
+        torch.sum(part, 1, out=total[start:stop])
+    return total
+
+
+def softmax_statistics(work: Tensor, unshifted: bool
+                       ) -> Tuple[Tensor, Optional[Tensor]]:
+    """``(total, shift)`` of each row: ``softmax(x_i) = exp(x_i - shift_i)
+    / total_i`` and ``logsumexp(x_i) = shift_i + log(total_i)``.
+
+    ``shift`` is ``None`` (no shift) where ``unshifted`` allows it (it
+    reads on the host whether every row sum lies in
+    :data:`UNSHIFTED_ROW_SUMS`: where
+    :func:`mmloss.engine.dispatch.cpu_kernels` allows) and every row's sum
+    of ``exp(x_ij)`` lies in range, else each row's maximum.
+    """
+    if unshifted:
+        total = _exp_row_sums(work, None)
+        if sums_in_range(total):
+            return total, None
+    shift = work.amax(1)
+    return _exp_row_sums(work, shift), shift
+
+
+def softmax_cross_entropy_value(logits: Tensor, label: Tensor,
+                                factor: Optional[Tensor], *,
+                                ignore_index: int, reduce_sum: bool):
+    """Weighted row losses ``f_i (logsumexp(x_i) - x_il_i)`` (or their sum)
+    and the row statistics their gradient needs, the value kernel of
+    :class:`~mmloss.engine.functions.GradientInBackward`.
 
     ``logits`` (N, C) with C >= 1, ``label`` (N,) in ``[0, C)`` or
-    ``ignore_index`` (a row of value and gradient 0), ``factor`` (N,) the
-    row factor or None for 1. One softmax ``p``, turned in place into the
-    gradient of the unweighted row loss, ``p - onehot(l)``
-    (``scatter_add_`` at the N label entries); the loss is ``-log p_il``,
-    from the logits where ``p_il`` is too small to be accurate
-    (:func:`accurate_neg_log`). The row factors are the per-row ``scale``
-    that backward folds into its one pass over the gradient.
+    ``ignore_index`` (a row of value 0) in any integer dtype, ``factor``
+    (N,) the row factor or None for 1. The row statistics of
+    :func:`softmax_statistics` give ``logsumexp``; without a shift the
+    difference ``log(total_i) - x_il`` is taken in float64, so that a small
+    loss of a confident row keeps its digits.
 
     Returns:
-        ``(value, grads, scale)``: the (N,) weighted row losses or their
+        ``(value, (total, shift))``: the (N,) weighted row losses or their
         sum, float32 at least.
     """
     dtype = compute_dtype(logits)
     work = to_dtype(logits, dtype)
-    num_rows, num_classes = work.shape
-    valid = label != ignore_index
-    # an ignored row may point at any column: clamp instead of select
-    column = label.clamp(0, num_classes - 1).unsqueeze(1)
-    grad = torch.softmax(work, dim=1)
-    picked = grad.gather(1, column).squeeze(1)
-    loss = accurate_neg_log(picked, work, column,
-                            rows_only=dispatch.cpu_kernels(logits))
-    if factor is None:
-        row_factor = valid.to(dtype)
+    valid, column = _label_columns(label, ignore_index, work.size(1))
+    picked = work.gather(1, column).squeeze(1)
+    total, shift = softmax_statistics(work, dispatch.cpu_kernels(logits))
+    if shift is None:
+        wide = torch.promote_types(dtype, torch.float64)
+        loss = (torch.log(total.to(wide)) - picked.to(wide)).to(dtype)
     else:
-        row_factor = torch.where(valid, factor, 0.0)
+        loss = (shift - picked).add_(total.log())
+    if factor is not None:
         loss = loss * factor
     # select, so that an ignored row's value (even inf) never gives NaN
     loss = torch.where(valid, loss, 0.0)
-    if needs[0]:
-        # p - onehot(l): subtract 1 at the N label entries
-        grad.scatter_add_(1, column, grad.new_full((num_rows, 1), -1.0))
-    else:
-        grad = None
-    return (loss.sum() if reduce_sum else loss), (grad, None, None), \
-        row_factor
+    return (loss.sum() if reduce_sum else loss), (total, shift)
+
+
+def softmax_cross_entropy_grad(needs, extras, in_place: bool,
+                               logits: Tensor, label: Tensor,
+                               factor: Optional[Tensor], *,
+                               ignore_index: int, reduce_sum: bool):
+    """The gradient kernel of :func:`softmax_cross_entropy_value`.
+
+    ``d loss_i / d x_i = f_i (softmax(x_i) - onehot(l_i))``, written as
+    ``exp(x_i - shift_i) - total_i onehot(l_i)`` (one exponential per
+    logit into a fresh tensor, and ``scatter_add_`` at the N label entries)
+    with the per-row ``scale`` ``f_i / total_i`` (0 for an ignored row),
+    which the engine folds into its one pass over the gradient.
+    """
+    if not needs[0]:
+        return (None, None, None), None
+    total, shift = extras
+    dtype = compute_dtype(logits)
+    work = to_dtype(logits, dtype)
+    valid, column = _label_columns(label, ignore_index, work.size(1))
+    # a fresh upcast copy is the gradient's buffer; the caller's logits
+    # never are
+    grad = torch.empty_like(work) if work is logits else work
+    minus_total = total.neg().unsqueeze(1)
+    for start, stop in row_blocks(work):
+        part = grad[start:stop]
+        if shift is None:
+            torch.exp(work[start:stop], out=part)
+        else:
+            torch.sub(work[start:stop], shift[start:stop, None],
+                      out=part).exp_()
+        # - total at the label: the block is still in cache
+        part.scatter_add_(1, column[start:stop], minus_total[start:stop])
+    row_factor = total.reciprocal()
+    if factor is not None:
+        row_factor = row_factor.mul_(factor)
+    return (grad, None, None), torch.where(valid, row_factor, 0.0)
 
 
 def _softmax_cross_entropy_plain(logits: Tensor, label: Tensor,
                                  factor: Optional[Tensor], *,
                                  ignore_index: int,
                                  reduce_sum: bool) -> Tensor:
-    """The value of :func:`softmax_cross_entropy_kernel` by autograd ops."""
+    """The value of :func:`softmax_cross_entropy_value` by autograd ops."""
     with dispatch.autocast_off(logits):
         loss = F.cross_entropy(to_dtype(logits, compute_dtype(logits)),
-                               label, reduction='none',
+                               label.long(), reduction='none',
                                ignore_index=ignore_index)
         if factor is not None:
             loss = loss * factor
@@ -175,9 +287,12 @@ def softmax_cross_entropy_rows(pred: Tensor, label: Tensor, rule: Reduction,
                                ignore_index: int = DEFAULT_IGNORE_INDEX
                                ) -> Tensor:
     """The fast path of 2-D softmax cross-entropy, weighted and reduced by
-    ``rule``: the kernel with the weighted sum fused in where
-    :meth:`~mmloss.reduction.Reduction.fusable`, else its (N,) row losses
+    ``rule``: the kernels with the weighted sum fused in where
+    :meth:`~mmloss.reduction.Reduction.fusable`, else their (N,) row losses
     handed to :meth:`~mmloss.reduction.Reduction.apply`. Float32 at least.
+
+    Backward keeps the logits (a reference), the labels narrowed by
+    :func:`narrow_labels`, the row factors and two numbers per row.
     """
     dtype = compute_dtype(pred)
     factor = None
@@ -190,10 +305,11 @@ def softmax_cross_entropy_rows(pred: Tensor, label: Tensor, rule: Reduction,
         weight = weight.expand(label.shape)
         factor = weight if factor is None else weight * factor
     options = dict(ignore_index=int(ignore_index), reduce_sum=fused)
-    value = gradient_in_forward(
-        functools.partial(softmax_cross_entropy_kernel, **options),
+    value = gradient_in_backward(
+        functools.partial(softmax_cross_entropy_value, **options),
+        functools.partial(softmax_cross_entropy_grad, **options),
         functools.partial(_softmax_cross_entropy_plain, **options), pred,
-        label, factor)
+        narrow_labels(label, pred.size(1), int(ignore_index)), factor)
     if fused:
         return rule.finish(value, label.numel())
     return rule.apply(value)
@@ -240,22 +356,36 @@ def softmax_cross_entropy(pred: Tensor,
                                   fast)
 
 
-def _check_softmax_inputs(loss_name, pred, label, weight, class_weight,
-                          ignore_index) -> None:
+def _check_softmax_inputs(loss_name, pred, label, weight,
+                          class_weight) -> None:
+    """Shapes and dtypes (the label values: see
+    :func:`_softmax_cross_entropy`)."""
     _float_pred(loss_name, pred)
     check_tensor(loss_name, 'label', label)
     if pred.dim() == 0:
         raise ValueError(f'{loss_name}: pred must have a class dim, but has '
                          f'shape ()')
     check_integer_labels(loss_name, label, 'label')
-    expected = pred.shape[:1] + pred.shape[2:]
-    if label.shape != expected:
+    if label.shape[:1] != pred.shape[:1] or \
+            label.shape[1:] != pred.shape[2:]:
+        expected = pred.shape[:1] + pred.shape[2:]
         raise ValueError(f'{loss_name}: pred has shape {tuple(pred.shape)} '
                          f'so label must have shape {tuple(expected)}, but '
                          f'has shape {tuple(label.shape)}')
-    check_weight_shape(loss_name, weight, label.shape)
-    _check_class_weight_size(loss_name, class_weight, pred.size(1))
-    check_label_range(loss_name, label, pred.size(1), ignore_index)
+    if weight is not None:
+        check_weight_shape(loss_name, weight, label.shape)
+    if class_weight is not None:
+        _check_class_weight_size(loss_name, class_weight, pred.size(1))
+
+
+def _softmax_fast_path(pred: Tensor, class_weight: Optional[Tensor],
+                       fast: bool) -> bool:
+    """Whether softmax cross-entropy of ``pred`` takes the fast path: 2-D
+    logits with classes, a constant class weight, as the dispatcher
+    decides (``fast=False`` never)."""
+    return fast and pred.dim() == 2 and pred.size(1) > 0 and not (
+        class_weight is not None and class_weight.requires_grad) and \
+        dispatch.use_fast(SOFTMAX_DISPATCH_NAME, pred, rows=pred.size(0))
 
 
 def _softmax_cross_entropy(loss_name, pred, label, weight, reduction,
@@ -264,11 +394,26 @@ def _softmax_cross_entropy(loss_name, pred, label, weight, reduction,
     ignore_index = DEFAULT_IGNORE_INDEX if ignore_index is None \
         else ignore_index
     Reduction(loss_name, None, reduction, avg_factor).checked()
-    _check_softmax_inputs(loss_name, pred, label, weight, class_weight,
-                          ignore_index)
-    return softmax_cross_entropy_checked(loss_name, pred, label, weight,
-                                         reduction, avg_factor, class_weight,
-                                         ignore_index, avg_non_ignore, fast)
+    _check_softmax_inputs(loss_name, pred, label, weight, class_weight)
+    fast = _softmax_fast_path(pred, class_weight, fast)
+    num_classes = pred.size(1)
+    if fast or not dispatch.tuning(label).cpu_kernels:
+        # the kernels index with the labels unchecked; off the CPU the
+        # check is queued on the device
+        check_label_range(loss_name, label, num_classes, ignore_index)
+        return softmax_cross_entropy_checked(
+            loss_name, pred, label, weight, reduction, avg_factor,
+            class_weight, ignore_index, avg_non_ignore, fast)
+    # on the CPU F.cross_entropy checks every label itself: a label out of
+    # range raises IndexError there, which the check names (no pass over
+    # the labels before)
+    try:
+        return softmax_cross_entropy_checked(
+            loss_name, pred, label, weight, reduction, avg_factor,
+            class_weight, ignore_index, avg_non_ignore, False)
+    except IndexError:
+        check_label_range(loss_name, label, num_classes, ignore_index)
+        raise
 
 
 def softmax_cross_entropy_checked(loss_name, pred, label, weight, reduction,
@@ -286,10 +431,7 @@ def softmax_cross_entropy_checked(loss_name, pred, label, weight, reduction,
         if class_weight is not None:
             class_weight = to_dtype(class_weight, dtype)
         rule = Reduction(loss_name, weight, reduction, avg_factor)
-        if fast and pred.dim() == 2 and pred.size(1) > 0 and not (
-                class_weight is not None and class_weight.requires_grad) \
-                and dispatch.use_fast(SOFTMAX_DISPATCH_NAME, pred,
-                                      rows=pred.size(0)):
+        if _softmax_fast_path(pred, class_weight, fast):
             loss = softmax_cross_entropy_rows(pred, label, rule,
                                               class_weight, ignore_index)
         else:
@@ -686,7 +828,10 @@ class CrossEntropyLoss(BaseLoss):
         ignore_index = _check_ignore_index(
             self.loss_name,
             self.ignore_index if ignore_index is None else ignore_index)
-        class_weight = self.class_weight_tensor
+        # (a buffer is read through nn.Module.__getattr__: only if there
+        # is one)
+        class_weight = None if self.class_weight is None else \
+            self.class_weight_tensor
         if self.use_mask:
             loss = _mask_cross_entropy(self.loss_name, cls_score, label,
                                        weight, reduction, avg_factor,

@@ -21,7 +21,7 @@ plain formula (:func:`kl_div_distill_rows`) instead.
 """
 import functools
 from numbers import Real
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -29,32 +29,17 @@ from torch import Tensor
 
 from ..checks import check_same_shape, check_tensor, check_weight_shape
 from ..engine import dispatch
-from ..engine.functions import gradient_in_forward
+from ..engine.functions import gradient_in_backward
 from ..precision import compute_dtype, restore_dtype, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
-from .focal import loss_like
+from .cross_entropy import sums_in_range
+from .focal import loss_like, row_blocks
 
 __all__ = [
     'knowledge_distillation_kl_div_loss', 'KnowledgeDistillationKLDivLoss'
 ]
-
-
-def _log_softmax_at(logits: Tensor, T: float, dtype: torch.dtype) -> Tensor:
-    """A fresh ``log_softmax(logits / T)`` over dim 1, in ``dtype``.
-
-    Where the CPU kernels may run, the softmax is written over the scaled
-    copy (its kernel reads each row's maximum and sum before writing the
-    row), so each call costs one fresh buffer, not two.
-    """
-    scaled = to_dtype(logits, dtype)
-    if T != 1:
-        scaled = scaled / T
-    if scaled is logits or not scaled.is_contiguous() or \
-            not dispatch.cpu_kernels(scaled):
-        return F.log_softmax(scaled, dim=1)
-    return torch.log_softmax(scaled, 1, out=scaled)
 
 
 def kl_div_distill_rows(pred: Tensor, soft_label: Tensor, T: float,
@@ -69,49 +54,153 @@ def kl_div_distill_rows(pred: Tensor, soft_label: Tensor, T: float,
                     reduction='none').mean(1) * (T * T)
 
 
-def kl_div_distill_kernel(needs, pred: Tensor, soft_label: Tensor,
-                          row_weight: Optional[Tensor], *, T: float,
-                          reduce_sum: bool):
+def _scaled_log_softmax(logits: Tensor, T: float, fn=torch.log_softmax
+                        ) -> Tensor:
+    """``fn(logits / T)`` over dim 1: ``log_softmax`` or ``softmax``."""
+    return fn(logits * (1 / T), 1)
+
+
+def _kl_rows_log_softmax(student: Tensor, teacher: Tensor,
+                         T: float) -> Tensor:
+    """One block's ``KL * T`` by two log-softmaxes (any logits; a zero
+    teacher probability, from a ``-inf`` logit, adds 0 as in
+    ``F.kl_div``)."""
+    log_target = _scaled_log_softmax(teacher, T)
+    target = log_target.exp()
+    log_target.clamp_(min=torch.finfo(log_target.dtype).min)
+    return log_target.sub_(_scaled_log_softmax(student, T)).mul_(
+        target).sum(1).mul_(T)
+
+
+def _exponentials(student: Tensor, teacher: Tensor, T: float,
+                  scratch: Tensor) -> Optional[Tensor]:
+    """``exp(x / T)`` and ``exp(s / T)`` into the (2, n, C) ``scratch`` and
+    their (2, n) row sums ``S_s, S_t``, or ``None`` where the sums leave
+    :func:`~mmloss.losses.cross_entropy.sums_in_range` (both exponentials
+    and both row sums in one op each)."""
+    torch.mul(student, 1 / T, out=scratch[0])
+    torch.mul(teacher, 1 / T, out=scratch[1])
+    sums = scratch.exp_().sum(2)
+    return sums if sums_in_range(sums) else None
+
+
+def _kl_rows_unshifted(student: Tensor, teacher: Tensor, T: float,
+                       scratch: Tensor) -> Optional[Tensor]:
+    """One block's ``KL * T`` from unshifted exponentials
+    (:func:`_exponentials`; ``None`` where their row sums are out of
+    range).
+
+    With ``d_j = (s_j - x_j) / T`` and ``k = logsumexp(s / T) -
+    logsumexp(x / T) = log(S_t / S_s)``, ``KL = sum_j t_j (d_j - k)``:
+    ``log t_j - log q_j`` as one difference, so that logits a constant
+    apart lose no digits. A zero teacher probability (a ``-inf`` logit)
+    adds 0 (the difference is clamped to a finite number).
+    """
+    sums = _exponentials(student, teacher, T, scratch)
+    if sums is None:
+        return None
+    student_sum, teacher_sum = sums
+    offset = torch.div(teacher_sum, student_sum).log_().mul_(T)
+    # T (d - k), over the student's exponentials (no longer needed)
+    centred = torch.sub(teacher, student, out=scratch[0]).sub_(
+        offset.unsqueeze(1)).clamp_(min=torch.finfo(student.dtype).min)
+    return centred.mul_(scratch[1]).sum(1).div_(teacher_sum)
+
+
+def _blocks_of(pred: Tensor, soft_label: Tensor, dtype: torch.dtype):
+    """``(start, stop, student, teacher, scratch)`` per row block
+    (:func:`~mmloss.losses.focal.row_blocks`), the logits in ``dtype`` and
+    a (2, n, C) scratch buffer shared by the blocks."""
+    spans = row_blocks(pred)
+    scratch = pred.new_empty((2, spans[0][1] - spans[0][0], pred.size(1)),
+                             dtype=dtype)
+    for start, stop in spans:
+        if len(spans) == 1:
+            yield start, stop, to_dtype(pred, dtype), to_dtype(
+                soft_label, dtype), scratch
+        else:
+            yield start, stop, to_dtype(pred[start:stop], dtype), to_dtype(
+                soft_label[start:stop], dtype), scratch[:, :stop - start]
+
+
+def kl_div_distill_value(pred: Tensor, soft_label: Tensor,
+                         row_weight: Optional[Tensor], *, T: float,
+                         reduce_sum: bool):
     """Row-wise ``T^2 / C * KL(softmax(s/T) || softmax(x/T))`` of 2-D
-    logits with its gradient, the engine kernel
-    (:class:`~mmloss.engine.functions.GradientInForward`).
+    logits (or, weighted by the (N,) ``row_weight``, their sum), the value
+    kernel of :class:`~mmloss.engine.functions.GradientInBackward`.
 
-    The teacher ``s`` gets no gradient. The gradient of the unweighted row
-    loss up to the factor ``T / C``, ``q - t``, is written over the student
-    probabilities' buffer; ``T / C`` (times the (N,) row weight, if any)
-    is the per-row ``scale`` that backward folds into its one pass.
-
-    Returns:
-        ``(value, grads, scale)``: (N,) weighted row losses or their sum,
-        float32 at least.
+    Block by block, each by :func:`_kl_rows_unshifted` where the CPU
+    kernels may run (:func:`mmloss.engine.dispatch.cpu_kernels`: its row
+    sums are checked on the host) and its row sums are in range, else by
+    :func:`_kl_rows_log_softmax` (one fused op per softmax, no host read).
+    Float32 at least; nothing kept for backward but the inputs.
     """
     dtype = compute_dtype(pred)
-    num_classes = pred.size(1)
-    log_target = _log_softmax_at(soft_label, T, dtype)
-    target = log_target.exp()
-    # a -inf teacher logit has t = 0 and adds 0 (x log x -> 0), as in
-    # F.kl_div; clamping keeps 0 * -inf from turning into NaN
-    log_target.clamp_(min=torch.finfo(dtype).min)
-    log_student = _log_softmax_at(pred, T, dtype)
-    # sum_j t (log t - log q), in place over log t
-    rows = log_target.sub_(log_student).mul_(target).sum(1).mul_(
-        T * T / num_classes)
-    del log_target
-    scale = T / num_classes
+    unshifted = dispatch.cpu_kernels(pred)
+    rows = None
+    for start, stop, student, teacher, scratch in _blocks_of(
+            pred, soft_label, dtype):
+        part = _kl_rows_unshifted(student, teacher, T, scratch) \
+            if unshifted else None
+        if part is None:
+            part = _kl_rows_log_softmax(student, teacher, T)
+        if stop - start == pred.size(0):
+            rows = part
+        else:
+            if rows is None:
+                rows = pred.new_empty(pred.size(0), dtype=dtype)
+            rows[start:stop] = part
+    factor = T / pred.size(1)
     if row_weight is not None:
         rows = rows * row_weight
-        scale = row_weight * scale
-    grad = None
-    if needs[0]:
-        # q - t, written over the student's log-probabilities
-        grad = log_student.exp_().sub_(target)
-    return (rows.sum() if reduce_sum else rows), (grad, None, None), scale
+    if reduce_sum:
+        return rows.sum() * factor, ()
+    return rows.mul_(factor), ()
+
+
+def kl_div_distill_grad(needs, extras, in_place: bool, pred: Tensor,
+                        soft_label: Tensor, row_weight: Optional[Tensor], *,
+                        T: float, reduce_sum: bool):
+    """The gradient kernel of :func:`kl_div_distill_value`: ``d loss_i /
+    d x_ij = T / C * (q_ij - t_ij)``.
+
+    Each block writes into a fresh (N, C) tensor either ``e_s - e_t * S_s
+    / S_t`` (the unshifted exponentials of :func:`_exponentials`, as in
+    forward; the row's ``scale`` is ``1 / S_s``) or ``q - t`` by two
+    softmaxes (``scale`` 1); ``T / C`` (times the row weight) completes the
+    per-row ``scale`` the engine folds into its one pass. The teacher gets
+    no gradient.
+    """
+    if not needs[0]:
+        return (None, None, None), None
+    dtype = compute_dtype(pred)
+    grad = pred.new_empty(pred.shape, dtype=dtype)
+    scale = pred.new_full((pred.size(0), ), T / pred.size(1), dtype=dtype)
+    unshifted = dispatch.cpu_kernels(pred)
+    for start, stop, student, teacher, scratch in _blocks_of(
+            pred, soft_label, dtype):
+        sums = _exponentials(student, teacher, T, scratch) \
+            if unshifted else None
+        if sums is None:
+            torch.sub(_scaled_log_softmax(student, T, torch.softmax),
+                      _scaled_log_softmax(teacher, T, torch.softmax),
+                      out=grad[start:stop])
+            continue
+        student_sum, teacher_sum = sums
+        torch.addcmul(scratch[0], scratch[1], torch.div(
+            student_sum, teacher_sum).unsqueeze(1), value=-1,
+                      out=grad[start:stop])
+        scale[start:stop].div_(student_sum)
+    if row_weight is not None:
+        scale.mul_(row_weight)
+    return (grad, None, None), scale
 
 
 def _kl_div_distill_plain(pred: Tensor, soft_label: Tensor,
                           row_weight: Optional[Tensor], *, T: float,
                           reduce_sum: bool) -> Tensor:
-    """The value of :func:`kl_div_distill_kernel` by autograd ops."""
+    """The value of :func:`kl_div_distill_value` by autograd ops."""
     with dispatch.autocast_off(pred):
         rows = kl_div_distill_rows(pred, soft_label, T)
         if row_weight is not None:
@@ -183,8 +272,9 @@ def _kd_loss(loss_name, pred, soft_label, weight, reduction, avg_factor, T,
         options = dict(T=float(T), reduce_sum=fused)
         row_weight = weight.expand(loss_shape) \
             if fused and weight is not None else None
-        value = gradient_in_forward(
-            functools.partial(kl_div_distill_kernel, **options),
+        value = gradient_in_backward(
+            functools.partial(kl_div_distill_value, **options),
+            functools.partial(kl_div_distill_grad, **options),
             functools.partial(_kl_div_distill_plain, **options), pred,
             soft_label.detach(), row_weight)
         if fused:
