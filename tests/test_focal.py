@@ -11,7 +11,7 @@ import mmloss
 from mmloss import MODELS
 from mmloss.engine import dispatch
 from mmloss.engine.functions import GradientInBackward
-from mmloss.losses import focal
+from mmloss.losses import focal, focal_kernels
 from mmloss.losses.focal import (FocalLoss, Poly1FocalLoss,
                                  elementwise_focal_loss, poly1_focal_loss,
                                  sigmoid_focal_loss)
@@ -259,8 +259,8 @@ def test_kernels_agree(epsilon, weight_kind):
     weight = make_weight(weight_kind, n, c, 8)
     weight = None if weight is None else weight.double()
     results = []
-    for kernel in (focal.sigmoid_focal_kernel,
-                   focal.fused_sigmoid_focal_kernel):
+    for kernel in (focal_kernels.sigmoid_focal_kernel,
+                   focal_kernels.fused_sigmoid_focal_kernel):
         for reduce_sum in (False, True):
             loss, grad, scale = kernel(pred, labels, weight, 1.5, 0.3,
                                        epsilon, reduce_sum, True)
@@ -524,12 +524,12 @@ def test_compile_fallback(monkeypatch):
 
     monkeypatch.setenv(dispatch.COMPILE_ENV, '1')
     monkeypatch.setattr(torch, 'compile', broken_compile)
-    monkeypatch.setattr(focal, '_compiled_kernel', None)
-    monkeypatch.setattr(focal, '_compile_failed', False)
+    monkeypatch.setattr(focal_kernels, '_compiled_kernel', None)
+    monkeypatch.setattr(focal_kernels, '_compile_failed', False)
     assert dispatch.compile_enabled()
     with pytest.warns(UserWarning, match='eager'):
         first = FocalLoss()(pred, labels)
-    assert focal._compile_failed
+    assert focal_kernels._compile_failed
     assert torch.equal(first, eager)
     assert torch.equal(FocalLoss()(pred, labels), eager)
 

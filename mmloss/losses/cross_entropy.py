@@ -42,7 +42,7 @@ from ..precision import compute_dtype, restore_dtype, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
-from .focal import loss_like, row_blocks
+from .focal_kernels import loss_like, row_blocks
 
 __all__ = [
     'softmax_cross_entropy', 'binary_cross_entropy', 'accurate_neg_log',

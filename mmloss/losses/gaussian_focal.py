@@ -34,7 +34,7 @@ from ..precision import compute_dtype, restore_dtype, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
-from .focal import loss_like
+from .focal_kernels import loss_like
 
 __all__ = [
     'gaussian_focal_loss', 'gaussian_focal_loss_with_pos_inds',

@@ -21,7 +21,7 @@ plain formula (:func:`kl_div_distill_rows`) instead.
 """
 import functools
 from numbers import Real
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
 from .cross_entropy import sums_in_range
-from .focal import loss_like, row_blocks
+from .focal_kernels import loss_like, row_blocks
 
 __all__ = [
     'knowledge_distillation_kl_div_loss', 'KnowledgeDistillationKLDivLoss'
@@ -109,7 +109,7 @@ def _kl_rows_unshifted(student: Tensor, teacher: Tensor, T: float,
 
 def _blocks_of(pred: Tensor, soft_label: Tensor, dtype: torch.dtype):
     """``(start, stop, student, teacher, scratch)`` per row block
-    (:func:`~mmloss.losses.focal.row_blocks`), the logits in ``dtype`` and
+    (:func:`~mmloss.losses.focal_kernels.row_blocks`), the logits in ``dtype`` and
     a (2, n, C) scratch buffer shared by the blocks."""
     spans = row_blocks(pred)
     scratch = pred.new_empty((2, spans[0][1] - spans[0][0], pred.size(1)),

@@ -19,7 +19,7 @@ from ...engine import dispatch
 from ...engine.functions import gradient_in_forward
 from ...precision import compute_dtype, restore_dtype, to_dtype
 from ...reduction import Reduction
-from ..focal import sigmoid_focal_kernel
+from ..focal_kernels import sigmoid_focal_kernel
 from .common import _check_float_pred, _weighted_rule
 
 __all__ = ['quality_focal_loss']

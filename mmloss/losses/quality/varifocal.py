@@ -17,7 +17,7 @@ from ...engine import dispatch
 from ...engine.functions import gradient_in_forward
 from ...precision import compute_dtype, restore_dtype, to_dtype
 from ...reduction import Reduction
-from ..focal import loss_like, sigmoid_focal_kernel
+from ..focal_kernels import loss_like, sigmoid_focal_kernel
 from .common import _check_float_pred, _weighted_rule
 
 __all__ = ['varifocal_loss']
@@ -152,7 +152,7 @@ def _varifocal_mostly_zero(logits: Tensor, target: Tensor,
 
     Where ``q = 0`` the varifocal loss ``alpha p**g softplus(x)`` is the
     focal loss of a negative with focal ``alpha' = 1 - alpha``, so
-    :func:`mmloss.losses.focal.sigmoid_focal_kernel` (labels: all
+    :func:`mmloss.losses.focal_kernels.sigmoid_focal_kernel` (labels: all
     background) computes every entry in its few fused passes; the entries
     with ``q != 0`` (a handful per positive row) are then found and
     recomputed with the general formula. Finding them has a data-dependent

@@ -1,0 +1,353 @@
+"""The sigmoid focal kernels: the loss of logits and its gradient in one
+pass (eager, blocked, and compiled with ``MMLOSS_COMPILE=1``), and the
+row-block helpers the other classification kernels share.
+
+:mod:`mmloss.losses.focal` runs them through the engine; VFL, QFL, KD and
+the cross-entropies reuse :func:`sigmoid_focal_kernel`, :func:`loss_like`
+and :func:`row_blocks`.
+"""
+import math
+import warnings
+from typing import Callable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..engine import dispatch
+from ..engine.rowwise import blocks
+
+# ``binary_cross_entropy`` on probabilities clamps ``log`` at -100; the
+# ``activated`` path does the same so it agrees with it (and with mmdet).
+_LOG_CLAMP = -100.0
+
+
+def loss_like(shape, dtype: torch.dtype, device) -> Tensor:
+    """A tensor with ``shape``, ``dtype`` and ``device`` and no memory
+    behind it: what :meth:`mmloss.reduction.Reduction.fusable` compares a
+    weight with, for a loss not computed yet."""
+    return torch.empty((), dtype=dtype, device=device).expand(shape)
+
+
+def row_blocks(work: Tensor) -> List[Tuple[int, int]]:
+    """``(start, stop)`` row blocks of an (N, C) tensor for the kernels of
+    the classification losses, each with as many entries as sixteen of the
+    row-wise engine's (N, 4) blocks on ``work``'s device
+    (:func:`mmloss.engine.dispatch.block_rows`): few enough blocks that
+    per-op costs (and a thread team's start per op) stay small, small
+    enough that the temporaries of a block are reused, not each a fresh
+    (N, C) buffer."""
+    rows = max(1, dispatch.block_rows(work) * 64 // max(1, work.size(1)))
+    return blocks(work.size(0), rows)
+
+
+# ---------------------------------------------------------------------------
+# the fast path: integer labels, logits, analytic gradient
+# ---------------------------------------------------------------------------
+#: ``F.softplus``'s threshold: above it the softplus of ``x`` is ``x``.
+_SOFTPLUS_THRESHOLD = 20.0
+
+
+def one_exponential_fits(logits: Tensor) -> bool:
+    """Whether :func:`sigmoid_and_softplus` may take both from one
+    exponential: where the CPU kernels may run
+    (:func:`mmloss.engine.dispatch.cpu_kernels`; the largest logit is read
+    on the host) and no logit exceeds ``F.softplus``'s threshold."""
+    return logits.numel() > 0 and dispatch.cpu_kernels(logits) and \
+        logits.max().item() <= _SOFTPLUS_THRESHOLD
+
+
+def sigmoid_and_softplus(logits: Tensor, one_exp: Optional[bool] = None
+                         ) -> Tuple[Tensor, Tensor]:
+    """``(sigmoid(x), softplus(x))``, two fresh tensors.
+
+    With ``one_exp`` (by default :func:`one_exponential_fits`) both come
+    from one exponential ``e = exp(x)``: ``sigmoid = e / (1 + e)`` and
+    ``softplus = log1p(e)`` (``F.softplus``'s own formula below its
+    threshold): two transcendental passes instead of three. Exact to
+    rounding wherever ``e`` is finite; a logit whose exponential overflows
+    gives ``NaN``, so the caller must know there is none. Otherwise
+    ``torch.sigmoid`` and ``F.softplus``, stable for any logit.
+    """
+    if one_exp is None:
+        one_exp = one_exponential_fits(logits)
+    if one_exp:
+        exp = torch.exp(logits)
+        prob = torch.add(exp, 1.0)
+        torch.div(exp, prob, out=prob)
+        return prob, exp.log1p_()
+    return torch.sigmoid(logits), F.softplus(logits)
+
+
+def _pow(base: Tensor, exponent: float) -> Tensor:
+    """A fresh tensor ``base ** exponent``, common exponents as products."""
+    if exponent == 0:
+        return torch.ones_like(base)
+    if exponent == 1:
+        return base.clone()
+    if exponent == 2:
+        return base * base
+    return base.pow(exponent)
+
+
+def sigmoid_focal_kernel(logits: Tensor, labels: Optional[Tensor],
+                         weight: Optional[Tensor], gamma: float, alpha: float,
+                         epsilon: float, reduce_sum: bool, need_grad: bool,
+                         *, need_value: bool = True,
+                         grad_out: Optional[Tensor] = None,
+                         one_exp: Optional[bool] = None
+                         ) -> Tuple[Optional[Tensor], Optional[Tensor], float]:
+    """Loss (element-wise or summed) and ``d loss / d logits`` in one pass.
+
+    ``weight`` is (N, 1), (N, C) or None and multiplies both results;
+    ``labels`` (N,) lie in ``[0, C]`` with ``C`` the background (None: all
+    background). Pure tensor code without data-dependent shapes, and
+    without host syncs but for :func:`one_exponential_fits` where
+    ``one_exp`` is ``None`` (see :func:`sigmoid_and_softplus`).
+    ``need_value=False`` skips the loss (``None``), ``need_grad`` the
+    gradient; ``grad_out`` (N, C), if given, receives the gradient.
+
+    The negative formula runs on every entry and the positive one on the N
+    label entries, which then overwrite theirs (``take``/``put_`` on flat
+    indices; ``gather``/``scatter`` along dim 1 is much slower on CPU).
+    Every ``N x C`` pass costs about as much as the next, so the gradient
+    ``B * (g (1 - p) sp + p)`` with ``B = (1 - alpha) w p**g`` is written as
+    ``g * B * lerp(sp, 1/g, p)`` (one pass instead of three) and the factor
+    ``g`` is returned as ``grad_scale`` for backward to apply (with
+    ``1 - alpha`` when there is no weight).
+
+    Returns:
+        (loss, grad, grad_scale): ``loss`` is (N, C) or a scalar sum, the
+        gradient is ``grad * grad_scale``.
+    """
+    num_rows, num_classes = logits.shape
+    row_weight = 1.0 if weight is None else weight
+    if weight is None and alpha < 1:
+        # scale the results by the scalar (1 - alpha) at the end (free for
+        # a sum and the gradient) instead of an N x C pass over B now
+        out_scale = 1 - alpha
+        neg_factor = None
+    else:
+        out_scale = 1.0
+        neg_factor = row_weight * (1 - alpha)
+    # softplus(x) = -log(1 - p)
+    prob, softplus = sigmoid_and_softplus(logits, one_exp)
+    if need_grad or epsilon != 0:
+        focal = _pow(prob, gamma)
+    else:  # the probabilities are needed for the focal factor only
+        focal = prob.pow_(gamma) if gamma != 2 else prob.mul_(prob)
+    poly = None
+    if epsilon != 0:  # eps * w * p**(g+1), not alpha-balanced
+        poly = focal * prob
+        poly.mul_(row_weight * (epsilon / out_scale))
+    if neg_factor is not None:
+        focal.mul_(neg_factor)  # B / out_scale
+
+    has_positives = labels is not None and num_classes > 0
+    if has_positives:
+        column = labels.clamp(max=num_classes - 1)
+        foreground = labels < num_classes
+        flat = torch.arange(num_rows, device=logits.device) * num_classes + \
+            column
+        pos_weight = 1.0 if weight is None else (
+            weight.reshape(-1) if weight.shape[1] == 1 else weight.take(flat))
+        pos_logit = logits.take(flat)
+        pos_prob = torch.sigmoid(pos_logit)
+        pos_one_minus = 1 - pos_prob
+        pos_softplus = F.softplus(-pos_logit)  # -log(p)
+        pos_focal = _pow(pos_one_minus, gamma) * (pos_weight / out_scale)
+        if need_value:
+            pos_loss = alpha * pos_focal * pos_softplus
+            if poly is not None:
+                pos_loss = pos_loss + epsilon * pos_focal * pos_one_minus
+
+    loss = None
+    if need_value:
+        # the focal factor is needed again for the gradient only
+        loss = focal * softplus if need_grad else focal.mul_(softplus)
+        if poly is not None:
+            loss.add_(poly)
+        if has_positives:
+            # the negative value the label entries have now
+            neg_loss = loss.take(flat)
+        if reduce_sum:
+            # (a dot product would skip the product tensor, but BLAS sums
+            # in float32 in order: 1e-5 relative error at 8M entries)
+            loss = loss.sum()
+            if has_positives:
+                loss = loss + torch.where(foreground, pos_loss - neg_loss,
+                                          0.0).sum()
+            loss = loss * out_scale
+        else:
+            if has_positives:
+                loss.put_(flat, torch.where(foreground, pos_loss, neg_loss))
+            if out_scale != 1:
+                loss.mul_(out_scale)
+
+    grad, grad_scale = None, 1.0
+    if need_grad:
+        if gamma > 0:
+            # g (1-p) sp + p == g * lerp(sp, 1/g, p); softplus is done
+            base = softplus.lerp_(softplus.new_tensor(1 / gamma), prob)
+            grad_scale = gamma
+        else:
+            base = prob
+        if grad_out is not None:
+            grad = torch.mul(base, focal, out=grad_out)
+        elif base is softplus:
+            grad = base.mul_(focal)
+        else:
+            grad = base * focal
+        if poly is not None:  # d/dx eps p**(g+1) = eps (g+1) p**(g+1) (1-p)
+            grad.addcmul_(poly, 1 - prob, value=(gamma + 1) / grad_scale)
+        if has_positives:
+            pos_grad = -alpha * pos_focal * (
+                gamma * pos_prob * pos_softplus + pos_one_minus)
+            if poly is not None:
+                pos_grad = pos_grad - (epsilon * (gamma + 1)) * pos_focal * \
+                    pos_one_minus * pos_prob
+            grad.put_(flat, torch.where(foreground, pos_grad / grad_scale,
+                                        grad.take(flat)))
+    return loss, grad, grad_scale * out_scale
+
+
+def fused_sigmoid_focal_kernel(logits: Tensor, labels: Tensor,
+                               weight: Optional[Tensor], gamma: float,
+                               alpha: float, epsilon: float, reduce_sum: bool,
+                               need_grad: bool, need_value: bool = True
+                               ) -> Tuple[Optional[Tensor], Optional[Tensor],
+                                          float]:
+    """:func:`sigmoid_focal_kernel` written entry by entry, for the compiler.
+
+    Same arguments and results (``grad_scale`` is 1). The positive mask
+    ``labels[:, None] == arange(C)`` and every intermediate would be ``N x C``
+    tensors in eager mode; ``torch.compile`` fuses them all into one loop
+    that reads the logits once and writes the loss or the gradient once.
+    With ``a`` the mass away from the target (``p`` for a negative, ``1 -
+    p`` for a positive), ``b = 1 - a`` and ``s = +1`` (negative) or ``-1``
+    (positive)::
+
+        loss  = a_t * a**g * softplus(s * x) + eps * a**(g+1)
+        dl/dx = s * (a_t * a**g * (g * b * softplus(s * x) + a)
+                     + eps * (g+1) * a**(g+1) * b)
+    """
+    classes = torch.arange(logits.shape[1], device=logits.device)
+    positive = labels.unsqueeze(1) == classes
+    prob = torch.sigmoid(logits)
+    away = torch.where(positive, 1 - prob, prob)
+    toward = 1 - away
+    cross_entropy = F.softplus(torch.where(positive, -logits, logits))
+    modulator = away.pow(gamma)
+    balanced = torch.where(positive, logits.new_tensor(alpha),
+                           logits.new_tensor(1 - alpha)) * modulator
+    loss = None
+    if need_value:
+        loss = balanced * cross_entropy
+        if epsilon != 0:
+            loss = loss + epsilon * modulator * away
+        if weight is not None:
+            loss = loss * weight
+        if reduce_sum:
+            loss = loss.sum()
+    grad = None
+    if need_grad:
+        grad = balanced * (gamma * toward * cross_entropy + away)
+        if epsilon != 0:
+            grad = grad + (epsilon * (gamma + 1)) * modulator * away * toward
+        grad = torch.where(positive, -grad, grad)
+        if weight is not None:
+            grad = grad * weight
+    return loss, grad, 1.0
+
+
+_compiled_kernel = None
+_compile_failed = False
+
+
+def _compiled() -> Optional[Callable]:
+    """The compiled kernel when ``MMLOSS_COMPILE`` asks for it and compiling
+    has not failed before, else ``None``."""
+    global _compiled_kernel
+    if not dispatch.compile_enabled() or _compile_failed:
+        return None
+    if _compiled_kernel is None:
+        _compiled_kernel = torch.compile(fused_sigmoid_focal_kernel,
+                                         dynamic=True)
+    return _compiled_kernel
+
+
+def _blocked_kernel(logits: Tensor, labels: Tensor, weight: Optional[Tensor],
+                    gamma: float, alpha: float, epsilon: float,
+                    reduce_sum: bool, need_grad: bool, need_value: bool,
+                    one_exp: Optional[List[bool]] = None
+                    ) -> Tuple[Optional[Tensor], Optional[Tensor], float,
+                               List[bool]]:
+    """:func:`sigmoid_focal_kernel` block by block (:func:`row_blocks`):
+    its ``N x C`` temporaries live one block at a time, each block's
+    gradient is written straight into one (N, C) tensor.
+
+    ``one_exp`` says per block whether it takes :func:`sigmoid_and_softplus`
+    from one exponential (what a forward pass found, for backward). Without
+    it, a block's summed loss is computed that way where the CPU kernels
+    may run and kept if finite (an exponential that overflowed gives
+    ``NaN``), else computed again stably; any other block asks
+    :func:`one_exponential_fits`. Returns what each block took as well.
+    """
+    spans = row_blocks(logits)
+    grad = torch.empty_like(logits) if need_grad else None
+    loss = None
+    if need_value and not reduce_sum and len(spans) > 1:
+        loss = torch.empty_like(logits)
+    try_first = one_exp is None and need_value and reduce_sum and \
+        dispatch.cpu_kernels(logits)
+    taken, totals = [], []
+    scale = 1.0
+    for index, (start, stop) in enumerate(spans):
+        block = logits if len(spans) == 1 else logits[start:stop]
+        args = (block, labels[start:stop],
+                None if weight is None else weight[start:stop], gamma, alpha,
+                epsilon, reduce_sum, need_grad)
+        out = None if grad is None else grad[start:stop]
+        if one_exp is not None:
+            fits = one_exp[index]
+        elif try_first:
+            part, _, scale = sigmoid_focal_kernel(
+                *args, need_value=need_value, grad_out=out, one_exp=True)
+            fits = math.isfinite(part.item())
+        else:
+            fits = one_exponential_fits(block)
+        if not try_first or not fits:
+            part, _, scale = sigmoid_focal_kernel(
+                *args, need_value=need_value, grad_out=out, one_exp=fits)
+        taken.append(fits)
+        if part is None:
+            continue
+        if reduce_sum:
+            totals.append(part)
+        elif loss is None:
+            loss = part
+        else:
+            loss[start:stop] = part
+    if totals:
+        loss = totals[0] if len(totals) == 1 else torch.stack(totals).sum()
+    return loss, grad, scale, taken
+
+
+def _run_kernel(*args, one_exp: Optional[List[bool]] = None
+                ) -> Tuple[Optional[Tensor], Optional[Tensor], float,
+                           Optional[List[bool]]]:
+    """``fused_sigmoid_focal_kernel(*args)`` compiled when ``MMLOSS_COMPILE``
+    asks for it and compiling works (with ``None`` for what the blocks
+    took), else the eager kernel block by block (:func:`_blocked_kernel`).
+    """
+    global _compile_failed
+    compiled = _compiled()
+    if compiled is not None:
+        try:
+            return compiled(*args) + (None, )
+        except Exception as error:  # any backend failure: fall back
+            _compile_failed = True
+            warnings.warn(f'mmloss: torch.compile of the sigmoid focal '
+                          f'kernel failed ({type(error).__name__}: {error}); '
+                          f'using the eager kernel')
+    return _blocked_kernel(*args, one_exp=one_exp)
