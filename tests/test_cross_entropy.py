@@ -11,6 +11,7 @@ from mmloss.engine import dispatch
 from mmloss.engine.functions import (GradientInBackward,
                                      GradientInForward)
 from mmloss.losses import cross_entropy as ce_module
+from mmloss.losses import cross_entropy_kernels as ce_kernels
 from mmloss.losses.cross_entropy import (accurate_neg_log,
                                          binary_cross_entropy,
                                          mask_cross_entropy,
@@ -28,9 +29,9 @@ def softmax_kernel_path(logits, label, ignore_index, factor, reduce_sum):
     """The softmax fast kernels through the engine's Function."""
     options = dict(ignore_index=ignore_index, reduce_sum=reduce_sum)
     return GradientInBackward.apply(
-        functools.partial(ce_module.softmax_cross_entropy_value, **options),
-        functools.partial(ce_module.softmax_cross_entropy_grad, **options),
-        functools.partial(ce_module._softmax_cross_entropy_plain, **options),
+        functools.partial(ce_kernels.softmax_cross_entropy_value, **options),
+        functools.partial(ce_kernels.softmax_cross_entropy_grad, **options),
+        functools.partial(ce_kernels._softmax_cross_entropy_plain, **options),
         logits, label, factor)
 
 

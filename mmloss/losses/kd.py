@@ -34,7 +34,7 @@ from ..precision import compute_dtype, restore_dtype, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
-from .cross_entropy import sums_in_range
+from .cross_entropy_kernels import sums_in_range
 from .focal_kernels import loss_like, row_blocks
 
 __all__ = [
@@ -76,7 +76,7 @@ def _exponentials(student: Tensor, teacher: Tensor, T: float,
                   scratch: Tensor) -> Optional[Tensor]:
     """``exp(x / T)`` and ``exp(s / T)`` into the (2, n, C) ``scratch`` and
     their (2, n) row sums ``S_s, S_t``, or ``None`` where the sums leave
-    :func:`~mmloss.losses.cross_entropy.sums_in_range` (both exponentials
+    :func:`~mmloss.losses.cross_entropy_kernels.sums_in_range` (both exponentials
     and both row sums in one op each)."""
     torch.mul(student, 1 / T, out=scratch[0])
     torch.mul(teacher, 1 / T, out=scratch[1])

@@ -120,7 +120,7 @@ def distribution_focal_kernel(needs, pred: Tensor, label: Tensor):
     ``w_l = l + 1 - y``, ``w_r = y - l``, the gradient is ``S - w_l e_l -
     w_r e_(l+1)``: one softmax (whose two picked entries give the loss, from
     the logits where they underflowed; see :func:`mmloss.losses.
-    cross_entropy.accurate_neg_log`) and two sparse updates. ``label``
+    cross_entropy_kernels.accurate_neg_log`) and two sparse updates. ``label``
     gets no gradient (the caller takes the plain formula when it needs
     one).
     """
