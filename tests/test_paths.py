@@ -34,6 +34,7 @@ import mmloss
 from mmloss.engine import dispatch
 from mmloss.registry import MODELS
 from tests.cases import CASES, REGISTERED, value
+from tests.test_gradients import custom_functions
 
 #: Rows at which the harness runs every loss (the default suite) ...
 FAST_SIZES = (1, 1023, 1024, 1025)
@@ -277,20 +278,6 @@ def run_call(name, n, setting, *, fast, kind='cpu', device='cpu'):
                 results.append(None)  # the plain side decides below
     return [None if r is None else r.detach().double().cpu()
             for r in results]
-
-
-def custom_functions(out):
-    """The custom autograd Functions (fast paths) in ``out``'s graph."""
-    seen, stack, found = set(), [out.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if isinstance(node, torch.autograd.function.BackwardCFunction):
-            found.add(type(node).__name__)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return found
 
 
 def _tolerance(setting):
