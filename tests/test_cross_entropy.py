@@ -18,7 +18,8 @@ from mmloss.losses.cross_entropy import (accurate_neg_log,
                                          softmax_cross_entropy)
 from tests.helpers import assert_close
 from tests.test_focal import (assert_second_order, engine_ran,
-                              graph_functions, value_grad_hvp)
+                              graph_functions, saved_bytes, small_blocks,
+                              value_grad_hvp)
 
 REDUCTIONS = ('none', 'mean', 'sum')
 CLASS_WEIGHT = [1.0, 2.0, 0.5, 1.5, 3.0, 0.25, 1.0]
@@ -693,3 +694,98 @@ def test_function_errors_name_the_function_and_the_shapes():
                            torch.tensor([0, 1]))
     with pytest.raises(TypeError, match='softmax_cross_entropy: pred'):
         softmax_cross_entropy(pred.long(), torch.zeros(5, dtype=torch.long))
+
+
+# ------------------------------- gradient in backward: statistics and graph
+def test_narrow_labels():
+    label = torch.tensor([0, 3, -100, 80])
+    assert ce_kernels.narrow_labels(label, 81, -100).dtype == torch.int8
+    assert ce_kernels.narrow_labels(label, 81, 255).dtype == torch.int16
+    assert ce_kernels.narrow_labels(label, 200, -100).dtype == torch.int16
+    assert ce_kernels.narrow_labels(label, 40000, -100).dtype == torch.int32
+    assert ce_kernels.narrow_labels(label, 81, 2 ** 40).dtype == torch.int64
+    small = label.to(torch.int8)
+    assert ce_kernels.narrow_labels(small, 81, -100) is small
+    assert torch.equal(ce_kernels.narrow_labels(label, 81, 255).long(),
+                       label)
+
+
+def test_the_graph_keeps_the_logits_narrow_labels_and_row_sums():
+    """The softmax fast path keeps the caller's logits (a reference), the
+    labels in one byte each (81 classes) and one number per row: never
+    more than mmdet's log-softmax and int64 labels."""
+    g = torch.Generator().manual_seed(40)
+    pred = torch.randn(2000, 81, generator=g).requires_grad_()
+    label = torch.randint(0, 81, (2000, ), generator=g)
+    total, kept = saved_bytes(mmloss.CrossEntropyLoss(), pred, label)
+    assert kept == {pred.untyped_storage().data_ptr()}
+    assert total == pred.numel() * 4 + 2000 * (1 + 4)
+    assert total <= pred.numel() * 4 + label.numel() * 8
+
+
+@pytest.mark.parametrize('kind', ['cpu', 'cuda'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_row_sums_out_of_range_take_the_shift(kind, dtype):
+    """Rows whose sum of exp(x) leaves the unshifted range (large logits,
+    or all far below zero) make the CPU kernels shift every row by its
+    maximum; the accelerator branch always does. Value and gradient equal
+    F.cross_entropy's for every reduction, ignored rows included."""
+    g = torch.Generator().manual_seed(41)
+    base = torch.randn(30, C, generator=g, dtype=torch.float64) * 2
+    label = torch.randint(0, C, (30, ), generator=g)
+    label[4] = -100
+    weight = torch.rand(30, generator=g, dtype=torch.float64)
+    for shift in (0.0, 60.0, -45.0):
+        pred = base.clone()
+        pred[:3] += shift
+        for reduction in REDUCTIONS:
+            results = []
+            for fast in (True, False):
+                x = pred.to(dtype).requires_grad_()
+                with mmloss.fast_paths(fast), dispatch.pretend_device(kind):
+                    out = softmax_cross_entropy(x, label, weight.to(dtype),
+                                                reduction)
+                    assert engine_ran(out) == fast
+                out.sum().backward()
+                results.append((out.detach(), x.grad))
+            tol = 1e-5 if dtype == torch.float32 else 1e-12
+            assert_close(results[0][0], results[1][0], rtol=tol, atol=tol,
+                         what=f'{shift} {reduction} value')
+            assert_close(results[0][1], results[1][1], rtol=tol, atol=tol,
+                         what=f'{shift} {reduction} grad')
+
+
+def test_several_row_blocks(monkeypatch):
+    """Row statistics and the gradient block by block (tiny blocks here)
+    equal the plain formula's."""
+    small_blocks(monkeypatch)
+    g = torch.Generator().manual_seed(42)
+    pred = torch.randn(50, C, generator=g, dtype=torch.float64) * 3
+    label = torch.randint(0, C, (50, ), generator=g)
+    assert len(ce_kernels.row_blocks(pred)) > 1
+    for kind in ('cpu', 'cuda'):
+        results = []
+        for fast in (True, False):
+            x = pred.clone().requires_grad_()
+            with mmloss.fast_paths(fast), dispatch.pretend_device(kind):
+                out = softmax_cross_entropy(x, label, reduction='sum')
+            out.backward()
+            results.append((out.detach(), x.grad))
+        assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+        assert_close(results[0][1], results[1][1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('shape', [(6, C), (2, C, 3)])
+def test_a_bad_label_on_the_plain_path_is_named(monkeypatch, shape):
+    """On the CPU the plain path leaves the label check to F.cross_entropy
+    (no pass over the labels first); a label out of range still raises a
+    ValueError naming the loss and the label."""
+    monkeypatch.undo()
+    pred = torch.randn(*shape)
+    label = torch.zeros(shape[:1] + shape[2:], dtype=torch.long)
+    for bad in (C, -3):
+        label.view(-1)[1] = bad
+        with pytest.raises(ValueError, match=f'CrossEntropyLoss.*{bad}'):
+            mmloss.CrossEntropyLoss()(pred, label)
+    label.view(-1)[1] = -100
+    assert torch.isfinite(mmloss.CrossEntropyLoss()(pred, label))

@@ -1,4 +1,5 @@
 """FocalLoss and Poly1FocalLoss: mmdet 3.3 parity, hand values, hardening."""
+import dataclasses
 import functools
 import itertools
 import math
@@ -738,3 +739,112 @@ def test_errors_name_the_function_and_the_shapes():
                            weight=torch.ones(3))
     with pytest.raises(ValueError, match='sigmoid_focal_loss: avg_factor'):
         sigmoid_focal_loss(pred, labels, reduction='sum', avg_factor=2.0)
+
+
+# ---------------------------------------------------------------------------
+# gradient in backward: what the graph keeps, blocks, one exponential
+# ---------------------------------------------------------------------------
+def saved_bytes(loss_fn, *inputs):
+    """Bytes of the distinct storages ``loss_fn(*inputs)``'s graph keeps for
+    backward (``saved_tensors_hooks``: what ``save_for_backward`` and the
+    built-in ops save), with the storages of the inputs that are among
+    them."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss_fn(*inputs)
+    kept = {x.untyped_storage().data_ptr() for x in inputs
+            if isinstance(x, torch.Tensor)} & set(storages)
+    return sum(storages.values()), kept
+
+
+def small_blocks(monkeypatch, rows_per_block_times_columns=64):
+    """Make the classification kernels' row blocks tiny (several blocks on
+    test-sized inputs): the table's block rows become 1, so a block holds
+    ``64 // C`` rows or at least one."""
+    for kind, entry in list(dispatch.TUNING.items()):
+        monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
+            entry, block_rows=max(1, rows_per_block_times_columns // 64)))
+
+
+def test_the_graph_keeps_the_logits_and_labels_only():
+    """The fast path saves the caller's logits and labels (references) and
+    one flag per row block: no N x C tensor of its own (mmdet keeps
+    eight)."""
+    pred, labels = make_inputs(3000, 80, seed=9)
+    x = pred.clone().requires_grad_()
+    total, kept = saved_bytes(FocalLoss(), x, labels)
+    assert kept == {x.untyped_storage().data_ptr(),
+                    labels.untyped_storage().data_ptr()}
+    assert total <= x.numel() * 4 + labels.numel() * 8 + 64
+
+
+@pytest.mark.parametrize('kind', ['cpu', 'cuda'])
+@pytest.mark.parametrize('reduction', ['mean', 'none'])
+def test_blocks_and_overflowing_exponentials(monkeypatch, kind, reduction):
+    """Several row blocks, one of them with logits whose exponential
+    overflows float32 (100): that block is computed stably in forward and
+    in backward (a summed block finds out from its NaN sum, an element-wise
+    one from its largest logit), the others from one exponential; value
+    and gradient equal the plain formula's, and the CUDA table's branch
+    (no host reads) gives the same."""
+    small_blocks(monkeypatch)
+    pred, labels = make_inputs(40, 8, seed=12, scale=3.0)
+    pred[5, 3] = 100.0
+    pred[6, 0] = 30.0
+    results = []
+    for fast in (True, False):
+        x = pred.clone().requires_grad_()
+        with mmloss.fast_paths(fast), dispatch.pretend_device(kind):
+            out = FocalLoss(gamma=1.5, reduction=reduction)(x, labels)
+            assert engine_ran(out) == fast
+        out.sum().backward()
+        results.append((out.detach(), x.grad))
+    assert len(focal_kernels.row_blocks(pred)) > 1
+    assert torch.isfinite(results[0][1]).all()
+    assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-7)
+    assert_grad_close(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_sigmoid_and_softplus_from_one_exponential(dtype):
+    """sigmoid = e / (1 + e) and softplus = log1p(e) of one e = exp(x)
+    equal torch.sigmoid and F.softplus to rounding below the threshold
+    (torch.sigmoid flushes float32 subnormals to 0); the stable pair is
+    torch's own."""
+    x = torch.linspace(-90, 20, 20001, dtype=dtype)
+    prob, softplus = focal_kernels.sigmoid_and_softplus(x, True)
+    tol = dict(rtol=4e-7, atol=1e-37) if dtype == torch.float32 else \
+        dict(rtol=1e-15, atol=0)
+    assert_close(prob, torch.sigmoid(x), **tol)
+    assert_close(softplus, F.softplus(x), **tol)
+    prob, softplus = focal_kernels.sigmoid_and_softplus(x * 5, False)
+    assert torch.equal(prob, torch.sigmoid(x * 5))
+    assert torch.equal(softplus, F.softplus(x * 5))
+    assert focal_kernels.one_exponential_fits(x)
+    assert not focal_kernels.one_exponential_fits(x + 1)
+    with dispatch.pretend_device('cuda'):
+        assert not focal_kernels.one_exponential_fits(x)
+
+
+def test_backward_follows_forward_block_by_block(monkeypatch):
+    """Backward takes each block the way forward did (one flag per block
+    saved), so a retained graph's second backward and a fresh call agree
+    with the plain formula; Poly-1 included."""
+    small_blocks(monkeypatch)
+    pred, labels = make_inputs(24, 8, seed=13, scale=4.0)
+    pred[20, 1] = 95.0
+    for cls in (FocalLoss, Poly1FocalLoss):
+        x = pred.clone().requires_grad_()
+        out = cls(gamma=2.0)(x, labels)
+        first, = torch.autograd.grad(out, x, retain_graph=True)
+        second, = torch.autograd.grad(out, x)
+        with mmloss.fast_paths(False):
+            ref, = torch.autograd.grad(cls(gamma=2.0)(x, labels), x)
+        assert torch.equal(first, second)
+        assert_grad_close(first, ref)

@@ -13,7 +13,8 @@ from mmloss.losses.kd import knowledge_distillation_kl_div_loss
 from mmloss.reduction import FLOAT32_EPS
 from tests.helpers import assert_close
 from tests.test_focal import (assert_second_order, engine_ran,
-                              graph_functions, value_grad_hvp)
+                              graph_functions, saved_bytes, small_blocks,
+                              value_grad_hvp)
 
 REDUCTIONS = ('none', 'mean', 'sum')
 
@@ -309,3 +310,61 @@ def test_function_errors_name_the_function_and_the_shapes():
         knowledge_distillation_kl_div_loss(torch.randn(3, 4),
                                            torch.randn(3, 4), torch.ones(4),
                                            T=2)
+
+
+# ------------------------------- gradient in backward: forms and the graph
+def test_the_graph_keeps_the_two_logits_only():
+    """The fast path keeps the student's and the teacher's logits
+    (references): as much as mmdet's two N x C tensors, nothing more."""
+    g = torch.Generator().manual_seed(50)
+    pred = torch.randn(3000, 17, generator=g).requires_grad_()
+    soft = torch.randn(3000, 17, generator=g)
+    weight = torch.rand(3000, generator=g)
+    for args in ((pred, soft), (pred, soft, weight)):
+        total, kept = saved_bytes(mmloss.KnowledgeDistillationKLDivLoss(),
+                                  *args)
+        assert kept == {x.untyped_storage().data_ptr() for x in args}
+        assert total == sum(x.numel() * 4 for x in args)
+
+
+@pytest.mark.parametrize('kind', ['cpu', 'cuda'])
+@pytest.mark.parametrize('T', [1, 10])
+def test_unshifted_and_log_softmax_forms(monkeypatch, kind, T):
+    """The CPU's unshifted exponentials (blocks whose row sums leave the
+    range fall back, here the rows with logits of 200) and the
+    accelerator's log-softmax form, over several row blocks, give the
+    plain formula's value and gradient; a -inf teacher logit adds 0."""
+    small_blocks(monkeypatch)
+    g = torch.Generator().manual_seed(51)
+    pred = torch.randn(40, 17, generator=g, dtype=torch.float64) * 3
+    soft = torch.randn(40, 17, generator=g, dtype=torch.float64) * 3
+    pred[7] += 200.0
+    soft[30, 2] = float('-inf')
+    assert len(kd.row_blocks(pred)) > 1
+    for reduction in REDUCTIONS:
+        results = []
+        for fast in (True, False):
+            x = pred.clone().requires_grad_()
+            with mmloss.fast_paths(fast), dispatch.pretend_device(kind):
+                out = knowledge_distillation_kl_div_loss(
+                    x, soft, reduction=reduction, T=T)
+                assert engine_ran(out) == fast
+            out.sum().backward()
+            results.append((out.detach(), x.grad))
+        assert_close(results[0][0], results[1][0], rtol=1e-11, atol=1e-11)
+        assert_close(results[0][1], results[1][1], rtol=1e-11, atol=1e-13)
+
+
+def test_logits_a_constant_apart_keep_their_digits():
+    """A teacher whose logits are the student's plus a large constant per
+    row has KL 0: the centred difference gives 0 to float32 rounding of the
+    logits, not of the constant."""
+    g = torch.Generator().manual_seed(52)
+    pred = torch.randn(64, 17, generator=g)
+    offset = torch.linspace(-30, 30, 64).unsqueeze(1)
+    x = pred.clone().requires_grad_()
+    out = mmloss.KnowledgeDistillationKLDivLoss(T=1, reduction='none')(
+        x, pred + offset)
+    assert out.abs().max() < 1e-5
+    out.sum().backward()
+    assert x.grad.abs().max() < 1e-6

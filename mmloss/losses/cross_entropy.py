@@ -14,16 +14,21 @@ With integer labels (N,) against logits (N, C), ``y`` is the one-hot of the
 label; labels ``>= C`` (background) give an all-zero row and negative labels
 or ``ignore_index`` give a zero-weight row, exactly as MMDetection 3.3 does.
 
-Fast paths (:class:`mmloss.engine.functions.GradientInForward`, chosen by
-:mod:`mmloss.engine.dispatch`): 2-D softmax logits run one softmax, turned
-into the gradient in place (:func:`softmax_cross_entropy_kernel`), from the
-dispatch table's ``min_rows['CrossEntropyLoss']`` rows up (below it
-``F.cross_entropy``'s single fused kernel is faster); integer-label sigmoid
-logits with ``'mean'``/``'sum'`` never build the one-hot target
-(:func:`sigmoid_one_hot_kernel`, from ``min_rows['CrossEntropyLoss(sigmoid)']``
-rows up). Each has a plain formula by autograd ops, which a backward with
-``create_graph=True`` differentiates, and which ``fast=False`` (or
-:func:`mmloss.fast_paths`) runs instead.
+Fast paths (chosen by :mod:`mmloss.engine.dispatch`): 2-D softmax logits,
+from the dispatch table's ``min_rows['CrossEntropyLoss']`` rows up (below it
+``F.cross_entropy``'s single fused kernel is faster), run through
+:class:`mmloss.engine.functions.GradientInBackward`: forward computes the
+value from each row's sum of exponentials, the graph keeps the logits (a
+reference), the labels narrowed to the smallest integer type and that sum
+(:func:`~mmloss.losses.cross_entropy_kernels.softmax_cross_entropy_value`),
+and backward computes ``softmax - onehot`` from them
+(:func:`~mmloss.losses.cross_entropy_kernels.softmax_cross_entropy_grad`).
+Integer-label sigmoid logits with ``'mean'``/``'sum'`` never build the
+one-hot target (:func:`sigmoid_one_hot_kernel`, through
+:class:`mmloss.engine.functions.GradientInForward`, from
+``min_rows['CrossEntropyLoss(sigmoid)']`` rows up). Each has a plain formula
+by autograd ops, which a backward with ``create_graph=True`` differentiates,
+and which ``fast=False`` (or :func:`mmloss.fast_paths`) runs instead.
 """
 import warnings
 from numbers import Integral, Real

@@ -125,11 +125,10 @@ def softmax_statistics(work: Tensor, unshifted: bool
     """``(total, shift)`` of each row: ``softmax(x_i) = exp(x_i - shift_i)
     / total_i`` and ``logsumexp(x_i) = shift_i + log(total_i)``.
 
-    ``shift`` is ``None`` (no shift) where ``unshifted`` allows it (it
-    reads on the host whether every row sum lies in
-    :data:`UNSHIFTED_ROW_SUMS`: where
-    :func:`mmloss.engine.dispatch.cpu_kernels` allows) and every row's sum
-    of ``exp(x_ij)`` lies in range, else each row's maximum.
+    ``shift`` is ``None`` (no shift: a pass fewer) where ``unshifted``
+    (the caller's :func:`mmloss.engine.dispatch.cpu_kernels`: the check
+    reads on the host) and every row's sum of ``exp(x_ij)`` passes
+    :func:`sums_in_range`; else it is each row's maximum.
     """
     if unshifted:
         total = _exp_row_sums(work, None)
@@ -235,7 +234,9 @@ def softmax_cross_entropy_rows(pred: Tensor, label: Tensor, rule: Reduction,
     handed to :meth:`~mmloss.reduction.Reduction.apply`. Float32 at least.
 
     Backward keeps the logits (a reference), the labels narrowed by
-    :func:`narrow_labels`, the row factors and two numbers per row.
+    :func:`narrow_labels`, the row factors (if any) and each row's sum of
+    exponentials (and its maximum where the sum needs a shift:
+    :func:`softmax_statistics`).
     """
     dtype = compute_dtype(pred)
     factor = None

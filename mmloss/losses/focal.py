@@ -35,19 +35,23 @@ and for a positive (``t = 1``) with ``q = 1 - p``, ``sp(-x) = -log(p)``::
 
 Written with softplus these stay finite for logits of +-100, and no power
 ``p**(g-1)`` appears, so ``gamma < 1`` has no singularity at ``p = 0``.
-:func:`sigmoid_focal_kernel` computes the loss and this gradient in one pass;
-it runs through :class:`mmloss.engine.functions.GradientInForward`, which
-saves the gradient (one ``N x C`` tensor) and, for a backward with
-``create_graph=True``, differentiates the plain formula
-(:func:`label_focal_loss`) instead, so second derivatives are exact. Which
-path a call takes is decided by :mod:`mmloss.engine.dispatch`.
+The kernel (:func:`~mmloss.losses.focal_kernels.sigmoid_focal_kernel`, run
+block by block of rows) computes the loss, or this gradient, from one
+sigmoid and one softplus per entry. The fast path runs it through
+:class:`mmloss.engine.functions.GradientInBackward`: forward computes the
+value only, the graph keeps the logits and the labels (no ``N x C``
+tensor of its own), and backward runs the kernel again for the gradient;
+for a backward with ``create_graph=True`` it differentiates the plain
+formula (:func:`label_focal_loss`) instead, so second derivatives are
+exact. Which path a call takes is decided by :mod:`mmloss.engine.dispatch`.
 
 With the environment variable ``MMLOSS_COMPILE=1``
 (:func:`mmloss.engine.dispatch.compile_enabled`) the same pass runs through
-``torch.compile`` (:func:`fused_sigmoid_focal_kernel`, one fused loop; the
-first call compiles and each new weight layout recompiles once). If
-compilation is unavailable or fails, it warns once and falls back to the
-eager kernel, which agrees to rounding.
+``torch.compile`` (``focal_kernels.fused_sigmoid_focal_kernel``, one fused
+loop; the first call compiles, and each new weight layout and the
+value-only and gradient-only variants recompile once). If compilation is
+unavailable or fails, it warns once and falls back to the eager kernel,
+which agrees to rounding.
 """
 import functools
 from numbers import Real

@@ -12,12 +12,18 @@ log_softmax(x / T)`` (the student), per row over its ``C`` entries::
 and teacher logits (N, C) or (N, C, d1, ...) (the softmax and the mean run
 over dim 1), one loss per row (N,) or (N, d1, ...).
 
-The gradient is ``d loss_i / d x_ij = T / C * (q_ij - t_ij)``:
-:func:`kl_div_distill_kernel` computes ``q - t`` in the forward pass and
-fuses the weighting and the ``'mean'``/``'sum'`` reduction in; it runs
-through :class:`mmloss.engine.functions.GradientInForward`, which saves that
-gradient and, for a backward with ``create_graph=True``, differentiates the
-plain formula (:func:`kl_div_distill_rows`) instead.
+The gradient is ``d loss_i / d x_ij = T / C * (q_ij - t_ij)``. The fast
+path (2-D logits, a detached teacher) runs through
+:class:`mmloss.engine.functions.GradientInBackward`: forward computes the
+weighted value (:func:`kl_div_distill_value`, the ``'mean'``/``'sum'``
+reduction fused in), the graph keeps only the student and teacher logits
+(references: as much as MMDetection's two ``N x C`` tensors), and
+backward computes ``q - t`` from them (:func:`kl_div_distill_grad`). On
+the CPU both take the softmaxes from unshifted exponentials and their row
+sums where those are in range (checked on the host), else, like every
+accelerator, from log-softmax ops. For a backward with
+``create_graph=True`` the plain formula (:func:`kl_div_distill_rows`) is
+differentiated instead.
 """
 import functools
 from numbers import Real
@@ -76,8 +82,8 @@ def _exponentials(student: Tensor, teacher: Tensor, T: float,
                   scratch: Tensor) -> Optional[Tensor]:
     """``exp(x / T)`` and ``exp(s / T)`` into the (2, n, C) ``scratch`` and
     their (2, n) row sums ``S_s, S_t``, or ``None`` where the sums leave
-    :func:`~mmloss.losses.cross_entropy_kernels.sums_in_range` (both exponentials
-    and both row sums in one op each)."""
+    :func:`~mmloss.losses.cross_entropy_kernels.sums_in_range` (both
+    exponentials and both row sums in one op each)."""
     torch.mul(student, 1 / T, out=scratch[0])
     torch.mul(teacher, 1 / T, out=scratch[1])
     sums = scratch.exp_().sum(2)
@@ -109,8 +115,8 @@ def _kl_rows_unshifted(student: Tensor, teacher: Tensor, T: float,
 
 def _blocks_of(pred: Tensor, soft_label: Tensor, dtype: torch.dtype):
     """``(start, stop, student, teacher, scratch)`` per row block
-    (:func:`~mmloss.losses.focal_kernels.row_blocks`), the logits in ``dtype`` and
-    a (2, n, C) scratch buffer shared by the blocks."""
+    (:func:`~mmloss.losses.focal_kernels.row_blocks`), the logits in
+    ``dtype`` and a (2, n, C) scratch buffer shared by the blocks."""
     spans = row_blocks(pred)
     scratch = pred.new_empty((2, spans[0][1] - spans[0][0], pred.size(1)),
                              dtype=dtype)
