@@ -75,11 +75,12 @@ def check_pred_target(loss_name: str, pred, target) -> None:
         check_tensor(loss_name, 'target', target)
 
 
-def check_float(loss_name: str, argument: str, tensor: Tensor) -> Tensor:
-    """Return ``tensor`` if it holds floating-point numbers."""
+def check_float(loss_name: str, argument: str, tensor) -> Tensor:
+    """Return ``tensor`` if it is a tensor of floating-point numbers."""
+    check_tensor(loss_name, argument, tensor)
     if not tensor.is_floating_point():
-        raise TypeError(f'{loss_name}: {argument} must be a float tensor, '
-                        f'but has dtype {tensor.dtype}')
+        raise TypeError(f'{loss_name}: {argument} must be a floating point '
+                        f'tensor, but has dtype {tensor.dtype}')
     return tensor
 
 

@@ -138,23 +138,58 @@ class Reduction(NamedTuple):
             return None
         return self.reduction
 
-    def fusable(self, like: Tensor, weight_shape=None) -> bool:
-        """Whether a kernel may fuse this reduction: ``'mean'``/``'sum'``
-        with a constant weight of exactly ``weight_shape`` (``like``'s
-        shape by default) and dtype, and a constant ``avg_factor``.
-        Anything else (broadcast or differentiable weights, ``'sum'`` with
-        ``avg_factor``, which raises) takes the element-wise path."""
+    def fuses(self, dtype: torch.dtype, device,
+              weight_shape=None) -> bool:
+        """Whether a kernel computing in ``dtype`` on ``device`` may fuse
+        this reduction: ``'mean'``/``'sum'`` with a constant weight of that
+        dtype and device (and of exactly ``weight_shape``, where given)
+        and a constant ``avg_factor``. Anything else (differentiable or
+        mismatched weights, ``'sum'`` with ``avg_factor``, which raises)
+        takes the element-wise path."""
         if not self.reduces or (self.reduction == 'sum'
                                 and self.avg_factor is not None):
             return False
         weight = self.weight
         if weight is not None and (
-                weight.requires_grad or weight.dtype != like.dtype
-                or weight.device != like.device or weight.shape != (
-                    like.shape if weight_shape is None else weight_shape)):
+                weight.requires_grad or weight.dtype != dtype
+                or weight.device != device or (
+                    weight_shape is not None
+                    and weight.shape != weight_shape)):
             return False
         return not (isinstance(self.avg_factor, Tensor)
                     and self.avg_factor.requires_grad)
+
+    def fusable(self, like: Tensor, weight_shape=None) -> bool:
+        """:meth:`fuses` for a loss computed like ``like``, the weight of
+        exactly ``weight_shape`` (``like``'s shape by default)."""
+        return self.fuses(like.dtype, like.device,
+                          like.shape if weight_shape is None
+                          else weight_shape)
+
+    def run_kernel(self, run: Callable[[bool, Optional[Tensor]], Tensor],
+                   dtype: torch.dtype, device, count: int) -> Tensor:
+        """The loss by a kernel ``run(reduce_sum, weight)`` computing in
+        ``dtype`` on ``device``, weighted and reduced by these rules.
+
+        Where :meth:`fuses` (any weight shape the kernel broadcasts), the
+        kernel gets the weight and returns ``sum(loss * weight)``, which
+        :meth:`finish` turns into the reduction over ``count`` losses;
+        otherwise it gets ``reduce_sum=False`` and no weight, and returns
+        the element-wise loss, which :meth:`apply` weights and reduces.
+        """
+        fused = self.fuses(dtype, device)
+        value = run(fused, self.weight if fused else None)
+        return self.finish(value, count) if fused else self.apply(value)
+
+
+def weighted_total(loss: Tensor, weight: Optional[Tensor],
+                   reduce_sum: bool) -> Tensor:
+    """A kernel's element-wise ``loss`` times ``weight`` (if given),
+    summed to one number where ``reduce_sum`` (the fused reduction that
+    :meth:`Reduction.finish` completes)."""
+    if weight is not None:
+        loss = loss * weight
+    return loss.sum() if reduce_sum else loss
 
 
 def weight_reduce_loss(loss: Tensor,

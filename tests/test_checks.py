@@ -83,11 +83,14 @@ def test_shape_and_dtype_checks_name_the_loss():
 
 
 def test_float_check_names_the_loss_and_dtype():
-    with pytest.raises(TypeError, match='L1Loss: pred must be a float '
-                       'tensor, but has dtype torch.int64'):
+    with pytest.raises(TypeError, match='L1Loss: pred must be a floating '
+                       'point tensor, but has dtype torch.int64'):
         checks.check_float('L1Loss', 'pred', torch.zeros(3, dtype=torch.long))
     x = torch.zeros(3, dtype=torch.float16)
     assert checks.check_float('L1Loss', 'pred', x) is x
+    with pytest.raises(TypeError, match='L1Loss: pred must be a '
+                       'torch.Tensor, but got list'):
+        checks.check_float('L1Loss', 'pred', [1.0])
 
 
 def test_weight_of_the_loss_shape_passes_without_broadcasting():

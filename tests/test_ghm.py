@@ -747,7 +747,7 @@ def test_function_argument_errors_name_the_loss():
 
 def test_bin_helpers_check_their_inputs():
     with pytest.raises(TypeError, match='gradient_bin_index: g must be a '
-                       'float tensor'):
+                       'floating point tensor'):
         gradient_bin_index(torch.zeros(3, dtype=torch.long), 10, 1.0)
     with pytest.raises(TypeError, match='gradient_bin_index: valid must be '
                        'a bool tensor'):

@@ -229,8 +229,9 @@ def use_fast(loss_name: str, *tensors: Optional[Tensor],
     False when fast paths are switched off, when a tensor is neither
     float32 nor float64 nor half (integer logits take the plain path and
     its errors), or when ``rows`` (``elements``) is below the device's
-    ``min_rows`` (``min_elements``) for the loss. Families add their own conditions (a target that needs a
-    gradient the kernel does not give, for example) before asking.
+    ``min_rows`` (``min_elements``) for the loss. Families add their own
+    conditions (a target that needs a gradient the kernel does not give,
+    for example) before asking.
     """
     if not fast_paths_enabled():
         return False

@@ -38,15 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import (check_integer_labels, check_label_range, check_tensor,
-                      check_weight_shape)
+from ..checks import (check_float, check_integer_labels, check_label_range,
+                      check_tensor, check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_forward
 from ..precision import compute_dtype, restore_dtype, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
-from .focal_kernels import loss_like
 
 __all__ = [
     'softmax_cross_entropy', 'binary_cross_entropy', 'accurate_neg_log',
@@ -62,10 +61,7 @@ SIGMOID_DISPATCH_NAME = 'CrossEntropyLoss(sigmoid)'
 
 
 def _float_pred(loss_name: str, pred) -> None:
-    check_tensor(loss_name, 'pred', pred)
-    if not pred.dtype.is_floating_point:
-        raise TypeError(f'{loss_name}: pred must be a floating point tensor, '
-                        f'but has dtype {pred.dtype}')
+    check_float(loss_name, 'pred', pred)
 
 
 def _check_class_weight_size(loss_name: str, class_weight: Optional[Tensor],
@@ -374,9 +370,8 @@ def _binary_cross_entropy(loss_name, pred, label, weight, reduction,
                 avg_factor = valid.sum() * num_classes
             rule = Reduction(loss_name, row_weight[:, None], reduction,
                              avg_factor)
-            if fast and rule.fusable(
-                    loss_like(pred.shape, dtype, pred.device),
-                    (pred.size(0), 1)) and not (
+            if fast and rule.fuses(dtype, pred.device,
+                                   (pred.size(0), 1)) and not (
                         class_weight is not None and
                         class_weight.requires_grad) and dispatch.use_fast(
                             SIGMOID_DISPATCH_NAME, pred, rows=pred.size(0)):

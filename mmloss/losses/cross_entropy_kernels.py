@@ -14,7 +14,7 @@ from ..engine import dispatch
 from ..engine.functions import gradient_in_backward
 from ..precision import compute_dtype, to_dtype
 from ..reduction import Reduction
-from .focal_kernels import loss_like, row_blocks
+from .focal_kernels import row_blocks
 
 # PyTorch's (and MMDetection's) default label to ignore.
 DEFAULT_IGNORE_INDEX = -100
@@ -242,18 +242,18 @@ def softmax_cross_entropy_rows(pred: Tensor, label: Tensor, rule: Reduction,
     factor = None
     if class_weight is not None:
         factor = class_weight[torch.where(label != ignore_index, label, 0)]
-    weight = rule.weight
-    fused = rule.fusable(loss_like(label.shape, dtype, pred.device),
-                         None if weight is None else weight.shape)
-    if fused and weight is not None:
-        weight = weight.expand(label.shape)
-        factor = weight if factor is None else weight * factor
-    options = dict(ignore_index=int(ignore_index), reduce_sum=fused)
-    value = gradient_in_backward(
-        functools.partial(softmax_cross_entropy_value, **options),
-        functools.partial(softmax_cross_entropy_grad, **options),
-        functools.partial(_softmax_cross_entropy_plain, **options), pred,
-        narrow_labels(label, pred.size(1), int(ignore_index)), factor)
-    if fused:
-        return rule.finish(value, label.numel())
-    return rule.apply(value)
+
+    def run(reduce_sum: bool, weight: Optional[Tensor]) -> Tensor:
+        row_factor = factor
+        if weight is not None:
+            weight = weight.expand(label.shape)
+            row_factor = weight if factor is None else weight * factor
+        options = dict(ignore_index=int(ignore_index), reduce_sum=reduce_sum)
+        return gradient_in_backward(
+            functools.partial(softmax_cross_entropy_value, **options),
+            functools.partial(softmax_cross_entropy_grad, **options),
+            functools.partial(_softmax_cross_entropy_plain, **options), pred,
+            narrow_labels(label, pred.size(1), int(ignore_index)),
+            row_factor)
+
+    return rule.run_kernel(run, dtype, pred.device, label.numel())

@@ -247,7 +247,8 @@ def _dice_function(name: str, sigmoid: bool, doc: str):
 
 
 dice_loss = _dice_function(
-    'dice_loss', False, """Dice loss of probabilities (see the module docstring).
+    'dice_loss', False,
+    """Dice loss of probabilities (see the module docstring).
 
     Args:
         pred (Tensor): probabilities (N, *).

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import (check_in_range, check_integer_labels,
+from ..checks import (check_float, check_in_range, check_integer_labels,
                       check_label_range, check_positive, check_tensor,
                       check_weight_shape)
 from ..engine import dispatch
@@ -76,7 +76,7 @@ __all__ = [
     'FocalLoss', 'Poly1FocalLoss'
 ]
 
-from .focal_kernels import _LOG_CLAMP, _run_kernel, loss_like
+from .focal_kernels import _LOG_CLAMP, _run_kernel
 
 # ---------------------------------------------------------------------------
 # input checks shared by the focal-family losses
@@ -120,11 +120,8 @@ def _classification_weight(loss_name: str, weight: Optional[Tensor],
 
 def _check_pred_target(loss_name: str, pred: Tensor, target: Tensor) -> bool:
     """Validate ``pred``/``target``; True when ``target`` holds labels."""
-    check_tensor(loss_name, 'pred', pred)
+    check_float(loss_name, 'pred', pred)
     check_tensor(loss_name, 'target', target)
-    if not pred.dtype.is_floating_point:
-        raise TypeError(f'{loss_name}: pred must be a floating point tensor, '
-                        f'but has dtype {pred.dtype}')
     if pred.dim() == target.dim():
         if pred.shape != target.shape:
             raise ValueError(f'{loss_name}: pred has shape '
@@ -341,18 +338,18 @@ def _focal_loss(loss_name: str, pred: Tensor, target: Tensor,
             loss = label_focal_loss(x, target, gamma, alpha, epsilon,
                                     activated)
             return restore_dtype(rule.apply(loss), pred)
-        fused = rule.fusable(loss_like(pred.shape, dtype, pred.device),
-                             None if weight is None else weight.shape)
-        options = dict(gamma=float(gamma), alpha=float(alpha),
-                       epsilon=float(epsilon), reduce_sum=fused)
-        value = gradient_in_backward(
-            functools.partial(_focal_value, **options),
-            functools.partial(_focal_grad, **options),
-            functools.partial(_focal_plain, **options), pred, target,
-            weight if fused else None)
-        if fused:
-            return restore_dtype(rule.finish(value, pred.numel()), pred)
-        return restore_dtype(rule.apply(value), pred)
+
+        def run(reduce_sum: bool, weight: Optional[Tensor]) -> Tensor:
+            options = dict(gamma=float(gamma), alpha=float(alpha),
+                           epsilon=float(epsilon), reduce_sum=reduce_sum)
+            return gradient_in_backward(
+                functools.partial(_focal_value, **options),
+                functools.partial(_focal_grad, **options),
+                functools.partial(_focal_plain, **options), pred, target,
+                weight)
+
+        return restore_dtype(
+            rule.run_kernel(run, dtype, pred.device, pred.numel()), pred)
 
 
 def sigmoid_focal_loss(pred: Tensor,

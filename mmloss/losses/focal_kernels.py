@@ -3,8 +3,8 @@ pass (eager, blocked, and compiled with ``MMLOSS_COMPILE=1``), and the
 row-block helpers the other classification kernels share.
 
 :mod:`mmloss.losses.focal` runs them through the engine; VFL, QFL, KD and
-the cross-entropies reuse :func:`sigmoid_focal_kernel`, :func:`loss_like`
-and :func:`row_blocks`.
+the cross-entropies reuse :func:`sigmoid_focal_kernel` and
+:func:`row_blocks`.
 """
 import math
 import warnings
@@ -16,17 +16,11 @@ from torch import Tensor
 
 from ..engine import dispatch
 from ..engine.rowwise import blocks
+from ..reduction import weighted_total
 
 # ``binary_cross_entropy`` on probabilities clamps ``log`` at -100; the
 # ``activated`` path does the same so it agrees with it (and with mmdet).
 _LOG_CLAMP = -100.0
-
-
-def loss_like(shape, dtype: torch.dtype, device) -> Tensor:
-    """A tensor with ``shape``, ``dtype`` and ``device`` and no memory
-    behind it: what :meth:`mmloss.reduction.Reduction.fusable` compares a
-    weight with, for a loss not computed yet."""
-    return torch.empty((), dtype=dtype, device=device).expand(shape)
 
 
 def row_blocks(work: Tensor) -> List[Tuple[int, int]]:
@@ -245,10 +239,7 @@ def fused_sigmoid_focal_kernel(logits: Tensor, labels: Tensor,
         loss = balanced * cross_entropy
         if epsilon != 0:
             loss = loss + epsilon * modulator * away
-        if weight is not None:
-            loss = loss * weight
-        if reduce_sum:
-            loss = loss.sum()
+        loss = weighted_total(loss, weight, reduce_sum)
     grad = None
     if need_grad:
         grad = balanced * (gamma * toward * cross_entropy + away)

@@ -26,15 +26,14 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from ..checks import (check_integer_labels, check_positive, check_same_shape,
-                      check_tensor, check_weight_shape)
+from ..checks import (check_float, check_integer_labels, check_positive,
+                      check_same_shape, check_tensor, check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_forward
 from ..precision import compute_dtype, restore_dtype, to_dtype
-from ..reduction import Reduction
+from ..reduction import Reduction, weighted_total
 from ..registry import MODELS
 from .base import BaseLoss
-from .focal_kernels import loss_like
 
 __all__ = [
     'gaussian_focal_loss', 'gaussian_focal_loss_with_pos_inds',
@@ -124,13 +123,9 @@ def gaussian_focal_kernel(pred: Tensor, target: Tensor,
             pos_grad.mul_(alpha)
             pos_grad.sub_(away_pow / torch.add(pred, _EPS))
             grad.addcmul_(pos_grad, positive)
-    if weight is not None:
-        loss = loss * weight
-        if grad is not None:
-            grad = grad * weight
-    if reduce_sum:
-        loss = loss.sum()
-    return loss, grad
+    if weight is not None and grad is not None:
+        grad = grad * weight
+    return weighted_total(loss, weight, reduce_sum), grad
 
 
 def _engine_kernel(needs, pred: Tensor, target: Tensor,
@@ -164,24 +159,20 @@ def _heatmap_loss(pred: Tensor, target: Tensor, rule: Reduction,
     if target.requires_grad or not dispatch.use_fast('GaussianFocalLoss',
                                                       pred, rows=rows):
         return rule.apply(gaussian_focal_elementwise(pred, target, **params))
-    weight = rule.weight
-    fused = rule.fusable(loss_like(pred.shape, dtype, pred.device),
-                         None if weight is None else weight.shape)
-    value = gradient_in_forward(
-        functools.partial(_engine_kernel, reduce_sum=fused, **params),
-        functools.partial(_engine_plain, reduce_sum=fused, **params), pred,
-        target, weight if fused else None)
-    if fused:
-        return rule.finish(value, pred.numel())
-    return rule.apply(value)
+
+    def run(reduce_sum: bool, weight: Optional[Tensor]) -> Tensor:
+        return gradient_in_forward(
+            functools.partial(_engine_kernel, reduce_sum=reduce_sum,
+                              **params),
+            functools.partial(_engine_plain, reduce_sum=reduce_sum,
+                              **params), pred, target, weight)
+
+    return rule.run_kernel(run, dtype, pred.device, pred.numel())
 
 
 def _check_inputs(loss_name: str, pred: Tensor, target: Tensor) -> None:
-    check_tensor(loss_name, 'pred', pred)
+    check_float(loss_name, 'pred', pred)
     check_tensor(loss_name, 'target', target)
-    if not pred.dtype.is_floating_point:
-        raise TypeError(f'{loss_name}: pred must be a floating point tensor, '
-                        f'but has dtype {pred.dtype}')
     check_same_shape(loss_name, pred, target)
 
 

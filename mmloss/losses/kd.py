@@ -41,7 +41,7 @@ from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
 from .cross_entropy_kernels import sums_in_range
-from .focal_kernels import loss_like, row_blocks
+from .focal_kernels import row_blocks
 
 __all__ = [
     'knowledge_distillation_kl_div_loss', 'KnowledgeDistillationKLDivLoss'
@@ -273,19 +273,18 @@ def _kd_loss(loss_name, pred, soft_label, weight, reduction, avg_factor, T,
                                   rows=pred.size(0))):
             rows = kl_div_distill_rows(pred, soft_label, T, detach_target)
             return restore_dtype(rule.apply(rows), pred)
-        fused = rule.fusable(loss_like(loss_shape, dtype, pred.device),
-                             None if weight is None else weight.shape)
-        options = dict(T=float(T), reduce_sum=fused)
-        row_weight = weight.expand(loss_shape) \
-            if fused and weight is not None else None
-        value = gradient_in_backward(
-            functools.partial(kl_div_distill_value, **options),
-            functools.partial(kl_div_distill_grad, **options),
-            functools.partial(_kl_div_distill_plain, **options), pred,
-            soft_label.detach(), row_weight)
-        if fused:
-            return restore_dtype(rule.finish(value, pred.size(0)), pred)
-        return restore_dtype(rule.apply(value), pred)
+
+        def run(reduce_sum: bool, weight: Optional[Tensor]) -> Tensor:
+            options = dict(T=float(T), reduce_sum=reduce_sum)
+            return gradient_in_backward(
+                functools.partial(kl_div_distill_value, **options),
+                functools.partial(kl_div_distill_grad, **options),
+                functools.partial(_kl_div_distill_plain, **options), pred,
+                soft_label.detach(),
+                None if weight is None else weight.expand(loss_shape))
+
+        return restore_dtype(
+            rule.run_kernel(run, dtype, pred.device, pred.size(0)), pred)
 
 
 @MODELS.register_module()

@@ -315,17 +315,9 @@ def smooth_l1_loss(pred: Tensor,
     ``0.5 * x^2 / beta`` for ``x < beta``, else ``x - 0.5 * beta``; its
     slope is ``clamp(d / beta, -1, 1)``. ``beta < 1e-5`` gives L1.
 
-    Args:
-        pred (Tensor): prediction, any shape.
-        target (Tensor): target shaped like ``pred``.
-        weight (Tensor, optional): element-wise weight, broadcast.
-        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
-        avg_factor (float | Tensor, optional): denominator of the mean.
-        beta (float): the quadratic zone's half width (>= 0).
-        fast (bool, optional): the path, as in :func:`l1_loss`.
-
-    Returns:
-        Tensor: the loss, in ``pred``'s dtype.
+    ``pred``, ``target``, ``weight``, ``reduction``, ``avg_factor`` and
+    ``fast`` are those of :func:`l1_loss`; ``beta`` (float, >= 0) is the
+    quadratic zone's half width. Returns the loss in ``pred``'s dtype.
     """
     name = 'SmoothL1Loss'
     return _difference_loss(
@@ -418,19 +410,10 @@ def balanced_l1_loss(pred: Tensor,
     ``alpha ln(b x / beta + 1) + alpha (1 - beta) / (b x + beta)`` inside
     the zone (``alpha ln(b x + 1)`` for ``beta = 1``), ``gamma`` outside.
 
-    Args:
-        pred (Tensor): prediction, e.g. (N, 4).
-        target (Tensor): target shaped like ``pred``.
-        weight (Tensor, optional): element-wise weight, broadcast.
-        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
-        avg_factor (float | Tensor, optional): denominator of the mean.
-        beta (float): the zone's width (> 0).
-        alpha (float): the inlier gradient scale (> 0).
-        gamma (float): the outlier gradient (> 0).
-        fast (bool, optional): the path, as in :func:`l1_loss`.
-
-    Returns:
-        Tensor: the loss, in ``pred``'s dtype.
+    ``pred``, ``target``, ``weight``, ``reduction``, ``avg_factor`` and
+    ``fast`` are those of :func:`l1_loss`; ``beta`` (> 0) is the zone's
+    width, ``alpha`` (> 0) the inlier gradient scale and ``gamma`` (> 0)
+    the outlier gradient. Returns the loss in ``pred``'s dtype.
     """
     name = 'BalancedL1Loss'
     _balanced_l1_b(name, alpha, gamma, beta)
@@ -475,16 +458,8 @@ def mse_loss(pred: Tensor,
     Its slope is ``2 (pred - target)``. Computed in float32 for half inputs
     (an fp16 error over 256 squares to infinity in fp16).
 
-    Args:
-        pred (Tensor): prediction, any shape.
-        target (Tensor): target shaped like ``pred``.
-        weight (Tensor, optional): element-wise weight, broadcast.
-        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
-        avg_factor (float | Tensor, optional): denominator of the mean.
-        fast (bool, optional): the path, as in :func:`l1_loss`.
-
-    Returns:
-        Tensor: the loss, in ``pred``'s dtype.
+    The arguments are those of :func:`l1_loss`. Returns the loss in
+    ``pred``'s dtype.
     """
     return _difference_loss(
         Reduction('MSELoss', weight, reduction, avg_factor), pred, target,

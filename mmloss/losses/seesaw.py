@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import (check_integer_labels, check_label_range,
+from ..checks import (check_float, check_integer_labels, check_label_range,
                       check_positive, check_tensor)
 from ..engine import dispatch
 from ..precision import compute_dtype, restore_dtype, to_dtype
@@ -153,11 +153,8 @@ def _check_scores_and_labels(name: str, cls_score: Tensor, labels: Tensor,
     """The checks the function and the module share: the reduction,
     float scores, integer labels and per-label weights of labels' shape."""
     Reduction(name, None, reduction, avg_factor).checked()
-    check_tensor(name, 'cls_score', cls_score)
+    check_float(name, 'cls_score', cls_score)
     check_tensor(name, 'labels', labels)
-    if not cls_score.dtype.is_floating_point:
-        raise TypeError(f'{name}: cls_score must be a floating point tensor, '
-                        f'but has dtype {cls_score.dtype}')
     check_integer_labels(name, labels, 'labels')
     if label_weights is not None:
         check_tensor(name, 'label_weights', label_weights)

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from ... import geometry as geo
-from ...checks import check_box_shape, check_tensor, check_weight_shape
+from ...checks import (check_box_shape, check_float, check_tensor,
+                       check_weight_shape)
 from ...engine import dispatch, rowwise
 from ...precision import restore_dtype, upcast
 from ...reduction import Reduction
@@ -46,10 +47,8 @@ def check_boxes(name: str, pred: Tensor, target: Tensor) -> None:
     """Raise (naming ``name``) unless both are float (..., 4) tensors of
     one shape."""
     check_box_shape(name, pred, target)
-    for arg, value in (('pred', pred), ('target', target)):
-        if not value.dtype.is_floating_point:
-            raise TypeError(f'{name}: {arg} must be a floating point '
-                            f'tensor, but has dtype {value.dtype}')
+    check_float(name, 'pred', pred)
+    check_float(name, 'target', target)
 
 
 def checked_call(name: str, pred: Tensor, target: Tensor,

@@ -5,16 +5,13 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from ...checks import check_tensor
+from ...checks import check_float
 from ...precision import compute_dtype
 from ...reduction import Reduction
 
 
 def _check_float_pred(loss_name: str, pred: Tensor) -> None:
-    check_tensor(loss_name, 'pred', pred)
-    if not pred.dtype.is_floating_point:
-        raise TypeError(f'{loss_name}: pred must be a floating point tensor, '
-                        f'but has dtype {pred.dtype}')
+    check_float(loss_name, 'pred', pred)
 
 
 def _weighted_rule(loss_name: str, pred: Tensor, weight: Optional[Tensor],

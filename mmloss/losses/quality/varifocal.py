@@ -16,8 +16,8 @@ from ...checks import check_tensor, check_weight_shape
 from ...engine import dispatch
 from ...engine.functions import gradient_in_forward
 from ...precision import compute_dtype, restore_dtype, to_dtype
-from ...reduction import Reduction
-from ..focal_kernels import loss_like, sigmoid_focal_kernel
+from ...reduction import Reduction, weighted_total
+from ..focal_kernels import sigmoid_focal_kernel
 from .common import _check_float_pred, _weighted_rule
 
 __all__ = ['varifocal_loss']
@@ -76,17 +76,18 @@ def _varifocal_loss(loss_name, pred, target, weight, alpha, gamma,
             loss = varifocal_elementwise(pred, target, alpha, gamma,
                                          iou_weighted)
             return restore_dtype(rule.apply(loss), pred)
-        fused = rule.fusable(loss_like(pred.shape, dtype, pred.device),
-                             None if weight is None else weight.shape)
-        options = dict(alpha=float(alpha), gamma=float(gamma),
-                       iou_weighted=bool(iou_weighted), reduce_sum=fused)
-        value = gradient_in_forward(
-            functools.partial(_varifocal_engine_kernel, **options),
-            functools.partial(_varifocal_engine_plain, **options), pred,
-            target, weight if fused else None)
-        if fused:
-            return restore_dtype(rule.finish(value, pred.numel()), pred)
-        return restore_dtype(rule.apply(value), pred)
+
+        def run(reduce_sum: bool, weight: Optional[Tensor]) -> Tensor:
+            options = dict(alpha=float(alpha), gamma=float(gamma),
+                           iou_weighted=bool(iou_weighted),
+                           reduce_sum=reduce_sum)
+            return gradient_in_forward(
+                functools.partial(_varifocal_engine_kernel, **options),
+                functools.partial(_varifocal_engine_plain, **options), pred,
+                target, weight)
+
+        return restore_dtype(
+            rule.run_kernel(run, dtype, pred.device, pred.numel()), pred)
 
 
 def varifocal_elementwise(pred: Tensor, target: Tensor, alpha: float,
@@ -124,10 +125,7 @@ def varifocal_kernel(logits: Tensor, target: Tensor,
     negative_factor = diff.abs().pow_(gamma).mul_(alpha)
     positive_factor = target if iou_weighted else 1.0
     loss = bce * torch.where(positive, positive_factor, negative_factor)
-    if weight is not None:
-        loss = loss * weight
-    if reduce_sum:
-        loss = loss.sum()
+    loss = weighted_total(loss, weight, reduce_sum)
     grad = None
     if need_grad:
         one_minus = 1 - prob
