@@ -29,7 +29,8 @@ setup: $(STAMP)
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install "setuptools>=77,<82" wheel
+	# <81: mmengine imports pkg_resources (see the mmdet extra in setup.py).
+	$(PIP) install "setuptools>=77,<81" wheel
 	# torch first: mmcv's source build compiles against the installed torch.
 	$(PIP) install torch==$(TORCH_VERSION) mmengine==$(MMENGINE_VERSION)
 	MMCV_WITH_OPS=1 $(PIP) install --no-build-isolation $(FIND_LINKS) mmcv==$(MMCV_VERSION)

@@ -27,7 +27,11 @@ setup(
     extras_require={
         # mmcv has no wheel for every torch: install it by the usual route
         # (`mim install mmcv` or a source build) before this extra.
-        'mmdet': ['mmcv>=2.0.0rc4,<2.2.0', 'mmdet>=3.0,<3.4'],
+        # mmengine 0.10 finds mmdet's configs through pkg_resources (every
+        # `mmdet::` base), which setuptools deprecates (its warning: pin
+        # <81) and newer releases no longer ship.
+        'mmdet': ['mmcv>=2.0.0rc4,<2.2.0', 'mmdet>=3.0,<3.4',
+                  'setuptools<81'],
         'tests': ['pytest>=7', 'hypothesis>=6'],
         'viz': ['matplotlib>=3.5'],
     },

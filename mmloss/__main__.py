@@ -8,6 +8,14 @@ arguments with defaults, paper)::
     python -m mmloss list --family iou          # one family
     python -m mmloss list --update-readme README.md   # rewrite the table
     python -m mmloss list --check-readme README.md    # exit 1 if stale
+
+``swap`` prints a config with every mmdet loss that has an mmloss twin
+renamed ``mmloss.<Name>`` (``mmloss.swap``), followed by the table of what
+was swapped and what stays mmdet's, as ``#`` comments (so the output is
+itself a config)::
+
+    python -m mmloss swap configs/my_retinanet.py
+    python -m mmloss swap mmdet::gfl/gfl_r50_fpn_1x_coco.py -o gfl_mmloss.py
 """
 import argparse
 import sys
@@ -39,7 +47,32 @@ def _build_parser() -> argparse.ArgumentParser:
     readme.add_argument(
         '--check-readme', metavar='README',
         help='exit with status 1 if the table in this file is not current')
+    swapper = commands.add_parser(
+        'swap', help="swap a config's mmdet losses for their mmloss twins",
+        description='Print the config with every mmdet loss that has an '
+        'mmloss twin renamed mmloss.<Name>, then a table of what was swapped '
+        "and what stays mmdet's (as # comments).")
+    swapper.add_argument(
+        'config', help='config file, or a package config such as '
+        'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')
+    swapper.add_argument(
+        '-o', '--out', metavar='OUT',
+        help='write the swapped config here (and print only the table)')
     return parser
+
+
+def _swap(args) -> int:
+    from . import swap
+    new_cfg, rows = swap.swap_losses(swap.load_config(args.config))
+    table = ''.join(f'# {line}'.rstrip() + '\n'
+                    for line in swap.format_table(rows).splitlines())
+    if args.out:
+        new_cfg.dump(args.out)
+        sys.stdout.write(table)
+        print(f'# written to {args.out}')
+    else:
+        sys.stdout.write(new_cfg.pretty_text.rstrip('\n') + '\n\n' + table)
+    return 0
 
 
 def _list(args, parser) -> int:
@@ -85,6 +118,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == 'list':
         return _list(args, parser)
+    if args.command == 'swap':
+        return _swap(args)
     parser.error(f'unknown command {args.command!r}')  # pragma: no cover
 
 

@@ -33,7 +33,7 @@ __all__ = [
     'aligned_iou', 'enclosing_box', 'enclosing_wh', 'enclosing_area',
     'enclosing_diagonal_sq', 'centre_offset', 'centre_distance_sq',
     'aspect_consistency', 'extended_intersection',
-    'extended_intersection_parts', 'scale_boxes',
+    'extended_intersection_parts', 'scale_boxes', 'nonfinite_rows',
     'column_major', 'row_major', 'pair_backward'
 ]
 
@@ -172,6 +172,24 @@ def scale_boxes(boxes: Tensor, ratio: float) -> Tensor:
     centre = box_centre(boxes)
     half = box_wh(boxes) * (0.5 * ratio)
     return torch.cat([centre - half, centre + half], dim=-1)
+
+
+def nonfinite_rows(a: Tensor, b: Tensor, total: bool = False) -> Tensor:
+    """0 for each box pair whose eight coordinates are finite, NaN for a
+    pair with an Inf or NaN among them, shape (...); with ``total``, their
+    sum (a scalar: NaN if any pair is not finite).
+
+    A box loss adds it to its element-wise loss (or its fused sum): an
+    infinite coordinate can make a loss finite (``I / Inf = 0``, a clamp,
+    a max), which would hide it from ``MMLOSS_CHECK_FINITE``; with this
+    term a non-finite input always gives a non-finite loss. ``x * 0`` is 0
+    for finite ``x`` and NaN for Inf or NaN (never an overflow, unlike a
+    sum of the coordinates); no gradient and no host sync.
+    """
+    with torch.no_grad():
+        if total:
+            return (a * 0).sum() + (b * 0).sum()
+        return (a * 0).sum(-1) + (b * 0).sum(-1)
 
 
 #: From this many rows :func:`row_major` copies column by column.

@@ -32,6 +32,9 @@ class LossCase:
     scale_invariant: bool = False
     # False where the loss itself averages before 'none' is reduced.
     sum_is_sum_of_none: bool = True
+    # ``call(loss, args, kwargs) -> Tensor`` for a loss whose forward takes
+    # no reduction_override/weight/avg_factor (as in mmdet): it drops them.
+    call: Optional[Callable] = None
 
 
 def _gen(seed):
@@ -114,6 +117,67 @@ def seesaw_inputs(seed, n, num_classes=4):
                          dtype=torch.float64) * 3
     labels = torch.randint(0, num_classes + 1, (n,), generator=generator)
     return (logits, labels), {}
+
+
+def eqlv2_inputs(seed, n, num_classes=4):
+    # num_classes + 1 channels: the classes, then the objectness
+    generator = _gen(seed)
+    logits = torch.randn(n, num_classes + 1, generator=generator,
+                         dtype=torch.float64) * 3
+    labels = torch.randint(0, num_classes + 1, (n,), generator=generator)
+    return (logits, labels), {}
+
+
+def similarities(seed, n, width=6):
+    """Cosine-like similarities (n, width) and 0/1 match targets."""
+    generator = _gen(seed)
+    pred = torch.rand(n, width, generator=generator,
+                      dtype=torch.float64) * 2.2 - 1.1
+    target = (torch.rand(n, width, generator=generator) < 0.3).int()
+    return (pred, target), {}
+
+
+def multi_pos_inputs(seed, n):
+    (pred, target), _ = similarities(seed, n)
+    return (pred * 4, target), {}
+
+
+def perfect_similarities(args):
+    return (args[1].to(args[0].dtype), ) + tuple(args[1:])
+
+
+def perfect_multi_pos(args):
+    return (args[1].to(args[0].dtype) * 200 - 100, ) + tuple(args[1:])
+
+
+def triplet_inputs(seed, n):
+    """Features (n, 8) of about three samples per identity."""
+    generator = _gen(seed)
+    features = torch.randn(n, 8, generator=generator, dtype=torch.float64)
+    identities = torch.arange(n) % max(1, (n + 2) // 3)
+    return (features, identities), {}
+
+
+def corner_embedding_inputs(seed, n, size=8):
+    """Corner embedding maps of n images and up to 4 objects each."""
+    generator = _gen(seed)
+    tl = torch.randn(n, 1, size, size, generator=generator,
+                     dtype=torch.float64)
+    br = torch.randn(n, 1, size, size, generator=generator,
+                     dtype=torch.float64)
+    counts = torch.randint(0, 5, (n, ), generator=generator).tolist()
+    corners = torch.randint(0, size, (n, 4, 2, 2),
+                            generator=generator).tolist()
+    match = [corners[i][:count] for i, count in enumerate(counts)]
+    return (tl, br, match), {}
+
+
+def plain_call(loss, args, kwargs):
+    return loss(*args)
+
+
+def pull_and_push(loss, args, kwargs):
+    return torch.stack(loss(*args))
 
 
 def kd_inputs(seed, n):
@@ -215,6 +279,28 @@ CASES = {
     # with return_dict, 'none' gives per-anchor objectness and per-positive
     # class terms: value() concatenates them.
     'SeesawLoss': LossCase(seesaw_inputs, cfg=dict(num_classes=4)),
+    'FocalCustomLoss': LossCase(logits_and_labels(5),
+                                cfg=dict(num_classes=5),
+                                weight_shape=per_sample,
+                                perfect=perfect_logits),
+    'EQLV2Loss': LossCase(eqlv2_inputs, cfg=dict(num_classes=4),
+                          weight_shape=per_sample),
+    # tracking and ReID embeddings
+    'MultiPosCrossEntropyLoss': LossCase(multi_pos_inputs,
+                                         weight_shape=per_sample,
+                                         perfect=perfect_multi_pos),
+    'L2Loss': LossCase(similarities, weight_shape=lambda n: (n, 6),
+                       perfect=perfect_similarities),
+    # QDTrack's loss_track_aux (hard mining is deterministic)
+    'MarginL2Loss': LossCase(
+        similarities, cfg=dict(neg_pos_ub=3, pos_margin=0, neg_margin=0.1,
+                               hard_mining=True),
+        weight_shape=lambda n: (n, 6), perfect=perfect_similarities),
+    # no reduction, weight or avg_factor in mmdet's forward: one mean
+    'TripletLoss': LossCase(triplet_inputs, call=plain_call),
+    # returns (pull, push) summed over images: value() stacks them
+    'AssociativeEmbeddingLoss': LossCase(corner_embedding_inputs,
+                                         call=pull_and_push),
     'KnowledgeDistillationKLDivLoss': LossCase(kd_inputs,
                                                weight_shape=per_sample),
     'DiceLoss': LossCase(dice_inputs, weight_shape=per_sample),
@@ -235,6 +321,9 @@ def inputs(name, seed, n):
 
 
 def value(loss, args, **kwargs):
+    case = CASES.get(type(loss).__name__)
+    if case is not None and case.call is not None:
+        return case.call(loss, args, kwargs)
     out = loss(*args, **kwargs)
     if isinstance(out, dict):
         out = torch.cat([term.reshape(-1) for term in out.values()])

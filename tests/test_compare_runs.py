@@ -197,3 +197,64 @@ def test_command_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert 'does not exist' in done.stderr
+
+
+def write_text_log(work_dir, timestamp, epochs, iters_per_epoch, interval):
+    """The ``<timestamp>.log`` text log of :func:`write_run`'s run."""
+    lines = []
+    for epoch in range(1, epochs + 1):
+        for i in range(interval, iters_per_epoch + 1, interval):
+            lines.append(f'2024/01/01 12:00:00 - mmengine - INFO - '
+                         f'Epoch(train)  [{epoch}][{i:>3}/{iters_per_epoch}]'
+                         f'  lr: 1.0000e-02  loss: 0.5')
+        lines.append(f'2024/01/01 12:00:00 - mmengine - INFO - Saving '
+                     f'checkpoint at {epoch} epochs')
+    (work_dir / timestamp / f'{timestamp}.log').write_text(
+        '\n'.join(lines) + '\n')
+
+
+@pytest.mark.parametrize('text_log', [False, True])
+def test_epoch_metrics_at_true_epoch_end(tmp_path, text_log):
+    # 57 iterations per epoch logged every 10: the last lines of the epochs
+    # are at 50, 107, 164, 221, the epochs end at 57, 114, 171, 228.
+    write_run(tmp_path / 'r', epochs=4, iters_per_epoch=57, interval=10)
+    if text_log:
+        write_text_log(tmp_path / 'r', '20240101_120000', 4, 57, 10)
+    run = cr.read_run(str(tmp_path / 'r'))
+    assert run.train['loss'].iters[-1] == 221
+    assert run.iters_per_epoch == 57
+    assert run.val['coco/bbox_mAP'].iters == [57, 114, 171, 228]
+    assert run.last_iter == 228
+    table = cr.summary_table([run], ['loss', 'coco/bbox_mAP'])
+    assert table.splitlines()[2].startswith('| r | 228 | ')
+    assert table.splitlines()[2].endswith('| 0.4000 (228) |')
+
+
+def test_epoch_length_from_text_log_of_a_single_epoch(tmp_path):
+    # One epoch: the scalars alone cannot tell its length, the text can.
+    write_run(tmp_path / 'one', epochs=1, iters_per_epoch=57, interval=10)
+    assert cr.read_run(str(tmp_path / 'one')).last_iter == 50
+    write_text_log(tmp_path / 'one', '20240101_120000', 1, 57, 10)
+    run = cr.read_run(str(tmp_path / 'one'))
+    assert run.last_iter == 57
+    assert run.val['coco/bbox_mAP'].iters == [57]
+
+
+def test_unfinished_epoch_is_not_counted_whole(tmp_path):
+    # A run stopped during epoch 3 (no validation, no checkpoint for it).
+    path = write_run(tmp_path / 'r', epochs=3, iters_per_epoch=57,
+                     interval=10)
+    lines = path.read_text().splitlines()
+    path.write_text('\n'.join(lines[:-2]) + '\n')  # drop 164, val of 3
+    run = cr.read_run(str(tmp_path / 'r'))
+    assert run.last_iter == 154  # its last logged line
+    assert run.val['coco/bbox_mAP'].iters == [57, 114]
+
+
+def test_epoch_shorter_than_logging_interval(tmp_path):
+    # mmengine then logs each epoch's last iteration only.
+    write_run(tmp_path / 'r', epochs=3, iters_per_epoch=7, interval=7)
+    run = cr.read_run(str(tmp_path / 'r'))
+    assert run.iters_per_epoch == 7
+    assert run.val['coco/bbox_mAP'].iters == [7, 14, 21]
+    assert run.last_iter == 21

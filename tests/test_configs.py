@@ -19,6 +19,7 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 import mmloss  # noqa: E402
+from mmloss import compat  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'configs')
@@ -123,7 +124,7 @@ def test_config_builds_model_with_mmloss_losses(config):
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     from mmdet.registry import MODELS
     model = MODELS.build(cfg.model)
-    built = {type(m) for m in model.modules()}
+    built = {compat.mmloss_class(m) for m in model.modules()}
     for name in types:
         if name.startswith('mmloss.'):
             assert mmloss_class(name) in built, f'{name} not built'
@@ -196,8 +197,8 @@ def test_cfg_options_swap_loss():
     cfg = train.build_config(args)
     skip_if_losses_missing(cfg)
     head = MODELS.build(cfg.model).bbox_head
-    assert type(head.loss_bbox) is mmloss.DIoULoss
-    assert type(head.loss_cls) is mmloss.FocalLoss
+    assert compat.mmloss_class(head.loss_bbox) is mmloss.DIoULoss
+    assert compat.mmloss_class(head.loss_cls) is mmloss.FocalLoss
 
 
 def test_train_command_line_options(tmp_path):

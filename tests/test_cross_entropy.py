@@ -222,9 +222,12 @@ def test_registry_build():
     register_all_modules()
     ours = MODELS.build(dict(type='mmloss.CrossEntropyLoss',
                              use_sigmoid=True, loss_weight=2.0))
-    assert type(ours) is mmloss.CrossEntropyLoss and ours.loss_weight == 2
-    assert type(MODELS.build(dict(type='CrossEntropyLoss'))) \
-        is not mmloss.CrossEntropyLoss
+    # (while mmdet's losses are imported the registry gives a twin class
+    # deriving from ours and mmdet's: mmloss.registry)
+    assert isinstance(ours, mmloss.CrossEntropyLoss)
+    assert ours.loss_weight == 2
+    assert not isinstance(MODELS.build(dict(type='CrossEntropyLoss')),
+                          mmloss.CrossEntropyLoss)
 
 
 def test_no_warning_on_default_paths():
@@ -428,7 +431,8 @@ def test_half_precision(dtype, use_sigmoid):
                                    reduction='sum')
     x = pred.to(dtype).requires_grad_()
     out = loss(x, label)
-    assert out.dtype == dtype and torch.isfinite(out)
+    # a reduced loss of half inputs is float32 (mmloss.precision)
+    assert out.dtype == torch.float32 and torch.isfinite(out)
     out.backward()
     assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
     # the float32 sum would overflow a float16 accumulator (> 65504)
@@ -789,3 +793,64 @@ def test_a_bad_label_on_the_plain_path_is_named(monkeypatch, shape):
             mmloss.CrossEntropyLoss()(pred, label)
     label.view(-1)[1] = -100
     assert torch.isfinite(mmloss.CrossEntropyLoss()(pred, label))
+
+
+# ---------------------------------------------------------------------------
+# issue 14: every integer label dtype, integer logits refused
+# ---------------------------------------------------------------------------
+INTEGER_DTYPES = [torch.int8, torch.int16, torch.int32, torch.int64,
+                  torch.uint8]
+
+
+@pytest.mark.parametrize('dtype', INTEGER_DTYPES)
+@pytest.mark.parametrize('fast', [True, False])
+def test_every_integer_label_dtype(dtype, fast):
+    """Labels of any integer dtype give the int64 result, on the fast and
+    the plain path (the plain path crashed inside F.cross_entropy for
+    int8/16/32 after the checks had accepted them)."""
+    g = torch.Generator().manual_seed(4)
+    pred = torch.randn(12, C, generator=g)
+    label = torch.randint(0, C, (12, ), generator=g)
+    modules = [mmloss.CrossEntropyLoss(),
+               mmloss.CrossEntropyLoss(use_sigmoid=True),
+               mmloss.CrossEntropyCustomLoss(num_classes=C - 1)]
+    for module in modules:
+        with mmloss.fast_paths(fast):
+            ref, ref_grad = value_and_grad(module, pred, label)
+            out, grad = value_and_grad(module, pred, label.to(dtype))
+        assert_close(out, ref, rtol=1e-6, atol=0,
+                     what=f'{module.loss_name} {dtype}')
+        assert_close(grad, ref_grad, rtol=1e-6, atol=0)
+    masks = torch.randn(12, C, 3, 3, generator=g)
+    mask_target = torch.rand(12, 3, 3, generator=g)
+    mask_loss = mmloss.CrossEntropyLoss(use_mask=True)
+    assert_close(mask_loss(masks, mask_target, label.to(dtype)),
+                 mask_loss(masks, mask_target, label), rtol=1e-6, atol=0)
+
+
+def value_and_grad(module, pred, label):
+    x = pred.clone().requires_grad_()
+    out = module(x, label)
+    out.backward()
+    return out.detach(), x.grad
+
+
+@pytest.mark.parametrize('dtype', [torch.int64, torch.int32, torch.uint8,
+                                   torch.bool])
+def test_integer_logits_are_refused(dtype):
+    """Integer (or bool) logits raise a TypeError naming the loss, in
+    every mode, never a silent cast."""
+    pred = torch.ones(4, C, dtype=dtype)
+    label = torch.tensor([0, 1, 2, 3])
+    cases = [(mmloss.CrossEntropyLoss(), (pred, label)),
+             (mmloss.CrossEntropyLoss(use_sigmoid=True), (pred, label)),
+             (mmloss.CrossEntropyCustomLoss(num_classes=C - 1),
+              (pred, label)),
+             (mmloss.CrossEntropyLoss(use_mask=True),
+              (torch.ones(4, C, 3, 3, dtype=dtype), torch.rand(4, 3, 3),
+               label))]
+    for module, args in cases:
+        with pytest.raises(TypeError,
+                           match=rf'^{module.loss_name}: pred must be a '
+                           rf'floating point tensor, but has dtype {dtype}'):
+            module(*args)

@@ -153,7 +153,8 @@ def test_half_precision(dtype):
     target = torch.ones(4, 300, 300)
     x = pred.to(dtype).requires_grad_()
     out = mmloss.DiceLoss()(x, target.to(dtype))
-    assert out.dtype == dtype and torch.isfinite(out)
+    # a reduced loss of half inputs is float32 (mmloss.precision)
+    assert out.dtype == torch.float32 and torch.isfinite(out)
     out.backward()
     assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
     expected = mmloss.DiceLoss()(pred.to(dtype).float(), target)
@@ -264,7 +265,7 @@ def test_the_dispatcher_decides_the_path():
         out = sigmoid_dice_loss(pred.requires_grad_(), target, **kwargs)
         return custom_functions(out)
 
-    kernel = 'GradientInForwardBackward'
+    kernel = 'GradientInBackwardBackward'
     if threshold > 1:
         assert kernel not in functions(threshold - 1)
         assert kernel in functions(threshold - 1, fast=True)
@@ -339,3 +340,43 @@ def test_function_input_errors_name_the_loss_and_shapes():
     # mask targets without the channel dimension of the logits
     out = sigmoid_dice_loss(torch.randn(3, 1, 4, 4), torch.rand(3, 4, 4))
     assert out.shape == ()
+
+
+@pytest.mark.parametrize('use_sigmoid,activate', [(True, True),
+                                                  (True, False)])
+@pytest.mark.parametrize('naive_dice', [False, True])
+def test_the_fast_graph_keeps_the_inputs_and_two_sums_per_sample(
+        use_sigmoid, activate, naive_dice):
+    """The fast path's graph keeps the caller's logits (a reference) and
+    two numbers per sample, no (N, D) tensor of its own (mmdet keeps the
+    sigmoid's output), and its gradient, recomputed in backward, equals
+    the plain formula's."""
+    from tests.test_focal import saved_bytes
+    gen = torch.Generator().manual_seed(5)
+    pred = torch.randn(6, 40, 40, generator=gen)
+    if not activate:
+        pred = pred.sigmoid()
+    target = (torch.rand(6, 40, 40, generator=gen) > 0.5).float()
+    weight = torch.rand(6, generator=gen)
+    loss = mmloss.DiceLoss(use_sigmoid=use_sigmoid, activate=activate,
+                    naive_dice=naive_dice)
+    x = pred.clone().requires_grad_()
+    with mmloss.fast_paths(True):
+        total, kept = saved_bytes(
+            lambda p: dice_fast(loss, p, target, weight), x)
+    assert kept == {x.untyped_storage().data_ptr()}
+    assert total <= x.numel() * 4 + 2 * 6 * 4 + 64
+    grads = []
+    for fast in (True, False):
+        x = pred.clone().requires_grad_()
+        with mmloss.fast_paths(fast):
+            dice_fast(loss, x, target, weight).backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def dice_fast(loss, pred, target, weight):
+    """``loss`` on the kernel path whatever the size (``fast=True``)."""
+    fn = sigmoid_dice_loss if loss.activate else dice_loss
+    return fn(pred, target, weight, eps=loss.eps,
+              naive_dice=loss.naive_dice, fast=True)

@@ -420,14 +420,17 @@ def test_half_precision(dtype, path):
     x = pred.to(dtype).requires_grad_()
     loss = module(x, target)
     loss.backward()
-    assert loss.dtype == dtype and x.grad.dtype == dtype
+    # a reduced loss of half inputs is float32 (mmloss.precision)
+    assert loss.dtype == torch.float32 and x.grad.dtype == dtype
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
     assert_close(loss.float(), ref, rtol=3e-2, atol=1e-3)
-    # a large sum does not overflow half: the kernel sums in float32
+    # a large sum does not overflow half: summed and returned in float32
     if path == 'labels':
         big = torch.full((200, 80), 10.0, dtype=dtype)
         total = FocalLoss(reduction='sum')(big, torch.full((200, ), 80))
-        assert torch.isfinite(total) or dtype == torch.float16
+        assert total.dtype == torch.float32
+        assert_close(total, torch.tensor(0.75 * 10 * 16000), rtol=1e-2,
+                     atol=0)
         assert_close(FocalLoss()(big, torch.full((200, ), 80)).float(),
                      torch.tensor(7.5, dtype=torch.float32), rtol=1e-2,
                      atol=0)
@@ -848,3 +851,89 @@ def test_backward_follows_forward_block_by_block(monkeypatch):
             ref, = torch.autograd.grad(cls(gamma=2.0)(x, labels), x)
         assert torch.equal(first, second)
         assert_grad_close(first, ref)
+
+
+# ---------------------------------------------------------------------------
+# issue 14: saturated probabilities with activated=True, module errors
+# ---------------------------------------------------------------------------
+def saturated_probabilities():
+    """Probabilities of exactly 1 and 0: float32 ``torch.sigmoid`` returns
+    them at logits of 20 and -120 (TOOD's configs use ``activated=True``),
+    with labels (N,) in [0, 3] (3: background)."""
+    prob = torch.sigmoid(torch.tensor([[20., -120., .5], [-120., 20., -1.],
+                                       [20., 20., -120.], [.3, -120., 20.]]))
+    assert prob.max() == 1 and prob.min() == 0
+    return prob, torch.tensor([1, 1, 3, 2])
+
+
+@pytest.mark.parametrize('target_kind', ['labels', 'one_hot'])
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+def test_activated_saturated_probabilities_match_mmdet(
+        mmdet_losses, target_kind, reduction):
+    """p = 0 or 1 with activated=True: the loss and its gradient are
+    mmdet's (finite: binary_cross_entropy clamps log at -100 and its
+    gradient's denominator at 1e-12), not NaN (was: 0 * inf in backward)."""
+    prob, labels = saturated_probabilities()
+    target = labels if target_kind == 'labels' else \
+        F.one_hot(labels, 4)[:, :3].float()
+    results = []
+    for module in (FocalLoss(activated=True, reduction=reduction),
+                   mmdet_losses.FocalLoss(activated=True,
+                                          reduction=reduction)):
+        x = prob.clone().requires_grad_()
+        out = module(x, target)
+        out.sum().backward()
+        results.append((out.detach(), x.grad))
+    (loss, grad), (ref_loss, ref_grad) = results
+    assert torch.isfinite(grad).all() and torch.isfinite(ref_grad).all()
+    assert grad.abs().max() > 1e10  # the saturated entries' huge slope
+    assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('target_kind', ['labels', 'one_hot'])
+def test_activated_poly1_saturated_probabilities_are_finite(target_kind):
+    """Poly-1 at p = 0 or 1: the focal gradient plus the polynomial term's
+    ``eps (g + 1) pt'**g * d pt'/dp``, finite everywhere."""
+    prob, labels = saturated_probabilities()
+    one_hot = F.one_hot(labels, 4)[:, :3].float()
+    target = labels if target_kind == 'labels' else one_hot
+    gamma, epsilon = 2.0, 1.0
+    grads = []
+    for module in (Poly1FocalLoss(activated=True, epsilon=epsilon),
+                   FocalLoss(activated=True)):
+        x = prob.clone().requires_grad_()
+        module(x, target).backward()
+        grads.append(x.grad)
+    poly, plain = grads
+    assert torch.isfinite(poly).all()
+    away = torch.where(one_hot == 1, 1 - prob, prob)
+    slope = torch.where(one_hot == 1, -1.0, 1.0)
+    expected = plain + epsilon * (gamma + 1) * away**gamma * slope / \
+        prob.numel()
+    assert_close(poly, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_activated_interior_second_derivatives():
+    """The activated label form (now through binary_cross_entropy) is
+    still twice differentiable away from 0 and 1."""
+    prob = torch.rand(5, 3, generator=torch.Generator().manual_seed(3),
+                      dtype=torch.float64) * 0.9 + 0.05
+    labels = torch.tensor([0, 3, 2, 1, 3])
+    x = prob.requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        lambda x: Poly1FocalLoss(activated=True, gamma=1.5)(x, labels),
+        (x, ))
+
+
+@pytest.mark.parametrize('cls', [FocalLoss, Poly1FocalLoss])
+def test_unknown_forward_keyword_names_the_loss(cls):
+    """Poly1FocalLoss inherits FocalLoss.forward: an unknown keyword
+    names the class called, not ``FocalLoss.forward``."""
+    pred, labels = make_inputs(4, 3, seed=0)
+    with pytest.raises(TypeError,
+                       match=rf"^{cls.__name__}: unexpected keyword "
+                       r"arguments \['gama'\]"):
+        cls()(pred, labels, gama=2.0)
+    with pytest.raises(TypeError, match=cls.__name__):
+        cls(gama=2.0)

@@ -195,7 +195,8 @@ def test_half_precision(dtype):
     x = pred.to(dtype).requires_grad_()
     loss = GaussianFocalLoss()(x, target.to(dtype))
     loss.backward()
-    assert loss.dtype == dtype and x.grad.dtype == dtype
+    # a reduced loss of half inputs is float32 (mmloss.precision)
+    assert loss.dtype == torch.float32 and x.grad.dtype == dtype
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
     assert_close(loss.float(), ref, rtol=3e-2, atol=1e-3)
 
@@ -357,3 +358,50 @@ def test_switch_forces_the_plain_formula():
         GaussianFocalLoss()(x, target))
     with mmloss.fast_paths(False):
         assert not graph_functions(GaussianFocalLoss()(x, target))
+
+
+# ---------------------------------------------------------------------------
+# issue 14: errors of the index form name the loss
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize('pos_inds,pos_labels,error,match', [
+    ([6], [0], ValueError, r'pos_inds holds values in \[6, 6\], but pred '
+     r'has 6 rows'),
+    ([-7], [0], ValueError, r'pos_inds holds values in \[-7, -7\]'),
+    ([1], [5], ValueError, r'pos_labels holds 5, but labels must lie in '
+     r'\[0, 5\)'),
+    ([1], [-1], ValueError, r'pos_labels holds -1'),
+    ([1.], [2], TypeError, r'pos_inds must hold integer'),
+    ([[1]], [2], ValueError, r'pred must have shape \(N, C\) and '
+     r'pos_inds and pos_labels shape \(M,\)'),
+])
+def test_pos_inds_out_of_range_names_the_loss(pos_inds, pos_labels, error,
+                                              match):
+    """Indices outside pred raise naming the loss and the argument (were:
+    a raw IndexError / RuntimeError from indexing)."""
+    pred, target = heatmap((6, 5), 0, peaks=0.0)
+    with pytest.raises(error, match='^GaussianFocalLoss: ' + match):
+        GaussianFocalLoss()(pred, target, torch.tensor(pos_inds),
+                            torch.tensor(pos_labels))
+
+
+def test_negative_pos_inds_index_as_mmdet(mmdet_losses):
+    """Row indices in [-N, 0) count from the end, as mmdet's
+    ``pred[pos_inds]`` does."""
+    pred, target = heatmap((6, 5), 1, peaks=0.0)
+    kw = dict(pos_inds=torch.tensor([-1, 2, -6]),
+              pos_labels=torch.tensor([4, 0, 1]))
+    value, grad = run(GaussianFocalLoss(), pred, target, **kw)
+    ref, ref_grad = run(mmdet_losses.GaussianFocalLoss(), pred, target, **kw)
+    assert_close(value, ref)
+    grad_close(grad, ref_grad)
+
+
+def test_pos_inds_sum_with_avg_factor_names_the_loss():
+    pred, target = heatmap((6, 5), 0, peaks=0.0)
+    pos_inds, pos_labels = positives(6, 5, 2, 0)
+    for module, override in ((GaussianFocalLoss(reduction='sum'), None),
+                             (GaussianFocalLoss(), 'sum')):
+        with pytest.raises(ValueError,
+                           match='^GaussianFocalLoss: avg_factor'):
+            module(pred, target, pos_inds, pos_labels, avg_factor=2.0,
+                   reduction_override=override)

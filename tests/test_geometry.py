@@ -158,3 +158,18 @@ def test_column_major_is_differentiable():
     cols = geo.column_major(boxes)
     (cols * torch.arange(4.0)).sum().backward()
     assert torch.equal(boxes.grad, torch.arange(4.0).expand(3000, 4))
+
+
+def test_nonfinite_rows():
+    a = torch.tensor([[0., 0., 1., 1.], [0., 0., math.inf, 1.],
+                      [3e38, 3e38, 3e38, 3e38], [0., 0., 1., 1.]],
+                     requires_grad=True)
+    b = torch.tensor([[0., 0., 1., 1.], [0., 0., 1., 1.],
+                      [3e38, 3e38, 3e38, 3e38], [math.nan, 0., 1., 1.]])
+    rows = geo.nonfinite_rows(a, b)
+    # large finite coordinates do not overflow into a NaN (no plain sum)
+    assert rows[0].item() == 0 and rows[2].item() == 0
+    assert torch.isnan(rows[1]) and torch.isnan(rows[3])
+    assert not rows.requires_grad
+    assert torch.isnan(geo.nonfinite_rows(a, b, total=True))
+    assert geo.nonfinite_rows(a[[0, 2]], b[[0, 2]], total=True).item() == 0

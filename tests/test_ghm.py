@@ -106,14 +106,15 @@ def test_bin_index_is_mmdet_bin_at_every_edge(top):
                            brute_force_bins(g, edges)), bins
 
 
-def test_bin_index_marks_invalid_and_stays_in_range_for_nan():
-    g = torch.tensor([0.05, 0.5, 0.95, float('nan'), float('inf')])
-    valid = torch.tensor([True, False, True, True, True])
+def test_bin_index_excludes_invalid_and_non_finite_norms():
+    g = torch.tensor([0.05, 0.5, 0.95, float('nan'), float('inf'),
+                      float('nan')])
+    valid = torch.tensor([True, False, True, True, True, False])
     index = gradient_bin_index(g, 10, 1 + 1e-6, valid)
-    assert index[:3].tolist() == [0, 10, 9]
-    # non-finite norms land in some bin (the loss is NaN anyway), never
-    # outside the table
-    assert ((index[3:] >= 0) & (index[3:] <= 10)).all()
+    # a non-finite norm is in no bin (it used to land in bin 0, where the
+    # moving counts carried it into later steps)
+    assert index.tolist() == [0, 10, 9, 10, 10, 10]
+    assert gradient_bin_index(g, 10, 1e3).tolist() == [0, 5, 9, 10, 10, 10]
 
 
 def test_bin_weights_by_hand():
@@ -328,9 +329,13 @@ def test_ghmc_half_inputs(dtype):
     x = pred.to(dtype).requires_grad_()
     loss = GHMC(bins=10)(x, labels, label_weight)
     loss.backward()
-    assert loss.dtype == dtype and x.grad.dtype == dtype
+    # a reduced loss of half inputs is float32 (as under autocast); the
+    # element-wise one keeps the input dtype
+    assert loss.dtype == torch.float32 and x.grad.dtype == dtype
     assert torch.isfinite(x.grad.float()).all()
-    assert_close(loss.float(), reference, rtol=1e-2, atol=1e-3)
+    assert_close(loss, reference, rtol=1e-2, atol=1e-3)
+    elementwise = GHMC(bins=10, reduction='none')(x, labels, label_weight)
+    assert elementwise.dtype == dtype
 
 
 def test_ghmc_nan_propagates():
@@ -521,9 +526,11 @@ def test_ghmr_half_inputs(dtype):
     loss.backward()
     reference = GHMR()(pred.to(dtype).float(), target.to(dtype).float(),
                        label_weight)
-    assert loss.dtype == dtype and x.grad.dtype == dtype
+    assert loss.dtype == torch.float32 and x.grad.dtype == dtype
     assert torch.isfinite(loss) and torch.isfinite(x.grad.float()).all()
-    assert_close(loss.float(), reference, rtol=1e-2, atol=1e-3)
+    assert_close(loss, reference, rtol=1e-2, atol=1e-3)
+    elementwise = GHMR(reduction='none')(x, target.to(dtype), label_weight)
+    assert elementwise.dtype == dtype
 
 
 def test_ghmr_nan_propagates():
@@ -764,3 +771,199 @@ def test_bin_helpers_check_their_inputs():
     with pytest.raises(ValueError, match='harmonized_bin_weights: momentum '
                        '> 0 needs acc_sum'):
         harmonized_bin_weights(index, 4, torch.tensor(1.0), 0.5)
+
+
+# --------------------------------------------------------------------------
+# Running state: non-finite batches, half-precision modules and results
+# --------------------------------------------------------------------------
+def _poisoned(pred, value, rows=slice(0, 3)):
+    bad = pred.clone()
+    bad[rows, 1] = value
+    return bad
+
+
+@pytest.mark.parametrize('fast', [True, False])
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+def test_ghmc_non_finite_batch_leaves_the_state_alone(mmdet_losses, fast,
+                                                      bad):
+    # mmdet counts NaN/Inf elements in bin 0 (Inf logits have a finite
+    # g) and the moving counts carry them into every later step; ours
+    # returns a non-finite loss for that batch and moves no state
+    ours = GHMC(bins=10, momentum=0.75)
+    clean = GHMC(bins=10, momentum=0.75)
+    theirs = mmdet_losses.GHMC(bins=10, momentum=0.75)
+    for step in range(3):
+        pred, labels, label_weight = cls_inputs(40 + step, n=200)
+        if step == 1:
+            before = ours.acc_sum.clone()
+            # a +inf logit in the label's column has BCE 0 and g 0: it
+            # must still not be counted, nor give a finite loss
+            worst = _poisoned(pred, bad)
+            labels[:3] = 1
+            label_weight[:3] = 1
+            loss = ghmc_loss(worst, labels, label_weight, 10, 0.75,
+                             ours.acc_sum, fast=fast)
+            assert not torch.isfinite(loss)
+            assert torch.equal(ours.acc_sum, before)
+            continue
+        expected = theirs(pred, labels, label_weight)
+        clean(pred, labels, label_weight)
+        assert_close(ghmc_loss(pred, labels, label_weight, 10, 0.75,
+                               ours.acc_sum, fast=fast), expected)
+        assert torch.equal(ours.acc_sum, clean.acc_sum)
+        assert torch.equal(ours.acc_sum, theirs.acc_sum)
+
+
+@pytest.mark.parametrize('fast', [True, False])
+def test_ghmc_soft_target_nan_leaves_the_state_alone(fast):
+    pred, labels, label_weight = cls_inputs(45, n=50)
+    target = onehot_of(labels)
+    weight = label_weight[:, None].expand_as(pred).contiguous()
+    acc_sum = torch.zeros(10)
+    ghmc_loss(pred, target, weight, 10, 0.5, acc_sum, fast=fast)
+    before = acc_sum.clone()
+    target[0, 0] = float('nan')
+    assert torch.isnan(ghmc_loss(pred, target, weight, 10, 0.5, acc_sum,
+                                 fast=fast))
+    assert torch.equal(acc_sum, before)
+
+
+@pytest.mark.parametrize('fast', [True, False])
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_ghmr_non_finite_batch_leaves_the_state_alone(mmdet_losses, fast,
+                                                      bad):
+    ours = GHMR(momentum=0.7)
+    theirs = mmdet_losses.GHMR(momentum=0.7)
+    for step in range(3):
+        pred, target, label_weight = reg_inputs(50 + step, n=200)
+        if step == 1:
+            before = ours.acc_sum.clone()
+            for worst in (_poisoned(pred, bad), pred.fill_(bad)):
+                loss = ghmr_loss(worst, target, label_weight, 0.02, 10, 0.7,
+                                 ours.acc_sum, fast=fast)
+                assert not torch.isfinite(loss)
+                assert torch.equal(ours.acc_sum, before)
+            continue
+        expected = theirs(pred, target, label_weight)
+        assert_close(ghmr_loss(pred, target, label_weight, 0.02, 10, 0.7,
+                               ours.acc_sum, fast=fast), expected)
+        assert torch.equal(ours.acc_sum, theirs.acc_sum)
+
+
+def test_non_finite_element_is_never_masked():
+    # NaN/Inf in a valid element makes the element-wise loss non-finite
+    # there (momentum or not, any path), and nowhere else
+    pred, labels, label_weight = cls_inputs(46, n=30)
+    label_weight[:] = 1
+    labels[0] = 2
+    for value in (float('nan'), float('inf'), -float('inf')):
+        bad = pred.clone()
+        bad[0, 2] = value
+        for fast in (True, False):
+            loss = ghmc_loss(bad, labels, label_weight, reduction='none',
+                             fast=fast)
+            finite = torch.isfinite(loss)
+            assert not finite[0, 2] and finite.sum() == loss.numel() - 1
+    pred, target, label_weight = reg_inputs(47, n=30)
+    pred[4, 1] = float('inf')
+    loss = ghmr_loss(pred, target, torch.ones_like(pred), reduction='none')
+    finite = torch.isfinite(loss)
+    assert not finite[4, 1] and finite.sum() == loss.numel() - 1
+
+
+@pytest.mark.parametrize('cls', [GHMC, GHMR])
+def test_state_stays_float32_in_a_half_module(cls):
+    module = cls(momentum=0.5).half()
+    assert module.acc_sum.dtype == module.edges.dtype == torch.float32
+    # the edges are MMDetection's float32 values, not their float16 cast
+    assert torch.equal(module.edges, cls(momentum=0.5).edges)
+    module.to(torch.float64)
+    assert module.acc_sum.dtype == module.edges.dtype == torch.float32
+    # a float16 (or float64) checkpoint loads into float32 state, with
+    # assign=True too
+    state = {k: v.half() for k, v in cls(momentum=0.5).state_dict().items()}
+    state['acc_sum'] = torch.full_like(state['acc_sum'], 3.0)
+    for assign in (False, True):
+        module.load_state_dict(state, assign=assign)
+        assert module.acc_sum.dtype == torch.float32
+        assert torch.equal(module.acc_sum, torch.full((10, ), 3.0))
+
+
+def test_half_module_counts_past_float16_range(mmdet_losses):
+    # ~320k elements, most in bin 0: (1 - m) * count is far above 65504
+    gen = torch.Generator().manual_seed(48)
+    pred = (torch.randn(20000, 16, generator=gen) * 4 - 8).half()
+    labels = torch.full((20000, ), 16)
+    label_weight = torch.ones(20000)
+    module = GHMC(momentum=0.75).half()
+    theirs = mmdet_losses.GHMC(momentum=0.75)
+    for _ in range(2):
+        loss = module(pred, labels, label_weight)
+        expected = theirs(pred.float(), labels, label_weight)
+        assert loss.dtype == torch.float32
+        # rtol 1e-4: the kernel's float32 dot over 320k weighted terms
+        # (weights up to ~1e3) rounds more than mmdet's pairwise sum
+        assert_close(loss, expected, rtol=1e-4)
+        assert module.acc_sum.max() > 65504
+        assert torch.equal(module.acc_sum, theirs.acc_sum)
+
+
+@pytest.mark.parametrize('fast', [True, False])
+def test_reduced_half_loss_is_float32_not_inf(mmdet_losses, fast):
+    # momentum 0.999 weighs the first step ~1000x: the mean of these half
+    # logits is ~1.1e5, past float16's 65504 (it used to come back inf)
+    gen = torch.Generator().manual_seed(0)
+    pred = (torch.randn(64, 8, generator=gen) * 400).half()
+    labels = torch.randint(0, 8, (64, ), generator=gen)
+    label_weight = torch.ones(64)
+    expected = mmdet_losses.GHMC(momentum=0.999)(pred.float(), labels,
+                                                 label_weight)
+    assert expected > 65504
+    loss = ghmc_loss(pred, labels, label_weight, 10, 0.999, torch.zeros(10),
+                     fast=fast)
+    assert loss.dtype == torch.float32
+    assert_close(loss, expected)
+    total = ghmc_loss(pred, labels, label_weight, 10, 0.999,
+                      torch.zeros(10), reduction='sum', fast=fast)
+    assert total.dtype == torch.float32 and torch.isfinite(total)
+    none = ghmc_loss(pred, labels, label_weight, 10, 0.999, torch.zeros(10),
+                     reduction='none', fast=fast)
+    assert none.dtype == torch.float16
+    # GHM-R: a sum of half losses past 65504
+    pred = torch.full((300, 4), 300.0, dtype=torch.float16)
+    target = torch.zeros_like(pred)
+    total = ghmr_loss(pred, target, torch.ones_like(pred), reduction='sum',
+                      fast=fast)
+    assert total.dtype == torch.float32
+    assert_close(total, torch.tensor(1200 * (math.sqrt(300.0 ** 2 + 0.02 **
+                                                       2) - 0.02)))
+
+
+@pytest.mark.parametrize('dtype', [torch.int32, torch.int16, torch.int8,
+                                   torch.uint8])
+def test_ghmc_any_integer_label_dtype(dtype):
+    pred, labels, label_weight = cls_inputs(49, n=40)
+    expected = GHMC()(pred, labels, label_weight)
+    assert_close(GHMC()(pred, labels.to(dtype), label_weight), expected)
+    # uint8 labels against more than 256 classes: 250 < 300 must not wrap
+    wide = torch.randn(6, 300)
+    labels = torch.tensor([5, 250, 300, 0, 255, 300])
+    for fast in (True, False):
+        assert_close(ghmc_loss(wide, labels.clamp(max=255).to(torch.uint8),
+                               torch.ones(6), fast=fast),
+                     ghmc_loss(wide, labels.clamp(max=255), torch.ones(6),
+                               fast=fast))
+    with pytest.raises(ValueError, match='GHMC: target holds -1'):
+        GHMC()(pred, torch.full((40, ), -1, dtype=torch.int8), label_weight)
+
+
+def test_integer_acc_sum_is_refused():
+    # an int64 buffer would truncate the moving averages silently
+    pred, labels, label_weight = cls_inputs(63, n=10)
+    with pytest.raises(TypeError, match='GHMC: acc_sum must be a floating'):
+        ghmc_loss(pred, labels, label_weight, 10, 0.5,
+                  torch.zeros(10, dtype=torch.long))
+    pred, target, label_weight = reg_inputs(63, n=10)
+    with pytest.raises(TypeError, match='GHMR: acc_sum must be a floating'):
+        ghmr_loss(pred, target, label_weight, 0.02, 10, 0.5,
+                  torch.zeros(10, dtype=torch.long))

@@ -263,3 +263,142 @@ def test_fcn_mask_head():
         results.append(dict(loss_mask=model.loss_mask(mask_pred, targets,
                                                       labels)))
     compare_losses(ref, ours, *results)
+
+
+# ---------------------------------------------------------------------------
+# Heads that check their loss's class (mmloss.compat's twin classes)
+# ---------------------------------------------------------------------------
+def test_dynamic_roi_head_updates_our_smooth_l1_beta():
+    """``DynamicRoIHead`` asserts ``isinstance(loss_bbox, SmoothL1Loss)``
+    (mmdet's class) and sets ``loss_bbox.beta`` after every
+    ``update_iter_interval`` calls: with ``mmloss.SmoothL1Loss`` it builds,
+    and the new beta changes our loss exactly as it changes mmdet's."""
+    from mmdet.models.losses import SmoothL1Loss as MMDetSmoothL1Loss
+    from mmdet.structures import DetDataSample
+    from mmengine.config import ConfigDict
+
+    bbox_head = dict(
+        type='Shared2FCBBoxHead', in_channels=8, fc_out_channels=16,
+        roi_feat_size=7, num_classes=NUM_CLASSES,
+        bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.0] * 4,
+                        target_stds=[0.1, 0.1, 0.2, 0.2]),
+        reg_class_agnostic=False, loss_cls=copy.deepcopy(CE),
+        loss_bbox=dict(type='SmoothL1Loss', beta=1.0, loss_weight=1.0))
+    cfg = dict(
+        type='DynamicRoIHead',
+        bbox_roi_extractor=dict(
+            type='SingleRoIExtractor', out_channels=8, featmap_strides=[8],
+            roi_layer=dict(type='RoIAlign', output_size=7,
+                           sampling_ratio=0)),
+        bbox_head=bbox_head,
+        train_cfg=ConfigDict(
+            assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.4,
+                          neg_iou_thr=0.4, min_pos_iou=0.4,
+                          match_low_quality=False, ignore_iof_thr=-1),
+            sampler=dict(type='PseudoSampler'), pos_weight=-1, debug=False,
+            dynamic_rcnn=dict(iou_topk=5, beta_topk=3,
+                              update_iter_interval=1, initial_iou=0.4,
+                              initial_beta=1.0)))
+    ours_cfg = copy.deepcopy(cfg)
+    ours_cfg['bbox_head']['loss_bbox']['type'] = 'mmloss.SmoothL1Loss'
+    torch.manual_seed(0)
+    ref = MODELS.build(cfg)
+    ours = MODELS.build(ours_cfg)  # mmdet's assert passes
+    ours.load_state_dict(ref.state_dict())
+    loss_bbox = ours.bbox_head.loss_bbox
+    assert isinstance(loss_bbox, mmloss.SmoothL1Loss)
+    assert isinstance(loss_bbox, MMDetSmoothL1Loss)
+    assert type(loss_bbox).__name__ == 'SmoothL1Loss'
+
+    g = torch.Generator().manual_seed(3)
+    feats = (torch.randn(1, 8, IMG // 8, IMG // 8, generator=g),)
+    gt = torch.tensor([[4.0, 4.0, 30.0, 36.0], [20.0, 10.0, 60.0, 50.0]])
+
+    def batch():
+        proposals = gt.repeat(10, 1) + torch.randn(20, 4, generator=g) * 4
+        sample = DetDataSample(metainfo=dict(img_shape=(IMG, IMG)))
+        sample.gt_instances = InstanceData(
+            bboxes=gt, labels=torch.tensor([0, 2]))
+        return [InstanceData(bboxes=proposals)], [sample]
+
+    betas = []
+    for _ in range(2):
+        proposals, samples = batch()
+        results = [model.loss(feats, copy.deepcopy(proposals), samples)
+                   for model in (ref, ours)]
+        compare_losses(ref, ours, *results)
+        assert ours.bbox_head.loss_bbox.beta == ref.bbox_head.loss_bbox.beta
+        betas.append(float(ours.bbox_head.loss_bbox.beta))
+    # the update happened, and reached our loss's arithmetic
+    assert betas[0] != 1.0
+    pred, target = torch.randn(6, 4) * 0.2, torch.zeros(6, 4)
+    assert_close(loss_bbox(pred, target),
+                 MMDetSmoothL1Loss(beta=betas[-1])(pred, target))
+    assert not torch.allclose(loss_bbox(pred, target),
+                              mmloss.SmoothL1Loss(beta=1.0)(pred, target))
+
+
+QFL = dict(type='QualityFocalLoss', use_sigmoid=True, beta=2.0,
+           loss_weight=1.0)
+DETR_TRAIN = dict(assigner=dict(
+    type='HungarianAssigner',
+    match_costs=[dict(type='FocalLossCost', weight=2.0),
+                 dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),
+                 dict(type='IoUCost', iou_mode='giou', weight=2.0)]))
+
+
+def detr_pair(head_type, **extra):
+    cfg = dict(type=head_type, num_classes=NUM_CLASSES, embed_dims=16,
+               loss_cls=QFL, loss_bbox=dict(type='L1Loss', loss_weight=5.0),
+               loss_iou=dict(type='GIoULoss', loss_weight=2.0),
+               train_cfg=DETR_TRAIN, **extra)
+    ref, ours = build_pair(cfg)
+    from mmdet.models.losses import QualityFocalLoss as MMDetQFL
+    assert isinstance(ours.loss_cls, MMDetQFL)
+    return ref, ours
+
+
+def detr_batch(seed, batch=2, queries=16):
+    _, instances, metas = synthetic_batch(seed, batch=batch)
+    g = torch.Generator().manual_seed(seed)
+    cls_scores = torch.randn(batch, queries, NUM_CLASSES, generator=g)
+    centres = torch.rand(batch, queries, 2, generator=g) * 0.6 + 0.2
+    sizes = torch.rand(batch, queries, 2, generator=g) * 0.3 + 0.1
+    return cls_scores, torch.cat([centres, sizes], -1), instances, metas
+
+
+def test_detr_head_takes_the_quality_focal_branch_with_our_loss():
+    """``DETRHead.loss_by_feat_single`` feeds ``(labels, iou scores)`` to a
+    loss that ``isinstance(..., QualityFocalLoss)``: mmloss's twin gets the
+    same branch and mmdet's values."""
+    ref, ours = detr_pair('DETRHead')
+    cls_scores, bbox_preds, instances, metas = detr_batch(seed=4)
+    results = []
+    for model in (ref, ours):
+        scores = cls_scores.clone().requires_grad_()
+        losses = model.loss_by_feat_single(scores, bbox_preds, instances,
+                                           metas)
+        results.append(dict(zip(('loss_cls', 'loss_bbox', 'loss_iou'),
+                                losses)))
+    for key in results[0]:
+        assert_close(results[1][key].detach(), results[0][key].detach(),
+                     what=key)
+
+
+def test_dino_head_denoising_and_matching_losses_with_our_qfl():
+    """DINO's denoising loss has its own quality-focal branch."""
+    ref, ours = detr_pair('DINOHead', sync_cls_avg_factor=True)
+    cls_scores, bbox_preds, instances, metas = detr_batch(seed=5)
+    dn_meta = dict(num_denoising_queries=12, num_denoising_groups=2)
+    results = []
+    for model in (ref, ours):
+        # 2 groups of 2 * (3 gts) denoising queries
+        dn = model._loss_dn_single(cls_scores[:, :12], bbox_preds[:, :12],
+                                   instances, metas, dn_meta)
+        match = model.loss_by_feat_single(cls_scores, bbox_preds, instances,
+                                          metas)
+        results.append(dict(zip(('dn_cls', 'dn_bbox', 'dn_iou', 'loss_cls',
+                                 'loss_bbox', 'loss_iou'), dn + match)))
+    for key in results[0]:
+        assert_close(results[1][key].detach(), results[0][key].detach(),
+                     what=key)

@@ -2,6 +2,7 @@
 hand-computed values of the newer losses, gradcheck and hardening."""
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -320,8 +321,11 @@ def test_fused_reduction_is_used_and_saves_one_gradient():
     assert iou_functions._fusable(reduce, p, target, p.shape[:-1])
     loss = iou_family.iou_loss(p, target)
     assert type(loss.grad_fn).__name__ == 'DivBackward0'
-    assert type(loss.grad_fn.next_functions[0][0]).__name__ == \
-        'GradientInForwardBackward'
+    # the sum, plus the (gradient-free) non-finite guard of the inputs
+    added = loss.grad_fn.next_functions[0][0]
+    assert type(added).__name__ == 'AddBackward0'
+    assert [type(f).__name__ for f, _ in added.next_functions
+            if f is not None] == ['GradientInForwardBackward']
     assert 0 < _saved_bytes(iou_family.iou_loss, p, target) <= \
         pred.numel() * pred.element_size()
 
@@ -491,11 +495,16 @@ def test_edge_boxes_finite(mmdet_losses, name):
 @pytest.mark.parametrize('name', ALL)
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_half_inputs_keep_dtype(name, dtype):
+    """Half inputs: the reduced loss is float32 (the project's rule, as
+    autocast gives losses), the element-wise one and the gradient keep the
+    input dtype."""
     pred, target = make_pairs(64, 2, dtype)
     loss, grad, _ = run(getattr(mmloss, name)(), pred, target,
                         weight=torch.rand(64).to(dtype))
-    assert loss.dtype == dtype and grad.dtype == dtype
+    assert loss.dtype == torch.float32 and grad.dtype == dtype
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    rows = getattr(mmloss, name)(reduction='none')(pred, target)
+    assert rows.dtype == dtype
 
 
 @pytest.mark.parametrize('name', ALL)
@@ -1249,3 +1258,269 @@ def test_variant_module_above_one_block_large(kw):
     with mmloss.fast_paths(False):
         plain = _loss_and_grads(module, pred, target)
     _assert_all_close(fast, plain, str(kw), rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Issue 14: finite on every finite input, non-finite on non-finite input,
+# Wise-IoU's running mean over positives; issue 16: the deltas guard
+# ---------------------------------------------------------------------------
+#: every IoU-family module with the options that change its formula
+FAMILY = [
+    ('IoULoss', {}), ('IoULoss', {'mode': 'linear'}),
+    ('IoULoss', {'mode': 'square'}), ('GIoULoss', {}), ('DIoULoss', {}),
+    ('CIoULoss', {}), ('EIoULoss', {}), ('SIoULoss', {}),
+    ('SIoULoss', {'neg_gamma': True}), ('BoundedIoULoss', {}),
+    ('AlphaIoULoss', {}), ('AlphaIoULoss', {'mode': 'giou'}),
+    ('AlphaIoULoss', {'mode': 'ciou'}), ('WiseIoULoss', {}),
+    ('WiseIoULoss', {'version': 'v1'}), ('WiseIoULoss', {'version': 'v2'}),
+    ('MPDIoULoss', {}), ('FocalEIoULoss', {}),
+    ('VariantIoULoss', {'mode': 'iou'}),
+    ('VariantIoULoss', {'mode': 'giou', 'inner_ratio': 0.8}),
+    ('VariantIoULoss', {'mode': 'ciou', 'focaler': (0.0, 0.95)}),
+    ('VariantIoULoss', {'mode': 'siou', 'inner_ratio': 1.2,
+                        'focaler': (0.1, 0.9)}),
+    ('NWDLoss', {}),
+]
+FAMILY_IDS = [f'{n}-{"-".join(f"{k}={v}" for k, v in kw.items())}'
+              for n, kw in FAMILY]
+
+
+def hard_pairs(n, seed, dtype=torch.float32):
+    """Finite box pairs a training run can produce, in equal shares:
+    ordinary, identical, zero-area (a point), thin (width < 1e-3), fully
+    inverted, far apart (1e4 away), a zero-height target and an
+    x-inverted prediction (the issue's case); both boxes partly inverted
+    in about a third of the rows, tiny (x 1e-2) coordinates in a tenth."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen, dtype=torch.float64)
+
+    target = rand(n, 4) * 100
+    target[:, 2:] += target[:, :2] * (rand(n, 1) < 0.7)
+    pred = target + (rand(n, 4) - 0.5) * 40
+    kind = torch.arange(n) % 8
+    pred[kind == 1] = target[kind == 1]
+    pred[kind == 2, 2:] = pred[kind == 2, :2]
+    pred[kind == 3, 2] = pred[kind == 3, 0] + rand(n // 8 + 1)[
+        :int((kind == 3).sum())] * 1e-3
+    pred[kind == 4] = pred[kind == 4][:, [2, 3, 0, 1]]
+    pred[kind == 5] += 1e4
+    target[kind == 6, 3] = target[kind == 6, 1]
+    pred[kind == 7] = pred[kind == 7][:, [2, 1, 0, 3]]
+    pred = torch.where(rand(n, 4) < 0.1, pred * 1e-2, pred)
+    return pred.to(dtype), target.to(dtype)
+
+
+def _family_run(name, kw, pred, target, **call):
+    module = getattr(mmloss, name)(**kw, reduction=call.pop('reduction'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # the deltas guard
+        return run(module, pred, target, **call)
+
+
+@pytest.mark.parametrize('name,kw', FAMILY, ids=FAMILY_IDS)
+@pytest.mark.parametrize('n', [300, 1024])
+@pytest.mark.parametrize('fast', [True, False])
+def test_finite_on_every_finite_box_pair(mmdet_losses, name, kw, n, fast):
+    # Issue 14: mmdet's SIoU overflows its exponentials on inverted and
+    # thin boxes (loss 0 with NaN gradients, or NaN); Wise-IoU's attention
+    # overflowed there too. Every path, values and gradients, must stay
+    # finite, and equal to mmdet wherever mmdet is finite.
+    pred, target = hard_pairs(n, n)
+    with mmloss.fast_paths(fast):
+        loss, grad_p, grad_t = _family_run(name, kw, pred, target,
+                                           reduction='none')
+        assert torch.isfinite(loss).all(), pred[~torch.isfinite(
+            loss.reshape(n, -1)).all(-1)][:3]
+        assert torch.isfinite(grad_p).all() and (
+            grad_t is None or torch.isfinite(grad_t).all())
+        fused = _family_run(name, kw, pred, target, reduction='mean',
+                            weight=torch.rand(n, 4))
+        assert all(t is None or torch.isfinite(t).all() for t in fused)
+        zero = _family_run(name, kw, pred, target, reduction='mean',
+                           weight=torch.zeros(n, 4))
+        assert zero[0].item() == 0 and not zero[1].any()
+    reference = getattr(mmdet_losses, name, None)
+    if reference is not None and not kw.get('neg_gamma') and fast:
+        ref = reference(**kw, reduction='none')(pred, target)
+        finite = torch.isfinite(ref)
+        assert finite.float().mean() > 0.6  # the comparison means much
+        assert_close(loss[finite], ref[finite], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings('ignore::UserWarning')  # the deltas guard
+def test_siou_issue_cases(mmdet_losses):
+    # x-inverted prediction: mmdet's value 0 (SIoU clamped at 1) with NaN
+    # gradients; ours: the same 0, and gradient 0 (the clamp is flat)
+    pred = torch.tensor([[85., 14., 19., 46.]])
+    target = torch.tensor([[78., 4., 81., 68.]])
+    for fast in (True, False):
+        with mmloss.fast_paths(fast):
+            loss, grad_p, grad_t = run(mmloss.SIoULoss(reduction='none'),
+                                       pred, target)
+        assert loss.item() == 0 and not grad_p.any() and not grad_t.any()
+    ref = run(mmdet_losses.SIoULoss(reduction='none'), pred, target)
+    assert ref[0].item() == 0 and torch.isnan(ref[1]).all()
+    # thin inverted boxes: mmdet NaN per box (Inf - Inf); with an all-zero
+    # weight mmdet returns 0, and so do we now (was NaN)
+    pred = torch.tensor([[0.47, 0., 0.45, 0.]])
+    target = torch.tensor([[1., 0., 0., 0.]])
+    assert torch.isnan(mmdet_losses.SIoULoss(reduction='none')(pred,
+                                                               target))
+    for fast in (True, False):
+        with mmloss.fast_paths(fast):
+            loss, grad_p, _ = run(mmloss.SIoULoss(reduction='none'), pred,
+                                  target)
+            assert torch.isfinite(loss).all() and \
+                torch.isfinite(grad_p).all()
+            zero = run(mmloss.SIoULoss(), pred, target,
+                       weight=torch.zeros(1, 4))
+        assert zero[0].item() == 0 and not zero[1].any()
+
+
+@pytest.mark.parametrize('name,kw', FAMILY, ids=FAMILY_IDS)
+@pytest.mark.parametrize('fast', [True, False])
+def test_nonfinite_input_gives_nonfinite_loss(name, kw, fast):
+    # Issue 14: an Inf coordinate used to give a finite loss (I / Inf = 0,
+    # clamps) with NaN gradients, out of reach of MMLOSS_CHECK_FINITE.
+    # The row of a non-finite input is NaN, and so is every mean and sum
+    # over it, whatever its weight (NaN is never masked).
+    pred, target = make_pairs(6, 3)
+    for bad, side, coord in itertools.product(
+            (math.inf, -math.inf, math.nan), ('pred', 'target'), (0, 2)):
+        p, t = pred.clone(), target.clone()
+        (p if side == 'pred' else t)[2, coord] = bad
+        what = f'{name} {kw} {side}[2, {coord}] = {bad}'
+        with mmloss.fast_paths(fast):
+            loss = _family_run(name, kw, p, t, reduction='none')[0]
+            rows = torch.isfinite(loss.reshape(6, -1)).all(-1)
+            assert rows.tolist() == [True, True, False, True, True, True], \
+                what
+            for weight in (torch.ones(6, 4), torch.zeros(6, 4)):
+                for reduction in ('mean', 'sum'):
+                    value = _family_run(name, kw, p, t, weight=weight,
+                                        reduction=reduction)[0]
+                    assert not torch.isfinite(value), what
+
+
+def test_check_finite_catches_an_infinite_box():
+    pred, target = make_pairs(6, 3)
+    pred[1, 2] = math.inf
+    mmloss.set_check_finite(True)
+    try:
+        for name in ('IoULoss', 'GIoULoss', 'CIoULoss', 'SIoULoss',
+                     'NWDLoss'):
+            with pytest.raises(FloatingPointError, match=name):
+                getattr(mmloss, name)()(pred.requires_grad_(), target)
+    finally:
+        mmloss.set_check_finite(None)
+
+
+def _anchor_batch(positives=20, negatives=180, seed=4):
+    """An anchor head's batch with reg_decoded_bbox=True: positives near
+    their targets, negatives (weight 0) matched to arbitrary targets."""
+    gen = torch.Generator().manual_seed(seed)
+    target = random_boxes(positives + negatives, gen, 100.0)
+    pred = jitter_boxes(target, gen, 0.3)
+    pred[positives:] = random_boxes(negatives, gen, 100.0) + 150
+    weight = torch.zeros(positives + negatives)
+    weight[:positives] = 1
+    return pred, target, weight
+
+
+@pytest.mark.parametrize('shape', ['n', 'n1', 'n4'])
+def test_wise_iou_running_mean_counts_positive_rows_only(shape):
+    # Issue 14: the zero-weight negatives entered the running mean of
+    # 1 - IoU (0.99 instead of 0.31), halving the loss on the positives.
+    pred, target, weight = _anchor_batch()
+    # (n, 4): one positive coordinate weight makes the row positive,
+    # whatever the others (mean 0.25, and 0 in the negative rows)
+    w = {'n': weight, 'n1': weight[:, None],
+         'n4': weight[:, None] * torch.tensor([0., 1., 0., 0.])}[shape]
+    full = mmloss.WiseIoULoss(momentum=1.0, reduction='sum')
+    alone = mmloss.WiseIoULoss(momentum=1.0, reduction='sum')
+    positives = (slice(0, 20), )
+    full(pred, target, weight=w)
+    alone(pred[positives], target[positives])
+    expected = (1 - iou_family.iou_terms(pred[:20], target[:20], 'iou',
+                                         eps=1e-7)[0]).mean()
+    assert_close(full.running_mean, expected)
+    assert_close(alone.running_mean, expected)
+    # the second call weighs by that mean: the same loss on the positives
+    factor = 0.25 if shape == 'n4' else 1.0  # (n, 4) weights: averaged
+    assert_close(full(pred, target, weight=w),
+                 alone(pred[positives], target[positives]) * factor)
+
+
+def test_wise_iou_running_mean_skips_nonfinite_rows_without_sync(
+        monkeypatch):
+    pred, target, weight = _anchor_batch()
+    loss = mmloss.WiseIoULoss(momentum=1.0)
+    loss(pred, target, weight=weight)  # the first call may sync (guard)
+    before = loss.running_mean.clone()
+    pred[3, 0] = math.inf
+    pred[5, 1] = math.nan
+
+    def sync(*args):
+        raise AssertionError('host sync')
+
+    monkeypatch.setattr(torch.Tensor, 'item', sync)
+    monkeypatch.setattr(torch.Tensor, '__bool__', sync)
+    out = loss(pred, target, weight=weight)
+    monkeypatch.undo()
+    assert torch.isnan(out)  # the loss shows them, the statistic does not
+    keep = torch.ones(20, dtype=torch.bool)
+    keep[[3, 5]] = False
+    expected = (1 - iou_family.iou_terms(pred[:20][keep], target[:20][keep],
+                                         'iou', eps=1e-7)[0]).mean()
+    assert_close(loss.running_mean, expected)
+    assert not torch.equal(loss.running_mean, before)
+    # no finite positive row: the mean stays
+    loss(pred, target, weight=torch.zeros(200))
+    assert_close(loss.running_mean, expected)
+
+
+def test_per_box_column_weight_is_a_per_box_weight():
+    pred, target, weight = _anchor_batch()
+    for name, kw in FAMILY:
+        if name == 'BoundedIoULoss':
+            continue
+        module = getattr(mmloss, name)(**kw, reduction='none')
+        module.eval()  # Wise-IoU: the same running mean for both calls
+        assert_close(module(pred, target, weight=weight[:, None]),
+                     module(pred, target, weight=weight), what=name)
+
+
+@pytest.mark.parametrize('name', sorted({n for n, _ in FAMILY}))
+def test_deltas_warn_once(name, monkeypatch):
+    # Issue 16: a head left at reg_decoded_bbox=False feeds encoded deltas
+    gen = torch.Generator().manual_seed(0)
+    deltas = torch.randn(64, 4, generator=gen) * 0.1
+    target_deltas = torch.randn(64, 4, generator=gen) * 0.1
+    module = getattr(mmloss, name)()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        module(torch.zeros(0, 4), torch.zeros(0, 4))  # no rows: no look
+        module(deltas, target_deltas)
+        module(deltas, target_deltas)
+    messages = [str(w.message) for w in caught
+                if issubclass(w.category, UserWarning)]
+    assert len(messages) == 1, messages
+    assert name in messages[0] and 'reg_decoded_bbox=True' in messages[0]
+    # later calls do not look again (no host sync)
+    monkeypatch.setattr(torch.Tensor, 'item', lambda *a: 1 / 0)
+    module(deltas, target_deltas)
+
+
+@pytest.mark.parametrize('name', sorted({n for n, _ in FAMILY}))
+def test_valid_boxes_do_not_warn(name):
+    pred, target = make_pairs(64, 1)
+    # deltas in the target alone are enough, boxes in both are not
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        getattr(mmloss, name)()(pred, target)
+        getattr(mmloss, name)()(pred, target.flip(-1))
+    messages = [str(w.message) for w in caught
+                if issubclass(w.category, UserWarning)]
+    assert len(messages) == 1 and 'target' in messages[0], messages

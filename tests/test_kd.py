@@ -1,4 +1,5 @@
 """KnowledgeDistillationKLDivLoss against MMDetection 3.3."""
+import dataclasses
 import functools
 import itertools
 
@@ -17,6 +18,35 @@ from tests.test_focal import (assert_second_order, engine_ran,
                               value_grad_hvp)
 
 REDUCTIONS = ('none', 'mean', 'sum')
+NAME = 'KnowledgeDistillationKLDivLoss'
+
+
+@pytest.fixture(autouse=True)
+def fast_paths_for_every_size(monkeypatch):
+    """The tests here use small inputs; run the fast path on them too (by
+    default the dispatch table sends fewer than ``min_rows`` rows to the
+    plain formula, which is faster there)."""
+    for kind, entry in list(dispatch.TUNING.items()):
+        monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
+            entry, min_rows={key: rows for key, rows in entry.min_rows.items()
+                             if key != NAME}))
+
+
+def test_min_rows_of_the_dispatch_table(monkeypatch):
+    """Fewer rows than the table's ``min_rows`` take the plain formula,
+    as many or more the kernel; both give the same value."""
+    entry = dataclasses.replace(dispatch.TUNING['cpu'], min_rows={NAME: 20})
+    monkeypatch.setitem(dispatch.TUNING, 'cpu', entry)
+    gen = torch.Generator().manual_seed(3)
+    pred, soft = torch.randn(2, 20, 7, generator=gen)
+    for n, engine in ((19, False), (20, True)):
+        x = pred[:n].clone().requires_grad_()
+        out = mmloss.KnowledgeDistillationKLDivLoss()(x, soft[:n])
+        assert ('GradientInBackwardBackward' in graph_functions(out)) == \
+            engine
+        with mmloss.fast_paths(False):
+            assert_close(out, mmloss.KnowledgeDistillationKLDivLoss()(
+                x, soft[:n]))
 
 
 def kernel_path(pred, soft, T, row_weight, reduce_sum):
@@ -162,7 +192,8 @@ def test_half_precision(dtype):
     loss = mmloss.KnowledgeDistillationKLDivLoss(reduction='sum')
     x = pred.to(dtype).requires_grad_()
     out = loss(x, soft.to(dtype))
-    assert out.dtype == dtype and torch.isfinite(out)
+    # a reduced loss of half inputs is float32 (mmloss.precision)
+    assert out.dtype == torch.float32 and torch.isfinite(out)
     out.backward()
     assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
     expected = loss(pred.to(dtype).float(), soft.to(dtype).float())

@@ -392,7 +392,8 @@ def test_half_precision(dtype):
         x = pred.to(dtype).requires_grad_()
         loss = module(x, target)
         loss.backward()
-        assert loss.dtype == dtype and x.grad.dtype == dtype
+        # a reduced loss of half inputs is float32 (mmloss.precision)
+        assert loss.dtype == torch.float32 and x.grad.dtype == dtype
         assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
         assert_close(loss.float(), ref, rtol=3e-2, atol=1e-3)
 
@@ -655,3 +656,99 @@ def test_function_errors_name_the_function_and_the_shapes():
         distribution_focal_loss(pred, torch.zeros(7))
     with pytest.raises(TypeError, match='varifocal_loss: pred'):
         varifocal_loss(pred.long(), target)
+
+
+# ---------------------------------------------------------------------------
+# issue 14: saturated probabilities, errors naming the loss, target grads
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize('target_kind', ['labels', 'soft'])
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+def test_qfl_activated_saturated_probabilities_match_mmdet(
+        mmdet_losses, target_kind, reduction):
+    """Probabilities of exactly 0 and 1 (float32 sigmoid of 20 and -120,
+    TOOD's ``activated=True``): mmdet's finite gradient, not NaN."""
+    prob = torch.sigmoid(torch.tensor([[20., -120., .5], [-120., 20., -1.],
+                                       [20., 20., -120.]]))
+    labels, scores = torch.tensor([1, 0, 3]), torch.tensor([.5, 1., 0.])
+    if target_kind == 'labels':
+        target = (labels, scores)
+    else:
+        target = F.one_hot(labels, 4)[:, :3] * scores[:, None]
+    results = []
+    for module in (QualityFocalLoss(activated=True, reduction=reduction),
+                   mmdet_losses.QualityFocalLoss(activated=True,
+                                                 reduction=reduction)):
+        x = prob.clone().requires_grad_()
+        out = module(x, target)
+        out.sum().backward()
+        results.append((out.detach(), x.grad))
+    (loss, grad), (ref_loss, ref_grad) = results
+    assert torch.isfinite(ref_grad).all() and torch.isfinite(grad).all()
+    assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('reduction', REDUCTIONS)
+@pytest.mark.parametrize('iou_weighted', [True, False])
+def test_varifocal_target_gradient_equals_mmdet(mmdet_losses, reduction,
+                                                iou_weighted):
+    """A target that requires grad gets mmdet's gradient (never dropped),
+    with a weight and every reduction."""
+    pred, target = vfl_inputs(10, 4, 1)
+    weight = torch.rand(10, 4, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for module in (VarifocalLoss(iou_weighted=iou_weighted,
+                                 reduction=reduction),
+                   mmdet_losses.VarifocalLoss(iou_weighted=iou_weighted,
+                                              reduction=reduction)):
+        t = target.clone().requires_grad_()
+        module(pred, t, weight).sum().backward()
+        grads.append(t.grad)
+    assert grads[0] is not None and grads[0].abs().max() > 0
+    assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('name', ['QualityFocalLoss', 'DistributionFocalLoss'])
+def test_sum_with_avg_factor_names_the_loss(name):
+    """'sum' with avg_factor (by the module or by reduction_override)
+    raises naming the loss, not ``weight_reduce_loss``."""
+    if name == 'QualityFocalLoss':
+        pred, labels, scores = qfl_inputs(6, 3, 0)
+        target = (labels, scores)
+    else:
+        pred, target = dfl_inputs(6, 5, 0)
+    cls = QualityFocalLoss if name == 'QualityFocalLoss' else \
+        DistributionFocalLoss
+    for module, override in ((cls(reduction='sum'), None), (cls(), 'sum')):
+        with pytest.raises(ValueError, match=rf'^{name}: avg_factor'):
+            module(pred, target, avg_factor=2.0,
+                   reduction_override=override)
+
+
+@pytest.mark.parametrize('cls', [VarifocalLoss, QualityFocalLoss,
+                                 DistributionFocalLoss])
+def test_unknown_forward_keyword_names_the_loss(cls):
+    """The three share one forward: an unknown keyword names the class
+    called, not the shared base."""
+    with pytest.raises(TypeError, match=rf'^{cls.__name__}: unexpected '
+                       r"keyword arguments \['beta'\]"):
+        cls()(torch.zeros(2, 3), torch.zeros(2, 3), beta=1.0)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_sums_past_the_fp16_range_stay_finite(dtype):
+    """A reduced loss of half inputs is float32: 16000 background entries
+    of logit 10 sum to about 160000 (fp16's largest is 65504), which came
+    back as inf once cast to fp16; 'none' keeps the input dtype."""
+    big = torch.full((200, 80), 10.0, dtype=dtype)
+    labels, scores = torch.full((200, ), 80), torch.zeros(200)
+    reference = QualityFocalLoss(reduction='sum')(big.float(),
+                                                  (labels, scores))
+    total = QualityFocalLoss(reduction='sum')(big, (labels, scores))
+    assert total.dtype == torch.float32 and reference > 65504
+    assert_close(total, reference, rtol=1e-6, atol=0)
+    rows = QualityFocalLoss(reduction='none')(big, (labels, scores))
+    assert rows.dtype == dtype and torch.isfinite(rows).all()
+    soft = VarifocalLoss(reduction='sum')(big, torch.zeros(200, 80,
+                                                           dtype=dtype))
+    assert soft.dtype == torch.float32 and torch.isfinite(soft)

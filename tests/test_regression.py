@@ -244,23 +244,29 @@ def test_half_inputs(name, kwargs, dtype):
     x = pred.clone().requires_grad_()
     loss = OURS[name](**kwargs)(x, target, weight.to(dtype))
     loss.backward()
-    assert loss.dtype == dtype and x.grad.dtype == dtype
+    # a reduced loss of half inputs is float32 (mmloss.precision)
+    assert loss.dtype == torch.float32 and x.grad.dtype == dtype
     assert torch.isfinite(loss) and torch.isfinite(x.grad.float()).all()
     assert_close(loss.float(), reference, rtol=1e-2, atol=1e-3)
 
 
 def test_mse_fp16_large_errors_stay_finite(mmdet_losses):
-    # errors of 300: 300^2 = 90000 overflows fp16 (max 65504) in mmdet; the
-    # mean over avg_factor (900) fits, and ours computes it in float32
+    # errors of 300: 300^2 = 90000 overflows fp16 (max 65504) in mmdet;
+    # ours computes in float32 and returns a reduced loss in float32
     pred = torch.full((10, 4), 300.0, dtype=torch.float16, requires_grad=True)
     target = torch.zeros(10, 4, dtype=torch.float16)
     theirs = mmdet_losses.MSELoss()(pred, target, avg_factor=900.0)
     assert not torch.isfinite(theirs)
     loss = MSELoss()(pred, target, avg_factor=900.0)
-    assert loss.dtype == torch.float16
-    assert_close(loss.float(), torch.tensor(4000.0), rtol=1e-3)
+    assert loss.dtype == torch.float32
+    assert_close(loss, torch.tensor(4000.0), rtol=1e-3)
     loss.backward()
     assert torch.isfinite(pred.grad.float()).all()
+    # the plain mean (90000) does not fit fp16 either: float32, not inf
+    assert_close(MSELoss()(pred, target), torch.tensor(90000.0))
+    # the element-wise loss keeps fp16, where 90000 is not representable
+    none = MSELoss(reduction='none')(pred, target)
+    assert none.dtype == torch.float16 and torch.isinf(none).all()
 
 
 @pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)

@@ -47,7 +47,10 @@ def compare_step(ref, ours, score, *args, grad_atol=1e-6, **kwargs):
     total(a).backward()
     total(b).backward()
     assert_close(xb.grad, xa.grad, atol=grad_atol, what='grad')
-    assert_close(ours.cum_samples, ref.cum_samples, what='cum_samples')
+    # exact int64 counts; mmdet's float32 ones are exact below 2^24
+    assert ours.cum_samples.dtype == torch.int64
+    assert torch.equal(ours.cum_samples.float(), ref.cum_samples), \
+        'cum_samples'
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
@@ -225,7 +228,8 @@ def test_half_precision(dtype):
     x = score.to(dtype).requires_grad_()
     out = mmloss.SeesawLoss(num_classes=NUM_CLASSES, return_dict=False)(
         x, labels)
-    assert out.dtype == dtype and torch.isfinite(out)
+    # a reduced loss of half inputs is float32 (as under autocast)
+    assert out.dtype == torch.float32 and torch.isfinite(out)
     out.backward()
     assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
     expected = mmloss.SeesawLoss(num_classes=NUM_CLASSES, return_dict=False)(
@@ -364,3 +368,126 @@ def test_function_errors_name_the_function_and_the_shapes():
     with pytest.raises(ValueError, match=r'seesaw_ce_loss: labels holds 6'):
         seesaw_ce_loss(score, torch.full((10, ), 6), None, counts, 6, 0.8,
                        2.0, 0.01)
+
+
+# ------------------------------------- the class counts, dtypes, errors
+def test_counts_keep_growing_past_float32_and_float16_range(mmdet_losses):
+    # float32 counts gain nothing from +1 past 2^24 (a float16 one past
+    # 2048); ours are int64, exact after .half() too
+    labels = torch.tensor([0, 0, 0, 1, NUM_CLASSES, 2])
+    score = torch.randn(6, NUM_CLASSES + 2)
+    for start, dtype in ((2 ** 24, torch.float32), (2048, torch.float16)):
+        module = mmloss.SeesawLoss(num_classes=NUM_CLASSES).to(dtype)
+        module.cum_samples.fill_(start)
+        for step in range(1, 4):
+            module(score.to(dtype), labels)
+            assert module.cum_samples.dtype == torch.int64
+            assert module.cum_samples[0] == start + 3 * step
+            assert module.cum_samples[1] == start + step
+            assert module.cum_samples[3] == start
+
+
+def test_parity_with_mmdet_near_float32_range(mmdet_losses):
+    # mmdet adds per-batch totals to float32 counts past 2^24 (rounded to
+    # even there); ours are exact: the counts agree to float32's rounding
+    # and the losses (which read count ratios) to rtol 1e-5
+    g = torch.Generator().manual_seed(60)
+    ref = mmdet_losses.SeesawLoss(num_classes=NUM_CLASSES)
+    ours = mmloss.SeesawLoss(num_classes=NUM_CLASSES)
+    big = (2 ** 24 - 5 + torch.arange(NUM_CLASSES + 1) * 2 ** 20).float()
+    ref.cum_samples.copy_(big)
+    ours.load_state_dict(ref.state_dict())
+    assert torch.equal(ours.cum_samples.float(), ref.cum_samples)
+    for step in range(1, 5):
+        score, labels, weight = batch(g)
+        out, expected = ours(score, labels, weight), ref(score, labels,
+                                                          weight)
+        for key in expected:
+            assert_close(out[key], expected[key], what=key)
+        # mmdet rounds each addition to float32's spacing there (2 or 4)
+        assert ((ours.cum_samples - ref.cum_samples.long()).abs() <=
+                2 * step).all()
+    # ours are the exact totals (the 4 batches have 64 labels each)
+    assert (ours.cum_samples - big.long()).sum() == 4 * 64
+
+
+def test_counts_stay_int64_and_float_checkpoints_load(mmdet_losses):
+    module = mmloss.SeesawLoss(num_classes=NUM_CLASSES)
+    for cast in (module.half, module.double, module.float,
+                 lambda: module.to(torch.bfloat16)):
+        cast()
+        assert module.cum_samples.dtype == torch.int64
+    ref = mmdet_losses.SeesawLoss(num_classes=NUM_CLASSES)
+    ref.cum_samples.copy_(torch.arange(NUM_CLASSES + 1.0) * 1000 + 7)
+    for state in (ref.state_dict(),
+                  {'cum_samples': ref.cum_samples.half()}):
+        for assign in (False, True):
+            fresh = mmloss.SeesawLoss(num_classes=NUM_CLASSES)
+            fresh.load_state_dict(state, assign=assign)
+            assert fresh.cum_samples.dtype == torch.int64
+            assert torch.equal(fresh.cum_samples,
+                               state['cum_samples'].float().round().long())
+    # and ours loads into mmdet's float32 buffer
+    ref2 = mmdet_losses.SeesawLoss(num_classes=NUM_CLASSES)
+    ref2.load_state_dict(fresh.state_dict())
+    assert ref2.cum_samples.dtype == torch.float32
+    assert torch.equal(ref2.cum_samples, fresh.cum_samples.float())
+
+
+def test_integer_scores_are_refused_and_any_integer_labels_taken():
+    loss = mmloss.SeesawLoss(num_classes=NUM_CLASSES, return_dict=False)
+    score, labels, weight = batch(torch.Generator().manual_seed(61))
+    for dtype in (torch.int64, torch.int32, torch.uint8, torch.bool):
+        with pytest.raises(TypeError, match='SeesawLoss: cls_score must be '
+                           'a floating point tensor'):
+            loss(score.to(dtype), labels)
+    with pytest.raises(TypeError, match='SeesawLoss: labels must hold '
+                       'integer'):
+        loss(score, labels.bool())
+    expected = mmloss.SeesawLoss(num_classes=NUM_CLASSES)
+    expected_out = expected(score, labels, weight)
+    for dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
+        ours = mmloss.SeesawLoss(num_classes=NUM_CLASSES)
+        out = ours(score, labels.to(dtype), weight)
+        for key in out:
+            assert_close(out[key], expected_out[key], what=str(dtype))
+        assert torch.equal(ours.cum_samples, expected.cum_samples)
+    # uint8 labels against 300 classes: 250 is a class, 255 too
+    wide = mmloss.SeesawLoss(num_classes=300)
+    labels = torch.tensor([250, 255, 3, 250])
+    score = torch.randn(4, 302)
+    assert_close(wide(score, labels.to(torch.uint8))['loss_cls_classes'],
+                 mmloss.SeesawLoss(num_classes=300)(score, labels)[
+                     'loss_cls_classes'])
+    assert wide.cum_samples[250] == 2 and wide.cum_samples[300] == 0
+    with pytest.raises(ValueError, match='seesaw_ce_loss: labels holds'):
+        seesaw_ce_loss(score[:, :300], torch.tensor([0, 1, 2, 300]), None,
+                       torch.zeros(300), 300, 0.8, 2.0, 0.01)
+    with pytest.raises(ValueError, match='SeesawLoss: labels holds -1'):
+        wide(score, torch.tensor([0, -1, 2, 3], dtype=torch.int8))
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_reduced_half_loss_is_float32_not_inf(mmdet_losses, dtype):
+    # 'sum' over 4000 samples of CE ~30 is ~1e5, past float16's 65504
+    g = torch.Generator().manual_seed(62)
+    score, labels, _ = batch(g, n=4000, fg=0.5)
+    score = (score * 20).to(dtype)
+    ref = mmdet_losses.SeesawLoss(num_classes=NUM_CLASSES, reduction='sum')
+    ours = mmloss.SeesawLoss(num_classes=NUM_CLASSES, reduction='sum')
+    expected = ref(score.float(), labels)
+    out = ours(score, labels)
+    for key in expected:
+        assert out[key].dtype == torch.float32, key
+        assert torch.isfinite(out[key]), key
+        assert_close(out[key], expected[key], rtol=1e-5, what=key)
+    assert expected['loss_cls_classes'] > 65504
+    none = ours(score, labels, reduction_override='none')
+    assert all(v.dtype == dtype for v in none.values())
+
+
+def test_function_refuses_misshaped_counts():
+    score, labels, counts, _ = _class_inputs()
+    with pytest.raises(ValueError, match=r'seesaw_ce_loss: .*cum_samples '
+                       r'\(1, 6\)'):
+        seesaw_ce_loss(score, labels, None, counts[None], 6, 0.8, 2.0, 0.01)

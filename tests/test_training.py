@@ -267,3 +267,90 @@ def test_train_prints_box_map(train_tool, in_tmp, capsys):
     assert 'coco/bbox_mAP' in metrics
     assert f'box mAP (val): {metrics["coco/bbox_mAP"]:.3f}' in out
     assert out.rstrip().splitlines()[-1].startswith('box mAP (val): ')
+
+
+def epoch_config(tmp_path, base=DEFAULT_CONFIG, epochs=1):
+    """``base`` with its real schedule and hooks on 4 train / 2 val images."""
+    data_root = osp.join(ROOT, 'data', 'shapes') + '/'
+    path = tmp_path / f'epochs{epochs}.py'
+    path.write_text(textwrap.dedent(f'''
+    _base_ = {osp.join(ROOT, base)!r}
+    data_root = {data_root!r}
+    shapes_dataset = dict(out_dir=data_root)
+    train_cfg = dict(max_epochs={epochs}, val_interval=1)
+    train_dataloader = dict(batch_size=2, dataset=dict(
+        data_root=data_root, indices=[0, 1, 2, 3]))
+    val_dataloader = dict(batch_size=2, dataset=dict(
+        data_root=data_root, indices=[0, 1]))
+    val_evaluator = dict(ann_file=data_root + 'annotations/val.json')
+    test_dataloader = val_dataloader
+    test_evaluator = val_evaluator
+    model = dict(test_cfg=dict(score_thr=0.0))
+    '''))
+    return str(path)
+
+
+def run_tool(tool, *args):
+    return subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', f'{tool}.py'), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_weights_only_resume_test_and_refusal(train_tool, in_tmp):
+    """Issue 14: the tools' own checkpoints load weights-only; a crafted
+    one is refused by both command lines and its code never runs."""
+    safe = load_tool('safe_checkpoints')
+    allowed = {f'{g.__module__}.{g.__qualname__}' if not isinstance(g, tuple)
+               else g[1] for g in safe.mmengine_checkpoint_globals()}
+    first = in_tmp / 'first'
+    train_tool.main([epoch_config(in_tmp, epochs=1), '--work-dir',
+                     str(first)])
+    ckpt = str(first / 'epoch_1.pth')
+    needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(ckpt))
+    assert 'mmengine.logging.history_buffer.HistoryBuffer' in needed
+    assert needed <= allowed, needed - allowed
+
+    # Resume the real schedule: epoch 2 starts from the saved state.
+    resumed, _ = train_tool.main(
+        [epoch_config(in_tmp, epochs=2), '--work-dir', str(in_tmp / 'two'),
+         '--resume', ckpt])
+    assert resumed.epoch == 2 and resumed.iter == 4
+
+    shown = in_tmp / 'shown'
+    preds = in_tmp / 'preds.pkl'
+    done = run_tool('test', epoch_config(in_tmp, epochs=2),
+                    str(in_tmp / 'two' / 'epoch_2.pth'), '--work-dir',
+                    str(in_tmp / 'test'), '--out', str(preds),
+                    '--show-dir', str(shown))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert 'box mAP (test): ' in done.stdout
+    assert sorted(os.listdir(shown)) == ['000000.png', '000001.png']
+    import pickle
+    with open(preds, 'rb') as f:
+        results = pickle.load(f)
+    assert len(results) == 2 and 'pred_instances' in results[0]
+
+    marker = in_tmp / 'marker'
+    crafted = in_tmp / 'crafted.pth'
+    (in_tmp / 'craft.py').write_text(textwrap.dedent(f'''
+    import torch
+
+    class WritesMarker:
+        def __reduce__(self):
+            return (open, ({str(marker)!r}, 'w'))
+
+    torch.save({{'state_dict': {{}}, 'meta': WritesMarker()}},
+               {str(crafted)!r})
+    '''))
+    subprocess.run([sys.executable, str(in_tmp / 'craft.py')], check=True)
+    for tool, args in [
+            ('train', [epoch_config(in_tmp, epochs=2), '--resume',
+                       str(crafted)]),
+            ('test', [epoch_config(in_tmp, epochs=2), str(crafted)])]:
+        done = run_tool(tool, *args, '--work-dir', str(in_tmp / tool))
+        assert done.returncode == 1, done.stderr[-3000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith(f'error: refusing to load checkpoint '
+                               f'{crafted}'), last
+        assert '--trust-checkpoint' in last
+        assert not marker.exists(), tool

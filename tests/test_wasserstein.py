@@ -102,8 +102,10 @@ def test_half(dtype):
     pred = (pred * 10).detach().requires_grad_()  # up to ~2000 px
     loss = mmloss.NWDLoss()(pred, target * 10)
     loss.backward()
-    assert loss.dtype == dtype and pred.grad.dtype == dtype
+    # reduced: float32 (the project's half rule); the gradient: the input's
+    assert loss.dtype == torch.float32 and pred.grad.dtype == dtype
     assert torch.isfinite(loss) and torch.isfinite(pred.grad).all()
+    assert mmloss.NWDLoss(reduction='none')(pred, target).dtype == dtype
 
 
 def test_nan_propagates():
@@ -163,3 +165,30 @@ def test_autocast_computes_as_float32(n, reduction):
     assert out[1][0].dtype == torch.float32
     for a, b in zip(*out):
         assert_close(a, b, rtol=1e-4, atol=0)
+
+
+def test_eps_must_be_positive():
+    # Issue 14: with eps = 0 the square root's derivative at a perfect
+    # match is Inf, and the gradient NaN
+    box = torch.tensor([[10., 10., 20., 30.]], requires_grad=True)
+    nwd_loss(box, box.detach(), eps=1e-12).backward()
+    assert torch.isfinite(box.grad).all()
+    for eps in (0, 0.0, -1e-7):
+        with pytest.raises(ValueError, match='NWDLoss: eps must be'):
+            nwd_loss(box, box.detach(), eps=eps)
+        with pytest.raises(ValueError, match='NWDLoss: eps must be'):
+            mmloss.NWDLoss(eps=eps)
+
+
+@pytest.mark.parametrize('bad', [math.inf, -math.inf, math.nan])
+def test_nonfinite_box_gives_nonfinite_loss(bad):
+    # Issue 14: an Inf coordinate gave 1 - exp(-Inf) = 1, a finite loss
+    # with NaN gradients that MMLOSS_CHECK_FINITE could not see
+    pred, target = pairs(5, 1)
+    for side in (pred, target):
+        p, t = pred.clone(), target.clone()
+        (p if side is pred else t)[1, 3] = bad
+        loss = nwd_loss(p, t, reduction='none')
+        assert torch.isfinite(loss).tolist() == [True, False, True, True,
+                                                 True]
+        assert not torch.isfinite(nwd_loss(p, t))

@@ -15,6 +15,14 @@ MMEngine's ``LoggerHook`` + ``LocalVisBackend``. Training lines carry
 carry metrics such as ``coco/bbox_mAP`` with ``step`` = the epoch (epoch-based
 training, mapped to the last iteration of that epoch) or the iteration.
 
+MMEngine logs every ``interval`` iterations of an epoch, so an epoch's last
+iterations are often not logged (an epoch of 57 iterations logged every 10
+ends at iteration 57, its last line is at 50). The epoch length is read from
+the text log beside the scalars (``Epoch(train) [e][i/N]``) or, without it,
+from the distance between the first lines of consecutive epochs; each
+epoch's metrics are placed at its true last iteration, and the iteration
+count of a run is that of its last completed epoch.
+
 Outputs in ``--out-dir``: ``<metric>.png`` per metric (``/`` becomes ``_``)
 and ``summary.md``; the table is also printed.
 """
@@ -22,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import re
 import os.path as osp
 import sys
 from dataclasses import dataclass, field
@@ -61,6 +70,7 @@ class Run:
     train: Dict[str, Series] = field(default_factory=dict)
     val: Dict[str, Series] = field(default_factory=dict)
     last_iter: Optional[float] = None
+    iters_per_epoch: Optional[int] = None
 
     def series(self, metric: str) -> Optional[Series]:
         return self.train.get(metric) or self.val.get(metric)
@@ -149,17 +159,30 @@ def read_run(path: str, label: Optional[str] = None) -> Run:
     train_rows = [r for r in rows if _is_train_row(r)]
     val_rows = [r for r in rows if not _is_train_row(r)]
 
-    epoch_end: Dict[int, float] = {}
+    epoch_iters: Dict[int, List[float]] = {}
     for row in train_rows:
         x = row.get('iter', row.get('step'))
         if not _is_number(x):
             continue
         run.last_iter = x if run.last_iter is None else max(run.last_iter, x)
         if _is_number(row.get('epoch')):
-            epoch_end[row['epoch']] = max(epoch_end.get(row['epoch'], x), x)
+            epoch_iters.setdefault(row['epoch'], []).append(x)
         for key, value in row.items():
             if key not in BOOKKEEPING and _is_number(value):
                 run.train.setdefault(key, Series()).add(x, value)
+
+    epoch_end = {e: max(xs) for e, xs in epoch_iters.items()}
+    if epoch_iters:
+        text = _read_text_log(log_path)
+        run.iters_per_epoch = (_iters_per_epoch_from_text(text)
+                               or _iters_per_epoch_from_scalars(epoch_iters))
+        if run.iters_per_epoch:
+            done = _completed_epochs(epoch_iters, val_rows, text)
+            epoch_end = {e: e * run.iters_per_epoch
+                         for e in set(epoch_iters) | done}
+            if done:
+                run.last_iter = max(run.last_iter,
+                                    max(done) * run.iters_per_epoch)
 
     for row in val_rows:
         step = row.get('step')
@@ -170,6 +193,59 @@ def read_run(path: str, label: Optional[str] = None) -> Run:
             if key not in BOOKKEEPING and _is_number(value):
                 run.val.setdefault(key, Series()).add(x, value)
     return run
+
+
+def _read_text_log(log_path: str) -> str:
+    """The ``<timestamp>.log`` text log of a scalar log ('' if none)."""
+    folder = osp.dirname(osp.abspath(log_path))
+    if osp.basename(folder) == 'vis_data':
+        folder = osp.dirname(folder)
+    text_log = osp.join(folder, osp.basename(folder) + '.log')
+    if not osp.isfile(text_log):
+        return ''
+    with open(text_log, encoding='utf-8', errors='replace') as f:
+        return f.read()
+
+
+TRAIN_PROGRESS = re.compile(r'Epoch\(train\)\s*\[(\d+)\]\[\s*(\d+)/(\d+)\]')
+SAVED_EPOCH = re.compile(r'Saving checkpoint at (\d+) epochs')
+VAL_EPOCH = re.compile(r'Epoch\(val\)\s*\[(\d+)\]\[\s*(\d+)/(\d+)\]')
+
+
+def _iters_per_epoch_from_text(text: str) -> Optional[int]:
+    """``N`` of the text log's last ``Epoch(train) [e][i/N]`` line."""
+    found = TRAIN_PROGRESS.findall(text)
+    return int(found[-1][2]) if found else None
+
+
+def _iters_per_epoch_from_scalars(
+        epoch_iters: Dict[int, List[float]]) -> Optional[int]:
+    """The epoch length from the first lines of consecutive epochs.
+
+    Every epoch is logged from the same inner iteration on (the logging
+    interval, or the epoch's end when it is shorter), so the first lines of
+    epochs ``e`` and ``e + 1`` are exactly one epoch apart.
+    """
+    epochs = sorted(epoch_iters)
+    for e, nxt in zip(epochs, epochs[1:]):
+        if nxt == e + 1:
+            length = min(epoch_iters[nxt]) - min(epoch_iters[e])
+            if length > 0 and float(length).is_integer():
+                return int(length)
+    return None
+
+
+def _completed_epochs(epoch_iters, val_rows, text: str) -> set:
+    """Epochs known to have finished: followed by another, validated, or
+    checkpointed."""
+    last = max(epoch_iters)
+    done = {e for e in epoch_iters if e < last}
+    done |= {row['step'] for row in val_rows
+             if _is_number(row.get('step')) and row['step'] <= last}
+    done |= {int(e) for e in SAVED_EPOCH.findall(text) if int(e) <= last}
+    done |= {int(e) for e, i, n in VAL_EPOCH.findall(text)
+             if int(e) <= last}
+    return done
 
 
 def _is_train_row(row) -> bool:

@@ -24,7 +24,9 @@ import os
 import os.path as osp
 import shutil
 import struct
+import sys
 import tempfile
+import time
 import zlib
 
 import numpy as np
@@ -117,8 +119,41 @@ def draw_image(rng):
     return image.astype(np.uint8), objects
 
 
-def write_split(out_dir, split, num_images, seed):
-    """Draw and write one split's images and its COCO annotation file."""
+class Progress:
+    """``split: done/total images`` on one line of ``stream`` (stderr).
+
+    On a terminal the line is redrawn in place; otherwise a line is written
+    at every quarter, so logs stay short.
+    """
+
+    def __init__(self, out_dir, total, stream=None):
+        self.stream = stream or sys.stderr
+        self.inplace = getattr(self.stream, 'isatty', lambda: False)()
+        self.total = total
+        self.start = time.monotonic()
+        self.write(f'Generating the bundled shapes dataset in {out_dir} '
+                   f'({total} images, first use only)\n')
+
+    def write(self, text):
+        self.stream.write(text)
+        self.stream.flush()
+
+    def step(self, split, index, count):
+        line = f'  {split}: {index + 1}/{count} images'
+        if self.inplace:
+            self.write('\r' + line + ('\n' if index + 1 == count else ''))
+        elif (index + 1) * 4 // count != index * 4 // count:
+            self.write(line + '\n')
+
+    def finish(self):
+        self.write(f'  done in {time.monotonic() - self.start:.1f} s\n')
+
+
+def write_split(out_dir, split, num_images, seed, progress=None):
+    """Draw and write one split's images and its COCO annotation file.
+
+    ``progress``: a :class:`Progress` told of every image written.
+    """
     rng = np.random.default_rng(seed)
     os.makedirs(osp.join(out_dir, split), exist_ok=True)
     images, annotations = [], []
@@ -127,6 +162,8 @@ def write_split(out_dir, split, num_images, seed):
         file_name = f'{image_id:06d}.png'
         with open(osp.join(out_dir, split, file_name), 'wb') as f:
             f.write(encode_png(image))
+        if progress is not None:
+            progress.step(split, image_id, num_images)
         images.append(dict(id=image_id, file_name=file_name,
                            width=IMAGE_SIZE, height=IMAGE_SIZE))
         for obj in objects:
@@ -158,8 +195,11 @@ def is_complete(out_dir):
     return True
 
 
-def make_shapes_dataset(out_dir='data/shapes', force=False):
+def make_shapes_dataset(out_dir='data/shapes', force=False, progress=True,
+                        stream=None):
     """Write the dataset into ``out_dir`` unless it is already there.
+
+    With ``progress``, reports the images drawn on ``stream`` (stderr).
 
     The splits are drawn into a temporary folder beside ``out_dir`` which is
     then renamed into place, so a concurrent reader (another test, another
@@ -174,9 +214,14 @@ def make_shapes_dataset(out_dir='data/shapes', force=False):
     parent = osp.dirname(osp.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix='.shapes-', dir=parent)
+    report = None
+    if progress:
+        report = Progress(out_dir, sum(n for n, _ in SPLITS.values()), stream)
     try:
         for split, (num_images, seed) in SPLITS.items():
-            write_split(tmp_dir, split, num_images, seed)
+            write_split(tmp_dir, split, num_images, seed, report)
+        if report is not None:
+            report.finish()
         if osp.exists(out_dir):
             if not force and is_complete(out_dir):
                 return out_dir  # another process finished first

@@ -9,13 +9,21 @@ The command line is MMDetection's ``tools/train.py``::
 What it adds for a CPU-only machine and the bundled dataset:
 
 * the shapes dataset (``tools/make_shapes_dataset.py``) is generated on first
-  use when the config names it (top-level ``shapes_dataset = dict(out_dir=...)``);
+  use when the config names it (top-level
+  ``shapes_dataset = dict(out_dir=...)``), with progress;
 * without CUDA, distributed runs use the gloo backend and a CPU
   ``MMDistributedDataParallel`` (``tools/dist_train.sh CONFIG 2`` trains on
   two processes of this machine); mmdet heads that average ``avg_factor``
   across ranks (``reduce_mean``) then do so over gloo;
-* ``cpu_threads`` (top-level config key) sets torch's thread count, shared
-  out between the processes of this machine;
+* ``cpu_threads`` (top-level config key): an int sets torch's thread count,
+  shared out between the processes of this machine; ``'auto'`` (the
+  default) takes the idle cores, see ``tools/cpu_threads.py``;
+* checkpoints (``--resume``, ``load_from``, pretrained ``init_cfg``) are
+  loaded weights-only, allowing just what mmengine stores beside the weights
+  (``tools/safe_checkpoints.py``); ``--trust-checkpoint`` unpickles them
+  fully, for files you trust;
+* a short header (config, losses and where they come from, dataset size,
+  threads) is printed before mmengine's own output;
 * the run ends by evaluating on the val split and printing
   ``box mAP (val): 0.xxx``.
 
@@ -24,6 +32,8 @@ swapped from the command line, e.g.
 ``--cfg-options model.bbox_head.loss_bbox.type=mmloss.SmoothL1Loss``.
 """
 import argparse
+import contextlib
+import json
 import os
 import os.path as osp
 import subprocess
@@ -36,7 +46,10 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from cpu_threads import choose_cpu_threads  # noqa: E402
 from make_shapes_dataset import ensure_shapes_dataset  # noqa: E402
+from safe_checkpoints import (TRUST_FLAG,  # noqa: E402
+                              UntrustedCheckpointError, checkpoint_loading)
 
 BOX_MAP_KEY = 'coco/bbox_mAP'
 
@@ -70,6 +83,11 @@ def parse_with_common_arguments(parser, argv=None):
         default='none', help='job launcher')
     # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument(
+        TRUST_FLAG, action='store_true',
+        help='fully unpickle checkpoints (resume, load_from, pretrained '
+        'weights) instead of weights-only loading; a crafted checkpoint can '
+        'then run any code, so use it only for files you trust')
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
@@ -163,34 +181,112 @@ def init_cpu_process_group(launcher):
     dist.init_process_group(backend='gloo')
 
 
-def trust_own_checkpoints(cfg):
-    """Let mmengine load the checkpoint given by --resume / load_from.
-
-    mmengine 0.10 calls ``torch.load`` without ``weights_only``; since torch
-    2.6 that means weights-only unpickling, which refuses what mmengine saves
-    beside the weights (its ``HistoryBuffer`` logs, numpy arrays and dtypes)
-    so every resume fails. Checkpoints named on the command line are the
-    user's own (usually from their work dir), so restore torch's earlier
-    full unpickling for them, exactly as mmengine does under torch < 2.6.
-    """
-    if cfg.get('resume', False) or cfg.get('load_from', None):
-        os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
-
-
 def set_cpu_threads(cfg):
-    """Apply the config's ``cpu_threads``, split between local processes."""
-    threads = cfg.get('cpu_threads', None)
-    if threads is None or torch.cuda.is_available():
+    """Apply the config's ``cpu_threads`` (int or ``'auto'``) on a CPU run.
+
+    Returns:
+        ``(threads, reason)``, or ``(None, reason)`` when torch is left as
+        it is (CUDA runs).
+    """
+    if torch.cuda.is_available():
+        return None, 'CUDA run: torch default'
+    try:
+        threads, reason = choose_cpu_threads(cfg.get('cpu_threads', 'auto'))
+    except ValueError as exc:
+        raise SystemExit(f'{cfg.filename}: {exc}') from None
+    torch.set_num_threads(threads)
+    return threads, reason
+
+
+def is_main_process():
+    """Rank 0 of the job (read from the launcher's environment)."""
+    return int(os.environ.get('RANK', 0)) == 0
+
+
+def loss_types(node, path=''):
+    """``[(dotted path, type)]`` of every ``loss_*`` config under ``node``."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            sub = f'{path}.{key}' if path else key
+            if key.startswith('loss') and isinstance(value, dict) \
+                    and 'type' in value:
+                found.append((sub, value['type']))
+            else:
+                found.extend(loss_types(value, sub))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            found.extend(loss_types(value, f'{path}[{i}]'))
+    return found
+
+
+def loss_origin(type_name, default_scope):
+    """``(class name, package)``: ``mmloss.X`` is mmloss, ``X`` the scope's."""
+    if not isinstance(type_name, str):
+        return getattr(type_name, '__name__', str(type_name)), \
+            type_name.__module__.split('.')[0]
+    if '.' in type_name:
+        scope, name = type_name.split('.', 1)
+        return name, scope
+    return type_name, default_scope or 'mmdet'
+
+
+# Annotation files above this size are not read just to count images.
+MAX_COUNTED_ANN_BYTES = 64 * 2**20
+
+
+def dataset_size(dataset_cfg):
+    """A description of the images a dataset config yields (no build)."""
+    if not dataset_cfg:
+        return 'none'
+    times = 1
+    while 'dataset' in dataset_cfg and 'ann_file' not in dataset_cfg:
+        times *= dataset_cfg.get('times', 1)
+        dataset_cfg = dataset_cfg['dataset']
+    ann_file = dataset_cfg.get('ann_file', '')
+    root = dataset_cfg.get('data_root', '') or ''
+    if ann_file and not osp.isabs(ann_file):
+        ann_file = osp.join(root, ann_file)
+    indices = dataset_cfg.get('indices', None)
+    count = None
+    if isinstance(indices, int):
+        count = indices
+    elif indices is not None:
+        count = len(indices)
+    elif osp.isfile(ann_file) and \
+            osp.getsize(ann_file) <= MAX_COUNTED_ANN_BYTES:
+        with open(ann_file) as f:
+            count = len(json.load(f).get('images', []))
+    what = f'{count} images' if count is not None else 'size unknown'
+    if times > 1:
+        what += f' x {times} repeats'
+    return f'{what} ({ann_file or dataset_cfg.get("type", "?")})'
+
+
+def print_header(cfg, config_path, threads, split='train', stream=None):
+    """Config, losses and their package, dataset size, threads (rank 0)."""
+    if not is_main_process():
         return
-    local_procs = int(os.environ.get('LOCAL_WORLD_SIZE', 1))
-    torch.set_num_threads(max(1, int(threads) // local_procs))
+    scope = cfg.get('default_scope', 'mmdet')
+    losses = [f'{path} = {name} ({origin})' for path, (name, origin) in (
+        (p, loss_origin(t, scope)) for p, t in loss_types(cfg.get('model')))]
+    loader = cfg.get(f'{split}_dataloader', None) or {}
+    thread_text = (f'{threads[0]} ({threads[1]})' if threads[0] is not None
+                   else threads[1])
+    lines = [f'mmloss {split}: {config_path}',
+             f'  work dir: {cfg.work_dir}',
+             '  losses:   ' + ('\n            '.join(losses) or 'none'),
+             f'  dataset:  {split} split, '
+             f'{dataset_size(loader.get("dataset"))}',
+             f'  threads:  {thread_text}']
+    print('\n'.join(lines), file=stream or sys.stdout, flush=True)
 
 
 def prepare_data(cfg):
     """Generate the bundled shapes dataset if the config uses it."""
     shapes = cfg.get('shapes_dataset', None)
     if shapes is not None:
-        ensure_shapes_dataset(shapes['out_dir'])
+        ensure_shapes_dataset(shapes['out_dir'], progress=is_main_process())
 
 
 class LastValMetricsHook(Hook):
@@ -224,21 +320,31 @@ def final_val_metrics(runner, recorder):
     return recorder.metrics
 
 
+@contextlib.contextmanager
+def refusal_as_exit():
+    """A refused checkpoint ends the tool with its message (exit code 1)."""
+    try:
+        yield
+    except UntrustedCheckpointError as exc:
+        raise SystemExit(f'error: {exc}') from None
+
+
 def main(argv=None):
     """Train; returns ``(runner, final val metrics or None)``."""
     args = parse_args(argv)
     cfg = build_config(args)
-    set_cpu_threads(cfg)
-    trust_own_checkpoints(cfg)
+    threads = set_cpu_threads(cfg)
     prepare_data(cfg)
+    print_header(cfg, args.config, threads, 'train')
     if args.launcher != 'none' and not torch.cuda.is_available():
         init_cpu_process_group(args.launcher)
 
     runner = build_runner(cfg)
     recorder = LastValMetricsHook()
     runner.register_hook(recorder, priority='LOWEST')
-    runner.train()
-    metrics = final_val_metrics(runner, recorder)
+    with refusal_as_exit(), checkpoint_loading(args.trust_checkpoint):
+        runner.train()
+        metrics = final_val_metrics(runner, recorder)
     if metrics is not None and runner.rank == 0:
         if BOX_MAP_KEY in metrics:
             print(f'box mAP_50 (val): '

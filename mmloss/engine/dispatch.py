@@ -100,6 +100,9 @@ TUNING: Dict[str, Tuning] = {
                   min_rows={'CrossEntropyLoss': 32768,
                             'CrossEntropyLoss(sigmoid)': 1024,
                             'DistributionFocalLoss': 32768,
+                            # two log-softmaxes of a few thousand rows cost
+                            # less than the kernel's extra passes and call
+                            'KnowledgeDistillationKLDivLoss': 4096,
                             # element-wise box losses: below these rows the
                             # plain formula (F.mse_loss, F.smooth_l1_loss,
                             # sub + abs) costs less than the Function call

@@ -81,7 +81,10 @@ class BaseLoss(nn.Module):
     """
 
     def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0):
-        super().__init__()
+        # nn.Module's own __init__, not super()'s: in a twin class
+        # (mmloss.compat) the next class in the MRO is mmdet's loss, whose
+        # __init__ must not run (its attributes and buffers are not ours).
+        nn.Module.__init__(self)
         self.reduction = check_reduction(self.loss_name, reduction)
         self.loss_weight = check_loss_weight(self.loss_name, loss_weight)
 

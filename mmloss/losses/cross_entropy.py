@@ -42,7 +42,7 @@ from ..checks import (check_float, check_integer_labels, check_label_range,
                       check_tensor, check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_forward
-from ..precision import compute_dtype, restore_dtype, to_dtype
+from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
@@ -100,7 +100,8 @@ def softmax_cross_entropy(pred: Tensor,
 
     Args:
         pred (Tensor): logits (N, C) or (N, C, d1, ...).
-        label (Tensor): int64 labels (N,) or (N, d1, ...).
+        label (Tensor): integer labels (N,) or (N, d1, ...), any integer
+            dtype.
         weight (Tensor, optional): per-element weight, shaped like ``label``.
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
         avg_factor (float | Tensor, optional): denominator of the mean.
@@ -111,7 +112,8 @@ def softmax_cross_entropy(pred: Tensor,
             decides); ``False`` runs the plain formula.
 
     Returns:
-        Tensor: the reduced loss, ``pred``'s dtype.
+        Tensor: the loss: for ``'none'`` in ``pred``'s dtype, reduced in
+            float32 at least (:func:`mmloss.precision.restore_loss`).
     """
     return _softmax_cross_entropy('softmax_cross_entropy', pred, label,
                                   weight, reduction, avg_factor,
@@ -198,10 +200,13 @@ def softmax_cross_entropy_checked(loss_name, pred, label, weight, reduction,
             loss = softmax_cross_entropy_rows(pred, label, rule,
                                               class_weight, ignore_index)
         else:
+            # F.cross_entropy takes int64 (or uint8) labels only; the
+            # checks accept every integer dtype
             loss = rule.apply(F.cross_entropy(
-                to_dtype(pred, dtype), label, weight=class_weight,
-                reduction='none', ignore_index=ignore_index))
-        return restore_dtype(loss, pred)
+                to_dtype(pred, dtype), to_dtype(label, torch.int64),
+                weight=class_weight, reduction='none',
+                ignore_index=ignore_index))
+        return restore_loss(loss, pred, rule.reduces)
 
 
 cross_entropy = softmax_cross_entropy
@@ -309,7 +314,8 @@ def binary_cross_entropy(pred: Tensor,
             the plain formula.
 
     Returns:
-        Tensor: the reduced loss, dtype of ``pred``.
+        Tensor: the loss: for ``'none'`` in ``pred``'s dtype, reduced in
+            float32 at least (:func:`mmloss.precision.restore_loss`).
     """
     return _binary_cross_entropy('binary_cross_entropy', pred, label, weight,
                                  reduction, avg_factor, class_weight,
@@ -378,7 +384,8 @@ def _binary_cross_entropy(loss_name, pred, label, weight, reduction,
                 total = gradient_in_forward(
                     sigmoid_one_hot_kernel, _sigmoid_one_hot_plain, pred,
                     label, class_weight, row_weight)
-                return restore_dtype(rule.finish(total, pred.numel()), pred)
+                return restore_loss(rule.finish(total, pred.numel()),
+                                    pred, True)
             target = torch.zeros(pred.shape, dtype=dtype, device=pred.device)
             positive = (label >= 0) & (label < num_classes)
             target.scatter_(1, torch.where(positive, label, 0).long()[:, None],
@@ -393,7 +400,7 @@ def _binary_cross_entropy(loss_name, pred, label, weight, reduction,
         loss = F.binary_cross_entropy_with_logits(
             to_dtype(pred, dtype), target, pos_weight=class_weight,
             reduction='none')
-        return restore_dtype(rule.apply(loss), pred)
+        return restore_loss(rule.apply(loss), pred, rule.reduces)
 
 
 # --------------------------------------------------------------------------
@@ -420,7 +427,7 @@ def mask_cross_entropy(pred: Tensor,
         label (Tensor): (N,) class of each RoI.
 
     Returns:
-        Tensor: (1,) loss, ``pred``'s dtype.
+        Tensor: (1,) loss, float32 at least.
     """
     return _mask_cross_entropy('mask_cross_entropy', pred, target, label,
                                reduction, avg_factor, class_weight,
@@ -459,7 +466,9 @@ def _mask_cross_entropy(loss_name, pred, target, label, reduction,
             picked, to_dtype(target, dtype), reduction='none')
         if class_weight is not None:
             loss = loss * to_dtype(class_weight, dtype)
-        return restore_dtype(Reduction(loss_name).apply(loss), pred)[None]
+        # 'mean' only: the reduced loss's dtype
+        return restore_loss(Reduction(loss_name).apply(loss), pred,
+                            True)[None]
 
 
 def top1_accuracy(pred: Tensor, target: Tensor) -> Tensor:

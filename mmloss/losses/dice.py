@@ -18,11 +18,12 @@ sample (flattened to (N, D)), ``weight`` (N,); the loss is (N,) for
 
 Two executions of the same maths, chosen per call by
 :mod:`mmloss.engine.dispatch`: the plain formula (autograd ops) and a
-kernel (``_dice_kernel``) that takes the per-sample sums with
-element-wise products and row sums and computes the gradient in forward,
-through :class:`~mmloss.engine.functions.GradientInForward`, which keeps
-that one (N, D) tensor for backward. Sums are taken in float32 at least,
-with autocast switched off.
+kernel through :class:`~mmloss.engine.functions.GradientInBackward`:
+forward (``_dice_value``) takes the per-sample sums with element-wise
+products and row sums in one scratch buffer; the graph keeps only the
+inputs (references) and two numbers per sample; backward
+(``_dice_gradient``) builds the gradient from them, recomputing the
+sigmoid. Sums are taken in float32 at least, with autocast switched off.
 """
 from numbers import Real
 from typing import Optional, Union
@@ -33,11 +34,11 @@ from torch import Tensor
 from ..checks import (REDUCTIONS, check_float, check_positive,
                       check_pred_target, check_weight_shape)
 from ..engine import dispatch
-from ..engine.functions import gradient_in_forward
-from ..precision import compute_dtype
+from ..engine.functions import gradient_in_backward
+from ..precision import compute_dtype, loss_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
-from .base import BaseLoss, reduce_in_kernel
+from .base import BaseLoss, gradient_scale, reduce_in_kernel
 
 __all__ = ['dice_loss', 'sigmoid_dice_loss', 'DiceLoss']
 
@@ -77,16 +78,15 @@ def _dice_rows(prob: Tensor, target: Tensor, eps: float,
                            naive_dice)
 
 
-def _dice_kernel(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
-                naive_dice: bool, sigmoid: bool, grad: bool = True):
-    """The reduced dice loss of (N, D) inputs and its gradient, in one go.
+def _dice_value(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
+                naive_dice: bool, sigmoid: bool):
+    """The reduced dice loss of (N, D) inputs and the two per-sample sums
+    its gradient needs: ``(value, (a, S))``, as
+    :class:`~mmloss.engine.functions.GradientInBackward` takes it.
 
-    With ``a = sum p t`` and ``S = sum p^2 + sum t^2 + 2 eps`` the gradient
-    of the V-Net loss of a sample is ``(4a / S^2) p - (2 / S) t`` (naive,
-    ``S = sum p + sum t + eps``: ``(2a + eps) / S^2 - (2 / S) t``), times
-    ``p (1 - p)`` through the sigmoid and times the sample's weight. The
-    sums take element-wise products and row sums in one scratch buffer,
-    which then receives the gradient.
+    ``a = sum p t`` and ``S = sum p^2 + sum t^2 + 2 eps`` (naive: ``sum p +
+    sum t + eps``), taken with element-wise products and row sums in one
+    scratch buffer that is freed on return.
 
     Args:
         pred (Tensor): (N, D) logits if ``sigmoid`` else probabilities, in
@@ -96,11 +96,6 @@ def _dice_kernel(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
         eps (float): smoothing term.
         naive_dice (bool): first-power denominator instead of V-Net's.
         sigmoid (bool): apply the sigmoid to ``pred`` first.
-        grad (bool): compute the gradient.
-
-    Returns:
-        tuple: ``(value, (gradient or None,), scale)`` as
-        :class:`~mmloss.engine.functions.GradientInForward` takes it.
     """
     prob = torch.sigmoid(pred) if sigmoid else pred
     scratch = torch.mul(prob, target)
@@ -112,10 +107,23 @@ def _dice_kernel(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
         total = scratch.addcmul_(target, target).sum(1)
     denom = _denominator(total, eps, naive_dice)
     rows = _dice_from_sums(inter, denom, eps, naive_dice)
-    value, scale = reduce_in_kernel(rule, rows, rows.numel(), False)
-    if not grad:
-        return value, (None, ), scale
-    # the per-sample factors, the weight folded in
+    value, _ = reduce_in_kernel(rule, rows, rows.numel(), False)
+    return value, (inter, denom)
+
+
+def _dice_gradient(pred: Tensor, target: Tensor, inter: Tensor,
+                   denom: Tensor, rule: Reduction, eps: float,
+                   naive_dice: bool, sigmoid: bool):
+    """The gradient of :func:`_dice_value` from the inputs and its sums:
+    ``(gradient, scale)``.
+
+    The V-Net loss of a sample has the gradient ``(4a / S^2) p - (2 / S)
+    t`` (naive: ``(2a + eps) / S^2 - (2 / S) t``), times ``p (1 - p)``
+    through the sigmoid (``p`` recomputed from the logits: one pass, where
+    keeping it would hold an (N, D) tensor from forward to backward) and
+    times the sample's weight; ``scale`` is the reduction's factor.
+    """
+    prob = torch.sigmoid(pred) if sigmoid else pred
     target_factor = -2 / denom
     if naive_dice:
         prob_factor = None
@@ -129,7 +137,7 @@ def _dice_kernel(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
             offset = offset * weight
         else:
             prob_factor = prob_factor * weight
-    gradient = torch.mul(target, target_factor[:, None], out=scratch)
+    gradient = torch.mul(target, target_factor[:, None])
     if naive_dice:
         gradient.add_(offset[:, None])
     else:
@@ -138,7 +146,8 @@ def _dice_kernel(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
         # times p (1 - p), in place
         torch.ops.aten.sigmoid_backward.grad_input(gradient, prob,
                                                    grad_input=gradient)
-    return value, (gradient, ), scale
+    return gradient, gradient_scale(rule, inter.numel(), 1.0,
+                                    gradient.dtype)
 
 
 def _check_inputs(pred: Tensor, target: Tensor, rule: Reduction) -> None:
@@ -188,7 +197,8 @@ def _dice(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
     ``False`` forces the plain formula, ``True`` skips the size
     thresholds.
     """
-    out_dtype = dtype = pred.dtype
+    dtype = pred.dtype
+    out_dtype = loss_dtype(pred, rule.reduces)
     if dtype not in _WIDE:
         dtype = compute_dtype(pred)
     rule = rule.cast(dtype)
@@ -212,16 +222,19 @@ def _dice(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
         return _dice_plain(pred, target, rule, dtype, eps, naive_dice,
                            sigmoid)
 
-    def kernel(needs, pred: Tensor):
-        value, (gradient, ), scale = _dice_kernel(
-            _rows_of(pred, dtype), _rows_of(target, dtype), rule, eps,
-            naive_dice, sigmoid, needs[0])
-        if gradient is not None:
-            gradient = gradient.view(pred.shape)  # a fresh (N, D) buffer
-        return value, (gradient, ), scale
+    def value_kernel(pred: Tensor):
+        return _dice_value(_rows_of(pred, dtype), _rows_of(target, dtype),
+                           rule, eps, naive_dice, sigmoid)
+
+    def grad_kernel(needs, sums, in_place: bool, pred: Tensor):
+        gradient, scale = _dice_gradient(
+            _rows_of(pred, dtype), _rows_of(target, dtype), *sums, rule,
+            eps, naive_dice, sigmoid)
+        # a fresh (N, D) buffer
+        return (gradient.view(pred.shape), ), scale
 
     with dispatch.autocast_off(pred):
-        out = gradient_in_forward(kernel, plain, pred)
+        out = gradient_in_backward(value_kernel, grad_kernel, plain, pred)
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
 

@@ -66,7 +66,7 @@ from ..checks import (check_float, check_in_range, check_integer_labels,
                       check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_backward
-from ..precision import compute_dtype, restore_dtype, to_dtype
+from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
@@ -76,7 +76,7 @@ __all__ = [
     'FocalLoss', 'Poly1FocalLoss'
 ]
 
-from .focal_kernels import _LOG_CLAMP, _run_kernel
+from .focal_kernels import _run_kernel, probability_cross_entropy
 
 # ---------------------------------------------------------------------------
 # input checks shared by the focal-family losses
@@ -235,7 +235,7 @@ def label_focal_loss(pred: Tensor, labels: Tensor, gamma: float = 2.0,
     num_classes = pred.shape[1]
     if activated:
         prob = pred
-        neg_ce = -torch.log1p(-prob).clamp(min=_LOG_CLAMP)
+        neg_ce = probability_cross_entropy(prob, 0.0)
     else:
         prob = pred.sigmoid()
         neg_ce = F.softplus(pred)
@@ -249,7 +249,7 @@ def label_focal_loss(pred: Tensor, labels: Tensor, gamma: float = 2.0,
     pos_pred = pred.gather(1, column)
     if activated:
         pos_prob = pos_pred
-        pos_ce = -torch.log(pos_prob).clamp(min=_LOG_CLAMP)
+        pos_ce = probability_cross_entropy(pos_prob, 1.0)
     else:
         pos_prob = pos_pred.sigmoid()
         pos_ce = F.softplus(-pos_pred)
@@ -331,13 +331,13 @@ def _focal_loss(loss_name: str, pred: Tensor, target: Tensor,
         if not labels_given:  # one-hot or soft targets: the plain formula
             loss = elementwise_focal_loss(x, target, gamma, alpha, epsilon,
                                           activated)
-            return restore_dtype(rule.apply(loss), pred)
+            return restore_loss(rule.apply(loss), pred, rule.reduces)
         if activated or not dispatch.use_fast(
                 _DISPATCH_NAMES.get(loss_name, 'FocalLoss'), pred,
                 rows=pred.shape[0]):
             loss = label_focal_loss(x, target, gamma, alpha, epsilon,
                                     activated)
-            return restore_dtype(rule.apply(loss), pred)
+            return restore_loss(rule.apply(loss), pred, rule.reduces)
 
         def run(reduce_sum: bool, weight: Optional[Tensor]) -> Tensor:
             options = dict(gamma=float(gamma), alpha=float(alpha),
@@ -348,8 +348,9 @@ def _focal_loss(loss_name: str, pred: Tensor, target: Tensor,
                 functools.partial(_focal_plain, **options), pred, target,
                 weight)
 
-        return restore_dtype(
-            rule.run_kernel(run, dtype, pred.device, pred.numel()), pred)
+        return restore_loss(
+            rule.run_kernel(run, dtype, pred.device, pred.numel()), pred,
+            rule.reduces)
 
 
 def sigmoid_focal_loss(pred: Tensor,
@@ -376,7 +377,8 @@ def sigmoid_focal_loss(pred: Tensor,
         activated (bool): ``pred`` holds probabilities.
 
     Returns:
-        Tensor: (N, C) for ``'none'``, else a scalar; ``pred``'s dtype.
+        Tensor: (N, C) for ``'none'`` in ``pred``'s dtype, else a scalar
+            in float32 at least (:func:`mmloss.precision.restore_loss`).
     """
     check_focal_params('sigmoid_focal_loss', gamma, alpha)
     return _focal_loss('sigmoid_focal_loss', pred, target, weight, gamma,
@@ -403,7 +405,8 @@ def poly1_focal_loss(pred: Tensor,
         epsilon (float): coefficient of the first polynomial term.
 
     Returns:
-        Tensor: (N, C) for ``'none'``, else a scalar; ``pred``'s dtype.
+        Tensor: (N, C) for ``'none'`` in ``pred``'s dtype, else a scalar
+            in float32 at least (:func:`mmloss.precision.restore_loss`).
     """
     check_focal_params('poly1_focal_loss', gamma, alpha, epsilon)
     return _focal_loss('poly1_focal_loss', pred, target, weight, gamma, alpha,
@@ -461,7 +464,8 @@ class FocalLoss(BaseLoss):
                 target,
                 weight=None,
                 avg_factor=None,
-                reduction_override=None):
+                reduction_override=None,
+                **kwargs):
         """Weighted focal loss of ``pred`` (N, C) and ``target`` (N,)/(N, C).
 
         Args:
@@ -471,6 +475,9 @@ class FocalLoss(BaseLoss):
             avg_factor (float | Tensor, optional): denominator of the mean.
             reduction_override (str, optional): overrides ``reduction``.
         """
+        if kwargs:  # named here: Python would name FocalLoss.forward
+            raise TypeError(f'{self.loss_name}: unexpected keyword '
+                            f'arguments {sorted(kwargs)}')
         reduction = self.resolve_reduction(reduction_override)
         return self.apply_loss_weight(_focal_loss(
             self.loss_name, pred, target, weight, self.gamma, self.alpha,

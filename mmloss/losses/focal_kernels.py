@@ -18,9 +18,22 @@ from ..engine import dispatch
 from ..engine.rowwise import blocks
 from ..reduction import weighted_total
 
-# ``binary_cross_entropy`` on probabilities clamps ``log`` at -100; the
-# ``activated`` path does the same so it agrees with it (and with mmdet).
-_LOG_CLAMP = -100.0
+
+def probability_cross_entropy(prob: Tensor, target: float) -> Tensor:
+    """Element-wise BCE of probabilities ``prob`` against the constant
+    ``target`` (0 or 1): ``-log(1 - p)`` or ``-log(p)``, the loss of the
+    ``activated`` (probability) forms of focal and quality focal loss.
+
+    ``F.binary_cross_entropy`` itself, as mmdet's probability losses use:
+    its ``log`` is clamped at -100 and its gradient ``(p - t) / max(p (1 -
+    p), 1e-12)`` stays finite at ``p = 0`` and ``p = 1``, which
+    ``torch.sigmoid`` returns exactly for logits past about +-17 (float32).
+    A clamped ``-log`` by autograd would give ``0 * inf = NaN`` there.
+    Twice differentiable (torch defines its double backward).
+    """
+    return F.binary_cross_entropy(
+        prob, prob.new_full((), float(target)).expand_as(prob),
+        reduction='none')
 
 
 def row_blocks(work: Tensor) -> List[Tuple[int, int]]:

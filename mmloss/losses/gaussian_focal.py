@@ -26,11 +26,12 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from ..checks import (check_float, check_integer_labels, check_positive,
-                      check_same_shape, check_tensor, check_weight_shape)
+from ..checks import (check_float, check_integer_labels, check_label_range,
+                      check_positive, check_same_shape, check_tensor,
+                      check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_forward
-from ..precision import compute_dtype, restore_dtype, to_dtype
+from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction, weighted_total
 from ..registry import MODELS
 from .base import BaseLoss
@@ -202,8 +203,8 @@ def gaussian_focal_loss(pred: Tensor,
         avg_factor (float | Tensor, optional): denominator of the mean.
 
     Returns:
-        Tensor: ``pred``'s shape for ``'none'``, else a scalar; ``pred``'s
-        dtype.
+        Tensor: ``pred``'s shape and dtype for ``'none'``, else a scalar in
+        float32 at least (:func:`mmloss.precision.restore_loss`).
     """
     return _gaussian_focal_loss('gaussian_focal_loss', pred, target, weight,
                                 alpha, gamma, pos_weight, neg_weight,
@@ -224,7 +225,7 @@ def _gaussian_focal_loss(loss_name, pred, target, weight, alpha, gamma,
                              pos_weight=float(pos_weight),
                              neg_weight=float(neg_weight),
                              with_positives=True)
-        return restore_dtype(loss, pred)
+        return restore_loss(loss, pred, rule.reduces)
 
 
 def gaussian_focal_loss_with_pos_inds(
@@ -255,12 +256,30 @@ def gaussian_focal_loss_with_pos_inds(
             here (the two parts have different shapes).
 
     Returns:
-        Tensor: a scalar, ``pred``'s dtype.
+        Tensor: a scalar, float32 at least.
     """
     return _gaussian_focal_loss_with_pos_inds(
         'gaussian_focal_loss_with_pos_inds', pred, target, pos_inds,
         pos_labels, alpha, gamma, pos_weight, neg_weight, reduction,
         avg_factor)
+
+
+def _check_rows(loss_name: str, pos_inds: Tensor, num_rows: int) -> None:
+    """Raise unless every row index lies in ``[-N, N)`` (tensor indexing,
+    as mmdet's ``pred[pos_inds]``): a ``ValueError`` naming the loss where
+    the CPU kernels may read values, else a check queued on the device
+    (as :func:`mmloss.checks.check_label_range`)."""
+    if pos_inds.numel() == 0:
+        return
+    low, high = torch.aminmax(pos_inds)
+    ok = (low >= -num_rows) & (high < num_rows)
+    if not dispatch.tuning(pos_inds).cpu_kernels:
+        torch._assert_async(ok, f'{loss_name}: pos_inds out of range')
+    elif not bool(ok):
+        raise ValueError(f'{loss_name}: pos_inds holds values in '
+                         f'[{int(low)}, {int(high)}], but pred has '
+                         f'{num_rows} rows (valid: [{-num_rows}, '
+                         f'{num_rows}))')
 
 
 def _gaussian_focal_loss_with_pos_inds(loss_name, pred, target, pos_inds,
@@ -277,14 +296,18 @@ def _gaussian_focal_loss_with_pos_inds(loss_name, pred, target, pos_inds,
                          f'pos_inds')
     check_tensor(loss_name, 'pos_inds', pos_inds)
     check_tensor(loss_name, 'pos_labels', pos_labels)
+    check_integer_labels(loss_name, pos_inds, 'pos_inds')
     check_integer_labels(loss_name, pos_labels, 'pos_labels')
     if pred.dim() != 2 or pos_labels.dim() != 1 or \
-            pos_inds.shape[:1] != pos_labels.shape:
+            pos_inds.shape != pos_labels.shape:
         raise ValueError(f'{loss_name}: pred must have shape (N, C) and '
                          f'pos_inds and pos_labels shape (M,), but got pred '
                          f'{tuple(pred.shape)}, pos_inds '
                          f'{tuple(pos_inds.shape)}, pos_labels '
                          f'{tuple(pos_labels.shape)}')
+    _check_rows(loss_name, pos_inds, pred.shape[0])
+    check_label_range(loss_name, pos_labels, pred.shape[1],
+                      argument='pos_labels')
     with dispatch.autocast_off(pred):
         p = to_dtype(pred, compute_dtype(pred))
         pos_pred = p[pos_inds].gather(1, pos_labels.long().unsqueeze(1))
@@ -293,7 +316,7 @@ def _gaussian_focal_loss_with_pos_inds(loss_name, pred, target, pos_inds,
                             gamma=float(gamma), pos_weight=1.0,
                             neg_weight=float(neg_weight),
                             with_positives=False)
-        return restore_dtype(pos_weight * pos + neg, pred)
+        return restore_loss(pos_weight * pos + neg, pred, True)
 
 
 @MODELS.register_module()

@@ -36,7 +36,7 @@ from torch import Tensor
 from ..checks import check_same_shape, check_tensor, check_weight_shape
 from ..engine import dispatch
 from ..engine.functions import gradient_in_backward
-from ..precision import compute_dtype, restore_dtype, to_dtype
+from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
@@ -241,7 +241,8 @@ def knowledge_distillation_kl_div_loss(
             formula.
 
     Returns:
-        Tensor: the reduced loss, dtype of ``pred``.
+        Tensor: the loss: for ``'none'`` in ``pred``'s dtype, reduced in
+            float32 at least (:func:`mmloss.precision.restore_loss`).
     """
     return _kd_loss('knowledge_distillation_kl_div_loss', pred, soft_label,
                     weight, reduction, avg_factor, T, detach_target, fast)
@@ -272,7 +273,7 @@ def _kd_loss(loss_name, pred, soft_label, weight, reduction, avg_factor, T,
                 dispatch.use_fast('KnowledgeDistillationKLDivLoss', pred,
                                   rows=pred.size(0))):
             rows = kl_div_distill_rows(pred, soft_label, T, detach_target)
-            return restore_dtype(rule.apply(rows), pred)
+            return restore_loss(rule.apply(rows), pred, rule.reduces)
 
         def run(reduce_sum: bool, weight: Optional[Tensor]) -> Tensor:
             options = dict(T=float(T), reduce_sum=reduce_sum)
@@ -283,8 +284,9 @@ def _kd_loss(loss_name, pred, soft_label, weight, reduction, avg_factor, T,
                 soft_label.detach(),
                 None if weight is None else weight.expand(loss_shape))
 
-        return restore_dtype(
-            rule.run_kernel(run, dtype, pred.device, pred.size(0)), pred)
+        return restore_loss(
+            rule.run_kernel(run, dtype, pred.device, pred.size(0)), pred,
+            rule.reduces)
 
 
 @MODELS.register_module()

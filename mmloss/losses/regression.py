@@ -37,9 +37,10 @@ takes the plain formula (the kernel does not differentiate them), and so
 does a backward with ``create_graph=True`` (through the engine: the plain
 formula of ``d``), so second derivatives are exact.
 
-Numerics: half inputs are computed in float32 and the loss is returned in
-the input dtype, so the square of an fp16 error over 256 (which overflows
-in MMDetection) stays finite whenever the reduced loss fits in fp16.
+Numerics: half inputs are computed in float32; the element-wise loss is
+returned in the input dtype, a reduced one in float32
+(:func:`mmloss.precision.restore_loss`), so the square of an fp16 error
+over 256 (which overflows in MMDetection) stays finite once reduced.
 Autocast is switched off inside, so a loss computed under
 ``torch.autocast`` equals the float32 one.
 
@@ -69,7 +70,7 @@ from ..checks import (REDUCTIONS, check_float, check_positive,
                       check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_backward
-from ..precision import compute_dtype
+from ..precision import compute_dtype, loss_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss, gradient_scale, reduce_in_kernel
@@ -144,7 +145,8 @@ def _difference_loss(reduce: Reduction, pred: Tensor, target: Tensor,
     formula (the kernel does not differentiate them).
     """
     _check_inputs(reduce, pred, target)
-    out_dtype = dtype = pred.dtype
+    dtype = pred.dtype
+    out_dtype = loss_dtype(pred, reduce.reduces)
     if dtype not in _WIDE:
         dtype = compute_dtype(pred)
     reduce = reduce.cast(dtype)

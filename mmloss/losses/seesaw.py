@@ -26,7 +26,16 @@ Shapes: class logits (N, C), labels (N,) in ``[0, C)``.
 
 :class:`SeesawLoss` works on ``num_classes + 2`` channels (the classes and a
 2-way objectness) and keeps the cumulative class counts ``cum_samples`` as a
-registered buffer (saved in checkpoints, same key as MMDetection's).
+registered buffer (saved in checkpoints, same key as MMDetection's). The
+buffer holds int64 counts, exact whatever ``.half()`` or ``.to(dtype)`` do
+to the module: MMDetection's float32 buffer gains nothing from ``+1`` past
+``2^24`` (and a float16 one past 2048), so a long LVIS schedule would
+freeze the counts. Float checkpoints (MMDetection's, older mmloss ones)
+load into it, and it loads into MMDetection's module.
+
+Dtypes: the loss computes in float32 at least; a reduced loss of half
+inputs is returned in float32 (never ``inf`` for a value float32 holds),
+the loss of ``reduction='none'`` in the input dtype.
 """
 from numbers import Integral
 from typing import Dict, Optional, Tuple, Union
@@ -38,7 +47,7 @@ from torch import Tensor
 from ..checks import (check_float, check_integer_labels, check_label_range,
                       check_positive, check_tensor)
 from ..engine import dispatch
-from ..precision import compute_dtype, restore_dtype, to_dtype
+from ..precision import compute_dtype, loss_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
@@ -123,8 +132,9 @@ def _seesaw_class_loss(loss_name: str, cls_score: Tensor, labels: Tensor,
                        label_weights: Optional[Tensor], cum_samples: Tensor,
                        p: float, q: float, eps: float, reduction: str,
                        avg_factor, fast: bool) -> Tensor:
-    """Seesaw CE of checked inputs, weighted and reduced; ``cls_score``'s
-    dtype. The fast path is :func:`seesaw_rows` (log space), the plain one
+    """Seesaw CE of checked inputs, weighted and reduced (in
+    :func:`~mmloss.precision.loss_dtype`). The fast path is
+    :func:`seesaw_rows` (log space), the plain one
     :func:`seesaw_rows_plain` (the paper's ratios, term by term); both are
     autograd graphs, so double backward is exact in both.
 
@@ -144,7 +154,7 @@ def _seesaw_class_loss(loss_name: str, cls_score: Tensor, labels: Tensor,
             rows = seesaw_rows(x, labels, cum_samples, p, q, eps)
         else:
             rows = seesaw_rows_plain(x, labels, cum_samples, p, q, eps)
-        return restore_dtype(rule.apply(rows), cls_score)
+        return restore_loss(rule.apply(rows), cls_score, rule.reduces)
 
 
 def _check_scores_and_labels(name: str, cls_score: Tensor, labels: Tensor,
@@ -190,21 +200,25 @@ def seesaw_ce_loss(cls_score: Tensor,
             dispatcher decides); ``False`` runs the term-by-term formula.
 
     Returns:
-        Tensor: the reduced loss, ``cls_score``'s dtype.
+        Tensor: the loss: ``'none'`` in ``cls_score``'s dtype, ``'mean'``
+        and ``'sum'`` in float32 at least (float32 for half scores).
     """
     name = 'seesaw_ce_loss'
     check_tensor(name, 'cum_samples', cum_samples)
     _check_scores_and_labels(name, cls_score, labels, label_weights,
                              reduction, avg_factor)
     if cls_score.dim() != 2 or cls_score.size(-1) != num_classes or \
-            cum_samples.numel() != num_classes or \
+            cum_samples.shape != (num_classes, ) or \
             labels.shape != cls_score.shape[:1]:
         raise ValueError(
             f'{name}: cls_score has shape {tuple(cls_score.shape)}, labels '
             f'{tuple(labels.shape)} and cum_samples '
             f'{tuple(cum_samples.shape)}, but num_classes is {num_classes} '
-            f'(cls_score must be (N, num_classes), labels (N,))')
-    check_label_range(name, labels, num_classes, argument='labels')
+            f'(cls_score must be (N, num_classes), labels (N,), '
+            f'cum_samples (num_classes,))')
+    # int64: a uint8 label compared with a class count above 255 wraps
+    check_label_range(name, to_dtype(labels, torch.int64), num_classes,
+                      argument='labels')
     return _seesaw_class_loss(name, cls_score, labels, label_weights,
                               cum_samples, p, q, eps, reduction, avg_factor,
                               fast)
@@ -257,10 +271,11 @@ class SeesawLoss(BaseLoss):
         self.num_classes = int(num_classes)
         self.return_dict = bool(return_dict)
         # cumulative samples per label (the background last); persistent,
-        # so a resumed run continues the same re-balancing
+        # so a resumed run continues the same re-balancing. int64: exact
+        # counts, untouched by .half() / .to(dtype) (see the module doc)
         self.register_buffer(
             'cum_samples', torch.zeros(self.num_classes + 1,
-                                       dtype=torch.float))
+                                       dtype=torch.int64))
         self.custom_cls_channels = True
         self.custom_activation = True
         self.custom_accuracy = True
@@ -268,6 +283,15 @@ class SeesawLoss(BaseLoss):
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, p={self.p}, q={self.q}, '
                 f'num_classes={self.num_classes}, eps={self.eps}')
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # MMDetection's (and older mmloss) checkpoints hold float counts:
+        # load them as int64 counts, with load_state_dict(assign=True) too
+        key = prefix + 'cum_samples'
+        counts = state_dict.get(key)
+        if isinstance(counts, Tensor) and counts.is_floating_point():
+            state_dict[key] = counts.round().to(torch.int64)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _split_cls_score(self, cls_score: Tensor) -> Tuple[Tensor, Tensor]:
         """(..., C + 2) -> class logits (..., C), objectness (..., 2)."""
@@ -322,8 +346,9 @@ class SeesawLoss(BaseLoss):
             raise ValueError(f'{name}: cls_score has shape '
                              f'{tuple(cls_score.shape)} but labels has shape '
                              f'{tuple(labels.shape)}')
-        check_label_range(name, labels, self.num_classes,
-                          high_inclusive=True, argument='labels')
+        check_label_range(name, to_dtype(labels, torch.int64),
+                          self.num_classes, high_inclusive=True,
+                          argument='labels')
 
     def _class_loss(self, classes: Tensor, labels: Tensor,
                     label_weights: Tensor, reduction: str,
@@ -336,7 +361,8 @@ class SeesawLoss(BaseLoss):
         index = (labels < self.num_classes).nonzero().squeeze(1)
         if index.numel() == 0:
             # MMDetection's value here: the sum of no rows
-            return classes[index].sum()
+            return to_dtype(classes[index].sum(),
+                            loss_dtype(classes, reduction != 'none'))
         return self.apply_loss_weight(_seesaw_class_loss(
             self.loss_name, classes[index], labels[index],
             label_weights[index], self.cum_samples[:self.num_classes],
@@ -366,10 +392,12 @@ class SeesawLoss(BaseLoss):
         reduction = self.resolve_reduction(reduction_override)
         self._check_inputs(cls_score, labels, label_weights, reduction,
                            avg_factor)
-        labels = labels.long()
-        # count before computing, as MMDetection does; one scatter, no loop
-        self.cum_samples.index_add_(
-            0, labels, torch.ones_like(labels, dtype=self.cum_samples.dtype))
+        labels = to_dtype(labels, torch.int64)
+        # count before computing, as MMDetection does: one scatter of the
+        # batch's totals into the int64 counts (exact, never saturating)
+        self.cum_samples.add_(torch.zeros_like(self.cum_samples).index_add_(
+            0, labels, torch.ones_like(labels,
+                                       dtype=self.cum_samples.dtype)))
         if label_weights is None:
             label_weights = labels.new_ones(labels.shape, dtype=torch.float)
         else:

@@ -20,10 +20,10 @@ from torch import Tensor
 from .. import geometry as geo
 from ..checks import check_positive
 from ..engine import dispatch
-from ..precision import restore_dtype, upcast
+from ..precision import restore_loss, upcast
 from ..registry import MODELS
 from .iou import IoUFamilyLoss
-from .iou.functions import checked_call
+from .iou.functions import checked_call, guarded
 
 __all__ = ['gaussian_wasserstein_sq', 'nwd_loss', 'NWDLoss']
 
@@ -54,7 +54,8 @@ def nwd_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
         avg_factor (float | Tensor, optional): denominator of the mean.
         constant (float): the normaliser ``C`` (> 0), roughly the average
             absolute object size of the dataset.
-        eps (float): stabiliser under the square root.
+        eps (float): stabiliser under the square root (> 0: at 0 the
+            gradient of a perfect match is NaN).
 
     Returns:
         Tensor: the element-wise loss (...) for ``'none'``, else a scalar,
@@ -62,12 +63,15 @@ def nwd_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
     """
     reduce = checked_call('NWDLoss', pred, target, weight, reduction,
                           avg_factor)
+    # sqrt's derivative at 0 is Inf: eps = 0 gives NaN gradients at a match
+    check_positive('NWDLoss', 'eps', eps)
     with dispatch.autocast_off(pred):
         p, t = upcast(pred, target)
         distance = (gaussian_wasserstein_sq(p, t) + eps).sqrt()
         # -expm1(-x) = 1 - exp(-x), without the cancellation for close boxes
         loss = -torch.expm1(-distance / constant)
-        return reduce.apply(restore_dtype(loss, pred))
+        return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
+                            reduce.reduces)
 
 
 @MODELS.register_module()
@@ -76,7 +80,7 @@ class NWDLoss(IoUFamilyLoss):
 
     Args:
         constant (float): dataset constant ``C`` (paper: 12.8 for AI-TOD).
-        eps (float): stabiliser under the square root.
+        eps (float): stabiliser under the square root (> 0).
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
         loss_weight (float): factor on the loss.
 
@@ -93,6 +97,8 @@ class NWDLoss(IoUFamilyLoss):
                  reduction: str = 'mean', loss_weight: float = 1.0):
         super().__init__(eps=eps, reduction=reduction,
                          loss_weight=loss_weight)
+        # > 0, unlike the other IoU-family eps (see nwd_loss)
+        self.eps = check_positive(self.loss_name, 'eps', eps)
         self.constant = check_positive(self.loss_name, 'constant', constant)
 
     def loss_kwargs(self) -> dict:

@@ -14,9 +14,11 @@ non-empty regions and ``tot`` the normaliser below::
     A_b <- m * A_b + (1 - m) * c_b   (non-empty b only)
     w = tot / (n * A_b)                         (momentum m > 0)
 
-Invalid elements (``label_weight <= 0``) get ``w = 0``. The weights carry no
-gradient. The loss is ``sum(w * L) / tot`` for ``'mean'``, ``sum(w * L)`` for
-``'sum'`` and ``w * L`` for ``'none'``, where
+Invalid elements (``label_weight <= 0``) get ``w = 0``; elements with a
+NaN/Inf input get ``w = NaN`` and are counted nowhere (see below). The
+weights carry no gradient. The loss is ``sum(w * L) / tot`` for
+``'mean'``, ``sum(w * L)`` for ``'sum'`` and ``w * L`` for ``'none'``,
+where
 
 * GHM-C: ``L = BCE(x, t)``, ``g = |sigmoid(x) - t|`` and ``tot`` is the
   number of valid elements (at least 1);
@@ -56,11 +58,17 @@ Deliberate differences from MMDetection 3.3:
   (``num_classes`` is background); MMDetection silently treats any other
   value as background. The check reads the labels on the CPU and is queued
   with ``torch._assert_async`` on an accelerator (no sync).
-* Half-precision inputs are computed in float32 and the loss is returned in
-  the input dtype (MMDetection's GHM-C fails on half logits).
-* A NaN in ``pred`` makes the loss NaN, as in MMDetection; its element is
-  counted in the first bin instead of none (the statistics of that step are
-  meaningless either way).
+* Half-precision inputs are computed in float32 (MMDetection's GHM-C fails
+  on half logits); the loss of ``'none'`` is returned in the input dtype,
+  a reduced one in float32 (a mean that float32 holds is never ``inf``).
+  The module's ``edges`` and ``acc_sum`` stay float32 after ``.half()``
+  (moving counts of a large batch pass float16's 65504).
+* A NaN or Inf input makes the loss non-finite, as in MMDetection (never
+  masked: its element gets a NaN weight), but the element is counted in no
+  bin (MMDetection counts NaN/Inf elements, and GHM-C's infinite logits, in
+  a bin) and a call with any non-finite element leaves ``acc_sum`` as it
+  was: one diverged batch does not carry into the later steps.
+* Integer labels of any integer dtype are accepted (compared as int64).
 
 One job per module:
 

@@ -13,7 +13,7 @@ from ...checks import (check_float, check_integer_labels, check_label_range,
                        check_tensor)
 from ...engine import dispatch
 from ...engine.functions import NegativeOf, gradient_in_forward
-from ...precision import compute_dtype, to_dtype
+from ...precision import compute_dtype, restore_loss, to_dtype
 from ...reduction import Reduction
 from ..base import reduce_in_kernel
 from .histogram import (GHMC_TOP_EDGE_PAD, GHMR_TOP_EDGE, _bin_weights_of,
@@ -72,17 +72,29 @@ def _takes_fast_path(loss_name: str, fast: Optional[bool], pred: Tensor,
 
 
 def _by_path(loss_name: str, fast: Optional[bool], pred: Tensor,
-             target: Tensor, plain, kernel, inputs: tuple,
+             target: Tensor, plain, kernel, inputs: tuple, reduction: str,
              plain_only: bool = False) -> Tensor:
     """``plain(*inputs)``, or the kernel (with ``plain`` for a double
     backward) through :func:`~mmloss.engine.functions.gradient_in_forward`
-    where the fast path is taken (never with ``plain_only``); the loss in
-    ``pred``'s dtype."""
+    where the fast path is taken (never with ``plain_only``). The loss of
+    ``'none'`` in ``pred``'s dtype, a reduced one in the compute dtype
+    (float32 for half inputs: a sum that float32 holds is never ``inf``).
+    """
     if plain_only or not _takes_fast_path(loss_name, fast, pred, target):
-        return to_dtype(plain(*inputs), pred.dtype)
-    with dispatch.autocast_off(pred):
-        out = gradient_in_forward(kernel, plain, *inputs)
-    return to_dtype(out, pred.dtype)
+        out = plain(*inputs)
+    else:
+        with dispatch.autocast_off(pred):
+            out = gradient_in_forward(kernel, plain, *inputs)
+    return restore_loss(out, pred, reduction != 'none')
+
+
+def _nan_where_not_finite(g: Tensor, x: Tensor) -> Tensor:
+    """``g`` made NaN, in place, wherever ``x`` is NaN or +-Inf (``0 * x``
+    is NaN exactly there and ``+-0`` elsewhere, so a finite ``g`` is left
+    bit for bit): an infinite logit has a finite ``|sigmoid(x) - t|``, but
+    it must not be counted as a regular gradient norm (see
+    :func:`~.histogram._bin_weights`)."""
+    return g.add_(x, alpha=0.0)
 
 
 # --------------------------------------------------------------------------
@@ -105,8 +117,9 @@ def _check_ghmc_inputs(pred: Tensor, target: Tensor, label_weight: Tensor,
         raise ValueError(f'{name}: pred has shape {tuple(pred.shape)} but '
                          f'target has shape {tuple(target.shape)}')
     check_same_shape(name, target, label_weight, ('target', 'label_weight'))
-    check_label_range(name, target, pred.shape[1], high_inclusive=True,
-                      argument='target')
+    # int64: a uint8 label compared with a class count above 255 wraps
+    check_label_range(name, to_dtype(target, torch.int64), pred.shape[1],
+                      high_inclusive=True, argument='target')
     return True
 
 
@@ -139,6 +152,7 @@ def _ghmc_label_kernel(x: Tensor, labels: Tensor, label_weight: Tensor,
 
     g = torch.sigmoid(x)
     patch(g, lambda s: 1 - s)
+    _nan_where_not_finite(g, x)
     valid_row = label_weight > 0
     tot = (valid_row.sum() * num_classes).clamp_(min=1).float()
     weight = _bin_weights_of(g, valid_row[:, None], bins,
@@ -162,7 +176,7 @@ def _ghmc_target_kernel(x: Tensor, target: Tensor, label_weight: Tensor,
                         statistics: dict, grad: bool):
     """GHM-C of a (possibly soft) target shaped like the logits."""
     t = to_dtype(target, x.dtype)
-    residual = torch.sigmoid(x).sub_(t)
+    residual = _nan_where_not_finite(torch.sigmoid(x).sub_(t), x)
     valid = label_weight > 0
     tot = valid.sum().clamp_(min=1).float()
     weight = _bin_weights_of(residual.abs(), valid, bins,
@@ -188,7 +202,7 @@ def _ghmc_plain(pred: Tensor, target: Tensor, label_weight: Tensor,
             t = to_dtype(target, x.dtype)
             valid = label_weight > 0
         with torch.no_grad():
-            g = (torch.sigmoid(x) - t).abs()
+            g = _nan_where_not_finite((torch.sigmoid(x) - t).abs_(), x)
             tot = valid.expand_as(g).sum().clamp_(min=1).float()
             weight = _bin_weights_of(g, valid, bins, 1.0 + GHMC_TOP_EDGE_PAD,
                                      statistics, tot, momentum, acc_sum)
@@ -203,6 +217,9 @@ def _ghmc(pred: Tensor, target: Tensor, label_weight: Tensor,
           fast: Optional[bool]) -> Tensor:
     """GHM-C of checked inputs, by the kernel or the plain formula."""
     statistics = {}
+    if with_labels:
+        # any integer dtype was accepted; the kernels compare and index
+        target = to_dtype(target, torch.int64)
 
     def plain(pred: Tensor) -> Tensor:
         return _ghmc_plain(pred, target, label_weight, with_labels, bins,
@@ -218,7 +235,7 @@ def _ghmc(pred: Tensor, target: Tensor, label_weight: Tensor,
 
     # the kernel gives no gradient to a soft target
     return _by_path('GHMC', fast, pred, target, plain, kernel, (pred, ),
-                    plain_only=target.requires_grad)
+                    reduction, plain_only=target.requires_grad)
 
 
 def ghmc_loss(pred: Tensor,
@@ -254,7 +271,8 @@ def ghmc_loss(pred: Tensor,
             :func:`mmloss.fast_paths` forbids it.
 
     Returns:
-        Tensor: the loss, in ``pred``'s dtype.
+        Tensor: the loss: ``'none'`` in ``pred``'s dtype, ``'mean'`` and
+        ``'sum'`` in float32 at least (float32 for half ``pred``).
     """
     with_labels = _check_ghmc_inputs(pred, target, label_weight, reduction)
     _check_statistics('GHMC', bins, momentum, acc_sum)
@@ -332,7 +350,7 @@ def _ghmr(pred: Tensor, target: Tensor, label_weight: Tensor, mu: float,
                             acc_sum, reduction, statistics, needs)
 
     return _by_path('GHMR', fast, pred, target, plain, kernel,
-                    (pred, target))
+                    (pred, target), reduction)
 
 
 def ghmr_loss(pred: Tensor,
@@ -367,7 +385,8 @@ def ghmr_loss(pred: Tensor,
         fast (bool, optional): the path, as in :func:`ghmc_loss`.
 
     Returns:
-        Tensor: the loss, in ``pred``'s dtype.
+        Tensor: the loss: ``'none'`` in ``pred``'s dtype, ``'mean'`` and
+        ``'sum'`` in float32 at least (float32 for half ``pred``).
     """
     _check_ghmr_inputs(pred, target, label_weight, reduction)
     check_positive('GHMR', 'mu', mu)

@@ -32,17 +32,22 @@ def ghm_edges(bins: int, top: float, device=None) -> Tensor:
 
 _UPPER_EDGES: Dict[Tuple[int, float, torch.device], Tensor] = {}
 
+# Internally an element goes to a *slot*: slot 0 holds the non-finite
+# gradient norms (a NaN/Inf input), slot ``b + 1`` is bin ``b`` and slot
+# ``bins + 1`` the excluded elements (invalid, or outside every bin).
+
 
 def _upper_edges(bins: int, top: float, device: torch.device) -> Tensor:
-    """``[e_1, ..., e_bins, inf]``: the upper edge of every bin, the
-    excluded bin's being +inf (never left). Cached per device and never
-    written to: it is the same table at every call."""
+    """``[nan, e_1, ..., e_bins, nan]``: the upper edge of every slot's bin
+    (``g >= nan`` is never true, so slots 0 and ``bins + 1`` are never
+    left). Cached per device and never written to: it is the same table at
+    every call."""
     key = (bins, top, device)
     upper = _UPPER_EDGES.get(key)
     if upper is None:
         edges = ghm_edges(bins, top, device)
-        upper = _UPPER_EDGES[key] = torch.cat(
-            [edges[1:], edges.new_full((1, ), math.inf)])
+        nan = edges.new_full((1, ), math.nan)
+        upper = _UPPER_EDGES[key] = torch.cat([nan, edges[1:], nan])
     return upper
 
 
@@ -50,15 +55,16 @@ def gradient_bin_index(g: Tensor, bins: int, top: float,
                        valid: Optional[Tensor] = None) -> Tensor:
     """The bin of every gradient norm: ``i`` with ``e_i <= g < e_{i+1}``.
 
-    Elements outside every bin (``g >= top``) and elements where ``valid``
-    is False get the index ``bins`` (a bin that is never weighted).
+    Elements outside every bin (``g >= top``), non-finite ones (NaN/Inf)
+    and elements where ``valid`` is False get the index ``bins`` (a bin
+    that is never weighted).
 
     ``floor(g * bins)`` alone is not MMDetection's bin: ``e_i`` is
     ``i / bins`` rounded to float32 and the product rounds too, so for most
     ``bins`` some ``g`` within an ulp of an edge would land one bin off. So
     ``g`` is multiplied by ``s = bins * (1 - 2^-19)``, whose floor is
     provably the true bin or the one below it, and one comparison with the
-    upper edge ``e_{k+1}`` (a gather from a ``bins + 1`` table) settles it.
+    upper edge ``e_{k+1}`` (a gather from a ``bins + 2`` table) settles it.
     An invalid element gets ``bins + 1`` added before the floor, which
     sends it to the excluded bin without a separate masking pass. No sort,
     no search, no host sync.
@@ -87,28 +93,33 @@ def gradient_bin_index(g: Tensor, bins: int, top: float,
             raise TypeError(f'{name}: valid must be a bool tensor, but has '
                             f'dtype {valid.dtype}')
         check_weight_shape(name, valid, g.shape, 'valid')
-    return _bin_index(g, bins, top, valid)
+    slot = _bin_slot(g, bins, top, valid)
+    # slot 0 (non-finite) is excluded too; slot b + 1 is bin b
+    return torch.where(slot == 0, bins, slot - 1).to(torch.int32)
 
 
-def _bin_index(g: Tensor, bins: int, top: float,
-               valid: Optional[Tensor]) -> Tensor:
-    """:func:`gradient_bin_index` of checked inputs."""
+def _bin_slot(g: Tensor, bins: int, top: float,
+              valid: Optional[Tensor]) -> Tensor:
+    """The int32 slot of every element (see above): 0 for a non-finite
+    ``g`` (valid or not), ``b + 1`` for bin ``b``, ``bins + 1`` for the
+    excluded elements."""
     upper = _upper_edges(bins, top, g.device)
     scale = bins * (1.0 - 2.0 ** -19)
     if valid is None:
-        scaled = g.mul(scale)
+        scaled = g.mul(scale).add_(1.0)
     else:
-        offset = torch.where(valid, 0.0, bins + 1.0).to(g.dtype)
+        offset = torch.where(valid, 1.0, bins + 2.0).to(g.dtype)
         scaled = torch.add(offset, g, alpha=scale)
-    # (NaN * s).to(int32) is unspecified, hence the clamp: a NaN lands in a
-    # real bin and the loss is NaN anyway
-    index = scaled.to(torch.int32).clamp_(0, bins)
+    # (NaN * s).to(int32) is unspecified: a non-finite norm goes to slot 0
+    # explicitly (a finite norm below 0 truncates to it too)
+    scaled.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    slot = scaled.to(torch.int32).clamp_(0, bins + 1)
     del scaled
-    upper = upper.index_select(0, index.reshape(-1)).view_as(g)
+    upper = upper.index_select(0, slot.reshape(-1)).view_as(g)
     # adding the bool step through an int8 view is ~3x faster than
     # promoting it or comparing straight into int32
-    index.add_(torch.ge(g, upper).view(torch.int8))
-    return index
+    slot.add_(torch.ge(g, upper).view(torch.int8))
+    return slot
 
 
 def harmonized_bin_weights(index: Tensor, bins: int, tot: Tensor,
@@ -143,28 +154,40 @@ def harmonized_bin_weights(index: Tensor, bins: int, tot: Tensor,
                         f'has dtype {index.dtype}')
     check_tensor(name, 'tot', tot)
     _check_statistics(name, bins, momentum, acc_sum)
-    return _bin_weights(index, bins, tot, momentum, acc_sum)
+    slot = index.long().clamp(0, bins) + 1
+    return _bin_weights(slot, bins, tot, momentum, acc_sum)[1:]
 
 
-def _bin_weights(index: Tensor, bins: int, tot: Tensor, momentum: float,
+def _bin_weights(slot: Tensor, bins: int, tot: Tensor, momentum: float,
                  acc_sum: Optional[Tensor]) -> Tensor:
-    """:func:`harmonized_bin_weights` of checked inputs."""
-    counts = torch.bincount(index.reshape(-1), minlength=bins + 1)[:bins]
+    """The weight of every slot (``bins + 2``, float32) from the slots of
+    :func:`_bin_slot`: NaN for slot 0 (a non-finite input is never given
+    a finite weight: its loss stays NaN/Inf), 0 for the excluded slot.
+
+    ``acc_sum`` moves only when no element is non-finite: a step whose
+    loss is NaN/Inf (and that the optimizer or the loss scaler will skip)
+    leaves the running state as it was, so one bad batch cannot carry
+    into the later steps."""
+    counts = torch.bincount(slot.reshape(-1), minlength=bins + 2)
+    all_finite = counts[0] == 0
+    counts = counts[1:bins + 1]
     nonempty = counts > 0
     n = nonempty.sum().clamp_(min=1).float()
     if momentum > 0:
         # m * A (float32) + float32((1 - m) * c), as MMDetection's
         # tensor-times-Python-float update rounds it.
-        fresh = acc_sum.float() * momentum + (
+        state = acc_sum.float()
+        fresh = state * momentum + (
             (1.0 - momentum) * counts.double()).float()
-        averaged = torch.where(nonempty, fresh, acc_sum.float())
-        acc_sum.copy_(averaged)
+        averaged = torch.where(nonempty, fresh, state)
+        acc_sum.copy_(torch.where(all_finite, averaged, state))
         # MMDetection's `tot / A` is `A.reciprocal() * tot`
         weight = averaged.reciprocal() * tot
     else:
         weight = (tot.double() / counts.double()).float()
     weight = torch.where(nonempty, weight, 0.0) / n
-    return torch.cat([weight, weight.new_zeros(1)])
+    return torch.cat([weight.new_full((1, ), math.nan), weight,
+                      weight.new_zeros(1)])
 
 
 def _bin_weights_of(g: Tensor, valid: Tensor, bins: int, top: float,
@@ -175,14 +198,16 @@ def _bin_weights_of(g: Tensor, valid: Tensor, bins: int, top: float,
     The first call for a loss evaluation computes the bin weights from the
     counts (updating ``acc_sum``) and keeps them in ``statistics`` with
     ``tot``; a later call for the same evaluation (the plain formula of a
-    double backward) reuses them, so the running state moves once.
+    double backward) reuses them, so the running state moves once. A
+    non-finite ``g`` (the caller makes ``g`` NaN wherever an input is not
+    finite) gets a NaN weight and stays out of the counts.
     """
-    index = _bin_index(g, bins, top, valid)
+    slot = _bin_slot(g, bins, top, valid)
     table = statistics.get('table')
     if table is None:
-        table = _bin_weights(index, bins, tot, momentum, acc_sum)
+        table = _bin_weights(slot, bins, tot, momentum, acc_sum)
         statistics.update(table=table, tot=tot)
-    return table.to(g.dtype).index_select(0, index.reshape(-1)).view_as(g)
+    return table.to(g.dtype).index_select(0, slot.reshape(-1)).view_as(g)
 
 
 def _check_bins(loss_name: str, bins) -> int:
@@ -199,7 +224,8 @@ def _check_statistics(loss_name: str, bins, momentum,
     if momentum > 0:
         if acc_sum is None:
             raise ValueError(f'{loss_name}: momentum > 0 needs acc_sum')
-        check_tensor(loss_name, 'acc_sum', acc_sum)
+        # float: an integer buffer would truncate the moving averages
+        check_float(loss_name, 'acc_sum', acc_sum)
         if acc_sum.shape != (bins, ):
             raise ValueError(f'{loss_name}: acc_sum must have shape '
                              f'({bins},), but has shape '

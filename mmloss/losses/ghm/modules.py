@@ -17,9 +17,17 @@ __all__ = ['GHMC', 'GHMR']
 
 
 class _HarmonizedLoss(BaseLoss):
-    """The state shared by GHM-C and GHM-R: edges and moving counts."""
+    """The state shared by GHM-C and GHM-R: edges and moving counts.
+
+    The buffers stay float32 whatever ``.half()``, ``.to(dtype)`` or a
+    checkpoint do to the module: moving counts of a large batch pass
+    float16's 65504, and the edges must stay MMDetection's float32 values.
+    """
 
     top_edge: float
+    #: buffers kept in float32 (a floating dtype other than float32 is
+    #: undone by :meth:`_apply` and on loading)
+    _STATE_BUFFERS = ('edges', 'acc_sum')
 
     def __init__(self, bins: int, momentum: float, loss_weight: float,
                  reduction: str):
@@ -39,6 +47,29 @@ class _HarmonizedLoss(BaseLoss):
     def extra_repr(self) -> str:
         return (f'bins={self.bins}, momentum={self.momentum}, '
                 + super().extra_repr())
+
+    def _apply(self, fn, recurse=True):
+        """``nn.Module._apply``, then the state buffers back in float32:
+        converted from their float32 value before ``fn`` (not from what
+        ``fn`` made of it), on the device ``fn`` chose."""
+        before = {name: self._buffers[name] for name in self._STATE_BUFFERS
+                  if self._buffers.get(name) is not None}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if new is not None and new.dtype != torch.float32:
+                self._buffers[name] = old.to(device=new.device,
+                                             dtype=torch.float32)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a float16 or float64 checkpoint (or load_state_dict(assign=True))
+        # must not change the dtype of the state
+        for name in self._STATE_BUFFERS:
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor) and value.is_floating_point():
+                state_dict[prefix + name] = value.float()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 @MODELS.register_module()

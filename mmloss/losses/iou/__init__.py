@@ -44,6 +44,13 @@ has no defined result):
   ``torch.autocast`` the losses compute as outside it (float32 at least).
 * SIoU of two zero-width (or zero-height) boxes: mmdet's shape term is
   ``0/0``; here it is 0 (equal widths).
+* Every finite box pair gives a finite loss and finite gradients, also
+  inverted, thin and zero-area boxes. SIoU's exponentials overflow there in
+  mmdet (loss 0 with NaN gradients, or a NaN loss); here their exponents
+  are capped well below overflow, which leaves every value mmdet computes
+  finitely as it is (see :data:`.formulas.SIOU_EXPONENT_CAP`). Wise-IoU
+  bounds its detached attention and outlier degree to their ranges for
+  boxes.
 * The mean of an empty input is 0 (connected to the graph), not NaN.
 * All-zero weights: mmdet returns ``(pred * weight).sum()`` after checking
   ``any(weight > 0)`` on the host; here the ordinary weighted reduction
@@ -57,8 +64,18 @@ has no defined result):
   keyword arguments raise ``TypeError``; asserts are ``ValueError``s.
 * Gradients where mmdet's are NaN/Inf at a degenerate point (e.g. SIoU with
   a zero-size enclosing box and no centre offset) are 0 in the fast paths.
-* Non-finite input stays non-finite: a NaN coordinate gives NaN for its
-  box's loss. NaN is never masked.
+* Non-finite input stays non-finite: an Inf or NaN coordinate gives NaN
+  for its box's loss (its row with ``reduction='none'``, and so any mean or
+  sum over it, whatever the weight), so ``MMLOSS_CHECK_FINITE`` catches it.
+  An Inf alone could be hidden by the formula (``I / Inf = 0``, a clamp, a
+  max); :func:`mmloss.geometry.nonfinite_rows` is added to every loss for
+  that. NaN is never masked.
+* The modules warn once (``UserWarning``, on their first call with rows)
+  when most rows of ``pred`` or ``target`` are not boxes (``x2 < x1`` or
+  ``y2 < y1``): a head that passes encoded deltas needs
+  ``reg_decoded_bbox=True``.
+* Wise-IoU's running mean of ``1 - IoU`` counts only the finite rows of
+  positive weight (the negatives of an anchor head come with weight 0).
 """
 from . import cores, formulas, functions, modules  # noqa: F401
 from .functions import *  # noqa: F401,F403

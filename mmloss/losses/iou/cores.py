@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from ... import geometry as geo
-from .formulas import UNION_FLOOR, ciou_weight, scaled, siou_parts, smooth
+from .formulas import (SIOU_EXPONENT_CAP, SIOU_OMEGA_MAX, UNION_FLOOR,
+                       ciou_weight, scaled, siou_parts, smooth)
 
 __all__ = ['iou_core', 'giou_core', 'diou_core', 'eiou_core', 'siou_core',
            'bounded_core', 'bounded_step', 'CentreSize']
@@ -264,8 +265,11 @@ def siou_core(pred, target, need_grad, need_target, eps, neg_gamma):
         return x.loss, None, None
     g_siou = ge_gate(-x.siou.abs(), -1.0).neg_()  # the clamp's gate
     g_cost = (-0.5 * g_siou).unsqueeze(-1)  # d loss / d (distance, shape)
-    # shape cost: sum (1 - e**-omega)**4, omega = |d| / max(w_p, w_t)
-    g_omega = g_cost * 4 * (1 - x.exp_omega)**3 * x.exp_omega
+    # shape cost: sum (1 - e**-omega)**4, omega = |d| / max(w_p, w_t),
+    # clamped to [-CAP / 4, OMEGA_MAX] (gate: the clamp's, bounds passing)
+    omega_gate = ge_gate(x.omega_raw, -SIOU_EXPONENT_CAP / 4).mul_(
+        ge_gate(-x.omega_raw, -SIOU_OMEGA_MAX))
+    g_omega = g_cost * 4 * (1 - x.exp_omega)**3 * x.exp_omega * omega_gate
     valid = torch.sign(x.size_max).abs_()  # 1.0 where != 0
     size_max = (1 - valid).add_(x.size_max)
     sign = torch.sign(x.size_diff)
@@ -273,9 +277,10 @@ def siou_core(pred, target, need_grad, need_target, eps, neg_gamma):
     g_max = masked(valid, -g_omega * x.omega / size_max)
     pred_wh = g_diff + g_max * (0.5 + 0.5 * sign)
     target_wh = -g_diff + g_max * (0.5 - 0.5 * sign)
-    # distance cost: 2 - sum exp(gamma rho), rho = (s / c)**2
-    g_rho = -g_cost * x.gamma.unsqueeze(-1) * x.exp_rho
-    g_gamma = -g_cost[..., 0] * (x.rho * x.exp_rho).sum(-1)
+    # distance cost: 2 - sum exp(min(gamma rho, CAP)), rho = (s / c)**2
+    exp_rho = x.exp_rho * ge_gate(-x.exponent, -SIOU_EXPONENT_CAP)
+    g_rho = -g_cost * x.gamma.unsqueeze(-1) * exp_rho
+    g_gamma = -g_cost[..., 0] * (x.rho * exp_rho).sum(-1)
     g_angle = g_gamma if neg_gamma else -g_gamma
     # angle cost cos(2 asin(q) - pi/2): derivative 2 (1 - 2q**2)/sqrt(1-q**2)
     g_sin = g_angle * 2 * (1 - 2 * x.sin**2) / (1 - x.sin**2).sqrt()

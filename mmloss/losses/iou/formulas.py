@@ -125,9 +125,45 @@ def plain_eiou_loss(pred, target, smooth_point, eps):
     return smooth(1 - inter / union, smooth_point)
 
 
+#: SIoU's distance cost ``exp(gamma rho)`` has its exponent capped here,
+#: and the shape cost's ``exp(-omega)`` has ``-omega`` capped at a quarter
+#: of it (the cost is a fourth power), so neither overflows (float32 ends
+#: near ``exp(88.7)``) and the sum of the costs stays finite. Boxes of a
+#: valid target never reach the caps' effect on the value: a capped
+#: distance term (``e**60``) clamps SIoU at 1 just as the unbounded one
+#: does, and the shape cost of a valid target is below 1 per axis.
+SIOU_EXPONENT_CAP = 60.0
+#: ``omega`` above this gives a shape cost ``(1 - e**-50)**4``, 1 to within
+#: 1e-21: the value of ``omega = |d| / 0 = inf`` (one size 0, the other
+#: negative), reached without a division by zero.
+SIOU_OMEGA_MAX = 50.0
+
+
+def siou_shape_ratio(size_diff: Tensor, size_max: Tensor) -> Tensor:
+    """SIoU's ``omega = |d| / m`` (``d`` the size difference, ``m`` the
+    larger size), unclamped, without dividing by zero.
+
+    ``0 / 0`` is 0 (equal sizes); ``|d| / 0`` with ``d != 0`` (a zero
+    size and an inverted one) is :data:`SIOU_OMEGA_MAX` rather than Inf:
+    the shape cost is the same (1), and no NaN reaches the gradient. The
+    caller clamps the result to ``[-SIOU_EXPONENT_CAP / 4,
+    SIOU_OMEGA_MAX]``.
+    """
+    # 1.0 exactly where m == 0, else 0 (float arithmetic, as safe_div)
+    m_zero = 1 - torch.sign(size_max).abs()
+    return size_diff.abs() / (size_max + m_zero) + \
+        m_zero * torch.sign(size_diff).abs() * SIOU_OMEGA_MAX
+
+
 def siou_parts(pred: Tensor, target: Tensor, iou: Tensor, eps: float,
                neg_gamma: bool) -> SimpleNamespace:
-    """SIoU's terms from its IoU; shared by the plain and the fast path."""
+    """SIoU's terms from its IoU; shared by the plain and the fast path.
+
+    Equal to MMDetection's formula wherever that is finite, and finite
+    (values and gradients) on every finite box pair: the exponents are
+    capped (:data:`SIOU_EXPONENT_CAP`), and ``omega``'s ``|d| / 0`` is
+    :data:`SIOU_OMEGA_MAX` (see :func:`siou_shape_ratio`).
+    """
     x = SimpleNamespace(iou=iou)
     x.enclose_raw = torch.maximum(pred[..., 2:], target[..., 2:]) - \
         torch.minimum(pred[..., :2], target[..., :2])
@@ -147,13 +183,19 @@ def siou_parts(pred: Tensor, target: Tensor, iou: Tensor, eps: float,
     angle = torch.cos(torch.asin(x.sin) * 2 - math.pi / 2)
     x.gamma = angle - 2 if neg_gamma else 2 - angle
     x.rho = (x.s / x.enclose)**2
-    x.exp_rho = torch.exp(x.gamma.unsqueeze(-1) * x.rho)
+    # gamma rho >= 0 grows without bound for a centre far outside a thin
+    # enclosing box (inverted boxes): capped, see SIOU_EXPONENT_CAP
+    x.exponent = x.gamma.unsqueeze(-1) * x.rho
+    x.exp_rho = torch.exp(x.exponent.clamp(max=SIOU_EXPONENT_CAP))
     distance = 2 - x.exp_rho[..., 0] - x.exp_rho[..., 1]
     eps_h = pred.new_tensor([0.0, eps])
     x.wh_p, x.wh_t = geo.box_wh(pred) + eps_h, geo.box_wh(target) + eps_h
     x.size_diff = x.wh_p - x.wh_t
     x.size_max = torch.maximum(x.wh_p, x.wh_t)
-    x.omega = safe_div(x.size_diff.abs(), x.size_max)
+    # omega < 0 only when both sizes are negative (both boxes inverted)
+    x.omega_raw = siou_shape_ratio(x.size_diff, x.size_max)
+    x.omega = x.omega_raw.clamp(min=-SIOU_EXPONENT_CAP / 4,
+                                max=SIOU_OMEGA_MAX)
     x.exp_omega = torch.exp(-x.omega)
     shape = (1 - x.exp_omega).pow(4).sum(-1)
     x.siou = iou - 0.5 * (distance + shape)

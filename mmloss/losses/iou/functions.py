@@ -25,7 +25,7 @@ from ... import geometry as geo
 from ...checks import (check_box_shape, check_float, check_tensor,
                        check_weight_shape)
 from ...engine import dispatch, rowwise
-from ...precision import restore_dtype, upcast
+from ...precision import restore_dtype, restore_loss, upcast
 from ...reduction import Reduction
 from . import cores
 from . import formulas as F
@@ -100,6 +100,15 @@ def _upcast(pred: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
     return upcast(pred, target)
 
 
+def guarded(loss: Tensor, pred: Tensor, target: Tensor,
+            per_coordinate: bool = False) -> Tensor:
+    """``loss`` (...), or (..., 4) ``per_coordinate``, NaN in each row
+    whose boxes hold an Inf or NaN (:func:`mmloss.geometry.nonfinite_rows`),
+    so no non-finite input can give a finite loss."""
+    guard = geo.nonfinite_rows(pred, target)
+    return loss + (guard.unsqueeze(-1) if per_coordinate else guard)
+
+
 def _box_loss(name: str, core: rowwise.Core, plain: Callable,
               pred: Tensor, target: Tensor, reduce: Reduction, fast: bool,
               args: Tuple) -> Tensor:
@@ -113,14 +122,17 @@ def _box_loss(name: str, core: rowwise.Core, plain: Callable,
                     core, plain, _rows(pred), _rows(target),
                     None if weight is None else weight.reshape(-1), args,
                     wide=True)
-                return reduce.finish(total, rows)
+                return reduce.finish(
+                    total + geo.nonfinite_rows(pred, target, total=True),
+                    rows)
             p, t = _upcast(pred, target)
             loss = _unflat(rowwise.per_row(core, plain, _rows(p), _rows(t),
                                            args, wide=True), pred)
         else:
             p, t = _upcast(pred, target)
             loss = plain(p, t, *args)
-        return reduce.apply(restore_dtype(loss, pred))
+        return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
+                            reduce.reduces)
 
 
 # ---------------------------------------------------------------------------
@@ -339,7 +351,9 @@ def bounded_iou_loss(pred: Tensor, target: Tensor,
                 total = rowwise.fused_sum(
                     cores.bounded_step(*args), reference, _rows(pred),
                     _rows(target), weight, dispatch.block_rows(pred))
-                return reduce.finish(total, pred.numel())
+                return reduce.finish(
+                    total + geo.nonfinite_rows(pred, target, total=True),
+                    pred.numel())
             p, t = _upcast(pred, target)
             # centre/size coordinates make the Jacobian element-wise
             centre_size = cores.CentreSize.apply(_rows(p))
@@ -351,7 +365,8 @@ def bounded_iou_loss(pred: Tensor, target: Tensor,
         else:
             p, t = _upcast(pred, target)
             loss = F.plain_bounded_iou_loss(p, t, *args)
-        return reduce.apply(restore_dtype(loss, pred))
+        return restore_loss(reduce.apply(guarded(loss, p, t, True)), pred,
+                            reduce.reduces)
 
 
 # ---------------------------------------------------------------------------
@@ -426,7 +441,8 @@ def variant_iou_loss(pred: Tensor, target: Tensor,
             if focaler is not None:
                 modified = F.focaler(modified, *focaler)
             loss = loss + iou - modified
-        return reduce.apply(restore_dtype(loss, pred))
+        return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
+                            reduce.reduces)
 
 
 def alpha_iou_loss(pred: Tensor, target: Tensor,
@@ -460,7 +476,8 @@ def alpha_iou_loss(pred: Tensor, target: Tensor,
             # pow)
             penalty = penalty.clamp(min=0).pow(alpha)
         loss = 1 - iou.clamp(min=0).pow(alpha) + penalty
-        return reduce.apply(restore_dtype(loss, pred))
+        return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
+                            reduce.reduces)
 
 
 def wise_iou_loss(pred: Tensor, target: Tensor,
@@ -478,6 +495,10 @@ def wise_iou_loss(pred: Tensor, target: Tensor,
     * ``'v3'`` (non-monotonic): ``L = beta / (delta alpha**(beta - delta))
       * L_v1``: ordinary anchors (``beta`` near ``delta``) weigh most.
 
+    For boxes the exponent of ``R`` is at most 1 and ``L_IoU`` lies in
+    ``[0, 1]``; both are clamped there, which changes nothing for boxes
+    and keeps the loss finite on inverted ones.
+
     Tong et al., "Wise-IoU: Bounding Box Regression Loss with Dynamic
     Focusing Mechanism", 2023, arXiv:2301.10051.
 
@@ -494,18 +515,24 @@ def wise_iou_loss(pred: Tensor, target: Tensor,
         iou_loss_ = 1 - geo.aligned_iou(p, t, eps)
         with torch.no_grad():
             size = geo.enclosing_wh(p, t)
-            attention = torch.exp(geo.centre_distance_sq(p, t) /
-                                  ((size**2).sum(-1) + eps))
+            # rho**2 <= W_g**2 + H_g**2 for boxes (both centres lie in the
+            # enclosing box): the cap at 1 only bounds inverted boxes,
+            # whose "enclosing box" may be a point far from the centres
+            attention = torch.exp((geo.centre_distance_sq(p, t) /
+                                   ((size**2).sum(-1) + eps)).clamp(max=1))
         loss = attention * iou_loss_
         if version != 'v1':
             with torch.no_grad():
-                beta = iou_loss_ / running_mean.clamp(min=eps)
+                # 1 - IoU lies in [0, 1] for boxes; the clamp keeps the
+                # focus finite for inverted ones (IoU < 0 or > 1)
+                beta = iou_loss_.clamp(min=0, max=1) / \
+                    running_mean.clamp(min=eps)
                 if version == 'v2':
                     focus = beta.pow(gamma)
                 else:
                     focus = beta / (delta * torch.pow(alpha, beta - delta))
             loss = focus * loss
-        return restore_dtype(loss, pred)
+        return restore_dtype(guarded(loss, p, t), pred)
 
 
 def _img_size(img_size, like: Tensor) -> Tensor:
@@ -536,7 +563,9 @@ def mpdiou_loss(pred: Tensor, target: Tensor,
         iou = geo.aligned_iou(p, t, eps)
         diag = (_img_size(img_size, p)**2).sum(-1)
         corner = ((p - t)**2).view(*p.shape[:-1], 2, 2).sum(-1).sum(-1)
-        return reduce.apply(restore_dtype(1 - iou + corner / diag, pred))
+        loss = 1 - iou + corner / diag
+        return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
+                            reduce.reduces)
 
 
 def focal_eiou_loss(pred: Tensor, target: Tensor,
@@ -562,4 +591,5 @@ def focal_eiou_loss(pred: Tensor, target: Tensor,
         wh = ((geo.box_wh(p) - geo.box_wh(t))**2 / (size**2 + eps)).sum(-1)
         loss = iou.detach().clamp(min=0).pow(gamma) * (1 - iou + penalty +
                                                        wh)
-        return reduce.apply(restore_dtype(loss, pred))
+        return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
+                            reduce.reduces)

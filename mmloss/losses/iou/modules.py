@@ -13,7 +13,7 @@ from torch import Tensor
 from ... import geometry as geo
 from ...checks import check_in_range, check_positive, check_weight_shape
 from ...engine import dispatch
-from ...precision import upcast
+from ...precision import compute_dtype, restore_loss, to_dtype, upcast
 from ...reduction import Reduction
 from ...registry import MODELS
 from ..base import BaseLoss
@@ -50,6 +50,10 @@ class IoUFamilyLoss(BaseLoss):
     loss_function = None
     #: per-coordinate losses (BoundedIoU) keep (..., 4) weights as they are
     elementwise_coords = False
+    #: set on the instance by its first call with rows (see
+    #: :meth:`warn_if_deltas`); a class default, so modules pickled before
+    #: it existed load too
+    boxes_checked = False
 
     def __init__(self, eps: float = 1e-6, reduction: str = 'mean',
                  loss_weight: float = 1.0):
@@ -62,17 +66,20 @@ class IoUFamilyLoss(BaseLoss):
     def box_weight(self, pred: Tensor,
                    weight: Optional[Tensor]) -> Optional[Tensor]:
         """``weight`` in the loss's shape: MMDetection heads pass (n, 4)
-        box weights, averaged here; a per-coordinate loss broadcasts a
-        per-box weight (...) over the coordinates. No checks: the loss
-        function checks what it gets."""
+        box weights, averaged here ((n, 1) is taken as (n,)); a
+        per-coordinate loss broadcasts a per-box weight (...) over the
+        coordinates. No checks: the loss function checks what it gets."""
         if not (isinstance(weight, Tensor) and isinstance(pred, Tensor)):
             return weight
         if self.elementwise_coords:
             if weight.dim() == pred.dim() - 1:
                 return weight.unsqueeze(-1)
             return weight
-        if weight.shape == pred.shape and pred.dim() > 1:
-            return weight.mean(-1)
+        if pred.dim() > 1 and weight.dim() == pred.dim():
+            if weight.shape == pred.shape:
+                return weight.mean(-1)
+            if weight.shape[-1] == 1:  # (..., 1): a per-box column
+                return weight.squeeze(-1)
         return weight
 
     def forward(self, pred: Tensor, target: Tensor,
@@ -85,7 +92,37 @@ class IoUFamilyLoss(BaseLoss):
         loss = type(self).loss_function(
             pred, target, self.box_weight(pred, weight), reduction=reduction,
             avg_factor=avg_factor, **self.loss_kwargs(), **extra)
+        self.warn_if_deltas(pred, target)
         return self.apply_loss_weight(loss)
+
+    def warn_if_deltas(self, pred: Tensor, target: Tensor) -> None:
+        """Warn once if most rows of ``pred`` or ``target`` are no boxes.
+
+        An IoU loss wants decoded ``(x1, y1, x2, y2)`` boxes; a head left at
+        ``reg_decoded_bbox=False`` passes encoded deltas, about three in
+        four of which have ``x2 < x1`` or ``y2 < y1``, and the loss then
+        trains on nonsense without an error. Only the module's first call
+        with rows looks (one host sync, then a flag on the instance), so
+        later calls cost nothing. Called after the loss function, whose
+        entry checks have vetted the inputs.
+        """
+        if self.boxes_checked or pred.shape[:-1].numel() == 0:
+            return
+        self.boxes_checked = True
+        with torch.no_grad():
+            inverted = torch.stack([
+                (boxes[..., 2:] < boxes[..., :2]).any(-1).float().mean()
+                for boxes in (pred.detach(), target.detach())])
+            worst = inverted.max().item()
+        if worst > 0.5:
+            warnings.warn(
+                f'{self.loss_name}: {worst:.0%} of the rows of pred or '
+                f'target (shapes {tuple(pred.shape)} and '
+                f'{tuple(target.shape)}) are not valid boxes (x2 < x1 or '
+                f'y2 < y1): the head is probably passing encoded deltas. '
+                f'IoU-family losses need decoded boxes: set '
+                f'reg_decoded_bbox=True in the head.', UserWarning,
+                stacklevel=2)
 
     def call_kwargs(self, kwargs: dict) -> dict:
         """Per-call keyword arguments; the mmdet twins take none."""
@@ -393,6 +430,22 @@ class FocalEIoULoss(IoUFamilyLoss):
 WISE_VERSIONS = ('v1', 'v2', 'v3')
 
 
+def positive_rows(pred: Tensor, weight: Optional[Tensor]
+                  ) -> Optional[Tensor]:
+    """Which rows of a box loss have a positive weight (bool, broadcasting
+    to ``pred.shape[:-1]``), ``None`` without a weight.
+
+    A per-box weight (...) counts as it is; a per-coordinate one (..., 4)
+    or (..., 1) makes a row positive if any of its weights is > 0.
+    """
+    if not isinstance(weight, Tensor):
+        return None
+    positive = weight.detach() > 0
+    if weight.dim() == pred.dim() and pred.dim() > 1:
+        positive = positive.any(-1)
+    return positive
+
+
 @MODELS.register_module()
 class WiseIoULoss(IoUFamilyLoss):
     """Wise-IoU loss (see :func:`wise_iou_loss`).
@@ -444,25 +497,48 @@ class WiseIoULoss(IoUFamilyLoss):
         self.call_kwargs(kwargs)
         loss = wise_iou_loss(pred, target, self.running_mean,
                              **self.loss_kwargs())
-        weight = self.box_weight(pred, weight)
-        check_weight_shape(self.loss_name, weight, loss.shape)
-        reduce = Reduction(self.loss_name, weight, reduction,
+        box_weight = self.box_weight(pred, weight)
+        check_weight_shape(self.loss_name, box_weight, loss.shape)
+        reduce = Reduction(self.loss_name, box_weight, reduction,
                            avg_factor).checked()
         if self.training and loss.numel() > 0:
-            self._update_mean(pred, target)
-        return self.apply_loss_weight(reduce.apply(loss))
+            # from the weight as given: a row is positive if any of its
+            # (n, 4) weights is, whatever their mean
+            self._update_mean(pred, target, positive_rows(pred, weight))
+        self.warn_if_deltas(pred, target)
+        # reduced in float32 at least (half inputs: a float32 result)
+        return self.apply_loss_weight(restore_loss(
+            reduce.apply(to_dtype(loss, compute_dtype(loss))), pred,
+            reduce.reduces))
 
     @torch.no_grad()
-    def _update_mean(self, pred: Tensor, target: Tensor) -> None:
+    def _update_mean(self, pred: Tensor, target: Tensor,
+                     rows: Optional[Tensor] = None) -> None:
         with dispatch.autocast_off(pred):
-            self._update_mean_of(*upcast(pred.detach(), target.detach()))
+            self._update_mean_of(*upcast(pred.detach(), target.detach()),
+                                 rows)
 
-    def _update_mean_of(self, p: Tensor, t: Tensor) -> None:
-        # NaN boxes propagate into the loss but must not poison the
-        # statistic for every later batch: average the finite ones, and
-        # keep the old mean if none is (all without a host sync)
-        batch = torch.nanmean(1 - geo.aligned_iou(p, t, self.eps))
-        batch = batch.to(self.running_mean.dtype)
+    def _update_mean_of(self, p: Tensor, t: Tensor,
+                        rows: Optional[Tensor] = None) -> None:
+        """Fold the batch mean of ``1 - IoU`` over ``rows`` (bool, the
+        rows with a positive weight; all when ``None``) into the buffer.
+
+        Rows of weight 0 (the negatives an anchor head passes with
+        ``reg_decoded_bbox=True``) are no samples of the statistic, and
+        non-finite rows would poison it for every later batch: only finite
+        rows of positive weight count. A batch without any keeps the old
+        mean. ``1 - IoU`` is clamped to ``[0, 1]``, its range for boxes.
+        All without a host sync.
+        """
+        value = 1 - geo.aligned_iou(p, t, self.eps)
+        # an Inf coordinate can give a finite IoU (I / Inf = 0): the row's
+        # inputs decide
+        keep = torch.isfinite(value + geo.nonfinite_rows(p, t))
+        if rows is not None:
+            keep = keep & rows.expand(value.shape)
+        total = torch.where(keep, value.clamp(min=0, max=1), 0).sum()
+        # 0 / 0 = NaN for a batch without a kept row: caught below
+        batch = (total / keep.sum()).to(self.running_mean.dtype)
         updated = torch.lerp(self.running_mean, batch, self.momentum)
         self.running_mean.copy_(torch.where(torch.isfinite(updated), updated,
                                             self.running_mean))

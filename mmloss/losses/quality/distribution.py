@@ -11,7 +11,7 @@ from torch import Tensor
 from ...checks import check_tensor, check_weight_shape
 from ...engine import dispatch
 from ...engine.functions import gradient_in_forward
-from ...precision import compute_dtype, restore_dtype, to_dtype
+from ...precision import compute_dtype, restore_loss, to_dtype
 from ...reduction import Reduction
 from ..cross_entropy import accurate_neg_log
 from .common import _check_float_pred, _weighted_rule
@@ -39,7 +39,8 @@ def distribution_focal_loss(pred: Tensor,
         avg_factor (float | Tensor, optional): denominator of the mean.
 
     Returns:
-        Tensor: (N,) for ``'none'``, else a scalar; ``pred``'s dtype.
+        Tensor: (N,) for ``'none'`` in ``pred``'s dtype, else a scalar
+            in float32 at least (:func:`mmloss.precision.restore_loss`).
     """
     return _distribution_focal_loss('distribution_focal_loss', pred, label,
                                     weight, reduction, avg_factor)
@@ -88,7 +89,7 @@ def _distribution_focal_loss(loss_name, pred, label, weight, reduction,
             loss = gradient_in_forward(distribution_focal_kernel,
                                        _distribution_focal_plain, pred,
                                        label)
-        return restore_dtype(rule.apply(loss), pred)
+        return restore_loss(rule.apply(loss), pred, rule.reduces)
 
 
 def _bins(label: Tensor, num_bins: int, dtype: torch.dtype):

@@ -43,10 +43,14 @@ class _QualityFamilyLoss(BaseLoss):
                 target: Tensor,
                 weight: Optional[Tensor] = None,
                 avg_factor: Optional[int] = None,
-                reduction_override: Optional[str] = None) -> Tensor:
+                reduction_override: Optional[str] = None,
+                **kwargs) -> Tensor:
         """The weighted loss of ``pred`` and ``target`` (the shapes of the
         module's function); ``reduction_override`` overrides
         ``reduction``."""
+        if kwargs:  # named here: Python would name this shared forward
+            raise TypeError(f'{self.loss_name}: unexpected keyword '
+                            f'arguments {sorted(kwargs)}')
         reduction = self.resolve_reduction(reduction_override)
         return self.apply_loss_weight(type(self).loss_function(
             self.loss_name, pred, target, weight, reduction=reduction,

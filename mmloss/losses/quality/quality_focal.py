@@ -17,21 +17,20 @@ from ...checks import (check_integer_labels, check_label_range,
                        check_tensor, check_weight_shape)
 from ...engine import dispatch
 from ...engine.functions import gradient_in_forward
-from ...precision import compute_dtype, restore_dtype, to_dtype
+from ...precision import compute_dtype, restore_loss, to_dtype
 from ...reduction import Reduction
-from ..focal_kernels import sigmoid_focal_kernel
+from ..focal_kernels import (probability_cross_entropy,
+                             sigmoid_focal_kernel)
 from .common import _check_float_pred, _weighted_rule
 
 __all__ = ['quality_focal_loss']
 
-# ``binary_cross_entropy`` on probabilities clamps ``log`` at -100
-_LOG_CLAMP = -100.0
-
 
 def _negative_terms(x: Tensor, activated: bool) -> Tuple[Tensor, Tensor]:
-    """``(p, -log(1 - p))`` for logits or (``activated``) probabilities."""
+    """``(p, -log(1 - p))`` for logits or (``activated``) probabilities
+    (then finite in value and gradient at ``p = 1``, as mmdet's)."""
     if activated:
-        return x, -torch.log1p(-x).clamp(min=_LOG_CLAMP)
+        return x, probability_cross_entropy(x, 0.0)
     return torch.sigmoid(x), F.softplus(x)
 
 
@@ -154,7 +153,8 @@ def quality_focal_loss(pred: Tensor,
         activated (bool): ``pred`` holds probabilities.
 
     Returns:
-        Tensor: (N,) for ``'none'``, else a scalar; ``pred``'s dtype.
+        Tensor: (N,) for ``'none'`` in ``pred``'s dtype, else a scalar
+            in float32 at least (:func:`mmloss.precision.restore_loss`).
     """
     return _quality_focal_loss('quality_focal_loss', pred, target, weight,
                                beta, reduction, avg_factor, activated)
@@ -207,7 +207,7 @@ def _quality_focal_loss(loss_name, pred, target, weight, beta, reduction,
         if isinstance(target, Tensor):
             loss = quality_focal_loss_soft(x, to_dtype(target, dtype), beta,
                                            activated)
-            return restore_dtype(rule.apply(loss), pred)
+            return restore_loss(rule.apply(loss), pred, rule.reduces)
         labels, scores = target
         if activated or scores.requires_grad or not dispatch.use_fast(
                 'QualityFocalLoss', pred, rows=pred.shape[0]):
@@ -220,4 +220,4 @@ def _quality_focal_loss(loss_name, pred, target, weight, beta, reduction,
                 functools.partial(quality_focal_kernel, beta=beta),
                 functools.partial(_quality_focal_plain, beta=beta), pred,
                 labels, scores)
-        return restore_dtype(rule.apply(loss), pred)
+        return restore_loss(rule.apply(loss), pred, rule.reduces)

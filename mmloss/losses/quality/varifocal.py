@@ -15,7 +15,7 @@ from torch import Tensor
 from ...checks import check_tensor, check_weight_shape
 from ...engine import dispatch
 from ...engine.functions import gradient_in_forward
-from ...precision import compute_dtype, restore_dtype, to_dtype
+from ...precision import compute_dtype, restore_loss, to_dtype
 from ...reduction import Reduction, weighted_total
 from ..focal_kernels import sigmoid_focal_kernel
 from .common import _check_float_pred, _weighted_rule
@@ -53,7 +53,8 @@ def varifocal_loss(pred: Tensor,
         avg_factor (float | Tensor, optional): denominator of the mean.
 
     Returns:
-        Tensor: (N, C) for ``'none'``, else a scalar; ``pred``'s dtype.
+        Tensor: (N, C) for ``'none'`` in ``pred``'s dtype, else a scalar
+            in float32 at least (:func:`mmloss.precision.restore_loss`).
     """
     return _varifocal_loss('varifocal_loss', pred, target, weight, alpha,
                            gamma, iou_weighted, reduction, avg_factor)
@@ -75,7 +76,7 @@ def _varifocal_loss(loss_name, pred, target, weight, alpha, gamma,
                 'VarifocalLoss', pred, rows=_rows(pred)):
             loss = varifocal_elementwise(pred, target, alpha, gamma,
                                          iou_weighted)
-            return restore_dtype(rule.apply(loss), pred)
+            return restore_loss(rule.apply(loss), pred, rule.reduces)
 
         def run(reduce_sum: bool, weight: Optional[Tensor]) -> Tensor:
             options = dict(alpha=float(alpha), gamma=float(gamma),
@@ -86,8 +87,9 @@ def _varifocal_loss(loss_name, pred, target, weight, alpha, gamma,
                 functools.partial(_varifocal_engine_plain, **options), pred,
                 target, weight)
 
-        return restore_dtype(
-            rule.run_kernel(run, dtype, pred.device, pred.numel()), pred)
+        return restore_loss(
+            rule.run_kernel(run, dtype, pred.device, pred.numel()), pred,
+            rule.reduces)
 
 
 def varifocal_elementwise(pred: Tensor, target: Tensor, alpha: float,
