@@ -345,13 +345,17 @@ def test_function_input_errors_name_the_loss_and_shapes():
 @pytest.mark.parametrize('use_sigmoid,activate', [(True, True),
                                                   (True, False)])
 @pytest.mark.parametrize('naive_dice', [False, True])
+@pytest.mark.parametrize('blocks', ['one', 'several'])
 def test_the_fast_graph_keeps_the_inputs_and_two_sums_per_sample(
-        use_sigmoid, activate, naive_dice):
+        monkeypatch, use_sigmoid, activate, naive_dice, blocks):
     """The fast path's graph keeps the caller's logits (a reference) and
     two numbers per sample, no (N, D) tensor of its own (mmdet keeps the
     sigmoid's output), and its gradient, recomputed in backward, equals
-    the plain formula's."""
-    from tests.test_focal import saved_bytes
+    the plain formula's, in one row block and in several (the table's
+    block rows made tiny: a block of 1600-element rows holds one row)."""
+    from tests.test_focal import saved_bytes, small_blocks
+    if blocks == 'several':
+        small_blocks(monkeypatch)
     gen = torch.Generator().manual_seed(5)
     pred = torch.randn(6, 40, 40, generator=gen)
     if not activate:

@@ -20,10 +20,10 @@ Two executions of the same maths, chosen per call by
 :mod:`mmloss.engine.dispatch`: the plain formula (autograd ops) and a
 kernel through :class:`~mmloss.engine.functions.GradientInBackward`:
 forward (``_dice_value``) takes the per-sample sums with element-wise
-products and row sums in one scratch buffer; the graph keeps only the
-inputs (references) and two numbers per sample; backward
+products and row sums in block-sized scratch buffers; the graph keeps only
+the inputs (references) and two numbers per sample; backward
 (``_dice_gradient``) builds the gradient from them, recomputing the
-sigmoid. Sums are taken in float32 at least, with autocast switched off.
+sigmoid block by block. Sums are taken in float32 at least, with autocast switched off.
 """
 from numbers import Real
 from typing import Optional, Union
@@ -39,6 +39,7 @@ from ..precision import compute_dtype, loss_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss, gradient_scale, reduce_in_kernel
+from .focal_kernels import row_blocks
 
 __all__ = ['dice_loss', 'sigmoid_dice_loss', 'DiceLoss']
 
@@ -85,8 +86,10 @@ def _dice_value(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
     :class:`~mmloss.engine.functions.GradientInBackward` takes it.
 
     ``a = sum p t`` and ``S = sum p^2 + sum t^2 + 2 eps`` (naive: ``sum p +
-    sum t + eps``), taken with element-wise products and row sums in one
-    scratch buffer that is freed on return.
+    sum t + eps``), taken block by block of rows
+    (:func:`~mmloss.losses.focal_kernels.row_blocks`) with element-wise
+    products and row sums in two block-sized scratch buffers, so no (N, D)
+    temporary is allocated.
 
     Args:
         pred (Tensor): (N, D) logits if ``sigmoid`` else probabilities, in
@@ -97,14 +100,22 @@ def _dice_value(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
         naive_dice (bool): first-power denominator instead of V-Net's.
         sigmoid (bool): apply the sigmoid to ``pred`` first.
     """
-    prob = torch.sigmoid(pred) if sigmoid else pred
-    scratch = torch.mul(prob, target)
-    inter = scratch.sum(1)
-    if naive_dice:
-        total = torch.add(prob, target, out=scratch).sum(1)
-    else:
-        torch.mul(prob, prob, out=scratch)
-        total = scratch.addcmul_(target, target).sum(1)
+    inter = pred.new_empty(pred.shape[:1])
+    total = pred.new_empty(pred.shape[:1])
+    spans = row_blocks(pred)
+    shape = (spans[0][1] - spans[0][0], pred.shape[1])
+    scratch = pred.new_empty(shape)
+    probs = pred.new_empty(shape) if sigmoid else None
+    for start, stop in spans:
+        rows = stop - start
+        x, t, work = pred[start:stop], target[start:stop], scratch[:rows]
+        prob = torch.sigmoid(x, out=probs[:rows]) if sigmoid else x
+        torch.sum(torch.mul(prob, t, out=work), 1, out=inter[start:stop])
+        if naive_dice:
+            torch.add(prob, t, out=work)
+        else:
+            torch.mul(prob, prob, out=work).addcmul_(t, t)
+        torch.sum(work, 1, out=total[start:stop])
     denom = _denominator(total, eps, naive_dice)
     rows = _dice_from_sums(inter, denom, eps, naive_dice)
     value, _ = reduce_in_kernel(rule, rows, rows.numel(), False)
@@ -119,11 +130,11 @@ def _dice_gradient(pred: Tensor, target: Tensor, inter: Tensor,
 
     The V-Net loss of a sample has the gradient ``(4a / S^2) p - (2 / S)
     t`` (naive: ``(2a + eps) / S^2 - (2 / S) t``), times ``p (1 - p)``
-    through the sigmoid (``p`` recomputed from the logits: one pass, where
-    keeping it would hold an (N, D) tensor from forward to backward) and
-    times the sample's weight; ``scale`` is the reduction's factor.
+    through the sigmoid (``p`` recomputed from the logits block by block:
+    one pass, where keeping it would hold an (N, D) tensor from forward to
+    backward) and times the sample's weight; ``scale`` is the reduction's
+    factor. The gradient is the only (N, D) tensor allocated.
     """
-    prob = torch.sigmoid(pred) if sigmoid else pred
     target_factor = -2 / denom
     if naive_dice:
         prob_factor = None
@@ -137,15 +148,23 @@ def _dice_gradient(pred: Tensor, target: Tensor, inter: Tensor,
             offset = offset * weight
         else:
             prob_factor = prob_factor * weight
-    gradient = torch.mul(target, target_factor[:, None])
-    if naive_dice:
-        gradient.add_(offset[:, None])
-    else:
-        gradient.addcmul_(prob, prob_factor[:, None])
-    if sigmoid:
-        # times p (1 - p), in place
-        torch.ops.aten.sigmoid_backward.grad_input(gradient, prob,
-                                                   grad_input=gradient)
+    gradient = torch.empty_like(pred)
+    spans = row_blocks(pred)
+    probs = pred.new_empty((spans[0][1] - spans[0][0], pred.shape[1])) \
+        if sigmoid else None
+    for start, stop in spans:
+        x, t = pred[start:stop], target[start:stop]
+        prob = torch.sigmoid(x, out=probs[:stop - start]) if sigmoid else x
+        part = torch.mul(t, target_factor[start:stop, None],
+                         out=gradient[start:stop])
+        if naive_dice:
+            part.add_(offset[start:stop, None])
+        else:
+            part.addcmul_(prob, prob_factor[start:stop, None])
+        if sigmoid:
+            # times p (1 - p), in place
+            torch.ops.aten.sigmoid_backward.grad_input(part, prob,
+                                                       grad_input=part)
     return gradient, gradient_scale(rule, inter.numel(), 1.0,
                                     gradient.dtype)
 
