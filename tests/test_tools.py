@@ -159,3 +159,45 @@ def test_progress_redraws_in_place_on_a_terminal():
         progress.step('val', i, 3)
     assert out.getvalue().endswith(
         '\r  val: 1/3 images\r  val: 2/3 images\r  val: 3/3 images\n')
+
+
+def _loss_types(node, found=None):
+    """Every ``type`` of a ``loss*`` dict in a config node."""
+    found = [] if found is None else found
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key.startswith('loss') and isinstance(value, dict) and \
+                    'type' in value:
+                found.append(value['type'])
+            _loss_types(value, found)
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            _loss_types(item, found)
+    return found
+
+
+@pytest.mark.parametrize('tool', ['train', 'test'])
+def test_swap_losses_flag_swaps_an_mmdet_zoo_config(tool, capsys):
+    """``--swap-losses`` on an ``mmdet::`` package config: every loss of
+    the model becomes its mmloss twin before --cfg-options, and the table
+    of what was swapped is printed."""
+    module = load_tool(tool)
+    config = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
+    argv = [config, '--swap-losses', '--cfg-options',
+            'model.roi_head.bbox_head.loss_bbox.type=mmloss.GIoULoss']
+    if tool == 'test':
+        argv.insert(1, 'checkpoint.pth')
+    cfg = module.build_config(module.parse_args(argv))
+    types = _loss_types(cfg.model)
+    assert len(types) == 4 and all(t.startswith('mmloss.') for t in types)
+    # --cfg-options applies after the swap
+    assert cfg.model.roi_head.bbox_head.loss_bbox.type == 'mmloss.GIoULoss'
+    printed = capsys.readouterr().out
+    assert 'model.rpn_head.loss_cls' in printed and 'swapped' in printed
+
+
+def test_without_the_flag_nothing_is_swapped():
+    train = load_tool('train')
+    cfg = train.build_config(train.parse_args(
+        ['mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py']))
+    assert not any(t.startswith('mmloss.') for t in _loss_types(cfg.model))

@@ -4,7 +4,7 @@ The command line is MMDetection's ``tools/train.py``::
 
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr]
         [--resume [CKPT]] [--cfg-options KEY=VALUE ...]
-        [--launcher {none,pytorch,slurm,mpi}]
+        [--launcher {none,pytorch,slurm,mpi}] [--swap-losses]
 
 What it adds for a CPU-only machine and the bundled dataset:
 
@@ -28,7 +28,11 @@ What it adds for a CPU-only machine and the bundled dataset:
   ``box mAP (val): 0.xxx``.
 
 Losses are picked by name in the config (``type='mmloss.FocalLoss'``) or
-swapped from the command line, e.g.
+swapped from the command line: all at once with ``--swap-losses`` (every
+loss with an mmloss twin, as ``python -m mmloss swap`` does; the table of
+what was swapped is printed first; CONFIG may then be an MMDetection
+package config such as ``mmdet::retinanet/retinanet_r50_fpn_1x_coco.py``),
+or one by one, e.g.
 ``--cfg-options model.bbox_head.loss_bbox.type=mmloss.SmoothL1Loss``.
 """
 import argparse
@@ -40,10 +44,12 @@ import subprocess
 import sys
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.hooks import Hook
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+
+from mmloss import swap
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from cpu_threads import choose_cpu_threads  # noqa: E402
@@ -84,6 +90,11 @@ def parse_with_common_arguments(parser, argv=None):
     # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     parser.add_argument(
+        '--swap-losses', action='store_true',
+        help='use the mmloss twin of every loss the config names (as '
+        '`python -m mmloss swap`), before --cfg-options; the table of what '
+        'was swapped is printed at start')
+    parser.add_argument(
         TRUST_FLAG, action='store_true',
         help='fully unpickle checkpoints (resume, load_from, pretrained '
         'weights) instead of weights-only loading; a crafted checkpoint can '
@@ -95,8 +106,13 @@ def parse_with_common_arguments(parser, argv=None):
 
 
 def load_config(args):
-    """``args.config`` with the launcher, --cfg-options and work dir set."""
-    cfg = Config.fromfile(args.config)
+    """``args.config`` (a file, or an ``mmdet::`` package config) with
+    --swap-losses, the launcher, --cfg-options and the work dir applied."""
+    cfg = swap.load_config(args.config)
+    if getattr(args, 'swap_losses', False):
+        cfg, rows = swap.swap_losses(cfg)
+        if is_main_process():
+            print('--swap-losses:\n' + swap.format_table(rows), flush=True)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
