@@ -1,8 +1,11 @@
 """Argument and input checks shared by every loss family.
 
 Each check names the loss, the argument and what it got, and raises
-``ValueError`` or ``TypeError``. They read only shapes and dtypes (tensor
-metadata), never tensor values, so they add no host sync on an accelerator.
+:class:`~mmloss.errors.LossValueError` or
+:class:`~mmloss.errors.LossTypeError`: a ``ValueError`` / ``TypeError``
+that is also each type MMDetection raises for the same mistake (see
+:mod:`mmloss.errors`). They read only shapes and dtypes (tensor metadata),
+never tensor values, so they add no host sync on an accelerator.
 """
 from numbers import Real
 from typing import Optional, Sequence
@@ -11,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .engine import dispatch
+from .errors import LossTypeError, LossValueError
 
 REDUCTIONS = ('none', 'mean', 'sum')
 
@@ -19,9 +23,9 @@ def check_reduction(loss_name: str, reduction: str,
                     argument: str = 'reduction') -> str:
     """Return ``reduction`` if it is one of :data:`REDUCTIONS`."""
     if reduction not in REDUCTIONS:
-        raise ValueError(f'{loss_name}: {argument} must be one of '
-                         f'{", ".join(map(repr, REDUCTIONS))}, '
-                         f'but got {reduction!r}')
+        raise LossValueError(f'{loss_name}: {argument} must be one of '
+                             f'{", ".join(map(repr, REDUCTIONS))}, '
+                             f'but got {reduction!r}')
     return reduction
 
 
@@ -29,8 +33,9 @@ def check_loss_weight(loss_name: str, loss_weight) -> float:
     """Return ``loss_weight`` as a float if it is a non-negative number."""
     if isinstance(loss_weight, bool) or not isinstance(loss_weight, Real) \
             or not loss_weight >= 0:
-        raise ValueError(f'{loss_name}: loss_weight must be a non-negative '
-                         f'number, but got {loss_weight!r}')
+        raise LossValueError(
+            f'{loss_name}: loss_weight must be a non-negative '
+            f'number, but got {loss_weight!r}')
     return float(loss_weight)
 
 
@@ -41,8 +46,9 @@ def check_positive(loss_name: str, argument: str, value,
         value >= 0 if allow_zero else value > 0)
     if not ok:
         bound = '>= 0' if allow_zero else '> 0'
-        raise ValueError(f'{loss_name}: {argument} must be a number {bound}, '
-                         f'but got {value!r}')
+        raise LossValueError(
+            f'{loss_name}: {argument} must be a number {bound}, '
+            f'but got {value!r}')
     return value
 
 
@@ -53,16 +59,16 @@ def check_in_range(loss_name: str, argument: str, value, low: float,
         low <= value <= high if high_inclusive else low <= value < high)
     if not ok:
         close = ']' if high_inclusive else ')'
-        raise ValueError(f'{loss_name}: {argument} must lie in '
-                         f'[{low}, {high}{close}, but got {value!r}')
+        raise LossValueError(f'{loss_name}: {argument} must lie in '
+                             f'[{low}, {high}{close}, but got {value!r}')
     return value
 
 
 def check_tensor(loss_name: str, argument: str, value) -> Tensor:
     """Return ``value`` if it is a tensor."""
     if not isinstance(value, Tensor):
-        raise TypeError(f'{loss_name}: {argument} must be a torch.Tensor, '
-                        f'but got {type(value).__name__}')
+        raise LossTypeError(f'{loss_name}: {argument} must be a torch.Tensor, '
+                            f'but got {type(value).__name__}')
     return value
 
 
@@ -79,8 +85,9 @@ def check_float(loss_name: str, argument: str, tensor) -> Tensor:
     """Return ``tensor`` if it is a tensor of floating-point numbers."""
     check_tensor(loss_name, argument, tensor)
     if not tensor.is_floating_point():
-        raise TypeError(f'{loss_name}: {argument} must be a floating point '
-                        f'tensor, but has dtype {tensor.dtype}')
+        raise LossTypeError(
+            f'{loss_name}: {argument} must be a floating point '
+            f'tensor, but has dtype {tensor.dtype}')
     return tensor
 
 
@@ -88,9 +95,9 @@ def check_same_shape(loss_name: str, pred: Tensor, target: Tensor,
                      names: Sequence[str] = ('pred', 'target')) -> None:
     """Raise unless ``pred`` and ``target`` have the same shape."""
     if pred.shape != target.shape:
-        raise ValueError(f'{loss_name}: {names[0]} has shape '
-                         f'{tuple(pred.shape)} but {names[1]} has shape '
-                         f'{tuple(target.shape)}')
+        raise LossValueError(f'{loss_name}: {names[0]} has shape '
+                             f'{tuple(pred.shape)} but {names[1]} has shape '
+                             f'{tuple(target.shape)}')
 
 
 def check_box_shape(loss_name: str, pred: Tensor, target: Tensor,
@@ -99,8 +106,9 @@ def check_box_shape(loss_name: str, pred: Tensor, target: Tensor,
     check_tensor(loss_name, 'pred', pred)
     check_tensor(loss_name, 'target', target)
     if pred.dim() == 0 or pred.shape[-1] != coords:
-        raise ValueError(f'{loss_name}: pred must have shape (..., {coords}) '
-                         f'but has shape {tuple(pred.shape)}')
+        raise LossValueError(
+            f'{loss_name}: pred must have shape (..., {coords}) '
+            f'but has shape {tuple(pred.shape)}')
     check_same_shape(loss_name, pred, target)
 
 
@@ -109,8 +117,8 @@ def check_integer_labels(loss_name: str, labels: Tensor,
     """Raise unless ``labels`` holds integers (class indices)."""
     if labels.dtype.is_floating_point or labels.dtype.is_complex \
             or labels.dtype == torch.bool:
-        raise TypeError(f'{loss_name}: {argument} must hold integer class '
-                        f'indices, but has dtype {labels.dtype}')
+        raise LossTypeError(f'{loss_name}: {argument} must hold integer class '
+                            f'indices, but has dtype {labels.dtype}')
 
 
 def check_weight_shape(loss_name: str, weight: Optional[Tensor],
@@ -127,9 +135,10 @@ def check_weight_shape(loss_name: str, weight: Optional[Tensor],
     except RuntimeError:
         shape = None
     if shape != tuple(loss_shape):
-        raise ValueError(f'{loss_name}: {argument} has shape '
-                         f'{tuple(weight.shape)}, which does not broadcast '
-                         f'to the loss shape {tuple(loss_shape)}')
+        raise LossValueError(
+            f'{loss_name}: {argument} has shape '
+            f'{tuple(weight.shape)}, which does not broadcast '
+            f'to the loss shape {tuple(loss_shape)}')
 
 
 def check_label_range(loss_name: str, label: Tensor, high: int,
@@ -141,7 +150,9 @@ def check_label_range(loss_name: str, label: Tensor, high: int,
 
     This is a *value* check. Where reading values costs nothing (devices
     whose :data:`~mmloss.engine.dispatch.TUNING` entry has ``cpu_kernels``:
-    the CPU) a bad label raises a ``ValueError`` naming the loss. Elsewhere
+    the CPU) a bad label raises a :class:`~mmloss.errors.LossValueError`
+    naming the loss (also an ``IndexError``, as torch's indexing raises
+    for such a label in MMDetection, and a ``RuntimeError``). Elsewhere
     it is queued with ``torch._assert_async`` instead, so it never waits
     for the device: a bad label then fails (``RuntimeError``) at the next
     synchronisation. (The table's entry, not the fast-path switch, decides:
@@ -185,8 +196,8 @@ def check_label_range(loss_name: str, label: Tensor, high: int,
             valid = f'[0, {high}]' if high_inclusive else f'[0, {high})'
             if ignore_index is not None:
                 valid += f' or ignore_index={ignore_index}'
-            raise ValueError(f'{loss_name}: {argument} holds {first}, but '
-                             f'labels must lie in {valid}')
+            raise LossValueError(f'{loss_name}: {argument} holds {first}, but '
+                                 f'labels must lie in {valid}')
     else:
         torch._assert_async(ok, f'{loss_name}: {argument} out of range')
 
@@ -194,8 +205,9 @@ def check_label_range(loss_name: str, label: Tensor, high: int,
 def check_avg_factor(loss_name: str, reduction: str, avg_factor) -> None:
     """Raise, naming the loss, if ``avg_factor`` comes with ``'sum'``."""
     if reduction == 'sum' and avg_factor is not None:
-        raise ValueError(f'{loss_name}: avg_factor can not be used with '
-                         f'reduction="sum" (got avg_factor={avg_factor!r})')
+        raise LossValueError(
+            f'{loss_name}: avg_factor can not be used with '
+            f'reduction="sum" (got avg_factor={avg_factor!r})')
 
 
 CHECK_FINITE_ENV = 'MMLOSS_CHECK_FINITE'

@@ -14,14 +14,20 @@ clear kind *and* of every type MMDetection raises in the same situation:
 * :class:`LossTypeError` -- a tensor of the wrong dtype or an argument of
   the wrong type (``TypeError``, ``AssertionError``, ``RuntimeError`` and
   its subclass ``NotImplementedError``);
-* :class:`LossNotImplementedError` -- a combination mmdet also refuses at
-  call time (``NotImplementedError``, ``AssertionError``).
+* :class:`LossZeroDivisionError` -- a :class:`LossValueError` for a
+  parameter MMDetection divides by (``ZeroDivisionError`` there), e.g.
+  Balanced L1's ``alpha = 0``;
+* :class:`LossNotImplementedError` -- a combination of arguments mmdet
+  refuses with ``NotImplementedError`` (``NotImplementedError``,
+  ``AssertionError``, and ``ValueError`` like every other refused
+  argument value).
 
 They add no state: ``str(error)`` is the message, and ``except
 ValueError`` (mmloss's documented type) keeps working.
 """
 
-__all__ = ['LossValueError', 'LossTypeError', 'LossNotImplementedError']
+__all__ = ['LossValueError', 'LossTypeError', 'LossNotImplementedError',
+           'LossZeroDivisionError']
 
 
 class LossValueError(ValueError, AssertionError, RuntimeError, IndexError):
@@ -35,5 +41,13 @@ class LossTypeError(TypeError, NotImplementedError, AssertionError):
     integer kernel)."""
 
 
-class LossNotImplementedError(NotImplementedError, AssertionError):
-    """A combination of arguments the loss does not define."""
+class LossNotImplementedError(NotImplementedError, ValueError,
+                              AssertionError):
+    """A combination of arguments the loss does not define (mmdet raises
+    ``NotImplementedError``; ``ValueError`` is mmloss's type for any
+    refused argument value)."""
+
+
+class LossZeroDivisionError(LossValueError, ZeroDivisionError):
+    """A zero given for a parameter that the loss divides by (MMDetection
+    lets Python raise ``ZeroDivisionError`` there)."""

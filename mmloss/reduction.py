@@ -9,8 +9,10 @@
 
 One deliberate difference: the mean of an *empty* loss is ``0`` (connected to
 the graph) instead of ``NaN``, so a batch without positives never poisons a
-training run. An unknown reduction raises a ``ValueError`` that lists the
-valid ones.
+training run. An unknown reduction raises a
+:class:`~mmloss.errors.LossValueError` (a ``ValueError``, as in mmdet, and
+an ``AssertionError``, what mmdet's modules raise for a bad override) that
+lists the valid ones.
 """
 import functools
 from typing import Callable, NamedTuple, Optional, Union
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_reduction
+from .errors import LossValueError
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
 
@@ -61,8 +64,9 @@ class Reduction(NamedTuple):
         without ``avg_factor``, which mmdet refuses)."""
         check_reduction(self.loss_name, self.reduction)
         if self.reduction == 'sum' and self.avg_factor is not None:
-            raise ValueError(f'{self.loss_name}: avg_factor can not be used '
-                             f'with reduction="sum"')
+            raise LossValueError(
+                f'{self.loss_name}: avg_factor can not be used '
+                f'with reduction="sum"')
         return self
 
     def cast(self, dtype: torch.dtype) -> 'Reduction':

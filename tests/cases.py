@@ -283,19 +283,23 @@ CASES = {
                                 cfg=dict(num_classes=5),
                                 weight_shape=per_sample,
                                 perfect=perfect_logits),
+    # mmdet's forward ignores reduction_override, weight and avg_factor
+    # (always sum / N): so does ours, so the case drops them
     'EQLV2Loss': LossCase(eqlv2_inputs, cfg=dict(num_classes=4),
-                          weight_shape=per_sample),
+                          call=plain_call),
     # tracking and ReID embeddings
     'MultiPosCrossEntropyLoss': LossCase(multi_pos_inputs,
                                          weight_shape=per_sample,
                                          perfect=perfect_multi_pos),
-    'L2Loss': LossCase(similarities, weight_shape=lambda n: (n, 6),
-                       perfect=perfect_similarities),
+    # mmdet ignores avg_factor and refuses 'sum' here (its own avg_factor):
+    # the case calls the default mean (reductions: tests/test_tracking.py)
+    'L2Loss': LossCase(similarities, perfect=perfect_similarities,
+                       call=plain_call),
     # QDTrack's loss_track_aux (hard mining is deterministic)
     'MarginL2Loss': LossCase(
         similarities, cfg=dict(neg_pos_ub=3, pos_margin=0, neg_margin=0.1,
                                hard_mining=True),
-        weight_shape=lambda n: (n, 6), perfect=perfect_similarities),
+        perfect=perfect_similarities, call=plain_call),
     # no reduction, weight or avg_factor in mmdet's forward: one mean
     'TripletLoss': LossCase(triplet_inputs, call=plain_call),
     # returns (pull, push) summed over images: value() stacks them

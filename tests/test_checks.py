@@ -30,8 +30,13 @@ def test_base_loss_validates_once_and_resolves_overrides():
     assert loss(pred, reduction_override='mean').item() == 3.0
     with pytest.raises(ValueError, match=r"SumLoss: reduction_override .*'avg'"):
         loss(pred, reduction_override='avg')
+    # an unknown reduction builds, as in MMDetection, and the call raises
+    total = SumLoss(reduction='total')
+    assert total.reduction == 'total'
     with pytest.raises(ValueError, match=r"SumLoss: reduction .*'total'"):
-        SumLoss(reduction='total')
+        total(pred)
+    # an override still wins over the stored reduction
+    assert total(pred, reduction_override='sum').item() == 3.0
     for bad in (-1.0, 'one', None, float('nan'), True):
         with pytest.raises(ValueError, match='SumLoss: loss_weight'):
             SumLoss(loss_weight=bad)
@@ -119,6 +124,40 @@ def test_label_range_check_reads_values_only_on_the_cpu():
         with pytest.raises(RuntimeError, match='GHMC: label out of range'):
             checks.check_label_range('GHMC', -labels - 1, 5)
         checks.check_label_range('GHMC', -labels - 1, 5, allow_negative=True)
+
+
+def test_checks_raise_what_mmdet_raises_for_the_same_mistake():
+    # mmdet asserts (AssertionError) or lets torch fail (RuntimeError,
+    # IndexError) where these checks raise; each error is all of those
+    value_errors = [
+        lambda: checks.check_reduction('L1Loss', 'max'),
+        lambda: checks.check_loss_weight('L1Loss', -1.0),
+        lambda: checks.check_positive('L1Loss', 'beta', 0.0),
+        lambda: checks.check_in_range('GHMC', 'momentum', 1.0, 0, 1),
+        lambda: checks.check_same_shape('L1Loss', torch.zeros(2),
+                                        torch.zeros(3)),
+        lambda: checks.check_box_shape('GIoULoss', torch.zeros(2, 5),
+                                       torch.zeros(2, 5)),
+        lambda: checks.check_weight_shape('L1Loss', torch.ones(3), (4, 2)),
+        lambda: checks.check_label_range('GHMC', torch.tensor([7]), 5),
+        lambda: checks.check_avg_factor('L1Loss', 'sum', 2.0),
+    ]
+    for call in value_errors:
+        with pytest.raises(mmloss.LossValueError) as info:
+            call()
+        for kind in (ValueError, AssertionError, RuntimeError, IndexError):
+            assert isinstance(info.value, kind), (kind, info.value)
+    type_errors = [
+        lambda: checks.check_tensor('L1Loss', 'pred', [1.0]),
+        lambda: checks.check_float('L1Loss', 'pred',
+                                   torch.zeros(2, dtype=torch.long)),
+        lambda: checks.check_integer_labels('FocalLoss', torch.zeros(3)),
+    ]
+    for call in type_errors:
+        with pytest.raises(mmloss.LossTypeError) as info:
+            call()
+        for kind in (TypeError, AssertionError, NotImplementedError):
+            assert isinstance(info.value, kind), (kind, info.value)
 
 
 def test_environment_value_follows_the_environment(monkeypatch):

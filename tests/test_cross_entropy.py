@@ -170,6 +170,165 @@ def test_parity_mask(mmdet_losses):
     out.sum().backward()
 
 
+# every form MMDetection's mask_cross_entropy takes: (N, C, *) logits, the
+# target shaped like the RoI class's logits after its squeeze(1)
+MASK_FORMS = [
+    ((6, 4, 7, 7), (6, 7, 7)),        # Mask R-CNN
+    ((6, 4, 9), (6, 9)),              # PointRend points
+    ((6, 1, 9), (6, 9)),              # class-agnostic points
+    ((1, 4, 9), (1, 9)),              # one RoI
+    ((6, 4, 1), (6,)),                # one point: squeezed
+    ((6, 4, 1, 5), (6, 5)),           # size-1 dim 1: squeezed
+    ((6, 4, 2, 3, 3), (6, 2, 3, 3)),  # more trailing dims
+]
+
+
+@pytest.mark.parametrize('label_dtype', [torch.int64, torch.int32])
+@pytest.mark.parametrize('shapes', MASK_FORMS, ids=str)
+def test_parity_mask_forms(mmdet_losses, shapes, label_dtype):
+    pred_shape, target_shape = shapes
+    g = torch.Generator().manual_seed(16)
+    pred = torch.randn(*pred_shape, generator=g) * 2
+    target = torch.rand(*target_shape, generator=g)
+    labels = torch.randint(0, pred_shape[1], (pred_shape[0],),
+                           generator=g).to(label_dtype)
+    for options in (dict(loss_weight=1.5), dict(class_weight=[2.0])):
+        ref, ours = build_pair(mmdet_losses, use_mask=True, **options)
+        # mmdet's mask criterion takes extra keywords and ignores them
+        assert_parity(ref, ours, pred, target, labels, unused=1,
+                      what=f'{shapes} {options}')
+
+
+# the argument forms mmdet's heads pass (bbox heads, RPN, dense heads)
+AVG_FACTORS = (None, 7, 7.5, torch.tensor(7.5), torch.tensor([7.5]))
+
+
+@pytest.mark.parametrize('label_dtype', [torch.int64, torch.int32])
+@pytest.mark.parametrize('avg_factor', AVG_FACTORS, ids=repr)
+@pytest.mark.parametrize('use_sigmoid', [False, True])
+def test_parity_argument_forms(mmdet_losses, use_sigmoid, avg_factor,
+                               label_dtype):
+    g = torch.Generator().manual_seed(17)
+    pred = torch.randn(12, C, generator=g) * 3
+    label = torch.randint(0, C + 1 if use_sigmoid else C, (12,),
+                          generator=g).to(label_dtype)
+    weight = torch.rand(12, generator=g)
+    ref, ours = build_pair(mmdet_losses, use_sigmoid=use_sigmoid,
+                           class_weight=CLASS_WEIGHT)
+    # F.cross_entropy (mmdet's softmax) takes int64 labels only: ours
+    # takes every integer dtype, compared with mmdet's int64 result
+    ref_label = label if use_sigmoid else label.long()
+    for override in (None, 'none', 'mean', 'sum'):
+        if override == 'sum' and avg_factor is not None:
+            continue  # both raise (tested elsewhere)
+        for w in (None, weight):
+            kwargs = dict(avg_factor=avg_factor, reduction_override=override)
+            (want,), (want_grad,) = run_pair_one(ref, pred, ref_label, w,
+                                                 **kwargs)
+            (got,), (got_grad,) = run_pair_one(ours, pred, label, w,
+                                               **kwargs)
+            what = f'{override} weight={w is not None}'
+            assert got.shape == want.shape, what
+            assert_close(got, want, what=f'{what} value')
+            assert_close(got_grad, want_grad, what=f'{what} grad')
+
+
+def run_pair_one(module, pred, *args, **kwargs):
+    """:func:`run_pair` of one module: ([value], [input gradient])."""
+    x = pred.detach().clone().requires_grad_()
+    out = module(x, *args, **kwargs)
+    proj = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+    (out * proj).sum().backward()
+    return [out.detach()], [x.grad]
+
+
+def test_parity_sigmoid_one_hot_float_targets(mmdet_losses):
+    """Dense heads pass float one-hot targets and (N, C) weights."""
+    g = torch.Generator().manual_seed(18)
+    pred = torch.randn(10, C, generator=g) * 3
+    target = torch.nn.functional.one_hot(
+        torch.randint(0, C, (10,), generator=g), C).float()
+    for weight in (None, torch.rand(10, C, generator=g),
+                   torch.rand(10, 1, generator=g)):
+        for override in (None, 'none', 'sum'):
+            ref, ours = build_pair(mmdet_losses, use_sigmoid=True)
+            assert_parity(ref, ours, pred, target, weight,
+                          reduction_override=override, avg_factor=None,
+                          what=f'{override}')
+
+
+def test_mask_forms_mmdet_refuses_are_refused(mmdet_losses):
+    ref, ours = build_pair(mmdet_losses, use_mask=True)
+    pred, labels = torch.randn(4, 3, 6), torch.tensor([0, 2, 1, 0])
+    # (N, C) logits (nothing left to squeeze), a target of another shape,
+    # a reduction or avg_factor other than MMDetection's only one
+    for args, kwargs in (((torch.randn(4, 3), torch.rand(4), labels), {}),
+                         ((pred, torch.rand(4, 1, 6), labels), {}),
+                         ((pred, torch.rand(4, 6), labels),
+                          dict(reduction_override='sum')),
+                         ((pred, torch.rand(4, 6), labels),
+                          dict(avg_factor=3.0))):
+        with pytest.raises(Exception):
+            ref(*args, **kwargs)
+        with pytest.raises(ValueError, match='CrossEntropyLoss'):
+            ours(*args, **kwargs)
+    # softmax and sigmoid refuse extra keywords, as mmdet's do
+    with pytest.raises(TypeError, match='CrossEntropyLoss'):
+        mmloss.CrossEntropyLoss()(torch.randn(4, 3), labels, unused=1)
+
+
+def test_point_rend_mask_point_head(mmdet_losses):
+    """MMDetection's PointRend point head with our loss gives its loss."""
+    heads = pytest.importorskip('mmdet.models.roi_heads.mask_heads')
+    structures = pytest.importorskip('mmdet.structures.mask')
+    from mmengine.config import ConfigDict
+    from mmengine.structures import InstanceData
+    from mmdet.models.task_modules.samplers import SamplingResult
+    torch.manual_seed(0)
+    num_classes, num_points = 5, 14
+    bboxes = torch.tensor([[2., 3., 20., 25.], [10., 8., 30., 28.],
+                           [0., 0., 16., 16.]])
+    gt_labels = torch.tensor([3, 1, 4])
+    masks = (torch.rand(3, 32, 32) > 0.5).numpy()
+    gt = InstanceData(bboxes=bboxes, labels=gt_labels,
+                      masks=structures.BitmapMasks(masks, 32, 32))
+    priors = bboxes + torch.randn(3, 4)
+    result = SamplingResult(
+        pos_inds=torch.arange(3), neg_inds=torch.tensor([], dtype=torch.long),
+        priors=priors, gt_bboxes=bboxes,
+        assign_result=_assign_result(gt_labels), gt_flags=torch.zeros(3))
+    cfg = ConfigDict(num_points=num_points)
+    rel_points = torch.rand(3, num_points, 2)
+    losses = []
+    for loss in (dict(type='CrossEntropyLoss', use_mask=True),
+                 dict(type='mmloss.CrossEntropyLoss', use_mask=True)):
+        for class_agnostic in (False, True):
+            torch.manual_seed(1)
+            head = heads.MaskPointHead(num_classes=num_classes,
+                                       in_channels=8, fc_channels=8,
+                                       class_agnostic=class_agnostic,
+                                       loss_point=loss)
+            channels = 1 if class_agnostic else num_classes
+            point_pred = torch.randn(3, channels, num_points,
+                                     generator=torch.Generator()
+                                     .manual_seed(2), requires_grad=True)
+            out = head.loss_and_target(point_pred, rel_points, [result],
+                                       [gt], cfg)
+            out['loss_point'].backward()
+            losses.append((out['loss_point'].detach(), point_pred.grad))
+    for (ref, ref_grad), (ours, grad) in zip(losses[:2], losses[2:]):
+        assert ours.shape == ref.shape == (1,)
+        assert_close(ours, ref, what='PointRend loss_point')
+        assert_close(grad, ref_grad, what='PointRend loss_point grad')
+
+
+def _assign_result(gt_labels):
+    from mmdet.models.task_modules.assigners import AssignResult
+    num = gt_labels.numel()
+    return AssignResult(num, torch.arange(1, num + 1), torch.ones(num),
+                        labels=gt_labels)
+
+
 @pytest.mark.parametrize('use_sigmoid', [False, True])
 def test_parity_realistic_size(mmdet_losses, use_sigmoid):
     g = torch.Generator().manual_seed(7)
@@ -482,7 +641,9 @@ def test_invalid_inputs():
     with pytest.raises(ValueError, match='CrossEntropyLoss'):
         mmloss.CrossEntropyLoss(loss_weight=-1.0)
     with pytest.raises(ValueError, match='CrossEntropyLoss'):
-        mmloss.CrossEntropyLoss(reduction='avg')
+        # built, as in MMDetection; the call raises
+        mmloss.CrossEntropyLoss(reduction='avg')(
+            pred, torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match='CrossEntropyLoss'):
         mmloss.CrossEntropyLoss(use_sigmoid=True, use_mask=True)
     with pytest.raises(TypeError, match='CrossEntropyLoss'):

@@ -183,10 +183,14 @@ def test_invalid_inputs():
         loss(torch.randn(3, 4), torch.ones(3, 4), reduction_override='max')
     with pytest.raises(ValueError, match='DiceLoss'):
         loss(torch.randn(3, 4), torch.ones(3, 4), None, 'sum', 2.0)
-    for kwargs in (dict(use_sigmoid=False), dict(eps=0.0), dict(eps=-1.0),
-                   dict(loss_weight=-1.0), dict(reduction='avg')):
+    for kwargs in (dict(eps=0.0), dict(eps=-1.0), dict(loss_weight=-1.0)):
         with pytest.raises(ValueError, match='DiceLoss'):
             mmloss.DiceLoss(**kwargs)
+    # built, as by MMDetection, and refused at the call, where it refuses
+    for kwargs in (dict(use_sigmoid=False), dict(reduction='avg')):
+        built = mmloss.DiceLoss(**kwargs)
+        with pytest.raises(ValueError, match='DiceLoss'):
+            built(torch.randn(3, 4), torch.ones(3, 4))
     # probabilities given directly need no sigmoid, so no use_sigmoid either
     mmloss.DiceLoss(use_sigmoid=False, activate=False)
 

@@ -1,4 +1,6 @@
 """EQLV2Loss against MMDetection 3.3, including its running statistics."""
+import warnings
+
 import pytest
 import torch
 
@@ -52,23 +54,85 @@ def test_values_gradients_and_state_over_steps(mmdet_losses, seed):
     assert (neg_w[:-1] < 0.99).any() and (pos_w > 1.01).any()
 
 
-def test_head_call_equals_mmdet(mmdet_losses):
-    """What a bbox head passes (all-one label weights, avg_factor = N, a
-    reduction_override of None) gives MMDetection's value; MMDetection
-    ignores the three, mmloss applies them."""
-    g = torch.Generator().manual_seed(5)
+HEAD_CALLS = [
+    # what a bbox head passes: all-one label weights, avg_factor = N
+    lambda n, g: dict(weight=torch.ones(n), avg_factor=float(n),
+                      reduction_override=None),
+    # every form MMDetection accepts, and ignores: any weight shape,
+    # avg_factor as a number or a tensor, every reduction_override
+    lambda n, g: dict(weight=torch.rand(n, generator=g), avg_factor=7),
+    lambda n, g: dict(weight=torch.rand(n, NUM_CLASSES + 1, generator=g),
+                      avg_factor=torch.tensor(3.0),
+                      reduction_override='sum'),
+    lambda n, g: dict(weight=torch.rand(3, generator=g),
+                      avg_factor=torch.tensor([5.0]),
+                      reduction_override='none'),
+    lambda n, g: dict(reduction_override='mean'),
+]
+
+
+@pytest.mark.parametrize('label_dtype', [torch.int64, torch.int32])
+@pytest.mark.parametrize('call', range(len(HEAD_CALLS)))
+def test_every_call_form_equals_mmdet(mmdet_losses, call, label_dtype):
+    """MMDetection ignores weight, avg_factor and reduction_override
+    (always sum / N): so does mmloss, values, gradients and state."""
+    g = torch.Generator().manual_seed(5 + call)
     ref = mmdet_losses.EQLV2Loss(num_classes=NUM_CLASSES)
     ours = mmloss.EQLV2Loss(num_classes=NUM_CLASSES)
     for _ in range(3):
         logits, labels = batch(g)
-        n = float(labels.numel())
-        kwargs = dict(weight=torch.ones(labels.shape), avg_factor=n,
-                      reduction_override=None)
+        kwargs = HEAD_CALLS[call](labels.numel(), g)
+        labels = labels.to(label_dtype)
         want, want_grad = step(ref, logits, labels, **kwargs)
-        got, got_grad = step(ours, logits, labels, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            got, got_grad = step(ours, logits, labels, **kwargs)
+        assert got.shape == want.shape == ()
         assert_close(got, want, what='value')
         assert_close(got_grad, want_grad, what='grad')
         assert_same_state(ours, ref)
+
+
+@pytest.mark.parametrize('kwargs, argument', [
+    (dict(weight=torch.ones(6)), 'weight'),
+    (dict(avg_factor=6.0), 'avg_factor'),
+    (dict(reduction_override='sum'), 'reduction_override'),
+    (dict(reduction_override='none'), 'reduction_override'),
+])
+def test_an_ignored_argument_warns_once(kwargs, argument):
+    loss = mmloss.EQLV2Loss(num_classes=3)
+    logits, labels = batch(torch.Generator().manual_seed(9), 6, 3)
+    with pytest.warns(UserWarning,
+                      match=f'EQLV2Loss: {argument}=.* is ignored'):
+        loss(logits, labels, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        loss(logits, labels, **kwargs)  # once per module and argument
+
+
+@pytest.mark.parametrize('kwargs, argument', [
+    (dict(use_sigmoid=False), 'use_sigmoid'),
+    (dict(class_weight=[1.0, 2.0]), 'class_weight'),
+    (dict(reduction='sum'), 'reduction'),
+])
+def test_an_ignored_constructor_argument_warns(mmdet_losses, kwargs,
+                                               argument):
+    with pytest.warns(UserWarning,
+                      match=f'EQLV2Loss: {argument}=.* is ignored'):
+        ours = mmloss.EQLV2Loss(num_classes=3, **kwargs)
+    ref = mmdet_losses.EQLV2Loss(num_classes=3, **kwargs)
+    assert ours.use_sigmoid is ref.use_sigmoid is True
+    assert ours.class_weight == ref.class_weight
+    logits, labels = batch(torch.Generator().manual_seed(8), 6, 3)
+    assert_close(ours(logits, labels), ref(logits, labels))
+
+
+def test_the_defaults_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        loss = mmloss.EQLV2Loss(num_classes=3)
+        loss(*batch(torch.Generator().manual_seed(9), 6, 3),
+             reduction_override='mean')
 
 
 def test_reductions_and_weights():
@@ -133,7 +197,9 @@ def test_edge_cases():
     x = torch.zeros(0, 4, requires_grad=True)
     empty = torch.zeros(0, dtype=torch.long)
     for kwargs in (dict(), dict(avg_factor=0), dict(weight=torch.zeros(0))):
-        out = loss(x, empty, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # the ignored arguments
+            out = loss(x, empty, **kwargs)
         assert out.item() == 0.0  # mmdet: 0 / 0 = NaN
         grad, = torch.autograd.grad(out, x)
         assert grad.shape == x.shape
@@ -142,8 +208,14 @@ def test_edge_cases():
     assert torch.equal(loss.pos_grad, torch.zeros(3))
     assert torch.equal(loss.pos_neg, torch.zeros(3))
     logits, labels = batch(torch.Generator().manual_seed(0), 10, 3)
-    out = loss(logits, labels, weight=torch.zeros(10), avg_factor=0)
-    assert out.item() == 0.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        # ignored, as MMDetection ignores them: not a zero loss
+        out = mmloss.EQLV2Loss(num_classes=3)(
+            logits, labels, weight=torch.zeros(10), avg_factor=0)
+    assert sorted(str(w.message).split('=')[0] for w in caught) == [
+        'EQLV2Loss: avg_factor', 'EQLV2Loss: weight']
+    assert out.item() > 0.0
     for dtype in (torch.float16, torch.bfloat16):
         half = (logits * 20).to(dtype).requires_grad_()
         out = loss(half, labels)
@@ -154,10 +226,6 @@ def test_edge_cases():
 
 
 def test_invalid_arguments_and_inputs_name_the_loss():
-    with pytest.raises(ValueError, match='EQLV2Loss: .*use_sigmoid'):
-        mmloss.EQLV2Loss(use_sigmoid=False)
-    with pytest.raises(ValueError, match='EQLV2Loss: class_weight'):
-        mmloss.EQLV2Loss(class_weight=[1.0])
     with pytest.raises(ValueError, match='EQLV2Loss: num_classes'):
         mmloss.EQLV2Loss(num_classes=0)
     loss = mmloss.EQLV2Loss(num_classes=3)
@@ -170,10 +238,28 @@ def test_invalid_arguments_and_inputs_name_the_loss():
         loss(torch.zeros(5, 4), labels.float())
     with pytest.raises(ValueError, match='EQLV2Loss: label holds 4'):
         loss(torch.zeros(5, 4), torch.tensor([0, 1, 4, 3, 2]))
-    with pytest.raises(ValueError, match=r'EQLV2Loss: weight has shape'):
-        loss(torch.zeros(5, 4), labels, weight=torch.ones(3))
-    with pytest.raises(ValueError, match='EQLV2Loss: avg_factor'):
-        loss(torch.zeros(5, 4), labels, avg_factor=2.0,
-             reduction_override='sum')
+    with pytest.raises(ValueError, match='EQLV2Loss: reduction_override'):
+        loss(torch.zeros(5, 4), labels, reduction_override='max')
     # a rejected call leaves the statistics alone
     assert torch.equal(loss.pos_grad, torch.zeros(3))
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_a_non_finite_batch_leaves_the_statistics_alone(bad):
+    """Issue 14: a batch with a NaN/Inf score has a non-finite loss (not
+    masked) and leaves pos_grad/neg_grad/pos_neg as they were; in mmdet it
+    made them NaN and every later loss NaN."""
+    g = torch.Generator().manual_seed(3)
+    loss = mmloss.EQLV2Loss(num_classes=NUM_CLASSES)
+    step(loss, *batch(g))
+    before = {name: getattr(loss, name).clone()
+              for name in ('pos_grad', 'neg_grad', 'pos_neg')}
+    logits, labels = batch(g)
+    logits[2, 1] = bad
+    out, _ = step(loss, logits, labels)
+    assert not torch.isfinite(out).all()
+    for name, state in before.items():
+        assert torch.equal(getattr(loss, name), state), name
+    out, grad = step(loss, *batch(g))
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+    assert not torch.equal(loss.pos_grad, before['pos_grad'])

@@ -481,11 +481,17 @@ def test_invalid_inputs():
     (dict(gamma=-1.0), 'gamma'),
     (dict(gamma='2'), 'gamma'),
     (dict(loss_weight=-1.0), 'loss_weight'),
-    (dict(reduction='avg'), 'reduction'),
 ])
 def test_bad_constructor_arguments(cls, kwargs, argument):
     with pytest.raises(ValueError, match=f'{cls.__name__}.*{argument}'):
         cls(**kwargs)
+
+
+@pytest.mark.parametrize('cls', [FocalLoss, Poly1FocalLoss])
+def test_unknown_reduction_builds_and_the_call_raises(cls):
+    loss = cls(reduction='avg')  # as in MMDetection: checked at the call
+    with pytest.raises(ValueError, match=f'{cls.__name__}.*reduction'):
+        loss(torch.randn(3, 4), torch.tensor([0, 1, 4]))
 
 
 def test_bad_epsilon():

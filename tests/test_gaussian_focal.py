@@ -236,11 +236,17 @@ def test_invalid_inputs():
     (dict(pos_weight=-1.0), 'pos_weight'),
     (dict(neg_weight=-0.5), 'neg_weight'),
     (dict(loss_weight=-1.0), 'loss_weight'),
-    (dict(reduction='avg'), 'reduction'),
 ])
 def test_bad_constructor_arguments(kwargs, argument):
     with pytest.raises(ValueError, match=f'GaussianFocalLoss.*{argument}'):
         GaussianFocalLoss(**kwargs)
+
+
+def test_unknown_reduction_builds_and_the_call_raises():
+    # as in MMDetection, which checks the reduction only when called
+    loss = GaussianFocalLoss(reduction='avg')
+    with pytest.raises(ValueError, match='GaussianFocalLoss.*reduction'):
+        loss(torch.rand(3, 4), torch.rand(3, 4))
 
 
 def test_built_from_config():

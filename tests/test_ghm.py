@@ -274,6 +274,29 @@ def test_ghmc_large_matches_mmdet(mmdet_losses):
     assert torch.equal(ours.acc_sum, theirs.acc_sum)
 
 
+@pytest.mark.parametrize('fast', [True, False])
+def test_ghmc_untrained_head_sum_matches_mmdet(mmdet_losses, fast):
+    # Found by tests/test_zoo_parity.py (GHM RetinaNet, 4e-5 off): at
+    # initialisation every logit sits near the prior log(0.01 / 0.99), so
+    # all 368k weighted BCEs are nearly equal and a float32 dot product,
+    # summing in order, drifts by ~4e-5; the sum must be a pairwise one.
+    gen = torch.Generator().manual_seed(15)
+    n, num_classes = 4608, 80
+    pred = math.log(0.01 / 0.99) + 0.05 * torch.randn(n, num_classes,
+                                                      generator=gen)
+    labels = torch.full((n, ), num_classes)
+    labels[:60] = torch.randint(0, num_classes, (60, ), generator=gen)
+    label_weight = torch.ones(n)
+    ours = GHMC(bins=30, momentum=0.75)
+    theirs = mmdet_losses.GHMC(bins=30, momentum=0.75)
+    expected = theirs(pred.double(), labels, label_weight.double())
+    value = ghmc_loss(pred, labels, label_weight, bins=30, momentum=0.75,
+                      acc_sum=ours.acc_sum, fast=fast)
+    assert_close(value.double(), expected, rtol=1e-6, atol=0)
+    assert_same_step(GHMC(bins=30, momentum=0.75), mmdet_losses.GHMC(
+        bins=30, momentum=0.75), pred, labels, label_weight, what='prior')
+
+
 @pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
 def test_ghmc_gradcheck(reduction):
     pred, labels, label_weight = cls_inputs(7, n=12, num_classes=3)
@@ -349,12 +372,31 @@ def test_ghmc_nan_propagates():
 
 @pytest.mark.parametrize('kwargs', [
     dict(bins=0), dict(bins=2.5), dict(bins=True), dict(momentum=1.0),
-    dict(momentum=-0.1), dict(use_sigmoid=False), dict(loss_weight=-1.0),
-    dict(reduction='avg')
+    dict(momentum=-0.1), dict(use_sigmoid=False), dict(loss_weight=-1.0)
 ])
 def test_ghmc_bad_arguments(kwargs):
     with pytest.raises(ValueError, match='GHMC'):
         GHMC(**kwargs)
+
+
+def test_ghm_unknown_reduction_builds_and_the_call_raises():
+    # as in MMDetection, which checks the reduction only when called
+    loss = GHMC(reduction='avg')
+    with pytest.raises(ValueError, match='GHMC.*reduction'):
+        loss(*cls_inputs(12, n=20))
+    loss = GHMR(reduction='max')
+    with pytest.raises(ValueError, match='GHMR.*reduction'):
+        loss(*reg_inputs(11, n=10))
+
+
+def test_ghm_sum_with_avg_factor_raises_like_mmdet():
+    # mmdet raises for 'sum' (its own avg_factor); ours sums, but not with
+    # an avg_factor, which 'sum' refuses in every mmloss loss
+    with pytest.raises(ValueError, match='GHMC: avg_factor'):
+        GHMC(reduction='sum')(*cls_inputs(12, n=20), avg_factor=4.0)
+    with pytest.raises(ValueError, match='GHMR: avg_factor'):
+        GHMR()(*reg_inputs(11, n=10), reduction_override='sum',
+               avg_factor=4.0)
 
 
 def test_ghmc_bad_inputs():
@@ -544,7 +586,7 @@ def test_ghmr_nan_propagates():
 
 @pytest.mark.parametrize('kwargs', [
     dict(mu=0), dict(mu=-0.1), dict(bins=0), dict(momentum=1.0),
-    dict(momentum=-0.5), dict(loss_weight=-2.0), dict(reduction='max')
+    dict(momentum=-0.5), dict(loss_weight=-2.0)
 ])
 def test_ghmr_bad_arguments(kwargs):
     with pytest.raises(ValueError, match='GHMR'):

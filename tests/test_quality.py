@@ -443,11 +443,17 @@ def test_invalid_inputs():
     (QualityFocalLoss, dict(beta=-2), 'beta'),
     (QualityFocalLoss, dict(loss_weight=-1), 'loss_weight'),
     (DistributionFocalLoss, dict(loss_weight=-1), 'loss_weight'),
-    (DistributionFocalLoss, dict(reduction='avg'), 'reduction'),
 ])
 def test_bad_constructor_arguments(cls, kwargs, argument):
     with pytest.raises(ValueError, match=f'{cls.__name__}.*{argument}'):
         cls(**kwargs)
+
+
+def test_unknown_reduction_builds_and_the_call_raises():
+    # as in MMDetection, which checks the reduction only when called
+    loss = DistributionFocalLoss(reduction='avg')
+    with pytest.raises(ValueError, match='DistributionFocalLoss.*reduction'):
+        loss(torch.randn(3, 5), torch.tensor([0.5, 1.0, 3.2]))
 
 
 def test_built_from_config():

@@ -149,6 +149,22 @@ def test_unknown_reduction_lists_the_valid_ones(bad):
         assert repr(bad) in message
         for valid in REDUCTIONS:
             assert repr(valid) in message
+        # mmdet's modules assert the reduction: catchable as that too
+        assert isinstance(info.value, AssertionError)
+
+
+@pytest.mark.parametrize('call', ['weight_reduce_loss', 'reduce_weighted_sum'])
+def test_sum_with_avg_factor_raises_what_mmdet_raises(mmdet_utils, call):
+    from mmloss.reduction import reduce_weighted_sum
+    loss = torch.ones(3)
+    with pytest.raises(ValueError) as theirs:
+        mmdet_utils.weight_reduce_loss(loss, reduction='sum', avg_factor=2)
+    with pytest.raises(type(theirs.value), match='avg_factor') as ours:
+        if call == 'weight_reduce_loss':
+            weight_reduce_loss(loss, reduction='sum', avg_factor=2)
+        else:
+            reduce_weighted_sum('L1Loss', loss.sum(), 3, 'sum', 2)
+    assert isinstance(ours.value, AssertionError)
 
 
 def test_nan_propagates():

@@ -270,9 +270,13 @@ def test_invalid_inputs():
         'a rejected call must not count its labels'
     for kwargs in (dict(use_sigmoid=True), dict(num_classes=0),
                    dict(p=-1.0), dict(q=-0.5), dict(eps=0.0),
-                   dict(loss_weight=-1.0), dict(reduction='avg')):
+                   dict(loss_weight=-1.0)):
         with pytest.raises(ValueError, match='SeesawLoss'):
             mmloss.SeesawLoss(**kwargs)
+    # an unknown reduction builds, as in MMDetection, and the call raises
+    built = mmloss.SeesawLoss(num_classes=NUM_CLASSES, reduction='avg')
+    with pytest.raises(ValueError, match='SeesawLoss'):
+        built(score, torch.zeros(4, dtype=torch.long))
 
 
 # ------------------------------------------ the engine: double backward

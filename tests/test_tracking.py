@@ -2,6 +2,7 @@
 MarginL2Loss and TripletLoss against MMDetection 3.3 (values and
 gradients, every reduction, weight and avg_factor where mmdet has them),
 edge cases, input errors, and QDTrack's QuasiDenseEmbedHead."""
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -150,15 +151,71 @@ def test_l2_random_sampling_keeps_the_bound(mmdet_losses):
     assert int(avg_factor) == num_pos + negatives_kept
 
 
+# the argument forms QDTrack and other callers may pass: mmdet ignores
+# avg_factor (any type), takes float or integer targets and weights
+L2_FORMS = [
+    dict(avg_factor=4.0),
+    dict(avg_factor=7),
+    dict(avg_factor=torch.tensor(3.0), reduction_override='none'),
+    dict(avg_factor=torch.tensor([5.0]), reduction_override='mean'),
+    dict(target_dtype=torch.int64),
+    dict(target_dtype=torch.int32, weight_dtype=torch.int64),
+]
+
+
+@pytest.mark.parametrize('name', ['L2Loss', 'MarginL2Loss'])
+@pytest.mark.parametrize('form', range(len(L2_FORMS)))
+def test_l2_argument_forms_match_mmdet(mmdet_losses, name, form):
+    kwargs = dict(L2_FORMS[form])
+    target_dtype = kwargs.pop('target_dtype', torch.float32)
+    weight_dtype = kwargs.pop('weight_dtype', torch.float32)
+    generator, pred, target = similarities(form, 9, 40, positives=0.1)
+    target = target.to(target_dtype)
+    weight = (torch.rand(9, 40, generator=generator) > 0.2).to(weight_dtype)
+    want = value_and_grad(getattr(mmdet_losses, name)(**QDTRACK_AUX), pred,
+                          target.clone(), weight.clone(), **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        got = value_and_grad(getattr(mmloss, name)(**QDTRACK_AUX), pred,
+                             target, weight, **kwargs)
+    for g, w, what in zip(got, want, ('value', 'grad')):
+        assert g.shape == w.shape
+        assert_close(g, w, rtol=1e-5, atol=1e-7,
+                     what=f'{name} {L2_FORMS[form]} {what}')
+
+
+@pytest.mark.parametrize('name', ['L2Loss', 'MarginL2Loss'])
+def test_l2_ignores_avg_factor_and_refuses_sum_as_mmdet(mmdet_losses, name):
+    _, pred, target = similarities(5)
+    loss = getattr(mmloss, name)(**QDTRACK_AUX)
+    mean = loss(pred, target)
+    # mmdet replaces a passed avg_factor by its count: the value does not
+    # move, and one warning says the argument is ignored
+    with pytest.warns(UserWarning, match=f'{name}: avg_factor=4.0 is '
+                      'ignored'):
+        assert_close(loss(pred, target, avg_factor=4.0), mean)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        loss(pred, target, avg_factor=4.0)  # once per module
+        loss(pred, target)  # none without an avg_factor
+    # mmdet raises for 'sum' (it always passes an avg_factor): so do we
+    for module, override in ((loss, 'sum'),
+                             (getattr(mmloss, name)(reduction='sum'), None)):
+        with pytest.raises(Exception):
+            getattr(mmdet_losses, name)()(pred.clone(), target.clone(),
+                                          reduction_override='sum')
+        with pytest.raises(ValueError, match=f'{name}: reduction "sum"'):
+            module(pred, target, reduction_override=override)
+    # the functional form takes both
+    none = margin_l2_loss(pred, target, reduction='none', **QDTRACK_AUX)
+    assert_close(margin_l2_loss(pred, target, reduction='sum',
+                                **QDTRACK_AUX), none.sum())
+    assert_close(margin_l2_loss(pred, target, avg_factor=4.0,
+                                **QDTRACK_AUX), none.sum() / 4, rtol=1e-6)
+
+
 def test_l2_differences_from_mmdet_are_the_sensible_values():
     _, pred, target = similarities(5)
-    loss = mmloss.MarginL2Loss(**QDTRACK_AUX)
-    none = loss(pred, target, reduction_override='none')
-    # mmdet raises for 'sum' (it always passes an avg_factor)
-    assert_close(loss(pred, target, reduction_override='sum'), none.sum())
-    # mmdet ignores an explicit avg_factor; it is the mean's denominator
-    assert_close(loss(pred, target, avg_factor=4.0), none.sum() / 4,
-                 rtol=1e-6)
     # a leaf prediction works (mmdet subtracts its margins in place)
     leaf = pred.clone().requires_grad_()
     mmloss.MarginL2Loss(pos_margin=0.1)(leaf, target).backward()
@@ -265,8 +322,7 @@ def test_invalid_inputs_raise_naming_the_loss():
         mmloss.MarginL2Loss()(pred, torch.zeros(4, 3))
     with pytest.raises(ValueError, match=r'L2Loss: reduction_override'):
         mmloss.L2Loss()(pred, torch.zeros(3, 4), reduction_override='max')
-    with pytest.raises(ValueError, match=r'L2Loss: avg_factor can not be '
-                       r'used with reduction="sum"'):
+    with pytest.raises(ValueError, match=r'L2Loss: reduction "sum"'):
         mmloss.L2Loss(reduction='sum')(pred, torch.zeros(3, 4),
                                        avg_factor=2.0)
     with pytest.raises(TypeError, match=r'L2Loss: pred must be a floating'):
@@ -276,9 +332,10 @@ def test_invalid_inputs_raise_naming_the_loss():
                        r'shape \(B, D\) and targets shape \(B,\), but got '
                        r'\(3, 4\) and \(4,\)'):
         mmloss.TripletLoss()(pred, torch.arange(4))
+    unmined = mmloss.TripletLoss(hard_mining=False)  # builds, as in mmdet
     with pytest.raises(NotImplementedError, match=r'TripletLoss: '
                        r'hard_mining=False'):
-        mmloss.TripletLoss(hard_mining=False)
+        unmined(torch.randn(4, 3), torch.arange(4))
     with pytest.raises(ValueError, match=r'MarginL2Loss: neg_margin must be '
                        r'a number'):
         mmloss.MarginL2Loss(neg_margin='0.1')

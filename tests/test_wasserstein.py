@@ -123,9 +123,12 @@ def test_invalid():
     with pytest.raises(TypeError, match='NWDLoss'):
         loss(torch.ones(3, 4, dtype=torch.long), torch.ones(3, 4))
     for kw in (dict(constant=0), dict(constant=-1.0), dict(loss_weight=-1),
-               dict(reduction='avg'), dict(eps=-1.0)):
+               dict(eps=-1.0)):
         with pytest.raises(ValueError, match='NWDLoss'):
             mmloss.NWDLoss(**kw)
+    # an unknown reduction builds, as in MMDetection, and the call raises
+    with pytest.raises(ValueError, match='NWDLoss'):
+        mmloss.NWDLoss(reduction='avg')(torch.rand(3, 4), torch.rand(3, 4))
 
 
 def test_registry():

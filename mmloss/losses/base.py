@@ -1,8 +1,11 @@
 """The base of every registered loss module, and the kernels' reduction step.
 
-:class:`BaseLoss` validates ``reduction`` and ``loss_weight`` once, at
-construction, and resolves ``reduction_override`` per call, so the modules
-themselves only gather arguments and call their family's pure function.
+:class:`BaseLoss` validates ``loss_weight`` once, at construction, and
+resolves the reduction per call (``reduction_override`` or its own), so the
+modules themselves only gather arguments and call their family's pure
+function. An unknown ``reduction`` is stored and refused at the call, the
+moment MMDetection refuses it (its modules accept any value when built),
+with a :class:`~mmloss.errors.LossValueError` listing the valid ones.
 
 :func:`reduce_in_kernel` is how a kernel (the fast path of a loss, see
 :mod:`mmloss.engine.functions`) applies a :class:`~mmloss.reduction.
@@ -16,7 +19,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..checks import (check_finite_enabled, check_loss_weight,
+from ..checks import (REDUCTIONS, check_finite_enabled, check_loss_weight,
                       check_reduction, raise_if_not_finite)
 from ..reduction import Reduction
 
@@ -76,7 +79,8 @@ class BaseLoss(nn.Module):
     input shapes, instead of propagating silently.
 
     Args:
-        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'`` (anything else
+            raises when the loss is called, as in MMDetection).
         loss_weight (float): non-negative factor applied to the loss.
     """
 
@@ -85,7 +89,8 @@ class BaseLoss(nn.Module):
         # (mmloss.compat) the next class in the MRO is mmdet's loss, whose
         # __init__ must not run (its attributes and buffers are not ours).
         nn.Module.__init__(self)
-        self.reduction = check_reduction(self.loss_name, reduction)
+        # checked at the call (resolve_reduction), where mmdet checks it
+        self.reduction = reduction
         self.loss_weight = check_loss_weight(self.loss_name, loss_weight)
 
     def __call__(self, *args, **kwargs):
@@ -108,9 +113,19 @@ class BaseLoss(nn.Module):
         return type(self).__name__
 
     def resolve_reduction(self, reduction_override: Optional[str]) -> str:
-        """The reduction for this call: the override if given, else ours."""
+        """The reduction for this call: the override if given, else ours.
+
+        Raises:
+            LossValueError: the one used is not ``'none'``, ``'mean'`` or
+                ``'sum'`` (also an ``AssertionError``, what mmdet raises
+                for a bad override, and a ``ValueError``, what it raises
+                for a bad ``reduction``).
+        """
         if reduction_override is None:
-            return self.reduction
+            reduction = self.reduction
+            if reduction in REDUCTIONS:
+                return reduction
+            return check_reduction(self.loss_name, reduction)
         return check_reduction(self.loss_name, reduction_override,
                                'reduction_override')
 

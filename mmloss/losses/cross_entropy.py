@@ -42,6 +42,7 @@ from ..checks import (check_float, check_integer_labels, check_label_range,
                       check_tensor, check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_forward
+from ..errors import LossTypeError, LossValueError
 from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
@@ -67,7 +68,7 @@ def _float_pred(loss_name: str, pred) -> None:
 def _check_class_weight_size(loss_name: str, class_weight: Optional[Tensor],
                              num_classes: int) -> None:
     if class_weight is not None and class_weight.numel() != num_classes:
-        raise ValueError(
+        raise LossValueError(
             f'{loss_name}: class_weight has {class_weight.numel()} entries '
             f'but pred has {num_classes} classes')
 
@@ -128,15 +129,17 @@ def _check_softmax_inputs(loss_name, pred, label, weight,
     _float_pred(loss_name, pred)
     check_tensor(loss_name, 'label', label)
     if pred.dim() == 0:
-        raise ValueError(f'{loss_name}: pred must have a class dim, but has '
-                         f'shape ()')
+        raise LossValueError(
+            f'{loss_name}: pred must have a class dim, but has '
+            f'shape ()')
     check_integer_labels(loss_name, label, 'label')
     if label.shape[:1] != pred.shape[:1] or \
             label.shape[1:] != pred.shape[2:]:
         expected = pred.shape[:1] + pred.shape[2:]
-        raise ValueError(f'{loss_name}: pred has shape {tuple(pred.shape)} '
-                         f'so label must have shape {tuple(expected)}, but '
-                         f'has shape {tuple(label.shape)}')
+        raise LossValueError(
+            f'{loss_name}: pred has shape {tuple(pred.shape)} '
+            f'so label must have shape {tuple(expected)}, but '
+            f'has shape {tuple(label.shape)}')
     if weight is not None:
         check_weight_shape(loss_name, weight, label.shape)
     if class_weight is not None:
@@ -327,25 +330,26 @@ def _check_sigmoid_inputs(loss_name, pred, label, weight, class_weight,
     _float_pred(loss_name, pred)
     check_tensor(loss_name, 'label', label)
     if pred.dim() == 0:
-        raise ValueError(f'{loss_name}: pred must have a class dim, but has '
-                         f'shape ()')
+        raise LossValueError(
+            f'{loss_name}: pred must have a class dim, but has '
+            f'shape ()')
     if pred.dim() == label.dim():
         if pred.shape != label.shape:
-            raise ValueError(f'{loss_name}: pred has shape '
-                             f'{tuple(pred.shape)} but label has shape '
-                             f'{tuple(label.shape)}')
+            raise LossValueError(f'{loss_name}: pred has shape '
+                                 f'{tuple(pred.shape)} but label has shape '
+                                 f'{tuple(label.shape)}')
         check_weight_shape(loss_name, weight, pred.shape)
     else:
         check_integer_labels(loss_name, label, 'label')
         if pred.dim() != 2 or label.dim() != 1 or \
                 label.shape[0] != pred.shape[0]:
-            raise ValueError(
+            raise LossValueError(
                 f'{loss_name}: with integer labels pred must be (N, C) and '
                 f'label (N,), but got {tuple(pred.shape)} and '
                 f'{tuple(label.shape)}')
         if weight is not None and (check_tensor(
                 loss_name, 'weight', weight).numel() != label.numel()):
-            raise ValueError(
+            raise LossValueError(
                 f'{loss_name}: weight has shape {tuple(weight.shape)}, but '
                 f'one weight per label {tuple(label.shape)} is needed')
         # labels >= C are background and negative ones are ignored
@@ -412,19 +416,25 @@ def mask_cross_entropy(pred: Tensor,
                        reduction: str = 'mean',
                        avg_factor: Optional[Union[float, Tensor]] = None,
                        class_weight: Optional[Tensor] = None,
-                       ignore_index: Optional[int] = None) -> Tensor:
+                       ignore_index: Optional[int] = None,
+                       **kwargs) -> Tensor:
     """Binary cross-entropy of each RoI's mask for its own class.
 
-    ``mean_{i,h,w} cw * BCE(pred[i, label_i, h, w], target[i, h, w])``,
-    returned with shape (1,) as MMDetection does; ``class_weight`` is
-    broadcast over the (N, H, W) element-wise loss like MMDetection's.
-    Only ``reduction='mean'`` without ``avg_factor`` or ``ignore_index`` is
-    defined (as in MMDetection). No RoIs give ``0`` (MMDetection: ``NaN``).
+    ``mean(cw * BCE(x, target))`` with ``x = pred[i, label_i]`` (N, *) and
+    then, as MMDetection does, dim 1 of ``x`` dropped when its size is 1;
+    ``target`` has the shape of ``x``. So mask logits (N, C, H, W) take
+    targets (N, H, W) (Mask R-CNN) and point logits (N, C, P) take targets
+    (N, P) (PointRend). ``class_weight`` broadcasts over ``x`` like
+    MMDetection's (which passes it as BCE's element weight). Returned with
+    shape (1,). Only ``reduction='mean'`` without ``avg_factor`` or
+    ``ignore_index`` is defined (as in MMDetection); other keyword
+    arguments are ignored, as MMDetection ignores them. No RoIs give ``0``
+    connected to the graph (MMDetection: ``NaN``).
 
     Args:
-        pred (Tensor): mask logits (N, C, H, W).
-        target (Tensor): mask targets (N, H, W) in [0, 1].
-        label (Tensor): (N,) class of each RoI.
+        pred (Tensor): mask logits (N, C, *), ``*`` at least one dim.
+        target (Tensor): mask targets in [0, 1], the shape of ``x`` above.
+        label (Tensor): (N,) class of each RoI, any integer dtype.
 
     Returns:
         Tensor: (1,) loss, float32 at least.
@@ -434,34 +444,49 @@ def mask_cross_entropy(pred: Tensor,
                                ignore_index)
 
 
+def _mask_logits_shape(pred: Tensor) -> tuple:
+    """The shape of ``pred[rows, label]`` after MMDetection's
+    ``squeeze(1)`` (dim 1 of the picked logits dropped if of size 1)."""
+    shape = tuple(pred.shape[:1] + pred.shape[2:])
+    if len(shape) > 1 and shape[1] == 1:
+        shape = shape[:1] + shape[2:]
+    return shape
+
+
 def _mask_cross_entropy(loss_name, pred, target, label, reduction,
                         avg_factor, class_weight, ignore_index):
     if reduction != 'mean' or avg_factor is not None \
             or ignore_index is not None:
-        raise ValueError(
+        raise LossValueError(
             f'{loss_name}: with masks only reduction="mean" without '
             f'avg_factor and ignore_index is supported, but got reduction='
             f'{reduction!r}, avg_factor={avg_factor!r}, ignore_index='
             f'{ignore_index!r}')
     _float_pred(loss_name, pred)
     check_tensor(loss_name, 'target', target)
+    if label is None:  # MMDetection fails on it with a ValueError
+        raise LossValueError(
+            f'{loss_name}: use_mask=True needs label (the RoI labels, the '
+            f'third argument of forward), but got None')
     check_tensor(loss_name, 'label (the RoI labels)', label)
     check_integer_labels(loss_name, label, 'label (the RoI labels)')
-    if pred.dim() != 4 or target.dim() != 3 or \
-            target.shape[0] != pred.shape[0] or \
-            target.shape[1:] != pred.shape[2:] or \
-            label.shape != pred.shape[:1]:
-        raise ValueError(
-            f'{loss_name}: mask logits must be (N, C, H, W), targets '
-            f'(N, H, W) and RoI labels (N,), but got '
-            f'{tuple(pred.shape)}, {tuple(target.shape)} and '
+    # (N, C) logits have nothing left after picking the class: MMDetection
+    # fails there too (squeeze(1) of a 1-d tensor)
+    if pred.dim() < 3 or label.shape != pred.shape[:1] or \
+            tuple(target.shape) != _mask_logits_shape(pred):
+        raise LossValueError(
+            f'{loss_name}: mask logits must be (N, C, *) with targets '
+            f'shaped like the logits of the RoI classes (e.g. (N, C, H, W) '
+            f'and (N, H, W), or (N, C, P) and (N, P)) and RoI labels (N,), '
+            f'but got {tuple(pred.shape)}, {tuple(target.shape)} and '
             f'{tuple(label.shape)}')
     check_label_range(loss_name, label, pred.size(1),
                       argument='label (the RoI labels)')
     with dispatch.autocast_off(pred):
         dtype = compute_dtype(pred)
         rows = torch.arange(pred.size(0), device=pred.device)
-        picked = to_dtype(pred[rows, label.long()], dtype)
+        picked = to_dtype(pred[rows, label.long()], dtype).reshape(
+            target.shape)
         loss = F.binary_cross_entropy_with_logits(
             picked, to_dtype(target, dtype), reduction='none')
         if class_weight is not None:
@@ -496,16 +521,17 @@ def _check_class_weight(loss_name: str, class_weight) -> Optional[list]:
             class_weight, str) or not all(
                 isinstance(w, Real) and not isinstance(w, bool)
                 for w in class_weight):
-        raise TypeError(f'{loss_name}: class_weight must be a list of '
-                        f'numbers or None, but got {class_weight!r}')
+        raise LossTypeError(f'{loss_name}: class_weight must be a list of '
+                            f'numbers or None, but got {class_weight!r}')
     return [float(w) for w in class_weight]
 
 
 def _check_ignore_index(loss_name: str, ignore_index) -> Optional[int]:
     if ignore_index is not None and (isinstance(ignore_index, bool) or
                                      not isinstance(ignore_index, Integral)):
-        raise TypeError(f'{loss_name}: ignore_index must be an int or None, '
-                        f'but got {ignore_index!r}')
+        raise LossTypeError(
+            f'{loss_name}: ignore_index must be an int or None, '
+            f'but got {ignore_index!r}')
     return ignore_index
 
 
@@ -537,16 +563,17 @@ class CrossEntropyLoss(BaseLoss):
                  avg_non_ignore: bool = False):
         super().__init__(reduction, loss_weight)
         if use_sigmoid and use_mask:
-            raise ValueError(f'{self.loss_name}: use_sigmoid and use_mask '
-                             'can not both be True')
+            raise LossValueError(f'{self.loss_name}: use_sigmoid and use_mask '
+                                 'can not both be True')
         self.use_sigmoid = bool(use_sigmoid)
         self.use_mask = bool(use_mask)
         self.class_weight = _check_class_weight(self.loss_name, class_weight)
         self.ignore_index = _check_ignore_index(self.loss_name, ignore_index)
         self.avg_non_ignore = bool(avg_non_ignore)
         if self.use_mask and self.ignore_index is not None:
-            raise ValueError(f'{self.loss_name}: use_mask does not support '
-                             f'ignore_index, but got {ignore_index!r}')
+            raise LossValueError(
+                f'{self.loss_name}: use_mask does not support '
+                f'ignore_index, but got {ignore_index!r}')
         if (self.ignore_index is not None and not self.avg_non_ignore
                 and self.reduction == 'mean'):
             # the same advice MMDetection gives in this case
@@ -580,9 +607,11 @@ class CrossEntropyLoss(BaseLoss):
         Args:
             cls_score (Tensor): logits, (N, C) (or (N, C, d1, ...) for
                 softmax; any shape matching ``label`` for sigmoid with dense
-                targets; (N, C, H, W) with ``use_mask``).
+                targets; (N, C, *) with ``use_mask``).
             label (Tensor): labels (N,) / (N, d1, ...), dense targets, or
-                mask targets (N, H, W) with ``use_mask``.
+                with ``use_mask`` mask targets (N, H, W) (logits
+                (N, C, H, W)) or point targets (N, P) (logits (N, C, P),
+                PointRend): see :func:`mask_cross_entropy`.
             weight (Tensor, optional): per-sample weight; with ``use_mask``
                 the (N,) class of each RoI.
             avg_factor (float | Tensor, optional): denominator of the mean.
@@ -593,9 +622,11 @@ class CrossEntropyLoss(BaseLoss):
             Tensor: the weighted loss.
         """
         reduction = self.resolve_reduction(reduction_override)
-        if kwargs:
-            raise TypeError(f'{self.loss_name}: unexpected arguments '
-                            f'{sorted(kwargs)}')
+        # MMDetection's mask criterion takes and ignores extra keywords;
+        # its softmax and sigmoid ones refuse them
+        if kwargs and not self.use_mask:
+            raise LossTypeError(f'{self.loss_name}: unexpected arguments '
+                                f'{sorted(kwargs)}')
         ignore_index = _check_ignore_index(
             self.loss_name,
             self.ignore_index if ignore_index is None else ignore_index)
@@ -648,8 +679,8 @@ class CrossEntropyCustomLoss(CrossEntropyLoss):
                          ignore_index, loss_weight, avg_non_ignore)
         if isinstance(num_classes, bool) or not isinstance(
                 num_classes, Integral) or num_classes <= 0:
-            raise ValueError(f'{self.loss_name}: num_classes must be a '
-                             f'positive int, but got {num_classes!r}')
+            raise LossValueError(f'{self.loss_name}: num_classes must be a '
+                                 f'positive int, but got {num_classes!r}')
         self.num_classes = int(num_classes)
         self.custom_cls_channels = True
         self.custom_activation = True
@@ -658,8 +689,9 @@ class CrossEntropyCustomLoss(CrossEntropyLoss):
     def get_cls_channels(self, num_classes: int) -> int:
         """Classifier channels: ``num_classes + 1`` (softmax) or as given."""
         if num_classes != self.num_classes:
-            raise ValueError(f'{self.loss_name}: the head has {num_classes} '
-                             f'classes but the loss {self.num_classes}')
+            raise LossValueError(
+                f'{self.loss_name}: the head has {num_classes} '
+                f'classes but the loss {self.num_classes}')
         return num_classes if self.use_sigmoid else num_classes + 1
 
     def get_activation(self, cls_score: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..checks import check_float, check_integer_labels, check_tensor
+from ..errors import LossValueError
 from ..registry import MODELS
 
 __all__ = ['normalised_alignment_metrics', 'DDQAuxLoss']
@@ -118,8 +119,9 @@ class DDQAuxLoss(nn.Module):
     ):
         super().__init__()
         if not isinstance(train_cfg, dict) or 'assigner' not in train_cfg:
-            raise ValueError(f'DDQAuxLoss: train_cfg must be a dict with an '
-                             f'assigner, but got {train_cfg!r}')
+            raise LossValueError(
+                f'DDQAuxLoss: train_cfg must be a dict with an '
+                f'assigner, but got {train_cfg!r}')
         self.train_cfg = train_cfg
         self.loss_cls = MODELS.build(loss_cls)
         self.loss_bbox = MODELS.build(loss_bbox)
@@ -212,26 +214,28 @@ class DDQAuxLoss(nn.Module):
         if cls_scores.dim() != 3 or bbox_preds.dim() != 3 or \
                 bbox_preds.shape[:2] != cls_scores.shape[:2] or \
                 bbox_preds.size(-1) != 4:
-            raise ValueError(f'{name}: cls_scores must have shape (B, Q, C) '
-                             f'and bbox_preds (B, Q, 4), but got '
-                             f'{tuple(cls_scores.shape)} and '
-                             f'{tuple(bbox_preds.shape)}')
+            raise LossValueError(
+                f'{name}: cls_scores must have shape (B, Q, C) '
+                f'and bbox_preds (B, Q, 4), but got '
+                f'{tuple(cls_scores.shape)} and '
+                f'{tuple(bbox_preds.shape)}')
         batch = cls_scores.size(0)
         if not (len(gt_bboxes) == len(gt_labels) == len(img_metas) ==
                 batch):
-            raise ValueError(f'{name}: {batch} images of queries but '
-                             f'{len(gt_bboxes)} gt_bboxes, {len(gt_labels)} '
-                             f'gt_labels and {len(img_metas)} img_metas')
+            raise LossValueError(
+                f'{name}: {batch} images of queries but '
+                f'{len(gt_bboxes)} gt_bboxes, {len(gt_labels)} '
+                f'gt_labels and {len(img_metas)} img_metas')
         for boxes, labels in zip(gt_bboxes, gt_labels):
             check_tensor(name, 'gt_bboxes', boxes)
             check_tensor(name, 'gt_labels', labels)
             check_integer_labels(name, labels, 'gt_labels')
             if boxes.dim() != 2 or boxes.size(-1) != 4 or \
                     labels.shape != boxes.shape[:1]:
-                raise ValueError(f'{name}: gt_bboxes must be (G, 4) and '
-                                 f'gt_labels (G,), but got '
-                                 f'{tuple(boxes.shape)} and '
-                                 f'{tuple(labels.shape)}')
+                raise LossValueError(f'{name}: gt_bboxes must be (G, 4) and '
+                                     f'gt_labels (G,), but got '
+                                     f'{tuple(boxes.shape)} and '
+                                     f'{tuple(labels.shape)}')
 
     def loss(self, cls_scores: Tensor, bbox_preds: Tensor,
              gt_bboxes: Sequence[Tensor], gt_labels: Sequence[Tensor],

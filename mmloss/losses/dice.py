@@ -23,7 +23,8 @@ forward (``_dice_value``) takes the per-sample sums with element-wise
 products and row sums in block-sized scratch buffers; the graph keeps only
 the inputs (references) and two numbers per sample; backward
 (``_dice_gradient``) builds the gradient from them, recomputing the
-sigmoid block by block. Sums are taken in float32 at least, with autocast switched off.
+sigmoid block by block. Sums are taken in float32 at least, with autocast
+switched off.
 """
 from numbers import Real
 from typing import Optional, Union
@@ -35,6 +36,7 @@ from ..checks import (REDUCTIONS, check_float, check_positive,
                       check_pred_target, check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_backward
+from ..errors import LossNotImplementedError, LossValueError
 from ..precision import compute_dtype, loss_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
@@ -177,7 +179,7 @@ def _check_inputs(pred: Tensor, target: Tensor, rule: Reduction) -> None:
     if pred.dim() < 2 or target.dim() < 1 or \
             pred.shape[0] != target.shape[0] or \
             pred.numel() != target.numel():
-        raise ValueError(
+        raise LossValueError(
             f'{name}: pred must be (N, *) and target hold the same '
             f'elements per sample, but got {tuple(pred.shape)} and '
             f'{tuple(target.shape)}')
@@ -315,7 +317,9 @@ class DiceLoss(BaseLoss):
 
     Args:
         use_sigmoid (bool): activate with the sigmoid (the only activation
-            defined; with ``activate=True`` it must be True).
+            defined; with ``activate=True`` and ``use_sigmoid=False`` the
+            loss builds but its forward raises ``NotImplementedError``, as
+            in MMDetection).
         activate (bool): activate ``pred`` inside; ``False`` when ``pred``
             already holds probabilities.
         reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
@@ -332,10 +336,8 @@ class DiceLoss(BaseLoss):
                  loss_weight: float = 1.0,
                  eps: float = 1e-3):
         super().__init__(reduction, loss_weight)
-        if activate and not use_sigmoid:
-            # MMDetection raises NotImplementedError at the first forward
-            raise ValueError(f'{self.loss_name}: activate=True needs '
-                             'use_sigmoid=True (softmax is not defined)')
+        # activate=True without use_sigmoid builds, as in MMDetection, and
+        # raises at the call (forward), where MMDetection raises
         self.use_sigmoid = bool(use_sigmoid)
         self.activate = bool(activate)
         self.naive_dice = bool(naive_dice)
@@ -369,6 +371,10 @@ class DiceLoss(BaseLoss):
         """
         reduction = self.reduction if reduction_override is None else \
             self.resolve_reduction(reduction_override)
+        if self.activate and not self.use_sigmoid:
+            raise LossNotImplementedError(
+                f'{self.loss_name}: activate=True needs use_sigmoid=True '
+                '(the softmax form is not defined)')
         rule = Reduction(LOSS_NAME, weight, reduction, avg_factor)
         _check_inputs(pred, target, rule)
         loss = _dice(pred, target, rule, self.eps, self.naive_dice,

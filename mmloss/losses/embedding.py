@@ -43,6 +43,7 @@ from torch import Tensor
 
 from ..checks import check_float, check_positive, check_same_shape
 from ..engine import dispatch
+from ..errors import LossValueError
 from ..precision import compute_dtype
 from ..registry import MODELS
 from .base import BaseLoss
@@ -74,7 +75,7 @@ def corner_match_indices(match: Sequence, height: int, width: int,
                 points = torch.as_tensor(objects, dtype=torch.long)
                 corners[image, :len(objects)] = points.reshape(-1, 4)
             except (TypeError, ValueError, RuntimeError) as error:
-                raise ValueError(
+                raise LossValueError(
                     f'{loss_name}: match[{image}] must be a list of '
                     f'[[tl_y, tl_x], [br_y, br_x]] integer pairs '
                     f'({error})') from None
@@ -85,7 +86,7 @@ def corner_match_indices(match: Sequence, height: int, width: int,
                                   | (xs >= width))
     if bool(outside.any()):
         image, slot, _ = outside.nonzero()[0].tolist()
-        raise ValueError(
+        raise LossValueError(
             f'{loss_name}: match[{image}][{slot}] = '
             f'{corners[image, slot].view(2, 2).tolist()} lies outside the '
             f'embedding maps of size (H, W) = ({height}, {width})')
@@ -129,15 +130,16 @@ def associative_embedding_loss(pred: Tensor, target: Tensor, match: Sequence,
     check_float(loss_name, 'pred', pred)
     check_float(loss_name, 'target', target)
     if pred.dim() != 4:
-        raise ValueError(f'{loss_name}: pred must have shape (B, C, H, W), '
-                         f'but has shape {tuple(pred.shape)}')
+        raise LossValueError(
+            f'{loss_name}: pred must have shape (B, C, H, W), '
+            f'but has shape {tuple(pred.shape)}')
     check_same_shape(loss_name, pred, target)
     if not isinstance(match, Sequence) or len(match) != pred.shape[0]:
         got = len(match) if isinstance(match, Sequence) else \
             type(match).__name__
-        raise ValueError(f'{loss_name}: match must list the objects of '
-                         f'each of the {pred.shape[0]} images of pred '
-                         f'{tuple(pred.shape)}, but got {got}')
+        raise LossValueError(f'{loss_name}: match must list the objects of '
+                             f'each of the {pred.shape[0]} images of pred '
+                             f'{tuple(pred.shape)}, but got {got}')
     top_left, bottom_right, valid = corner_match_indices(
         match, pred.shape[2], pred.shape[3], loss_name)
     device = pred.device

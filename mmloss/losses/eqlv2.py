@@ -14,8 +14,11 @@ next step's BCE::
     w-_j  = q_j                                   weight of a negative
     L_i   = sum_j w_ij * BCE(x_ij, t_ij),  w_ij = w+_j if t_ij = 1 else w-_j
 
-with ``t`` the one-hot of the label. The default reduction is MMDetection's
-``sum_i L_i / N``. After the loss, the gradient magnitudes of this step's
+with ``t`` the one-hot of the label. The module's loss is MMDetection's
+``sum_i L_i / N`` whatever ``weight``, ``avg_factor``, ``reduction`` or
+``reduction_override`` say (MMDetection ignores the four; so does
+:class:`EQLV2Loss`, warning once); :func:`eqlv2_loss` applies them.
+After the loss, the gradient magnitudes of this step's
 BCE, ``|t - sigmoid(x)|`` weighted by ``w``, are added to ``P`` and ``N``
 (classes only, not the objectness). With ``r = 100`` at the start every
 weight is 1.
@@ -24,6 +27,7 @@ Shapes: logits (N, C), labels (N,) in ``[0, C)``. No one-hot target is
 built: the negative formula runs on every entry and the label's entry is
 overwritten by the positive one (:func:`eqlv2_elementwise_loss`).
 """
+import warnings
 from numbers import Integral
 from typing import Optional, Tuple, Union
 
@@ -35,6 +39,7 @@ from torch import Tensor
 from ..checks import (check_float, check_integer_labels, check_label_range,
                       check_positive, check_tensor)
 from ..engine import dispatch
+from ..errors import LossValueError
 from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
@@ -126,17 +131,17 @@ def _check_inputs(loss_name: str, cls_score: Tensor, label: Tensor,
             num_channels is not None and cls_score.size(1) != num_channels):
         channels = 'C' if num_channels is None else \
             f'num_classes + 1 = {num_channels}'
-        raise ValueError(f'{loss_name}: cls_score must have shape (N, '
-                         f'{channels}) and label shape (N,), but got '
-                         f'cls_score {tuple(cls_score.shape)} and label '
-                         f'{tuple(label.shape)}')
+        raise LossValueError(f'{loss_name}: cls_score must have shape (N, '
+                             f'{channels}) and label shape (N,), but got '
+                             f'cls_score {tuple(cls_score.shape)} and label '
+                             f'{tuple(label.shape)}')
     if weight is not None:
         check_tensor(loss_name, 'weight', weight)
         if weight.shape not in (label.shape, cls_score.shape):
-            raise ValueError(f'{loss_name}: weight has shape '
-                             f'{tuple(weight.shape)}, but must be '
-                             f'{tuple(label.shape)} or '
-                             f'{tuple(cls_score.shape)}')
+            raise LossValueError(f'{loss_name}: weight has shape '
+                                 f'{tuple(weight.shape)}, but must be '
+                                 f'{tuple(label.shape)} or '
+                                 f'{tuple(cls_score.shape)}')
     check_label_range(loss_name, label, cls_score.size(1), argument='label')
 
 
@@ -193,9 +198,10 @@ def eqlv2_loss(cls_score: Tensor,
                             ('neg_weight', neg_weight)):
         check_float(name, argument, value)
         if value.shape != cls_score.shape[1:]:
-            raise ValueError(f'{name}: {argument} has shape '
-                             f'{tuple(value.shape)} but cls_score has shape '
-                             f'{tuple(cls_score.shape)}')
+            raise LossValueError(
+                f'{name}: {argument} has shape '
+                f'{tuple(value.shape)} but cls_score has shape '
+                f'{tuple(cls_score.shape)}')
     return _eqlv2_loss(name, cls_score, label, pos_weight, neg_weight,
                        weight, reduction, avg_factor)
 
@@ -208,22 +214,27 @@ class EQLV2Loss(BaseLoss):
 
     Keeps the buffers ``pos_grad``, ``neg_grad`` and ``pos_neg``
     (num_classes,) under MMDetection's names (checkpoints load either way)
-    and updates them after every forward exactly as MMDetection does. The
+    and updates them after every forward exactly as MMDetection does, but
+    for a step with a NaN or Inf score: its loss is non-finite, and it
+    leaves the statistics as they were (in MMDetection it makes them NaN
+    for the rest of training; the check needs no host sync). The
     classifier has ``num_classes + 1`` channels (:meth:`get_channel_num`).
 
-    One difference, on purpose: MMDetection ignores ``weight``,
-    ``avg_factor``, ``reduction`` and ``reduction_override`` (always
-    ``sum / N``). mmloss applies them with MMDetection's usual rules, per
-    sample; with no weight and the default reduction, or with the
-    all-one label weights and ``avg_factor = N`` that a bbox head passes,
-    the value is MMDetection's (to 1e-7). The running statistics do not
-    depend on them, so they evolve as MMDetection's in every call.
+    As MMDetection's, the loss is always ``sum_i L_i / N``: ``weight``,
+    ``avg_factor``, ``reduction``, ``reduction_override``, ``class_weight``
+    and ``use_sigmoid`` are accepted and ignored, so an MMDetection config
+    trains the same. A value that would change the loss if it were used
+    (any ``weight`` or ``avg_factor``, a reduction other than ``'mean'``,
+    a ``class_weight``, ``use_sigmoid`` not True) gives one
+    ``UserWarning`` per module and argument, naming both.
+    :func:`eqlv2_loss` is the functional form that applies them. Where
+    MMDetection's value is not finite (no samples: ``0 / 0``) this gives a
+    0 connected to the graph.
 
     Args:
-        use_sigmoid (bool): must be True.
-        reduction (str): ``'none'``, ``'mean'`` or ``'sum'`` (over samples).
-        class_weight: must be None (MMDetection stores it but never uses
-            it).
+        use_sigmoid (bool): ignored (always sigmoid), as in MMDetection.
+        reduction (str): ignored (always ``sum / N``), as in MMDetection.
+        class_weight: stored and ignored, as in MMDetection.
         loss_weight (float): factor applied to the loss.
         num_classes (int): 1203 for LVIS v1.0, 1230 for LVIS v0.5.
         use_distributed (bool): all-reduce the statistics over processes.
@@ -249,20 +260,23 @@ class EQLV2Loss(BaseLoss):
                  test_with_obj: bool = True) -> None:
         super().__init__(reduction, loss_weight)
         name = self.loss_name
+        #: the arguments already warned about (one warning each)
+        self._warned = set()
         if use_sigmoid is not True:
-            raise ValueError(f'{name}: only the sigmoid form exists, '
-                             f'use_sigmoid must be True, but got '
-                             f'{use_sigmoid!r}')
+            self._warn_ignored('use_sigmoid', use_sigmoid,
+                               'the loss is always the sigmoid form')
         if class_weight is not None:
-            raise ValueError(f'{name}: class_weight is not supported '
-                             f'(MMDetection ignores it), but got '
-                             f'{class_weight!r}')
+            self._warn_ignored('class_weight', class_weight)
+        if reduction != 'mean':
+            self._warn_ignored('reduction', reduction,
+                               'the loss is always sum / N')
         if isinstance(num_classes, bool) or not isinstance(
                 num_classes, Integral) or num_classes <= 0:
-            raise ValueError(f'{name}: num_classes must be a positive int, '
-                             f'but got {num_classes!r}')
+            raise LossValueError(
+                f'{name}: num_classes must be a positive int, '
+                f'but got {num_classes!r}')
         self.use_sigmoid = True
-        self.class_weight = None
+        self.class_weight = class_weight
         self.num_classes = int(num_classes)
         self.use_distributed = bool(use_distributed)
         self.mu = float(mu)
@@ -275,6 +289,20 @@ class EQLV2Loss(BaseLoss):
         self.register_buffer('neg_grad', torch.zeros(self.num_classes))
         self.register_buffer(
             'pos_neg', torch.full((self.num_classes, ), INITIAL_POS_NEG))
+
+    def _warn_ignored(self, argument: str, value, why: str = '') -> None:
+        """One ``UserWarning`` per argument: ``value`` is ignored, as
+        MMDetection ignores it."""
+        if argument in self._warned:
+            return
+        self._warned.add(argument)
+        shown = f'a tensor of shape {tuple(value.shape)}' if isinstance(
+            value, Tensor) else repr(value)
+        warnings.warn(
+            f'{self.loss_name}: {argument}={shown} is ignored, as '
+            f'MMDetection 3.3 ignores it ({why or "it is never used"}); '
+            f'use mmloss.losses.eqlv2.eqlv2_loss to apply it',
+            UserWarning, stacklevel=2)
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, num_classes={self.num_classes}, '
@@ -307,6 +335,11 @@ class EQLV2Loss(BaseLoss):
         """Add this step's gradient magnitudes and refresh ``pos_neg``."""
         positive, negative = eqlv2_gradient_statistics(
             to_dtype(pred, pos_weight.dtype), label, pos_weight, neg_weight)
+        # a non-finite score would make the statistics NaN for good: such a
+        # step adds nothing (a where, not a branch: no host sync)
+        finite = torch.isfinite(pred).all()
+        positive = torch.where(finite, positive, 0.0)
+        negative = torch.where(finite, negative, 0.0)
         if self.use_distributed and dist.is_available() and \
                 dist.is_initialized():
             dist.all_reduce(positive)
@@ -327,21 +360,31 @@ class EQLV2Loss(BaseLoss):
         Args:
             cls_score (Tensor): (N, num_classes + 1) logits.
             label (Tensor): (N,) labels in ``[0, num_classes]``
-                (``num_classes``: the background).
-            weight (Tensor, optional): (N,) or (N, num_classes + 1).
-            avg_factor (float | Tensor, optional): denominator of the mean.
-            reduction_override (str, optional): reduction for this call.
+                (``num_classes``: the background), any integer dtype.
+            weight (Tensor, optional): ignored, as in MMDetection.
+            avg_factor (float | Tensor, optional): ignored, as in
+                MMDetection.
+            reduction_override (str, optional): ``None``, ``'none'``,
+                ``'mean'`` or ``'sum'``; ignored, as in MMDetection.
 
         Returns:
-            Tensor: the loss (per sample (N,) for ``'none'``); float32 for
-            half inputs.
+            Tensor: the scalar loss ``sum_i L_i / N``; float32 for half
+            inputs.
         """
-        reduction = self.resolve_reduction(reduction_override)
-        _check_inputs(self.loss_name, cls_score, label, weight, reduction,
-                      avg_factor, self.num_classes + 1)
+        self.resolve_reduction(reduction_override)  # a valid name at least
+        if weight is not None:
+            self._warn_ignored('weight', weight)
+        if avg_factor is not None:
+            self._warn_ignored('avg_factor', avg_factor,
+                               'the loss is always sum / N')
+        if reduction_override not in (None, 'mean'):
+            self._warn_ignored('reduction_override', reduction_override,
+                               'the loss is always sum / N')
+        _check_inputs(self.loss_name, cls_score, label, None, 'mean', None,
+                      self.num_classes + 1)
         label = label.long()
         pos_weight, neg_weight = self.get_weight(cls_score)
         loss = _eqlv2_loss(self.loss_name, cls_score, label, pos_weight,
-                           neg_weight, weight, reduction, avg_factor)
+                           neg_weight, None, 'mean', None)
         self.collect_grad(cls_score.detach(), label, pos_weight, neg_weight)
         return self.apply_loss_weight(loss)

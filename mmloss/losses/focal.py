@@ -66,6 +66,7 @@ from ..checks import (check_float, check_in_range, check_integer_labels,
                       check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_backward
+from ..errors import LossTypeError, LossValueError
 from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
@@ -89,8 +90,8 @@ def check_focal_params(loss_name: str, gamma, alpha,
     if epsilon is not None and (isinstance(epsilon, bool) or not isinstance(
             epsilon, Real) or epsilon != epsilon
                                 or abs(epsilon) == float('inf')):
-        raise ValueError(f'{loss_name}: epsilon must be a finite number, '
-                         f'but got {epsilon!r}')
+        raise LossValueError(f'{loss_name}: epsilon must be a finite number, '
+                             f'but got {epsilon!r}')
 
 
 def _classification_weight(loss_name: str, weight: Optional[Tensor],
@@ -112,10 +113,10 @@ def _classification_weight(loss_name: str, weight: Optional[Tensor],
         return weight.reshape(num_rows, 1)
     if weight.dim() == 1 and weight.numel() == num_rows * num_classes:
         return weight.reshape(num_rows, num_classes)
-    raise ValueError(f'{loss_name}: weight has shape {shape}, but must be '
-                     f'({num_rows},), ({num_rows}, 1), ({num_rows}, '
-                     f'{num_classes}) or ({num_rows * num_classes},) for '
-                     f'pred of shape ({num_rows}, {num_classes})')
+    raise LossValueError(f'{loss_name}: weight has shape {shape}, but must be '
+                         f'({num_rows},), ({num_rows}, 1), ({num_rows}, '
+                         f'{num_classes}) or ({num_rows * num_classes},) for '
+                         f'pred of shape ({num_rows}, {num_classes})')
 
 
 def _check_pred_target(loss_name: str, pred: Tensor, target: Tensor) -> bool:
@@ -124,16 +125,17 @@ def _check_pred_target(loss_name: str, pred: Tensor, target: Tensor) -> bool:
     check_tensor(loss_name, 'target', target)
     if pred.dim() == target.dim():
         if pred.shape != target.shape:
-            raise ValueError(f'{loss_name}: pred has shape '
-                             f'{tuple(pred.shape)} but target has shape '
-                             f'{tuple(target.shape)}')
+            raise LossValueError(f'{loss_name}: pred has shape '
+                                 f'{tuple(pred.shape)} but target has shape '
+                                 f'{tuple(target.shape)}')
         return False
     if pred.dim() != 2 or target.dim() != 1 or \
             target.shape[0] != pred.shape[0]:
-        raise ValueError(f'{loss_name}: pred must have shape (N, C) and '
-                         f'target shape (N,) (labels) or (N, C) (one-hot or '
-                         f'soft), but got pred {tuple(pred.shape)} and '
-                         f'target {tuple(target.shape)}')
+        raise LossValueError(
+            f'{loss_name}: pred must have shape (N, C) and '
+            f'target shape (N,) (labels) or (N, C) (one-hot or '
+            f'soft), but got pred {tuple(pred.shape)} and '
+            f'target {tuple(target.shape)}')
     check_integer_labels(loss_name, target)
     # num_classes itself is the background index
     check_label_range(loss_name, target, pred.shape[1], high_inclusive=True,
@@ -418,8 +420,9 @@ def poly1_focal_loss(pred: Tensor,
 # ---------------------------------------------------------------------------
 def _check_use_sigmoid(loss_name: str, use_sigmoid) -> bool:
     if use_sigmoid is not True:
-        raise ValueError(f'{loss_name}: only the sigmoid form is supported, '
-                         f'use_sigmoid must be True, but got {use_sigmoid!r}')
+        raise LossValueError(
+            f'{loss_name}: only the sigmoid form is supported, '
+            f'use_sigmoid must be True, but got {use_sigmoid!r}')
     return True
 
 
@@ -476,8 +479,8 @@ class FocalLoss(BaseLoss):
             reduction_override (str, optional): overrides ``reduction``.
         """
         if kwargs:  # named here: Python would name FocalLoss.forward
-            raise TypeError(f'{self.loss_name}: unexpected keyword '
-                            f'arguments {sorted(kwargs)}')
+            raise LossTypeError(f'{self.loss_name}: unexpected keyword '
+                                f'arguments {sorted(kwargs)}')
         reduction = self.resolve_reduction(reduction_override)
         return self.apply_loss_weight(_focal_loss(
             self.loss_name, pred, target, weight, self.gamma, self.alpha,

@@ -25,6 +25,7 @@ from typing import Dict, Optional, Union
 from torch import Tensor
 
 from ..checks import check_float
+from ..errors import LossValueError
 from ..registry import MODELS
 from .base import BaseLoss
 from .cross_entropy import top1_accuracy
@@ -71,13 +72,13 @@ class FocalCustomLoss(BaseLoss):
         self.use_sigmoid = _check_use_sigmoid(self.loss_name, use_sigmoid)
         if isinstance(num_classes, bool) or not isinstance(
                 num_classes, Integral) or num_classes <= 0:
-            raise ValueError(f'{self.loss_name}: num_classes must be a '
-                             f'positive int (the number of classes of the '
-                             f'head), but got {num_classes!r}')
+            raise LossValueError(f'{self.loss_name}: num_classes must be a '
+                                 f'positive int (the number of classes of the '
+                                 f'head), but got {num_classes!r}')
         check_focal_params(self.loss_name, gamma, alpha)
         if activated:
-            raise ValueError(f'{self.loss_name}: activated=True is not '
-                             'supported: pred must hold logits')
+            raise LossValueError(f'{self.loss_name}: activated=True is not '
+                                 'supported: pred must hold logits')
         self.num_classes = int(num_classes)
         self.gamma = gamma
         self.alpha = alpha
@@ -92,8 +93,9 @@ class FocalCustomLoss(BaseLoss):
         """The classifier has ``num_classes`` channels (the head's number
         of classes must be the loss's)."""
         if num_classes != self.num_classes:
-            raise ValueError(f'{self.loss_name}: the head has {num_classes} '
-                             f'classes but the loss {self.num_classes}')
+            raise LossValueError(
+                f'{self.loss_name}: the head has {num_classes} '
+                f'classes but the loss {self.num_classes}')
         return num_classes
 
     def get_activation(self, cls_score: Tensor) -> Tensor:
@@ -132,9 +134,9 @@ class FocalCustomLoss(BaseLoss):
         reduction = self.resolve_reduction(reduction_override)
         check_float(self.loss_name, 'pred', pred)
         if pred.dim() != 2 or pred.size(1) != self.num_classes:
-            raise ValueError(f'{self.loss_name}: pred must have shape (N, '
-                             f'num_classes={self.num_classes}), but has '
-                             f'shape {tuple(pred.shape)}')
+            raise LossValueError(f'{self.loss_name}: pred must have shape (N, '
+                                 f'num_classes={self.num_classes}), but has '
+                                 f'shape {tuple(pred.shape)}')
         # (half inputs: computed in float32, reduced to float32)
         loss = _focal_loss(self.loss_name, pred, target, weight,
                            self.gamma, self.alpha, 0.0, reduction,

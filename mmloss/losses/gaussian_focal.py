@@ -31,6 +31,7 @@ from ..checks import (check_float, check_integer_labels, check_label_range,
                       check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_forward
+from ..errors import LossValueError
 from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction, weighted_total
 from ..registry import MODELS
@@ -276,10 +277,10 @@ def _check_rows(loss_name: str, pos_inds: Tensor, num_rows: int) -> None:
     if not dispatch.tuning(pos_inds).cpu_kernels:
         torch._assert_async(ok, f'{loss_name}: pos_inds out of range')
     elif not bool(ok):
-        raise ValueError(f'{loss_name}: pos_inds holds values in '
-                         f'[{int(low)}, {int(high)}], but pred has '
-                         f'{num_rows} rows (valid: [{-num_rows}, '
-                         f'{num_rows}))')
+        raise LossValueError(f'{loss_name}: pos_inds holds values in '
+                             f'[{int(low)}, {int(high)}], but pred has '
+                             f'{num_rows} rows (valid: [{-num_rows}, '
+                             f'{num_rows}))')
 
 
 def _gaussian_focal_loss_with_pos_inds(loss_name, pred, target, pos_inds,
@@ -288,23 +289,25 @@ def _gaussian_focal_loss_with_pos_inds(loss_name, pred, target, pos_inds,
     rule = Reduction(loss_name, None, reduction, avg_factor).checked()
     _check_inputs(loss_name, pred, target)
     if reduction == 'none':
-        raise ValueError(f"{loss_name}: reduction='none' is not defined with "
-                         f'pos_inds (the positive part has shape (M, 1), '
-                         f'the negative part {tuple(pred.shape)})')
+        raise LossValueError(
+            f"{loss_name}: reduction='none' is not defined with "
+            f'pos_inds (the positive part has shape (M, 1), '
+            f'the negative part {tuple(pred.shape)})')
     if pos_labels is None:
-        raise ValueError(f'{loss_name}: pos_labels must be given with '
-                         f'pos_inds')
+        raise LossValueError(f'{loss_name}: pos_labels must be given with '
+                             f'pos_inds')
     check_tensor(loss_name, 'pos_inds', pos_inds)
     check_tensor(loss_name, 'pos_labels', pos_labels)
     check_integer_labels(loss_name, pos_inds, 'pos_inds')
     check_integer_labels(loss_name, pos_labels, 'pos_labels')
     if pred.dim() != 2 or pos_labels.dim() != 1 or \
             pos_inds.shape != pos_labels.shape:
-        raise ValueError(f'{loss_name}: pred must have shape (N, C) and '
-                         f'pos_inds and pos_labels shape (M,), but got pred '
-                         f'{tuple(pred.shape)}, pos_inds '
-                         f'{tuple(pos_inds.shape)}, pos_labels '
-                         f'{tuple(pos_labels.shape)}')
+        raise LossValueError(
+            f'{loss_name}: pred must have shape (N, C) and '
+            f'pos_inds and pos_labels shape (M,), but got pred '
+            f'{tuple(pred.shape)}, pos_inds '
+            f'{tuple(pos_inds.shape)}, pos_labels '
+            f'{tuple(pos_labels.shape)}')
     _check_rows(loss_name, pos_inds, pred.shape[0])
     check_label_range(loss_name, pos_labels, pred.shape[1],
                       argument='pos_labels')

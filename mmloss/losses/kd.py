@@ -36,6 +36,7 @@ from torch import Tensor
 from ..checks import check_same_shape, check_tensor, check_weight_shape
 from ..engine import dispatch
 from ..engine.functions import gradient_in_backward
+from ..errors import LossTypeError, LossValueError
 from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
@@ -255,12 +256,13 @@ def _kd_loss(loss_name, pred, soft_label, weight, reduction, avg_factor, T,
     check_tensor(loss_name, 'soft_label', soft_label)
     check_same_shape(loss_name, pred, soft_label, ('pred', 'soft_label'))
     if pred.dim() < 2:
-        raise ValueError(f'{loss_name}: pred must have shape (N, C, ...), '
-                         f'but has shape {tuple(pred.shape)}')
+        raise LossValueError(f'{loss_name}: pred must have shape (N, C, ...), '
+                             f'but has shape {tuple(pred.shape)}')
     if not pred.is_floating_point() or not soft_label.is_floating_point():
-        raise TypeError(f'{loss_name}: pred and soft_label must be floating '
-                        f'point, but got {pred.dtype} and '
-                        f'{soft_label.dtype}')
+        raise LossTypeError(
+            f'{loss_name}: pred and soft_label must be floating '
+            f'point, but got {pred.dtype} and '
+            f'{soft_label.dtype}')
     loss_shape = pred.shape[:1] + pred.shape[2:]
     check_weight_shape(loss_name, weight, loss_shape)
     with dispatch.autocast_off(pred):
@@ -309,8 +311,8 @@ class KnowledgeDistillationKLDivLoss(BaseLoss):
                  T: int = 10) -> None:
         super().__init__(reduction, loss_weight)
         if isinstance(T, bool) or not isinstance(T, Real) or not T >= 1:
-            raise ValueError(f'{self.loss_name}: T must be a number >= 1, '
-                             f'but got {T!r}')
+            raise LossValueError(f'{self.loss_name}: T must be a number >= 1, '
+                                 f'but got {T!r}')
         self.T = T
 
     def extra_repr(self) -> str:

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_float, check_integer_labels, check_tensor
+from ..errors import LossValueError
 from ..geometry import aligned_iou
 from ..precision import compute_dtype, to_dtype
 
@@ -137,7 +138,7 @@ def _check_scores_labels(name: str, cls_score: Tensor, labels: Tensor,
             bbox_pred.size(0) != rows or bbox_pred.size(1) % 4 != 0 or \
             bbox_pred.size(1) == 0 or \
             tuple(bbox_targets.shape) != (rows, 4):
-        raise ValueError(
+        raise LossValueError(
             f'{name}: cls_score must have shape (N, C), labels (N,), '
             f'bbox_pred (N, 4) or (N, 4 * C) and bbox_targets (N, 4), but '
             f'got cls_score {tuple(cls_score.shape)}, labels '
@@ -188,29 +189,30 @@ def isr_p(cls_score: Tensor,
     """
     name = 'isr_p'
     if not isinstance(bbox_targets, (tuple, list)) or len(bbox_targets) != 4:
-        raise ValueError(f'{name}: bbox_targets must be a tuple (labels, '
-                         f'label_weights, bbox_targets, bbox_weights), but '
-                         f'got {type(bbox_targets).__name__}')
+        raise LossValueError(
+            f'{name}: bbox_targets must be a tuple (labels, '
+            f'label_weights, bbox_targets, bbox_weights), but '
+            f'got {type(bbox_targets).__name__}')
     labels, label_weights, box_targets, bbox_weights = bbox_targets
     _check_scores_labels(name, cls_score, labels, bbox_pred, box_targets)
     check_float(name, 'label_weights', label_weights)
     check_float(name, 'rois', rois)
     if label_weights.shape != labels.shape or rois.dim() != 2 or \
             rois.size(0) != labels.size(0) or rois.size(1) not in (4, 5):
-        raise ValueError(f'{name}: label_weights must have shape (N,) and '
-                         f'rois (N, 4) or (N, 5) for labels of shape '
-                         f'{tuple(labels.shape)}, but got label_weights '
-                         f'{tuple(label_weights.shape)} and rois '
-                         f'{tuple(rois.shape)}')
+        raise LossValueError(f'{name}: label_weights must have shape (N,) and '
+                             f'rois (N, 4) or (N, 5) for labels of shape '
+                             f'{tuple(labels.shape)}, but got label_weights '
+                             f'{tuple(label_weights.shape)} and rois '
+                             f'{tuple(rois.shape)}')
     pos_inds = ((labels >= 0) & (labels < num_class)).nonzero().reshape(-1)
     if pos_inds.numel() == 0:
         return labels, label_weights, box_targets, bbox_weights
     pos_labels = labels[pos_inds]
     gt_inds = _merged_gt_inds(sampling_results)
     if gt_inds.numel() != pos_inds.numel():
-        raise ValueError(f'{name}: sampling_results assign '
-                         f'{gt_inds.numel()} positives, but labels hold '
-                         f'{pos_inds.numel()} in [0, {num_class})')
+        raise LossValueError(f'{name}: sampling_results assign '
+                             f'{gt_inds.numel()} positives, but labels hold '
+                             f'{pos_inds.numel()} in [0, {num_class})')
 
     # the IoU of each positive's decoded prediction with its decoded target
     pos_rois = rois[pos_inds]

@@ -59,6 +59,7 @@ Deliberate differences from MMDetection 3.3:
 """
 import functools
 import math
+from numbers import Real
 from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -70,6 +71,7 @@ from ..checks import (REDUCTIONS, check_float, check_positive,
                       check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_backward
+from ..errors import LossTypeError, LossValueError, LossZeroDivisionError
 from ..precision import compute_dtype, loss_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
@@ -203,15 +205,17 @@ def _plain(reduce: Reduction, formula: _Formula, dtype: torch.dtype,
         return reduce.apply(formula.elementwise(pred, target))
 
 
-def _flat(tensor: Tensor) -> Tensor:
-    return tensor.reshape(-1)
-
-
 def _weighted_sum(loss: Tensor, weight: Optional[Tensor]) -> Tensor:
-    """``sum(loss * weight)`` of a weight shaped like ``loss`` (fused)."""
+    """``sum(loss * weight)`` of a weight shaped like ``loss`` (fused),
+    the product written over ``loss`` (a temporary of the kernel's).
+
+    torch's pairwise sum, not ``torch.dot``: BLAS sums in float32 one
+    term after another, which drifts (1e-6 relative over a million nearly
+    equal terms; MMDetection's sum does not).
+    """
     if weight is None:
         return loss.sum()
-    return torch.dot(_flat(loss), _flat(weight))
+    return loss.mul_(weight).sum()
 
 
 def _times_weight(slope: Tensor, weight: Optional[Tensor],
@@ -332,6 +336,12 @@ def smooth_l1_loss(pred: Tensor,
 # --------------------------------------------------------------------------
 def _balanced_l1_b(loss_name: str, alpha, gamma, beta) -> float:
     """Validate the parameters; return ``b = e^(gamma / alpha) - 1``."""
+    for argument, value in (('alpha', alpha), ('gamma', gamma)):
+        if isinstance(value, Real) and value == 0:
+            # MMDetection divides by both (ZeroDivisionError)
+            raise LossZeroDivisionError(
+                f'{loss_name}: {argument} must be a number > 0, but got '
+                f'{value!r} (b = e^(gamma / alpha) - 1 divides by both)')
     for argument, value in (('alpha', alpha), ('gamma', gamma),
                             ('beta', beta)):
         check_positive(loss_name, argument, value)
@@ -340,8 +350,9 @@ def _balanced_l1_b(loss_name: str, alpha, gamma, beta) -> float:
     except OverflowError:
         b = math.inf
     if not math.isfinite(b):
-        raise ValueError(f'{loss_name}: gamma / alpha = {gamma / alpha} is '
-                         f'too large (e^(gamma / alpha) overflows)')
+        raise LossValueError(
+            f'{loss_name}: gamma / alpha = {gamma / alpha} is '
+            f'too large (e^(gamma / alpha) overflows)')
     return b
 
 
@@ -428,11 +439,8 @@ def balanced_l1_loss(pred: Tensor,
 # MSE
 # --------------------------------------------------------------------------
 def _mse_value(diff: Tensor, weight: Optional[Tensor], fused: bool) -> Tensor:
-    if fused:
-        # sum(d^2 w) as one dot product, without a d^2 buffer when unweighted
-        return torch.dot(_flat(diff), _flat(
-            diff if weight is None else diff * weight))
-    return diff * diff
+    squares = diff * diff
+    return _weighted_sum(squares, weight) if fused else squares
 
 
 def _mse_slope(diff: Tensor, weight: Optional[Tensor], in_place: bool):
@@ -474,16 +482,17 @@ def mse_loss(pred: Tensor,
 def _reject_kwargs(loss_name: str, kwargs: dict) -> None:
     # MMDetection forwards **kwargs to its loss function, which rejects any
     if kwargs:
-        raise TypeError(f'{loss_name}: unexpected keyword arguments '
-                        f'{sorted(kwargs)}')
+        raise LossTypeError(f'{loss_name}: unexpected keyword arguments '
+                            f'{sorted(kwargs)}')
 
 
 class ElementwiseRegressionLoss(BaseLoss):
     """Shared base of the L1-family modules.
 
-    Subclasses return their formula (checked at construction) from
-    :meth:`formula`; this class resolves the reduction and runs it, with
-    the same input checks and dispatch as the pure functions.
+    Subclasses return their formula from :meth:`formula`, which checks
+    their parameters at the call, where MMDetection checks them; this
+    class resolves the reduction and runs it, with the same input checks
+    and dispatch as the pure functions.
 
     Forward args (as MMDetection's):
         pred (Tensor): prediction, e.g. (N, 4).
@@ -547,10 +556,12 @@ class SmoothL1Loss(ElementwiseRegressionLoss):
                  reduction: str = 'mean',
                  loss_weight: float = 1.0):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
-        self.beta = _check_smooth_l1_beta(self.loss_name, beta)
+        # checked at the call, where MMDetection asserts beta > 0
+        self.beta = float(beta) if isinstance(beta, Real) and not \
+            isinstance(beta, bool) else beta
 
     def formula(self) -> _Formula:
-        return _smooth_l1(self.beta)
+        return _smooth_l1(_check_smooth_l1_beta(self.loss_name, self.beta))
 
     def extra_repr(self) -> str:
         return f'beta={self.beta}, ' + super().extra_repr()
@@ -578,10 +589,11 @@ class BalancedL1Loss(ElementwiseRegressionLoss):
                  reduction: str = 'mean',
                  loss_weight: float = 1.0):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
-        _balanced_l1_b(self.loss_name, alpha, gamma, beta)
+        # checked at the call, where MMDetection fails on them
         self.alpha, self.gamma, self.beta = alpha, gamma, beta
 
     def formula(self) -> _Formula:
+        _balanced_l1_b(self.loss_name, self.alpha, self.gamma, self.beta)
         return _balanced_l1(self.alpha, self.gamma, self.beta)
 
     def extra_repr(self) -> str:

@@ -47,6 +47,7 @@ from torch import Tensor
 from ..checks import (check_float, check_integer_labels, check_label_range,
                       check_positive, check_tensor)
 from ..engine import dispatch
+from ..errors import LossValueError
 from ..precision import compute_dtype, loss_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
@@ -169,9 +170,10 @@ def _check_scores_and_labels(name: str, cls_score: Tensor, labels: Tensor,
     if label_weights is not None:
         check_tensor(name, 'label_weights', label_weights)
         if label_weights.shape != labels.shape:
-            raise ValueError(f'{name}: label_weights has shape '
-                             f'{tuple(label_weights.shape)} but labels has '
-                             f'shape {tuple(labels.shape)}')
+            raise LossValueError(
+                f'{name}: label_weights has shape '
+                f'{tuple(label_weights.shape)} but labels has '
+                f'shape {tuple(labels.shape)}')
 
 
 def seesaw_ce_loss(cls_score: Tensor,
@@ -210,7 +212,7 @@ def seesaw_ce_loss(cls_score: Tensor,
     if cls_score.dim() != 2 or cls_score.size(-1) != num_classes or \
             cum_samples.shape != (num_classes, ) or \
             labels.shape != cls_score.shape[:1]:
-        raise ValueError(
+        raise LossValueError(
             f'{name}: cls_score has shape {tuple(cls_score.shape)}, labels '
             f'{tuple(labels.shape)} and cum_samples '
             f'{tuple(cum_samples.shape)}, but num_classes is {num_classes} '
@@ -258,12 +260,12 @@ class SeesawLoss(BaseLoss):
                  return_dict: bool = True) -> None:
         super().__init__(reduction, loss_weight)
         if use_sigmoid:
-            raise ValueError(f'{self.loss_name}: use_sigmoid=True is not '
-                             'supported, only softmax')
+            raise LossValueError(f'{self.loss_name}: use_sigmoid=True is not '
+                                 'supported, only softmax')
         if isinstance(num_classes, bool) or not isinstance(
                 num_classes, Integral) or num_classes <= 0:
-            raise ValueError(f'{self.loss_name}: num_classes must be a '
-                             f'positive int, but got {num_classes!r}')
+            raise LossValueError(f'{self.loss_name}: num_classes must be a '
+                                 f'positive int, but got {num_classes!r}')
         self.use_sigmoid = False
         self.p = check_positive(self.loss_name, 'p', p, allow_zero=True)
         self.q = check_positive(self.loss_name, 'q', q, allow_zero=True)
@@ -296,7 +298,7 @@ class SeesawLoss(BaseLoss):
     def _split_cls_score(self, cls_score: Tensor) -> Tuple[Tensor, Tensor]:
         """(..., C + 2) -> class logits (..., C), objectness (..., 2)."""
         if cls_score.size(-1) != self.num_classes + 2:
-            raise ValueError(
+            raise LossValueError(
                 f'{self.loss_name}: cls_score must have num_classes + 2 = '
                 f'{self.num_classes + 2} channels, but has shape '
                 f'{tuple(cls_score.shape)}')
@@ -305,8 +307,9 @@ class SeesawLoss(BaseLoss):
     def get_cls_channels(self, num_classes: int) -> int:
         """The classifier needs ``num_classes + 2`` channels."""
         if num_classes != self.num_classes:
-            raise ValueError(f'{self.loss_name}: the head has {num_classes} '
-                             f'classes but the loss {self.num_classes}')
+            raise LossValueError(
+                f'{self.loss_name}: the head has {num_classes} '
+                f'classes but the loss {self.num_classes}')
         return num_classes + 2
 
     def get_activation(self, cls_score: Tensor) -> Tensor:
@@ -338,14 +341,15 @@ class SeesawLoss(BaseLoss):
         _check_scores_and_labels(name, cls_score, labels, label_weights,
                                  reduction, avg_factor)
         if cls_score.dim() != 2 or cls_score.size(1) != self.num_classes + 2:
-            raise ValueError(
+            raise LossValueError(
                 f'{name}: cls_score must have shape (N, num_classes + 2 = '
                 f'{self.num_classes + 2}), but has shape '
                 f'{tuple(cls_score.shape)}')
         if labels.shape != cls_score.shape[:1]:
-            raise ValueError(f'{name}: cls_score has shape '
-                             f'{tuple(cls_score.shape)} but labels has shape '
-                             f'{tuple(labels.shape)}')
+            raise LossValueError(
+                f'{name}: cls_score has shape '
+                f'{tuple(cls_score.shape)} but labels has shape '
+                f'{tuple(labels.shape)}')
         check_label_range(name, to_dtype(labels, torch.int64),
                           self.num_classes, high_inclusive=True,
                           argument='labels')

@@ -42,14 +42,14 @@ not finite, raises, or mutates the caller's tensors):
 
 * ``L2Loss``/``MarginL2Loss`` never write into ``pred``, ``target`` or
   ``weight`` (MMDetection marks targets and subtracts margins in place,
-  which also fails for a leaf ``pred`` that requires grad).
-  ``reduction='sum'`` returns the weighted sum (MMDetection always passes
-  its own ``avg_factor`` and so raises for ``'sum'``), and an explicit
-  ``avg_factor`` is used as the mean's denominator (MMDetection silently
-  replaces it by the number of positive weights, which stays the
-  default). Random negative sampling draws from torch's generator
-  (MMDetection's from NumPy's), so sampled results agree in distribution,
-  not draw by draw; hard mining is deterministic and agrees.
+  which also fails for a leaf ``pred`` that requires grad). Random
+  negative sampling draws from torch's generator (MMDetection's from
+  NumPy's), so sampled results agree in distribution, not draw by draw;
+  hard mining is deterministic and agrees. As in MMDetection, the modules
+  ignore a passed ``avg_factor`` (the mean always divides by the number of
+  positive weights; a ``UserWarning`` says so, once per module) and refuse
+  ``reduction='sum'`` (MMDetection raises there, as it always passes its
+  own ``avg_factor``); :func:`margin_l2_loss` takes both.
 * ``MultiPosCrossEntropyLoss`` ignores elements whose label is neither
   ``0`` nor ``>= 1`` (negative "ignore" labels); MMDetection counts such
   an element as both a positive and a negative of similarity 0.
@@ -65,6 +65,7 @@ not finite, raises, or mutates the caller's tensors):
   furthest positive of exactly ``1e-6`` (itself), where MMDetection's is
   that round-off.
 """
+import warnings
 from numbers import Real
 from typing import Optional, Union
 
@@ -75,6 +76,7 @@ from torch import Tensor
 from ..checks import (check_float, check_same_shape, check_tensor,
                       check_weight_shape)
 from ..engine import dispatch
+from ..errors import LossNotImplementedError, LossValueError
 from ..precision import compute_dtype, restore_loss
 from ..reduction import Reduction
 from ..registry import MODELS
@@ -88,8 +90,8 @@ __all__ = [
 
 def _check_number(loss_name: str, argument: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f'{loss_name}: {argument} must be a number, but '
-                         f'got {value!r}')
+        raise LossValueError(f'{loss_name}: {argument} must be a number, but '
+                             f'got {value!r}')
     return value
 
 
@@ -184,16 +186,23 @@ class MarginL2Loss(BaseLoss):
     """L2 loss with margins and hard negative mining (MMDetection 3.3's
     twin, QDTrack's ``loss_track_aux``); see :func:`margin_l2_loss`.
 
+    As MMDetection's: ``'mean'`` divides by the number of positive weights
+    after mining, always (a passed ``avg_factor`` is ignored, with one
+    ``UserWarning`` per module), ``'none'`` gives the element-wise loss,
+    and ``'sum'`` raises (MMDetection passes its own ``avg_factor``, which
+    ``'sum'`` refuses); :func:`margin_l2_loss` takes both.
+
     Args:
         neg_pos_ub (int): most negatives per positive (``-1``: all).
         pos_margin (float): margin on positive similarities (``> 0``).
         neg_margin (float): margin on negative similarities (``> 0``).
         hard_mining (bool): keep the hardest negatives, else random ones.
-        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        reduction (str): ``'none'`` or ``'mean'`` (``'sum'`` raises at the
+            forward, as in MMDetection).
         loss_weight (float): factor on the loss.
 
     Forward: ``(pred, target, weight=None, avg_factor=None,
-    reduction_override=None)``.
+    reduction_override=None)``; ``avg_factor`` is ignored.
 
     Paper: Pang et al., "Quasi-Dense Similarity Learning for Multiple Object Tracking", CVPR 2021, https://arxiv.org/abs/2006.06664
     """
@@ -213,6 +222,7 @@ class MarginL2Loss(BaseLoss):
         self.neg_margin = _check_number(self.loss_name, 'neg_margin',
                                         neg_margin)
         self.hard_mining = bool(hard_mining)
+        self._warned_avg_factor = False
 
     def forward(self,
                 pred: Tensor,
@@ -220,9 +230,26 @@ class MarginL2Loss(BaseLoss):
                 weight: Optional[Tensor] = None,
                 avg_factor: Optional[Union[float, Tensor]] = None,
                 reduction_override: Optional[str] = None) -> Tensor:
+        reduction = self.resolve_reduction(reduction_override)
+        if reduction == 'sum':
+            raise LossValueError(
+                f'{self.loss_name}: reduction "sum" is not defined: the '
+                f'loss always averages by the number of positive weights '
+                f'(an avg_factor, which "sum" refuses, as in MMDetection '
+                f'3.3); use "mean" or "none"')
+        if avg_factor is not None and not self._warned_avg_factor:
+            self._warned_avg_factor = True
+            shown = f'a tensor of shape {tuple(avg_factor.shape)}' \
+                if isinstance(avg_factor, Tensor) else repr(avg_factor)
+            warnings.warn(
+                f'{self.loss_name}: avg_factor={shown} is ignored, as '
+                f'MMDetection 3.3 ignores it (the mean always divides by '
+                f'the number of positive weights); use '
+                f'mmloss.functional.margin_l2_loss to apply it',
+                UserWarning, stacklevel=2)
         loss = margin_l2_loss(
-            pred, target, weight, self.resolve_reduction(reduction_override),
-            avg_factor, neg_pos_ub=self.neg_pos_ub,
+            pred, target, weight, reduction, None,
+            neg_pos_ub=self.neg_pos_ub,
             pos_margin=self.pos_margin, neg_margin=self.neg_margin,
             hard_mining=self.hard_mining, loss_name=self.loss_name)
         return self.apply_loss_weight(loss)
@@ -278,8 +305,8 @@ def multi_pos_cross_entropy(pred: Tensor,
     check_float(loss_name, 'pred', pred)
     check_tensor(loss_name, 'label', label)
     if pred.dim() != 2:
-        raise ValueError(f'{loss_name}: pred must have shape (N, M), but '
-                         f'has shape {tuple(pred.shape)}')
+        raise LossValueError(f'{loss_name}: pred must have shape (N, M), but '
+                             f'has shape {tuple(pred.shape)}')
     check_same_shape(loss_name, pred, label, ('pred', 'label'))
     check_weight_shape(loss_name, weight, pred.shape[:1])
     rule = Reduction(loss_name, weight, reduction, avg_factor).checked()
@@ -355,10 +382,10 @@ def triplet_loss(inputs: Tensor,
     check_float(loss_name, 'inputs', inputs)
     check_tensor(loss_name, 'targets', targets)
     if inputs.dim() != 2 or targets.shape != inputs.shape[:1]:
-        raise ValueError(f'{loss_name}: inputs must have shape (B, D) and '
-                         f'targets shape (B,), but got '
-                         f'{tuple(inputs.shape)} and '
-                         f'{tuple(targets.shape)}')
+        raise LossValueError(f'{loss_name}: inputs must have shape (B, D) and '
+                             f'targets shape (B,), but got '
+                             f'{tuple(inputs.shape)} and '
+                             f'{tuple(targets.shape)}')
     rule = Reduction(loss_name, None, reduction).checked()
     dtype = compute_dtype(inputs)
     with dispatch.autocast_off(inputs):
@@ -394,7 +421,8 @@ class TripletLoss(BaseLoss):
         margin (float): the ranking margin.
         loss_weight (float): factor on the loss.
         hard_mining (bool): must be True (the only variant MMDetection
-            implements).
+            implements; with False the loss builds and its forward raises
+            ``NotImplementedError``, as in MMDetection).
 
     Forward: ``(inputs, targets)``, features (B, D) and identities (B,);
     returns the mean over anchors.
@@ -408,13 +436,15 @@ class TripletLoss(BaseLoss):
                  hard_mining=True):
         super().__init__('mean', loss_weight)
         self.margin = _check_number(self.loss_name, 'margin', margin)
-        if not hard_mining:
-            raise NotImplementedError(
-                f'{self.loss_name}: hard_mining=False is not implemented '
-                f'(nor in MMDetection); use hard_mining=True')
-        self.hard_mining = True
+        # hard_mining=False builds and raises at the forward, as in
+        # MMDetection
+        self.hard_mining = bool(hard_mining)
 
     def forward(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        if not self.hard_mining:
+            raise LossNotImplementedError(
+                f'{self.loss_name}: hard_mining=False is not implemented '
+                f'(nor in MMDetection); use hard_mining=True')
         return self.apply_loss_weight(
             triplet_loss(inputs, targets, self.margin,
                          loss_name=self.loss_name))

@@ -53,7 +53,9 @@ call), so second derivatives are exact with the weights held constant.
 Deliberate differences from MMDetection 3.3:
 
 * ``reduction='sum'`` returns ``sum(w * L)``; MMDetection raises because it
-  always passes its normaliser as ``avg_factor``.
+  always passes its normaliser as ``avg_factor``. ``'sum'`` with an
+  ``avg_factor`` (which both ignore otherwise) raises here too, the
+  ``ValueError`` of every mmloss loss.
 * GHM-C with integer labels: labels must lie in ``[0, num_classes]``
   (``num_classes`` is background); MMDetection silently treats any other
   value as background. The check reads the labels on the CPU and is queued

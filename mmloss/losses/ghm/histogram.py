@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ...checks import (check_float, check_in_range, check_tensor,
                        check_weight_shape)
+from ...errors import LossTypeError, LossValueError
 
 __all__ = ['ghm_edges', 'gradient_bin_index', 'harmonized_bin_weights']
 
@@ -90,8 +91,9 @@ def gradient_bin_index(g: Tensor, bins: int, top: float,
     if valid is not None:
         check_tensor(name, 'valid', valid)
         if valid.dtype != torch.bool:
-            raise TypeError(f'{name}: valid must be a bool tensor, but has '
-                            f'dtype {valid.dtype}')
+            raise LossTypeError(
+                f'{name}: valid must be a bool tensor, but has '
+                f'dtype {valid.dtype}')
         check_weight_shape(name, valid, g.shape, 'valid')
     slot = _bin_slot(g, bins, top, valid)
     # slot 0 (non-finite) is excluded too; slot b + 1 is bin b
@@ -150,8 +152,9 @@ def harmonized_bin_weights(index: Tensor, bins: int, tot: Tensor,
     check_tensor(name, 'index', index)
     if index.is_floating_point() or index.is_complex() or \
             index.dtype == torch.bool:
-        raise TypeError(f'{name}: index must hold integer bin indices, but '
-                        f'has dtype {index.dtype}')
+        raise LossTypeError(
+            f'{name}: index must hold integer bin indices, but '
+            f'has dtype {index.dtype}')
     check_tensor(name, 'tot', tot)
     _check_statistics(name, bins, momentum, acc_sum)
     slot = index.long().clamp(0, bins) + 1
@@ -212,8 +215,8 @@ def _bin_weights_of(g: Tensor, valid: Tensor, bins: int, top: float,
 
 def _check_bins(loss_name: str, bins) -> int:
     if isinstance(bins, bool) or not isinstance(bins, Integral) or bins < 1:
-        raise ValueError(f'{loss_name}: bins must be an integer >= 1, but '
-                         f'got {bins!r}')
+        raise LossValueError(f'{loss_name}: bins must be an integer >= 1, but '
+                             f'got {bins!r}')
     return int(bins)
 
 
@@ -223,10 +226,10 @@ def _check_statistics(loss_name: str, bins, momentum,
     check_in_range(loss_name, 'momentum', momentum, 0.0, 1.0)
     if momentum > 0:
         if acc_sum is None:
-            raise ValueError(f'{loss_name}: momentum > 0 needs acc_sum')
+            raise LossValueError(f'{loss_name}: momentum > 0 needs acc_sum')
         # float: an integer buffer would truncate the moving averages
         check_float(loss_name, 'acc_sum', acc_sum)
         if acc_sum.shape != (bins, ):
-            raise ValueError(f'{loss_name}: acc_sum must have shape '
-                             f'({bins},), but has shape '
-                             f'{tuple(acc_sum.shape)}')
+            raise LossValueError(f'{loss_name}: acc_sum must have shape '
+                                 f'({bins},), but has shape '
+                                 f'{tuple(acc_sum.shape)}')

@@ -6,7 +6,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ...checks import check_in_range, check_positive
+from ...checks import check_avg_factor, check_in_range, check_positive
+from ...errors import LossNotImplementedError
 from ...registry import MODELS
 from ..base import BaseLoss
 from .functions import _check_ghmc_inputs, _check_ghmr_inputs, _ghmc, _ghmr
@@ -98,8 +99,10 @@ class GHMC(_HarmonizedLoss):
                  loss_weight=1.0,
                  reduction='mean'):
         if use_sigmoid is not True:
-            raise ValueError(f'GHMC: only use_sigmoid=True is supported, but '
-                             f'got use_sigmoid={use_sigmoid!r}')
+            # NotImplementedError at construction, as MMDetection's
+            raise LossNotImplementedError(
+                f'GHMC: only use_sigmoid=True is supported, but '
+                f'got use_sigmoid={use_sigmoid!r}')
         super().__init__(bins, momentum, loss_weight, reduction)
 
     def forward(self,
@@ -116,12 +119,16 @@ class GHMC(_HarmonizedLoss):
             label_weight (Tensor): (N,) or (N, C); ``> 0`` marks valid.
             reduction_override (str, optional): overrides ``reduction``.
             **kwargs: ignored (heads pass ``avg_factor``; GHM-C normalises
-                by its own count of valid elements, as MMDetection's does).
+                by its own count of valid elements, as MMDetection's does),
+                except that ``avg_factor`` with ``'sum'`` raises, as
+                MMDetection's ``'sum'`` does.
 
         Returns:
             Tensor: the loss times ``loss_weight``.
         """
         reduction = self.resolve_reduction(reduction_override)
+        if kwargs.get('avg_factor') is not None:
+            check_avg_factor(self.loss_name, reduction, kwargs['avg_factor'])
         with_labels = _check_ghmc_inputs(pred, target, label_weight,
                                          reduction)
         return self.apply_loss_weight(_ghmc(
@@ -171,13 +178,16 @@ class GHMR(_HarmonizedLoss):
             label_weight (Tensor): shaped like ``pred``; ``> 0`` marks
                 valid elements.
             avg_factor: ignored, as by MMDetection (GHM-R normalises by
-                ``sum(label_weight)``); heads pass it.
+                ``sum(label_weight)``); heads pass it. With ``'sum'`` it
+                raises, as MMDetection's ``'sum'`` does.
             reduction_override (str, optional): overrides ``reduction``.
 
         Returns:
             Tensor: the loss times ``loss_weight``.
         """
         reduction = self.resolve_reduction(reduction_override)
+        if avg_factor is not None:
+            check_avg_factor(self.loss_name, reduction, avg_factor)
         _check_ghmr_inputs(pred, target, label_weight, reduction)
         return self.apply_loss_weight(_ghmr(
             pred, target, label_weight, self.mu, self.bins, self.momentum,

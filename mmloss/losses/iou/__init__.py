@@ -61,7 +61,8 @@ has no defined result):
 * Extensions where mmdet raises or misbehaves: boxes with leading
   dimensions (..., 4); ``BoundedIoULoss`` also takes per-box weights (n,),
   broadcast over the four coordinates (mmdet needs (n, 4)); unexpected
-  keyword arguments raise ``TypeError``; asserts are ``ValueError``s.
+  keyword arguments raise ``TypeError``; asserts are ``ValueError``s
+  that are also ``AssertionError``s (:mod:`mmloss.errors`).
 * Gradients where mmdet's are NaN/Inf at a degenerate point (e.g. SIoU with
   a zero-size enclosing box and no centre offset) are 0 in the fast paths.
 * Non-finite input stays non-finite: an Inf or NaN coordinate gives NaN

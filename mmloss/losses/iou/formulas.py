@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ... import geometry as geo
+from ...errors import LossValueError
 
 IOU_MODES = ('iou', 'giou', 'diou', 'ciou')
 #: the variants Inner-IoU / Focaler-IoU apply to
@@ -71,8 +72,8 @@ def terms(pred: Tensor, target: Tensor, mode: str, eps: float):
     if mode == 'ciou':
         v = geo.aspect_consistency(pred, target, eps)
         return iou, penalty + ciou_weight(iou, v) * v
-    raise ValueError(f'iou_terms: mode must be one of {IOU_MODES}, '
-                     f'but got {mode!r}')
+    raise LossValueError(f'iou_terms: mode must be one of {IOU_MODES}, '
+                         f'but got {mode!r}')
 
 
 def focaler(iou: Tensor, low: float, high: float) -> Tensor:

@@ -25,6 +25,7 @@ from ... import geometry as geo
 from ...checks import (check_box_shape, check_float, check_tensor,
                        check_weight_shape)
 from ...engine import dispatch, rowwise
+from ...errors import LossValueError
 from ...precision import restore_dtype, restore_loss, upcast
 from ...reduction import Reduction
 from . import cores
@@ -212,8 +213,8 @@ def iou_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
         warnings.warn('iou_loss: linear=True is deprecated, use '
                       "mode='linear'", DeprecationWarning)
     if mode not in F.SCALE_MODES:
-        raise ValueError(f'iou_loss: mode must be one of {F.SCALE_MODES}, '
-                         f'but got {mode!r}')
+        raise LossValueError(f'iou_loss: mode must be one of {F.SCALE_MODES}, '
+                             f'but got {mode!r}')
     return _box_loss('IoULoss', cores.iou_core, F.plain_iou_loss, pred,
                      target, reduce, fast, (mode, eps))
 
@@ -423,8 +424,8 @@ def variant_iou_loss(pred: Tensor, target: Tensor,
     name = 'VariantIoULoss'
     reduce = checked_call(name, pred, target, weight, reduction, avg_factor)
     if mode not in F.VARIANT_MODES:
-        raise ValueError(f'{name}: mode must be one of {F.VARIANT_MODES}, '
-                         f'but got {mode!r}')
+        raise LossValueError(f'{name}: mode must be one of {F.VARIANT_MODES}, '
+                             f'but got {mode!r}')
     with dispatch.autocast_off(pred):
         fast = fast and dispatch.use_fast(name, pred, target,
                                           rows=pred.shape[:-1].numel())

@@ -13,6 +13,7 @@ from torch import Tensor
 from ... import geometry as geo
 from ...checks import check_in_range, check_positive, check_weight_shape
 from ...engine import dispatch
+from ...errors import LossTypeError, LossValueError
 from ...precision import compute_dtype, restore_loss, to_dtype, upcast
 from ...reduction import Reduction
 from ...registry import MODELS
@@ -127,8 +128,8 @@ class IoUFamilyLoss(BaseLoss):
     def call_kwargs(self, kwargs: dict) -> dict:
         """Per-call keyword arguments; the mmdet twins take none."""
         if kwargs:
-            raise TypeError(f'{self.loss_name}: unexpected keyword '
-                            f'argument(s) {sorted(kwargs)}')
+            raise LossTypeError(f'{self.loss_name}: unexpected keyword '
+                                f'argument(s) {sorted(kwargs)}')
         return {}
 
     def extra_repr(self) -> str:
@@ -158,8 +159,9 @@ class IoULoss(IoUFamilyLoss):
         super().__init__(eps=eps, reduction=reduction,
                          loss_weight=loss_weight)
         if mode not in F.SCALE_MODES:
-            raise ValueError(f'IoULoss: mode must be one of {F.SCALE_MODES}, '
-                             f'but got {mode!r}')
+            raise LossValueError(
+                f'IoULoss: mode must be one of {F.SCALE_MODES}, '
+                f'but got {mode!r}')
         if linear:
             mode = 'linear'
             warnings.warn("IoULoss: linear=True is deprecated, use "
@@ -236,8 +238,8 @@ class SIoULoss(IoUFamilyLoss):
         super().__init__(eps=eps, reduction=reduction,
                          loss_weight=loss_weight)
         if not isinstance(neg_gamma, bool):
-            raise TypeError(f'SIoULoss: neg_gamma must be a bool, but got '
-                            f'{neg_gamma!r}')
+            raise LossTypeError(f'SIoULoss: neg_gamma must be a bool, but got '
+                                f'{neg_gamma!r}')
         self.neg_gamma = neg_gamma
 
     def loss_kwargs(self) -> dict:
@@ -273,8 +275,8 @@ class BoundedIoULoss(IoUFamilyLoss):
 
 def _check_mode(name: str, mode: str, modes=F.IOU_MODES) -> str:
     if mode not in modes:
-        raise ValueError(f'{name}: mode must be one of {modes}, but got '
-                         f'{mode!r}')
+        raise LossValueError(f'{name}: mode must be one of {modes}, but got '
+                             f'{mode!r}')
     return mode
 
 
@@ -282,14 +284,14 @@ def _check_focaler(name: str, focaler):
     if focaler is None:
         return None
     if not isinstance(focaler, (tuple, list)) or len(focaler) != 2:
-        raise ValueError(f'{name}: focaler must be a pair (d, u), but got '
-                         f'{focaler!r}')
+        raise LossValueError(f'{name}: focaler must be a pair (d, u), but got '
+                             f'{focaler!r}')
     low = check_in_range(name, 'focaler[0]', focaler[0], 0, 1)
     high = check_in_range(name, 'focaler[1]', focaler[1], 0, 1,
                           high_inclusive=True)
     if not low < high:
-        raise ValueError(f'{name}: focaler must have d < u, but got '
-                         f'{focaler!r}')
+        raise LossValueError(f'{name}: focaler must have d < u, but got '
+                             f'{focaler!r}')
     return (float(low), float(high))
 
 
@@ -378,8 +380,9 @@ class MPDIoULoss(IoUFamilyLoss):
         super().__init__(eps=eps, reduction=reduction,
                          loss_weight=loss_weight)
         if not isinstance(img_size, (tuple, list)) or len(img_size) != 2:
-            raise ValueError(f'MPDIoULoss: img_size must be a pair (width, '
-                             f'height), but got {img_size!r}')
+            raise LossValueError(
+                f'MPDIoULoss: img_size must be a pair (width, '
+                f'height), but got {img_size!r}')
         self.img_size = tuple(
             check_positive(self.loss_name, 'img_size', float(s))
             for s in img_size)
@@ -394,12 +397,13 @@ class MPDIoULoss(IoUFamilyLoss):
             img_size = self.img_size
         elif isinstance(img_size, Tensor):
             if img_size.shape[-1:] != (2, ):
-                raise ValueError(f'MPDIoULoss: img_size must have shape '
-                                 f'(..., 2), but has shape '
-                                 f'{tuple(img_size.shape)}')
+                raise LossValueError(f'MPDIoULoss: img_size must have shape '
+                                     f'(..., 2), but has shape '
+                                     f'{tuple(img_size.shape)}')
         elif not isinstance(img_size, (tuple, list)) or len(img_size) != 2:
-            raise ValueError(f'MPDIoULoss: img_size must be a pair (width, '
-                             f'height), but got {img_size!r}')
+            raise LossValueError(
+                f'MPDIoULoss: img_size must be a pair (width, '
+                f'height), but got {img_size!r}')
         return dict(img_size=img_size)
 
 
@@ -471,8 +475,8 @@ class WiseIoULoss(IoUFamilyLoss):
         super().__init__(eps=eps, reduction=reduction,
                          loss_weight=loss_weight)
         if version not in WISE_VERSIONS:
-            raise ValueError(f'WiseIoULoss: version must be one of '
-                             f'{WISE_VERSIONS}, but got {version!r}')
+            raise LossValueError(f'WiseIoULoss: version must be one of '
+                                 f'{WISE_VERSIONS}, but got {version!r}')
         self.version = version
         self.alpha = check_positive(self.loss_name, 'alpha', alpha)
         self.delta = check_positive(self.loss_name, 'delta', delta)
@@ -480,8 +484,9 @@ class WiseIoULoss(IoUFamilyLoss):
         self.momentum = check_in_range(self.loss_name, 'momentum', momentum,
                                        0, 1, high_inclusive=True)
         if momentum == 0:
-            raise ValueError('WiseIoULoss: momentum must lie in (0, 1], but '
-                             'got 0')
+            raise LossValueError(
+                'WiseIoULoss: momentum must lie in (0, 1], but '
+                'got 0')
         self.register_buffer('running_mean', torch.ones(()))
 
     def loss_kwargs(self) -> dict:

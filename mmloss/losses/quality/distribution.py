@@ -11,6 +11,7 @@ from torch import Tensor
 from ...checks import check_tensor, check_weight_shape
 from ...engine import dispatch
 from ...engine.functions import gradient_in_forward
+from ...errors import LossTypeError, LossValueError
 from ...precision import compute_dtype, restore_loss, to_dtype
 from ...reduction import Reduction
 from ..cross_entropy import accurate_neg_log
@@ -56,9 +57,10 @@ def _check_distances(loss_name: str, label: Tensor, last: int) -> None:
     if dispatch.tuning(label).cpu_kernels:
         # one read of one flag (the bounds are read only to report them)
         if not bool((low >= 0) & (high <= last)):
-            raise ValueError(f'{loss_name}: target must lie in [0, {last}] '
-                             f'for pred with {last + 1} bins, but got values '
-                             f'in [{float(low)}, {float(high)}]')
+            raise LossValueError(
+                f'{loss_name}: target must lie in [0, {last}] '
+                f'for pred with {last + 1} bins, but got values '
+                f'in [{float(low)}, {float(high)}]')
     else:
         torch._assert_async((low >= 0) & (high <= last),
                             f'{loss_name}: target out of [0, {last}]')
@@ -70,13 +72,15 @@ def _distribution_focal_loss(loss_name, pred, label, weight, reduction,
     _check_float_pred(loss_name, pred)
     check_tensor(loss_name, 'target', label)
     if pred.dim() != 2 or label.shape != (pred.shape[0], ):
-        raise ValueError(f'{loss_name}: pred must have shape (N, n + 1) and '
-                         f'target shape (N,), but got pred '
-                         f'{tuple(pred.shape)} and target '
-                         f'{tuple(label.shape)}')
+        raise LossValueError(
+            f'{loss_name}: pred must have shape (N, n + 1) and '
+            f'target shape (N,), but got pred '
+            f'{tuple(pred.shape)} and target '
+            f'{tuple(label.shape)}')
     if label.dtype == torch.bool or label.dtype.is_complex:
-        raise TypeError(f'{loss_name}: target must hold real distances, but '
-                        f'has dtype {label.dtype}')
+        raise LossTypeError(
+            f'{loss_name}: target must hold real distances, but '
+            f'has dtype {label.dtype}')
     _check_distances(loss_name, label, pred.shape[1] - 1)
     check_weight_shape(loss_name, weight, label.shape)
     with dispatch.autocast_off(pred):

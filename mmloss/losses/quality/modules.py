@@ -10,6 +10,7 @@ from typing import Optional
 from torch import Tensor
 
 from ...checks import check_positive
+from ...errors import LossTypeError
 from ...registry import MODELS
 from ..base import BaseLoss
 from ..focal import _check_use_sigmoid
@@ -49,8 +50,8 @@ class _QualityFamilyLoss(BaseLoss):
         module's function); ``reduction_override`` overrides
         ``reduction``."""
         if kwargs:  # named here: Python would name this shared forward
-            raise TypeError(f'{self.loss_name}: unexpected keyword '
-                            f'arguments {sorted(kwargs)}')
+            raise LossTypeError(f'{self.loss_name}: unexpected keyword '
+                                f'arguments {sorted(kwargs)}')
         reduction = self.resolve_reduction(reduction_override)
         return self.apply_loss_weight(type(self).loss_function(
             self.loss_name, pred, target, weight, reduction=reduction,

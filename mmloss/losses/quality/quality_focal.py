@@ -17,6 +17,7 @@ from ...checks import (check_integer_labels, check_label_range,
                        check_tensor, check_weight_shape)
 from ...engine import dispatch
 from ...engine.functions import gradient_in_forward
+from ...errors import LossTypeError, LossValueError
 from ...precision import compute_dtype, restore_loss, to_dtype
 from ...reduction import Reduction
 from ..focal_kernels import (probability_cross_entropy,
@@ -167,29 +168,30 @@ def _check_quality_inputs(loss_name, pred, target, weight, reduction,
     _check_float_pred(loss_name, pred)
     if isinstance(target, Tensor):
         if pred.shape != target.shape:
-            raise ValueError(f'{loss_name}: pred has shape '
-                             f'{tuple(pred.shape)} but target has shape '
-                             f'{tuple(target.shape)}')
+            raise LossValueError(f'{loss_name}: pred has shape '
+                                 f'{tuple(pred.shape)} but target has shape '
+                                 f'{tuple(target.shape)}')
         if pred.dim() < 2:
-            raise ValueError(f'{loss_name}: pred must have shape (N, C, ...) '
-                             f'but has shape {tuple(pred.shape)}')
+            raise LossValueError(
+                f'{loss_name}: pred must have shape (N, C, ...) '
+                f'but has shape {tuple(pred.shape)}')
         check_weight_shape(loss_name, weight,
                            pred.shape[:1] + pred.shape[2:])
         return
     if not isinstance(target, (tuple, list)) or len(target) != 2:
-        raise TypeError(f'{loss_name}: target must be a tensor or a '
-                        f'(labels, scores) pair, but got '
-                        f'{type(target).__name__}')
+        raise LossTypeError(f'{loss_name}: target must be a tensor or a '
+                            f'(labels, scores) pair, but got '
+                            f'{type(target).__name__}')
     labels, scores = target
     check_tensor(loss_name, 'labels', labels)
     check_tensor(loss_name, 'scores', scores)
     if pred.dim() != 2 or labels.shape != (pred.shape[0], ) or \
             scores.shape != (pred.shape[0], ):
-        raise ValueError(f'{loss_name}: pred must have shape (N, C) and '
-                         f'labels and scores shape (N,), but got pred '
-                         f'{tuple(pred.shape)}, labels '
-                         f'{tuple(labels.shape)}, scores '
-                         f'{tuple(scores.shape)}')
+        raise LossValueError(f'{loss_name}: pred must have shape (N, C) and '
+                             f'labels and scores shape (N,), but got pred '
+                             f'{tuple(pred.shape)}, labels '
+                             f'{tuple(labels.shape)}, scores '
+                             f'{tuple(scores.shape)}')
     check_integer_labels(loss_name, labels, 'labels')
     check_label_range(loss_name, labels, pred.shape[1], high_inclusive=True,
                       argument='labels')

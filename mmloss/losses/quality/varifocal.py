@@ -15,6 +15,7 @@ from torch import Tensor
 from ...checks import check_tensor, check_weight_shape
 from ...engine import dispatch
 from ...engine.functions import gradient_in_forward
+from ...errors import LossValueError
 from ...precision import compute_dtype, restore_loss, to_dtype
 from ...reduction import Reduction, weighted_total
 from ..focal_kernels import sigmoid_focal_kernel
@@ -66,8 +67,9 @@ def _varifocal_loss(loss_name, pred, target, weight, alpha, gamma,
     _check_float_pred(loss_name, pred)
     check_tensor(loss_name, 'target', target)
     if pred.shape != target.shape:
-        raise ValueError(f'{loss_name}: pred has shape {tuple(pred.shape)} '
-                         f'but target has shape {tuple(target.shape)}')
+        raise LossValueError(
+            f'{loss_name}: pred has shape {tuple(pred.shape)} '
+            f'but target has shape {tuple(target.shape)}')
     check_weight_shape(loss_name, weight, pred.shape)
     with dispatch.autocast_off(pred):
         dtype, weight, rule = _weighted_rule(loss_name, pred, weight,
