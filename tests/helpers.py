@@ -25,3 +25,15 @@ def assert_close(actual, expected, rtol=1e-5, atol=1e-6, what=''):
     """``torch.testing.assert_close`` with the parity tolerances we promise."""
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol,
                                msg=lambda m: f'{what}: {m}' if what else m)
+
+
+def outputs_and_grads(modules, pred, *args):
+    """``[(output, d sum(output) / d pred), ...]``: each module called on a
+    fresh leaf copy of ``pred`` (the same input for mmloss and mmdet)."""
+    results = []
+    for module in modules:
+        x = pred.clone().requires_grad_()
+        out = module(x, *args)
+        out.sum().backward()
+        results.append((out.detach(), x.grad))
+    return results

@@ -16,7 +16,7 @@ from mmloss.losses import focal, focal_kernels
 from mmloss.losses.focal import (FocalLoss, Poly1FocalLoss,
                                  elementwise_focal_loss, poly1_focal_loss,
                                  sigmoid_focal_loss)
-from tests.helpers import assert_close
+from tests.helpers import assert_close, outputs_and_grads
 
 REDUCTIONS = ('none', 'mean', 'sum')
 WEIGHT_KINDS = ('none', 'row', 'row_column', 'class', 'flat')
@@ -882,15 +882,10 @@ def test_activated_saturated_probabilities_match_mmdet(
     prob, labels = saturated_probabilities()
     target = labels if target_kind == 'labels' else \
         F.one_hot(labels, 4)[:, :3].float()
-    results = []
-    for module in (FocalLoss(activated=True, reduction=reduction),
-                   mmdet_losses.FocalLoss(activated=True,
-                                          reduction=reduction)):
-        x = prob.clone().requires_grad_()
-        out = module(x, target)
-        out.sum().backward()
-        results.append((out.detach(), x.grad))
-    (loss, grad), (ref_loss, ref_grad) = results
+    (loss, grad), (ref_loss, ref_grad) = outputs_and_grads(
+        (FocalLoss(activated=True, reduction=reduction),
+         mmdet_losses.FocalLoss(activated=True, reduction=reduction)),
+        prob, target)
     assert torch.isfinite(grad).all() and torch.isfinite(ref_grad).all()
     assert grad.abs().max() > 1e10  # the saturated entries' huge slope
     assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)

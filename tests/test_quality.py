@@ -14,7 +14,7 @@ from mmloss.engine import dispatch
 from mmloss.losses.quality import (DistributionFocalLoss, QualityFocalLoss,
                                    VarifocalLoss, distribution_focal_loss,
                                    quality_focal_loss, varifocal_loss)
-from tests.helpers import assert_close
+from tests.helpers import assert_close, outputs_and_grads
 from tests.test_focal import (assert_second_order, graph_functions,
                               value_grad_hvp)
 
@@ -680,15 +680,10 @@ def test_qfl_activated_saturated_probabilities_match_mmdet(
         target = (labels, scores)
     else:
         target = F.one_hot(labels, 4)[:, :3] * scores[:, None]
-    results = []
-    for module in (QualityFocalLoss(activated=True, reduction=reduction),
-                   mmdet_losses.QualityFocalLoss(activated=True,
-                                                 reduction=reduction)):
-        x = prob.clone().requires_grad_()
-        out = module(x, target)
-        out.sum().backward()
-        results.append((out.detach(), x.grad))
-    (loss, grad), (ref_loss, ref_grad) = results
+    (loss, grad), (ref_loss, ref_grad) = outputs_and_grads(
+        (QualityFocalLoss(activated=True, reduction=reduction),
+         mmdet_losses.QualityFocalLoss(activated=True, reduction=reduction)),
+        prob, target)
     assert torch.isfinite(ref_grad).all() and torch.isfinite(grad).all()
     assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)

@@ -201,3 +201,38 @@ def test_without_the_flag_nothing_is_swapped():
     cfg = train.build_config(train.parse_args(
         ['mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py']))
     assert not any(t.startswith('mmloss.') for t in _loss_types(cfg.model))
+
+
+def test_busy_cores_samples_the_cpu_times_now(tmp_path):
+    """The load is the busy share of the CPU time between two reads of
+    /proc/stat (not the lagging load average): 150 of 200 jiffies busy on
+    2 cores is 1.5 busy cores; an unreadable file falls back."""
+    from cpu_threads import busy_cores
+    stat = tmp_path / 'stat'
+    reads = iter(['cpu 100 0 100 800 0 0 0 0 0 0\n',
+                  'cpu 250 0 100 850 0 0 0 0 0 0\n'])
+
+    class Stat:
+        def __init__(self, *args):
+            self.line = next(reads)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def readline(self):
+            return self.line
+
+    import builtins
+    original = builtins.open
+    builtins.open = lambda path, *a, **k: Stat() if path == str(stat) \
+        else original(path, *a, **k)
+    try:
+        assert busy_cores(0.0, cpu_count=2, stat_path=str(stat)) == \
+            pytest.approx(1.5)
+    finally:
+        builtins.open = original
+    missing = busy_cores(0.0, cpu_count=2, stat_path=str(tmp_path / 'no'))
+    assert missing is None or missing >= 0

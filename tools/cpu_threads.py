@@ -31,6 +31,34 @@ def load_average():
         return None
 
 
+def _cpu_times(stat_path):
+    """``(busy, total)`` jiffies of all CPUs from ``/proc/stat``'s first
+    line."""
+    with open(stat_path) as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(window=0.3, cpu_count=None, stat_path='/proc/stat'):
+    """How many cores other processes keep busy *now*: the machine's busy
+    fraction over ``window`` seconds (``/proc/stat``) times its cores.
+    Falls back to the 1-minute load average (``None`` where neither
+    exists). The load average lags by a minute: right after a job ends it
+    still counts it, right after one starts it does not yet."""
+    import time
+    try:
+        busy0, total0 = _cpu_times(stat_path)
+        time.sleep(window)
+        busy1, total1 = _cpu_times(stat_path)
+    except (OSError, ValueError, IndexError):
+        return load_average()
+    if total1 <= total0:
+        return load_average()
+    cores = cpu_count or os.cpu_count() or 1
+    return cores * (busy1 - busy0) / (total1 - total0)
+
+
 def choose_cpu_threads(requested='auto', env=None, affinity=None,
                        cpu_count=None, load=None, current=None):
     """``(threads, reason)``: the torch thread count for one process.
@@ -43,16 +71,17 @@ def choose_cpu_threads(requested='auto', env=None, affinity=None,
         affinity: cores this process may use (default
             ``os.sched_getaffinity``).
         cpu_count: cores of the machine (default ``os.cpu_count()``).
-        load: 1-minute load average of the machine (default
-            ``os.getloadavg()``; ignored where the OS has none).
+        load: cores busy with other work (default :func:`busy_cores`:
+            sampled from ``/proc/stat``, else the 1-minute load average;
+            ignored where the OS has neither).
         current: torch's present thread count
             (default ``torch.get_num_threads()``).
 
     ``'auto'`` keeps a count the user chose (``OMP_NUM_THREADS`` or
     ``MKL_NUM_THREADS`` set, or ``torch.set_num_threads`` lowered it), and
-    otherwise takes the cores of the affinity that the load average says are
-    idle (``cpu_count - load``, rounded), split between the local processes,
-    at least 1.
+    otherwise takes the cores of the affinity that are idle now
+    (``cpu_count - load``, rounded), split between the local processes, at
+    least 1.
     """
     env = os.environ if env is None else env
     local = max(1, int(env.get('LOCAL_WORLD_SIZE', 1) or 1))
@@ -72,7 +101,7 @@ def choose_cpu_threads(requested='auto', env=None, affinity=None,
     if cpu_count is None:
         cpu_count = os.cpu_count() or cores
     if load is None:
-        load = load_average()
+        load = busy_cores(cpu_count=cpu_count)
     idle = cores
     reason = f'auto: {cores} usable core(s)'
     if load is not None:

@@ -27,10 +27,11 @@ resume = False
 randomness = dict(seed=0)
 # torch threads of a CPU-only run (tools/train.py, tools/test.py).
 # 'auto' keeps OMP_NUM_THREADS / torch.set_num_threads when you set them,
-# else takes the cores of this process's CPU affinity that the load average
-# says are idle, split between the local processes (LOCAL_WORLD_SIZE). An
-# int N uses N threads for the machine, split the same way. On a shared
-# machine more threads than idle cores makes every iteration wait for
-# descheduled threads (2 threads on 2 busy cores: 5.5-8.4 s/iter, 1 thread
-# 0.49 s/iter); see README "Threads and shared machines".
+# else takes the cores of this process's CPU affinity that are idle now
+# (sampled from /proc/stat), split between the local processes
+# (LOCAL_WORLD_SIZE). An int N uses N threads for the machine, split the same
+# way. On a shared machine more threads than idle cores makes every
+# iteration wait for descheduled threads (demo, 2 busy processes beside it:
+# 2 threads 0.40 s/iter, 'auto' 1 thread 0.20 s/iter); see README "Threads
+# and shared machines".
 cpu_threads = 'auto'
