@@ -35,6 +35,9 @@ class LossCase:
     # ``call(loss, args, kwargs) -> Tensor`` for a loss whose forward takes
     # no reduction_override/weight/avg_factor (as in mmdet): it drops them.
     call: Optional[Callable] = None
+    # The most rows a test feeds it, for losses whose cost grows with the
+    # square of the rows (None: no limit).
+    max_rows: Optional[int] = None
 
 
 def _gen(seed):
@@ -301,7 +304,8 @@ CASES = {
                                hard_mining=True),
         perfect=perfect_similarities, call=plain_call),
     # no reduction, weight or avg_factor in mmdet's forward: one mean
-    'TripletLoss': LossCase(triplet_inputs, call=plain_call),
+    # pairwise distances of the batch: B^2 D memory (ReID batches: 64-256)
+    'TripletLoss': LossCase(triplet_inputs, call=plain_call, max_rows=4097),
     # returns (pull, push) summed over images: value() stacks them
     'AssociativeEmbeddingLoss': LossCase(corner_embedding_inputs,
                                          call=pull_and_push),

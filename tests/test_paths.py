@@ -357,7 +357,8 @@ def _slow_names(n):
              if CASES[name].box or name in thresholds]
     if n == max(SLOW_SIZES):
         names = list(REGISTERED)
-    return names
+    return [name for name in names
+            if CASES[name].max_rows is None or n <= CASES[name].max_rows]
 
 
 @pytest.mark.slow

@@ -149,7 +149,13 @@ def test_headline_config_loss_decreases(config, train_tool, in_tmp):
     losses = recorded_losses(in_tmp)
     assert len(losses) == iters
     assert all(torch.isfinite(torch.tensor(losses))), losses
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    # the median of the last four, not their mean: AdamW at a constant
+    # rate on eight images can spike for one iteration (RetinaNet focal
+    # jumps to ~21 at iteration 4 on this AMD machine with mmdet's own
+    # losses as with mmloss's; the trajectory depends on the CPU's float
+    # kernels), and one spike says nothing about whether training learns
+    first = sum(losses[:3]) / 3
+    last = float(torch.tensor(losses[-4:]).median())
     assert last < 0.9 * first, losses
 
 
