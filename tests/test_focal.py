@@ -18,6 +18,54 @@ from mmloss.losses.focal import (FocalLoss, Poly1FocalLoss,
                                  sigmoid_focal_loss)
 from tests.helpers import assert_close, outputs_and_grads
 
+FOCAL_NAMES = ('FocalLoss', 'Poly1FocalLoss')
+#: the CPU table's thresholds as shipped (read before any fixture patches it)
+SHIPPED_MIN_ROWS = dict(dispatch.TUNING['cpu'].min_rows)
+
+
+@pytest.fixture(autouse=True)
+def fast_paths_for_every_size(monkeypatch):
+    """The tests here use small inputs; run the kernel on them too (by
+    default the dispatch table sends fewer than ``min_rows`` rows to the
+    plain formula, which is faster there). Tests that ask for the table
+    as it is use :func:`table_as_shipped`."""
+    for kind, entry in list(dispatch.TUNING.items()):
+        monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
+            entry, min_rows={key: rows for key, rows in entry.min_rows.items()
+                             if key not in FOCAL_NAMES}))
+
+
+def test_min_rows_of_the_dispatch_table(monkeypatch):
+    """Fewer rows than the table's ``min_rows`` take the plain formula, as
+    many or more the kernel; both give the same value and gradient."""
+    entry = dataclasses.replace(dispatch.TUNING['cpu'],
+                                min_rows={name: 20 for name in FOCAL_NAMES})
+    monkeypatch.setitem(dispatch.TUNING, 'cpu', entry)
+    gen = torch.Generator().manual_seed(4)
+    pred = torch.randn(20, 6, generator=gen)
+    labels = torch.randint(0, 7, (20, ), generator=gen)
+    for cls in (FocalLoss, Poly1FocalLoss):
+        for n, engine in ((19, False), (20, True)):
+            x = pred[:n].clone().requires_grad_()
+            out = cls()(x, labels[:n])
+            assert ('GradientInBackwardBackward' in graph_functions(out)) \
+                == engine
+            out.backward()
+            y = pred[:n].clone().requires_grad_()
+            with mmloss.fast_paths(False):
+                reference = cls()(y, labels[:n])
+            reference.backward()
+            assert_close(out, reference)
+            assert_close(x.grad, y.grad)
+
+
+def test_the_shipped_table_sends_small_focal_inputs_to_the_plain_formula():
+    """~1k rows of 80 classes (an RoI head's or a small anchor head's
+    batch): the plain formula; the table's threshold straddled by the
+    harness (tests/test_paths.py)."""
+    assert SHIPPED_MIN_ROWS['FocalLoss'] == 2048
+    assert SHIPPED_MIN_ROWS['Poly1FocalLoss'] == 2048
+
 REDUCTIONS = ('none', 'mean', 'sum')
 WEIGHT_KINDS = ('none', 'row', 'row_column', 'class', 'flat')
 

@@ -40,8 +40,9 @@ from tests.test_gradients import custom_functions
 FAST_SIZES = (1, 1023, 1024, 1025)
 #: ... and the sizes behind the slow marker: block thresholds and one size
 #: above 100k rows.
-SLOW_SIZES = (4095, 4096, 4097, 16383, 16384, 16385, 32767, 32768, 32769,
-              65535, 65536, 65537, 131071, 131072, 131073)
+SLOW_SIZES = (2047, 2048, 2049, 4095, 4096, 4097, 16383, 16384, 16385,
+              32767, 32768, 32769, 65535, 65536, 65537, 131071, 131072,
+              131073)
 SIZES = FAST_SIZES + SLOW_SIZES
 
 #: The device kinds whose table entries the harness runs (CUDA's on CPU
