@@ -13,6 +13,7 @@ Reduction` to the value it computed and to the factor of its gradient;
 :func:`gradient_scale` is that factor alone, for a gradient kernel that runs
 in backward.
 """
+import warnings
 from numbers import Number
 from typing import Optional, Tuple, Union
 
@@ -101,6 +102,22 @@ class BaseLoss(nn.Module):
         if check_finite_enabled():
             raise_if_not_finite(self.loss_name, output, (args, kwargs))
         return output
+
+    def warn_ignored(self, argument: str, value, why: str,
+                     functional: str) -> None:
+        """One ``UserWarning`` per module and argument: ``value`` is
+        ignored, as MMDetection 3.3 ignores it (``why``); the pure function
+        ``functional`` applies it."""
+        warned = self.__dict__.setdefault('_ignored_arguments', set())
+        if argument in warned:
+            return
+        warned.add(argument)
+        shown = f'a tensor of shape {tuple(value.shape)}' if isinstance(
+            value, Tensor) else repr(value)
+        warnings.warn(
+            f'{self.loss_name}: {argument}={shown} is ignored, as '
+            f'MMDetection 3.3 ignores it ({why}); use {functional} to '
+            f'apply it', UserWarning, stacklevel=3)
 
     def apply_loss_weight(self, loss):
         """``loss_weight * loss``; the loss itself when the weight is 1 (no

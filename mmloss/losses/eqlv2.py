@@ -27,7 +27,6 @@ Shapes: logits (N, C), labels (N,) in ``[0, C)``. No one-hot target is
 built: the negative formula runs on every entry and the label's entry is
 overwritten by the positive one (:func:`eqlv2_elementwise_loss`).
 """
-import warnings
 from numbers import Integral
 from typing import Optional, Tuple, Union
 
@@ -260,8 +259,6 @@ class EQLV2Loss(BaseLoss):
                  test_with_obj: bool = True) -> None:
         super().__init__(reduction, loss_weight)
         name = self.loss_name
-        #: the arguments already warned about (one warning each)
-        self._warned = set()
         if use_sigmoid is not True:
             self._warn_ignored('use_sigmoid', use_sigmoid,
                                'the loss is always the sigmoid form')
@@ -290,19 +287,10 @@ class EQLV2Loss(BaseLoss):
         self.register_buffer(
             'pos_neg', torch.full((self.num_classes, ), INITIAL_POS_NEG))
 
-    def _warn_ignored(self, argument: str, value, why: str = '') -> None:
-        """One ``UserWarning`` per argument: ``value`` is ignored, as
-        MMDetection ignores it."""
-        if argument in self._warned:
-            return
-        self._warned.add(argument)
-        shown = f'a tensor of shape {tuple(value.shape)}' if isinstance(
-            value, Tensor) else repr(value)
-        warnings.warn(
-            f'{self.loss_name}: {argument}={shown} is ignored, as '
-            f'MMDetection 3.3 ignores it ({why or "it is never used"}); '
-            f'use mmloss.losses.eqlv2.eqlv2_loss to apply it',
-            UserWarning, stacklevel=2)
+    def _warn_ignored(self, argument: str, value,
+                      why: str = 'it is never used') -> None:
+        self.warn_ignored(argument, value, why,
+                          'mmloss.losses.eqlv2.eqlv2_loss')
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, num_classes={self.num_classes}, '

@@ -65,7 +65,6 @@ not finite, raises, or mutates the caller's tensors):
   furthest positive of exactly ``1e-6`` (itself), where MMDetection's is
   that round-off.
 """
-import warnings
 from numbers import Real
 from typing import Optional, Union
 
@@ -222,7 +221,6 @@ class MarginL2Loss(BaseLoss):
         self.neg_margin = _check_number(self.loss_name, 'neg_margin',
                                         neg_margin)
         self.hard_mining = bool(hard_mining)
-        self._warned_avg_factor = False
 
     def forward(self,
                 pred: Tensor,
@@ -237,16 +235,11 @@ class MarginL2Loss(BaseLoss):
                 f'loss always averages by the number of positive weights '
                 f'(an avg_factor, which "sum" refuses, as in MMDetection '
                 f'3.3); use "mean" or "none"')
-        if avg_factor is not None and not self._warned_avg_factor:
-            self._warned_avg_factor = True
-            shown = f'a tensor of shape {tuple(avg_factor.shape)}' \
-                if isinstance(avg_factor, Tensor) else repr(avg_factor)
-            warnings.warn(
-                f'{self.loss_name}: avg_factor={shown} is ignored, as '
-                f'MMDetection 3.3 ignores it (the mean always divides by '
-                f'the number of positive weights); use '
-                f'mmloss.functional.margin_l2_loss to apply it',
-                UserWarning, stacklevel=2)
+        if avg_factor is not None:
+            self.warn_ignored(
+                'avg_factor', avg_factor, 'the mean always divides by the '
+                'number of positive weights',
+                'mmloss.functional.margin_l2_loss')
         loss = margin_l2_loss(
             pred, target, weight, reduction, None,
             neg_pos_ub=self.neg_pos_ub,
