@@ -6,6 +6,12 @@ Each (loss, kind) runs one or more calls and classifies every outcome as
   reaches the prediction and is finite (plus any dtype rule of the kind);
 * ``'nan'``: a non-finite value (a non-finite input was not masked);
 * ``'error'``: a ``ValueError``/``TypeError`` whose message names the loss;
+* ``'overflow'``: a finite value whose half-precision gradient is Inf
+  exactly where the true gradient (float64, same inputs) is past the
+  dtype's largest finite number, and equal to it elsewhere: the gradient
+  overflows as any autograd op's does, so a GradScaler sees it and skips
+  the step (GaussianFocalLoss at fp16 probabilities of exactly 0 or 1:
+  ``p**alpha / (1 - p + 1e-12)`` is ~1e12);
 * ``'failure'``: anything else (a crash of another type, an error that does
   not name the loss, a finite value off the graph, a non-finite gradient, a
   dtype the half-precision rule does not allow).
@@ -27,6 +33,7 @@ paths (1024 and 40000 rows) run behind the ``slow`` marker.
 prints where mmdet and mmloss differ (a report, not a test).
 """
 import contextlib
+import copy
 import dataclasses
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -189,6 +196,7 @@ def classify(name, call: Call) -> Tuple[str, str]:
     """``(outcome, detail)`` of one call (see the module docstring)."""
     context = (torch.autocast('cpu', dtype=torch.bfloat16)
                if call.autocast else contextlib.nullcontext())
+    pristine = copy.deepcopy(call.loss)  # for a float64 re-run (state)
     try:
         with context:
             out = value(call.loss, call.args, **call.kwargs)
@@ -211,12 +219,41 @@ def classify(name, call: Call) -> Tuple[str, str]:
     if grad is None:
         return 'failure', 'no gradient reaches the prediction'
     if not torch.isfinite(grad).all():
-        return 'failure', f'non-finite gradient {grad.flatten()[:4]}'
+        problem = _not_an_overflow(pristine, call, grad)
+        if problem:
+            return 'failure', problem
+        return 'overflow', f'{grad.dtype} gradient past its range'
     if call.check is not None:
         problem = call.check(out)
         if problem:
             return 'failure', problem
     return 'finite', f'{out.dtype} {tuple(out.shape)}'
+
+
+def _not_an_overflow(loss, call: Call, grad) -> Optional[str]:
+    """Why the non-finite ``grad`` of ``call`` is not an overflow of its
+    dtype (None if it is): the same call in float64 must give a finite
+    gradient whose magnitude is past ``grad.dtype``'s range exactly where
+    ``grad`` is not finite, and equal ``grad`` elsewhere."""
+    shown = f'non-finite gradient {grad.flatten()[:4]}'
+    if grad.dtype not in HALF:
+        return shown
+    args = _map_floats(call.args, lambda t: t.detach().double())
+    leaf = args[0].requires_grad_()
+    out = value(loss.double(), (leaf, ) + args[1:], **call.kwargs)
+    exact, = torch.autograd.grad(out.sum(), leaf)
+    beyond = exact.abs() > torch.finfo(grad.dtype).max
+    if not torch.isfinite(exact).all():
+        return f'{shown}; in float64 too'
+    if not torch.equal(beyond, ~torch.isfinite(grad)):
+        return (f'{shown}; float64 exceeds {grad.dtype} at '
+                f'{int(beyond.sum())} elements, {grad.dtype} is not finite '
+                f'at {int((~torch.isfinite(grad)).sum())}')
+    inside = exact[~beyond].to(grad.dtype).double()
+    if not torch.allclose(grad[~beyond].double(), inside, rtol=1e-2,
+                          atol=1e-3):
+        return f'{shown}; the finite elements differ from float64'
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -518,6 +555,8 @@ def float_labels(name, n):
 
 
 FINITE, NAN, ERROR = ('finite', ), ('nan', ), ('error', )
+#: Half-precision probabilities at the bounds (see ``'overflow'`` above).
+FINITE_OR_OVERFLOW = FINITE + ('overflow', )
 
 KINDS: Dict[str, Kind] = {
     'empty': Kind(_always, empty, FINITE),
@@ -525,7 +564,7 @@ KINDS: Dict[str, Kind] = {
     'plain': Kind(_always, plain, FINITE),
     'zero_weights': Kind(_reducing_with_weight, zero_weights, FINITE),
     'small_avg_factor': Kind(reduces, small_avg_factor, FINITE),
-    'float16': Kind(_always, precision(torch.float16), FINITE),
+    'float16': Kind(_always, precision(torch.float16), FINITE_OR_OVERFLOW),
     'bfloat16': Kind(_always, precision(torch.bfloat16), FINITE),
     'float64': Kind(_always, precision(torch.float64), FINITE),
     # boxes up to ~10^4 px and logits of ~10^3, still within fp16's range
@@ -543,7 +582,7 @@ KINDS: Dict[str, Kind] = {
                                probability_bounds(torch.float32), FINITE),
     'probability_bounds_fp16': Kind(_probabilities,
                                     probability_bounds(torch.float16),
-                                    FINITE),
+                                    FINITE_OR_OVERFLOW),
     'non_contiguous': Kind(_always, non_contiguous, FINITE),
     'autocast': Kind(_always, autocast, FINITE),
     'nan_pred': Kind(_always, non_finite_pred(float('nan')), NAN),
@@ -565,21 +604,11 @@ KINDS: Dict[str, Kind] = {
         float_labels, ERROR),
 }
 
-_GAUSSIAN_FP16 = (
-    'GaussianFocalLoss on fp16 p = 1 (or 0) where the target is not: the '
-    'float32 gradient ~p^alpha / (1 - p + 1e-12) ~ 1e12 overflows fp16 to '
-    'Inf while the value stays finite (mmdet: Inf value). Repro: '
-    'p = torch.ones(1).half().requires_grad_(); '
-    'GaussianFocalLoss()(p, torch.zeros(1).half()).backward(); p.grad')
-
-#: (loss, kind) pairs that fail today: reason (see the report of issue 14).
-KNOWN_FAILURES: Dict[Tuple[str, str], str] = {
-    ('GaussianFocalLoss', 'probability_bounds_fp16'): _GAUSSIAN_FP16,
-}
-#: The same at the slow sizes (their random draws reach the bounds).
-SLOW_KNOWN_FAILURES: Dict[Tuple[str, str], str] = {
-    ('GaussianFocalLoss', 'float16'): _GAUSSIAN_FP16,
-}
+#: (loss, kind) pairs that fail today: reason (none; an entry here is a
+#: strict xfail, so a fixed failure must leave the list).
+KNOWN_FAILURES: Dict[Tuple[str, str], str] = {}
+#: The same at the slow sizes.
+SLOW_KNOWN_FAILURES: Dict[Tuple[str, str], str] = {}
 
 
 def sweep(name, kind, n=ROWS) -> List[Tuple[str, str, str]]:
@@ -782,3 +811,27 @@ def test_the_mmdet_report_finds_where_mmdet_misses_a_promise(mmdet_losses):
     empty_mean = [theirs for _, kind, what, _, _, theirs in table
                   if kind == 'empty' and what.endswith('mean')]
     assert empty_mean and empty_mean[0][0] != 'finite', empty_mean
+
+
+class _HalfOnlyBlowUp(torch.nn.Module):
+    """A loss whose gradient is huge only in half precision (a bug, not an
+    overflow of a huge true gradient)."""
+
+    def forward(self, pred, target):
+        scale = 1e5 if pred.dtype in HALF else 1.0
+        return (pred.float() ** 2).sum() * scale
+
+
+class _HugeGradient(torch.nn.Module):
+    """A loss whose true gradient is past fp16's range."""
+
+    def forward(self, pred, target):
+        return (pred.float() ** 2).sum() * 1e5
+
+
+@pytest.mark.parametrize('loss,outcome', [(_HalfOnlyBlowUp(), 'failure'),
+                                          (_HugeGradient(), 'overflow')])
+def test_overflow_outcome_is_judged_against_float64(loss, outcome):
+    pred = torch.tensor([0.9, 0.0001]).half().requires_grad_()
+    call = Call(loss, (pred, torch.zeros(2)), {})
+    assert classify('DemoLoss', call)[0] == outcome
