@@ -32,7 +32,7 @@ and which ``fast=False`` (or :func:`mmloss.fast_paths`) runs instead.
 """
 import warnings
 from numbers import Integral, Real
-from typing import Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,10 @@ from ..errors import LossTypeError, LossValueError
 from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
+from ..typing_utils import AvgFactor, OptStr, OptTensor
 from .base import BaseLoss
+from .cross_entropy_kernels import (DEFAULT_IGNORE_INDEX, accurate_neg_log,
+                                    softmax_cross_entropy_rows)
 
 __all__ = [
     'softmax_cross_entropy', 'binary_cross_entropy', 'accurate_neg_log',
@@ -61,10 +64,6 @@ SOFTMAX_DISPATCH_NAME = 'CrossEntropyLoss'
 SIGMOID_DISPATCH_NAME = 'CrossEntropyLoss(sigmoid)'
 
 
-def _float_pred(loss_name: str, pred) -> None:
-    check_float(loss_name, 'pred', pred)
-
-
 def _check_class_weight_size(loss_name: str, class_weight: Optional[Tensor],
                              num_classes: int) -> None:
     if class_weight is not None and class_weight.numel() != num_classes:
@@ -73,65 +72,52 @@ def _check_class_weight_size(loss_name: str, class_weight: Optional[Tensor],
             f'but pred has {num_classes} classes')
 
 
-# --------------------------------------------------------------------------
-# Softmax cross-entropy
-# --------------------------------------------------------------------------
-from .cross_entropy_kernels import (DEFAULT_IGNORE_INDEX, accurate_neg_log,
-                                    softmax_cross_entropy_rows)
+def _cross_entropy_function(name: str, implementation: Callable,
+                            doc: str) -> Callable:
+    """A public cross-entropy function of ``pred`` and ``label``:
+    MMDetection's signature, then ``implementation`` with ``name`` as the
+    loss name of its errors."""
 
-def softmax_cross_entropy(pred: Tensor,
-                          label: Tensor,
-                          weight: Optional[Tensor] = None,
-                          reduction: str = 'mean',
-                          avg_factor: Optional[Union[float, Tensor]] = None,
-                          class_weight: Optional[Tensor] = None,
-                          ignore_index: Optional[int] = DEFAULT_IGNORE_INDEX,
-                          avg_non_ignore: bool = False,
-                          fast: bool = True) -> Tensor:
-    """Softmax cross-entropy, weighted and reduced as MMDetection does.
+    def loss(pred: Tensor, label: Tensor, weight: OptTensor = None,
+             reduction: str = 'mean', avg_factor: AvgFactor = None,
+             class_weight: OptTensor = None,
+             ignore_index: Optional[int] = DEFAULT_IGNORE_INDEX,
+             avg_non_ignore: bool = False, fast: bool = True) -> Tensor:
+        return implementation(name, pred, label, weight, reduction,
+                              avg_factor, class_weight, ignore_index,
+                              avg_non_ignore, fast)
 
-    MMDetection calls this ``cross_entropy`` (an alias here that is not
-    exported: the name would shadow this module in ``mmloss.losses``).
-    Element-wise ``loss_i = class_weight[l_i] * (logsumexp_j x_ij - x_il_i)``,
-    0 where ``l_i == ignore_index``. It is multiplied
-    by ``weight`` and reduced by :class:`~mmloss.reduction.Reduction`.
-    ``'mean'`` divides by the number of elements (ignored ones included)
-    unless ``avg_non_ignore`` is set, which divides by the number of labels
-    that are not ``ignore_index`` (0 of them gives ``0``, not ``NaN``).
-
-    Args:
-        pred (Tensor): logits (N, C) or (N, C, d1, ...).
-        label (Tensor): integer labels (N,) or (N, d1, ...), any integer
-            dtype.
-        weight (Tensor, optional): per-element weight, shaped like ``label``.
-        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
-        avg_factor (float | Tensor, optional): denominator of the mean.
-        class_weight (Tensor, optional): (C,) per-class weight.
-        ignore_index (int, optional): ignored label; ``None`` means -100.
-        avg_non_ignore (bool): average over the non-ignored labels only.
-        fast (bool): allow the fast path (2-D logits, as the dispatcher
-            decides); ``False`` runs the plain formula.
-
-    Returns:
-        Tensor: the loss: for ``'none'`` in ``pred``'s dtype, reduced in
-            float32 at least (:func:`mmloss.precision.restore_loss`).
-    """
-    return _softmax_cross_entropy('softmax_cross_entropy', pred, label,
-                                  weight, reduction, avg_factor,
-                                  class_weight, ignore_index, avg_non_ignore,
-                                  fast)
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = doc
+    return loss
 
 
-def _check_softmax_inputs(loss_name, pred, label, weight,
-                          class_weight) -> None:
-    """Shapes and dtypes (the label values: see
-    :func:`_softmax_cross_entropy`)."""
-    _float_pred(loss_name, pred)
+def _check_entry(loss_name: str, reduction, avg_factor,
+                 ignore_index: Optional[int]) -> int:
+    """Checks ``reduction`` and ``avg_factor``; returns ``ignore_index``
+    (``None``: the default, -100)."""
+    Reduction(loss_name, None, reduction, avg_factor).checked()
+    return DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index
+
+
+def _check_logits_and_label(loss_name: str, pred, label) -> None:
+    """Float logits ``pred`` with a class dim and a tensor ``label``."""
+    check_float(loss_name, 'pred', pred)
     check_tensor(loss_name, 'label', label)
     if pred.dim() == 0:
         raise LossValueError(
             f'{loss_name}: pred must have a class dim, but has '
             f'shape ()')
+
+
+# --------------------------------------------------------------------------
+# Softmax cross-entropy
+# --------------------------------------------------------------------------
+def _check_softmax_inputs(loss_name, pred, label, weight,
+                          class_weight) -> None:
+    """Shapes and dtypes (the label values: see
+    :func:`_softmax_cross_entropy`)."""
+    _check_logits_and_label(loss_name, pred, label)
     check_integer_labels(loss_name, label, 'label')
     if label.shape[:1] != pred.shape[:1] or \
             label.shape[1:] != pred.shape[2:]:
@@ -159,9 +145,8 @@ def _softmax_fast_path(pred: Tensor, class_weight: Optional[Tensor],
 def _softmax_cross_entropy(loss_name, pred, label, weight, reduction,
                            avg_factor, class_weight, ignore_index,
                            avg_non_ignore, fast):
-    ignore_index = DEFAULT_IGNORE_INDEX if ignore_index is None \
-        else ignore_index
-    Reduction(loss_name, None, reduction, avg_factor).checked()
+    ignore_index = _check_entry(loss_name, reduction, avg_factor,
+                                ignore_index)
     _check_softmax_inputs(loss_name, pred, label, weight, class_weight)
     fast = _softmax_fast_path(pred, class_weight, fast)
     num_classes = pred.size(1)
@@ -212,6 +197,36 @@ def softmax_cross_entropy_checked(loss_name, pred, label, weight, reduction,
         return restore_loss(loss, pred, rule.reduces)
 
 
+softmax_cross_entropy = _cross_entropy_function(
+    'softmax_cross_entropy', _softmax_cross_entropy,
+    """Softmax cross-entropy, weighted and reduced as MMDetection does.
+
+    MMDetection calls this ``cross_entropy`` (an alias here that is not
+    exported: the name would shadow this module in ``mmloss.losses``).
+    Element-wise ``loss_i = class_weight[l_i] * (logsumexp_j x_ij - x_il_i)``,
+    0 where ``l_i == ignore_index``. It is multiplied
+    by ``weight`` and reduced by :class:`~mmloss.reduction.Reduction`.
+    ``'mean'`` divides by the number of elements (ignored ones included)
+    unless ``avg_non_ignore`` is set, which divides by the number of labels
+    that are not ``ignore_index`` (0 of them gives ``0``, not ``NaN``).
+
+    Args:
+        pred (Tensor): logits (N, C) or (N, C, d1, ...).
+        label (Tensor): integer labels (N,) or (N, d1, ...), any integer
+            dtype.
+        weight (Tensor, optional): per-element weight, shaped like ``label``.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        avg_factor (float | Tensor, optional): denominator of the mean.
+        class_weight (Tensor, optional): (C,) per-class weight.
+        ignore_index (int, optional): ignored label; ``None`` means -100.
+        avg_non_ignore (bool): average over the non-ignored labels only.
+        fast (bool): allow the fast path (2-D logits, as the dispatcher
+            decides); ``False`` runs the plain formula.
+
+    Returns:
+        Tensor: the loss: for ``'none'`` in ``pred``'s dtype, reduced in
+            float32 at least (:func:`mmloss.precision.restore_loss`).
+    """)
 cross_entropy = softmax_cross_entropy
 
 
@@ -279,60 +294,9 @@ def _sigmoid_one_hot_plain(logits: Tensor, label: Tensor,
                                      pos_weight) * row_weight).sum()
 
 
-def binary_cross_entropy(pred: Tensor,
-                         label: Tensor,
-                         weight: Optional[Tensor] = None,
-                         reduction: str = 'mean',
-                         avg_factor: Optional[Union[float, Tensor]] = None,
-                         class_weight: Optional[Tensor] = None,
-                         ignore_index: Optional[int] = DEFAULT_IGNORE_INDEX,
-                         avg_non_ignore: bool = False,
-                         fast: bool = True) -> Tensor:
-    """Sigmoid (binary) cross-entropy with MMDetection's label semantics.
-
-    * ``pred`` (N, C) with integer ``label`` (N,): the target is the one-hot
-      of ``label`` (labels ``>= C`` give an all-zero row); the weight of row
-      ``i`` is ``weight_i * valid_i`` with ``valid_i = label_i >= 0 and
-      label_i != ignore_index``. ``avg_non_ignore`` averages over
-      ``C * sum(valid)`` elements.
-    * ``pred`` and ``label`` with the same number of dims: ``label`` is the
-      (possibly soft) target itself; elements with ``label < 0`` or
-      ``label == ignore_index`` get weight 0.
-
-    Element-wise: ``p_j y softplus(-x) + (1 - y) softplus(x)`` with
-    ``p = class_weight`` (the positive weight per class, default 1).
-
-    Args:
-        pred (Tensor): logits (N, C) or any shape matching ``label``.
-        label (Tensor): int labels (N,) or targets shaped like ``pred``.
-        weight (Tensor, optional): (N,) row weight for the one-hot case,
-            otherwise broadcastable to ``pred``.
-        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
-        avg_factor (float | Tensor, optional): denominator of the mean.
-        class_weight (Tensor, optional): (C,) positive weight per class.
-        ignore_index (int, optional): ignored label; ``None`` means -100.
-        avg_non_ignore (bool): average over non-ignored elements only.
-        fast (bool): allow the fast path (the one-hot case with
-            ``'mean'``/``'sum'``, as the dispatcher decides); ``False`` runs
-            the plain formula.
-
-    Returns:
-        Tensor: the loss: for ``'none'`` in ``pred``'s dtype, reduced in
-            float32 at least (:func:`mmloss.precision.restore_loss`).
-    """
-    return _binary_cross_entropy('binary_cross_entropy', pred, label, weight,
-                                 reduction, avg_factor, class_weight,
-                                 ignore_index, avg_non_ignore, fast)
-
-
 def _check_sigmoid_inputs(loss_name, pred, label, weight, class_weight,
                           ignore_index) -> None:
-    _float_pred(loss_name, pred)
-    check_tensor(loss_name, 'label', label)
-    if pred.dim() == 0:
-        raise LossValueError(
-            f'{loss_name}: pred must have a class dim, but has '
-            f'shape ()')
+    _check_logits_and_label(loss_name, pred, label)
     if pred.dim() == label.dim():
         if pred.shape != label.shape:
             raise LossValueError(f'{loss_name}: pred has shape '
@@ -362,9 +326,8 @@ def _check_sigmoid_inputs(loss_name, pred, label, weight, class_weight,
 def _binary_cross_entropy(loss_name, pred, label, weight, reduction,
                           avg_factor, class_weight, ignore_index,
                           avg_non_ignore, fast):
-    ignore_index = DEFAULT_IGNORE_INDEX if ignore_index is None \
-        else ignore_index
-    Reduction(loss_name, None, reduction, avg_factor).checked()
+    ignore_index = _check_entry(loss_name, reduction, avg_factor,
+                                ignore_index)
     _check_sigmoid_inputs(loss_name, pred, label, weight, class_weight,
                           ignore_index)
     with dispatch.autocast_off(pred):
@@ -407,15 +370,48 @@ def _binary_cross_entropy(loss_name, pred, label, weight, reduction,
         return restore_loss(rule.apply(loss), pred, rule.reduces)
 
 
+binary_cross_entropy = _cross_entropy_function(
+    'binary_cross_entropy', _binary_cross_entropy,
+    """Sigmoid (binary) cross-entropy with MMDetection's label semantics.
+
+    * ``pred`` (N, C) with integer ``label`` (N,): the target is the one-hot
+      of ``label`` (labels ``>= C`` give an all-zero row); the weight of row
+      ``i`` is ``weight_i * valid_i`` with ``valid_i = label_i >= 0 and
+      label_i != ignore_index``. ``avg_non_ignore`` averages over
+      ``C * sum(valid)`` elements.
+    * ``pred`` and ``label`` with the same number of dims: ``label`` is the
+      (possibly soft) target itself; elements with ``label < 0`` or
+      ``label == ignore_index`` get weight 0.
+
+    Element-wise: ``p_j y softplus(-x) + (1 - y) softplus(x)`` with
+    ``p = class_weight`` (the positive weight per class, default 1).
+
+    Args:
+        pred (Tensor): logits (N, C) or any shape matching ``label``.
+        label (Tensor): int labels (N,) or targets shaped like ``pred``.
+        weight (Tensor, optional): (N,) row weight for the one-hot case,
+            otherwise broadcastable to ``pred``.
+        reduction (str): ``'none'``, ``'mean'`` or ``'sum'``.
+        avg_factor (float | Tensor, optional): denominator of the mean.
+        class_weight (Tensor, optional): (C,) positive weight per class.
+        ignore_index (int, optional): ignored label; ``None`` means -100.
+        avg_non_ignore (bool): average over non-ignored elements only.
+        fast (bool): allow the fast path (the one-hot case with
+            ``'mean'``/``'sum'``, as the dispatcher decides); ``False`` runs
+            the plain formula.
+
+    Returns:
+        Tensor: the loss: for ``'none'`` in ``pred``'s dtype, reduced in
+            float32 at least (:func:`mmloss.precision.restore_loss`).
+    """)
+
+
 # --------------------------------------------------------------------------
 # Mask cross-entropy
 # --------------------------------------------------------------------------
-def mask_cross_entropy(pred: Tensor,
-                       target: Tensor,
-                       label: Tensor,
-                       reduction: str = 'mean',
-                       avg_factor: Optional[Union[float, Tensor]] = None,
-                       class_weight: Optional[Tensor] = None,
+def mask_cross_entropy(pred: Tensor, target: Tensor, label: Tensor,
+                       reduction: str = 'mean', avg_factor: AvgFactor = None,
+                       class_weight: OptTensor = None,
                        ignore_index: Optional[int] = None,
                        **kwargs) -> Tensor:
     """Binary cross-entropy of each RoI's mask for its own class.
@@ -462,7 +458,7 @@ def _mask_cross_entropy(loss_name, pred, target, label, reduction,
             f'avg_factor and ignore_index is supported, but got reduction='
             f'{reduction!r}, avg_factor={avg_factor!r}, ignore_index='
             f'{ignore_index!r}')
-    _float_pred(loss_name, pred)
+    check_float(loss_name, 'pred', pred)
     check_tensor(loss_name, 'target', target)
     if label is None:  # MMDetection fails on it with a ValueError
         raise LossValueError(
@@ -553,14 +549,11 @@ class CrossEntropyLoss(BaseLoss):
         avg_non_ignore (bool): average over non-ignored labels only.
     """
 
-    def __init__(self,
-                 use_sigmoid: bool = False,
-                 use_mask: bool = False,
+    def __init__(self, use_sigmoid: bool = False, use_mask: bool = False,
                  reduction: str = 'mean',
                  class_weight: Optional[Sequence[float]] = None,
                  ignore_index: Optional[int] = None,
-                 loss_weight: float = 1.0,
-                 avg_non_ignore: bool = False):
+                 loss_weight: float = 1.0, avg_non_ignore: bool = False):
         super().__init__(reduction, loss_weight)
         if use_sigmoid and use_mask:
             raise LossValueError(f'{self.loss_name}: use_sigmoid and use_mask '
@@ -594,14 +587,10 @@ class CrossEntropyLoss(BaseLoss):
                 f'use_mask={self.use_mask}, '
                 f'avg_non_ignore={self.avg_non_ignore}')
 
-    def forward(self,
-                cls_score: Tensor,
-                label: Tensor,
-                weight: Optional[Tensor] = None,
-                avg_factor: Optional[Union[float, Tensor]] = None,
-                reduction_override: Optional[str] = None,
-                ignore_index: Optional[int] = None,
-                **kwargs) -> Tensor:
+    def forward(self, cls_score: Tensor, label: Tensor,
+                weight: OptTensor = None, avg_factor: AvgFactor = None,
+                reduction_override: OptStr = None,
+                ignore_index: Optional[int] = None, **kwargs) -> Tensor:
         """Compute the loss (the family's functions check the inputs).
 
         Args:
@@ -666,15 +655,11 @@ class CrossEntropyCustomLoss(CrossEntropyLoss):
         Others as :class:`CrossEntropyLoss`.
     """
 
-    def __init__(self,
-                 use_sigmoid: bool = False,
-                 use_mask: bool = False,
-                 reduction: str = 'mean',
-                 num_classes: int = -1,
+    def __init__(self, use_sigmoid: bool = False, use_mask: bool = False,
+                 reduction: str = 'mean', num_classes: int = -1,
                  class_weight: Optional[Sequence[float]] = None,
                  ignore_index: Optional[int] = None,
-                 loss_weight: float = 1.0,
-                 avg_non_ignore: bool = False):
+                 loss_weight: float = 1.0, avg_non_ignore: bool = False):
         super().__init__(use_sigmoid, use_mask, reduction, class_weight,
                          ignore_index, loss_weight, avg_non_ignore)
         if isinstance(num_classes, bool) or not isinstance(

@@ -27,7 +27,7 @@ sigmoid block by block. Sums are taken in float32 at least, with autocast
 switched off.
 """
 from numbers import Real
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -40,12 +40,12 @@ from ..errors import LossNotImplementedError, LossValueError
 from ..precision import compute_dtype, loss_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
+from ..typing_utils import AvgFactor, OptStr, OptTensor
 from .base import BaseLoss, gradient_scale, reduce_in_kernel
 from .focal_kernels import row_blocks
 
 __all__ = ['dice_loss', 'sigmoid_dice_loss', 'DiceLoss']
 
-AvgFactor = Optional[Union[float, Tensor]]
 LOSS_NAME = 'DiceLoss'
 # dtypes computed as they are (half inputs compute in float32)
 _WIDE = (torch.float32, torch.float64)
@@ -263,13 +263,9 @@ def _dice_function(name: str, sigmoid: bool, doc: str):
     """The public dice function of probabilities or (``sigmoid``) logits:
     mmdet's signature, the entry checks, then :func:`_dice`."""
 
-    def loss(pred: Tensor,
-             target: Tensor,
-             weight: Optional[Tensor] = None,
-             eps: float = 1e-3,
-             reduction: str = 'mean',
-             naive_dice: bool = False,
-             avg_factor: AvgFactor = None,
+    def loss(pred: Tensor, target: Tensor, weight: OptTensor = None,
+             eps: float = 1e-3, reduction: str = 'mean',
+             naive_dice: bool = False, avg_factor: AvgFactor = None,
              fast: Optional[bool] = None) -> Tensor:
         rule = Reduction(LOSS_NAME, weight, reduction, avg_factor)
         _check_inputs(pred, target, rule)
@@ -328,13 +324,9 @@ class DiceLoss(BaseLoss):
         eps (float): smoothing term, > 0. Defaults to 1e-3.
     """
 
-    def __init__(self,
-                 use_sigmoid: bool = True,
-                 activate: bool = True,
-                 reduction: str = 'mean',
-                 naive_dice: bool = False,
-                 loss_weight: float = 1.0,
-                 eps: float = 1e-3):
+    def __init__(self, use_sigmoid: bool = True, activate: bool = True,
+                 reduction: str = 'mean', naive_dice: bool = False,
+                 loss_weight: float = 1.0, eps: float = 1e-3):
         super().__init__(reduction, loss_weight)
         # activate=True without use_sigmoid builds, as in MMDetection, and
         # raises at the call (forward), where MMDetection raises
@@ -350,11 +342,8 @@ class DiceLoss(BaseLoss):
                 f'activate={self.activate}, naive_dice={self.naive_dice}, '
                 f'eps={self.eps}')
 
-    def forward(self,
-                pred: Tensor,
-                target: Tensor,
-                weight: Optional[Tensor] = None,
-                reduction_override: Optional[str] = None,
+    def forward(self, pred: Tensor, target: Tensor, weight: OptTensor = None,
+                reduction_override: OptStr = None,
                 avg_factor: AvgFactor = None) -> Tensor:
         """Compute the loss.
 

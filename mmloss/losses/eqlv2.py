@@ -28,7 +28,7 @@ built: the negative formula runs on every entry and the label's entry is
 overwritten by the positive one (:func:`eqlv2_elementwise_loss`).
 """
 from numbers import Integral
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -42,6 +42,7 @@ from ..errors import LossValueError
 from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
+from ..typing_utils import AvgFactor, OptStr, OptTensor
 from .base import BaseLoss
 
 __all__ = ['eqlv2_class_weights', 'eqlv2_elementwise_loss',
@@ -164,13 +165,10 @@ def _eqlv2_loss(loss_name: str, cls_score: Tensor, label: Tensor,
                             rule.reduces)
 
 
-def eqlv2_loss(cls_score: Tensor,
-               label: Tensor,
-               pos_weight: Tensor,
-               neg_weight: Tensor,
-               weight: Optional[Tensor] = None,
+def eqlv2_loss(cls_score: Tensor, label: Tensor, pos_weight: Tensor,
+               neg_weight: Tensor, weight: OptTensor = None,
                reduction: str = 'mean',
-               avg_factor: Optional[Union[float, Tensor]] = None) -> Tensor:
+               avg_factor: AvgFactor = None) -> Tensor:
     """EQLv2 loss for given class weights (see the module docstring).
 
     ``L_i = sum_j w_ij BCE(x_ij, t_ij)``, weighted by ``weight`` and reduced
@@ -337,12 +335,9 @@ class EQLV2Loss(BaseLoss):
         torch.div(self.pos_grad, self.neg_grad + RATIO_EPS,
                   out=self.pos_neg)
 
-    def forward(self,
-                cls_score: Tensor,
-                label: Tensor,
-                weight: Optional[Tensor] = None,
-                avg_factor: Optional[Union[float, Tensor]] = None,
-                reduction_override: Optional[str] = None) -> Tensor:
+    def forward(self, cls_score: Tensor, label: Tensor,
+                weight: OptTensor = None, avg_factor: AvgFactor = None,
+                reduction_override: OptStr = None) -> Tensor:
         """The loss of this step, then the update of the statistics.
 
         Args:

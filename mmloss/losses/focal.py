@@ -55,7 +55,7 @@ which agrees to rounding.
 """
 import functools
 from numbers import Real
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +70,7 @@ from ..errors import LossTypeError, LossValueError
 from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
+from ..typing_utils import AvgFactor, OptTensor
 from .base import BaseLoss
 
 __all__ = [
@@ -318,9 +319,8 @@ _DISPATCH_NAMES = {'poly1_focal_loss': 'Poly1FocalLoss',
 
 
 def _focal_loss(loss_name: str, pred: Tensor, target: Tensor,
-                weight: Optional[Tensor], gamma: float, alpha: float,
-                epsilon: float, reduction: str,
-                avg_factor: Optional[Union[float, Tensor]],
+                weight: OptTensor, gamma: float, alpha: float,
+                epsilon: float, reduction: str, avg_factor: AvgFactor,
                 activated: bool) -> Tensor:
     labels_given, weight = _check_inputs(loss_name, pred, target, weight,
                                          reduction, avg_factor)
@@ -355,13 +355,10 @@ def _focal_loss(loss_name: str, pred: Tensor, target: Tensor,
             rule.reduces)
 
 
-def sigmoid_focal_loss(pred: Tensor,
-                       target: Tensor,
-                       weight: Optional[Tensor] = None,
-                       gamma: float = 2.0,
-                       alpha: float = 0.25,
-                       reduction: str = 'mean',
-                       avg_factor: Optional[Union[float, Tensor]] = None,
+def sigmoid_focal_loss(pred: Tensor, target: Tensor,
+                       weight: OptTensor = None, gamma: float = 2.0,
+                       alpha: float = 0.25, reduction: str = 'mean',
+                       avg_factor: AvgFactor = None,
                        activated: bool = False) -> Tensor:
     """Sigmoid focal loss (Lin et al. 2017), weighted and reduced.
 
@@ -387,14 +384,10 @@ def sigmoid_focal_loss(pred: Tensor,
                        alpha, 0.0, reduction, avg_factor, activated)
 
 
-def poly1_focal_loss(pred: Tensor,
-                     target: Tensor,
-                     weight: Optional[Tensor] = None,
-                     gamma: float = 2.0,
-                     alpha: float = 0.25,
-                     epsilon: float = 1.0,
-                     reduction: str = 'mean',
-                     avg_factor: Optional[Union[float, Tensor]] = None,
+def poly1_focal_loss(pred: Tensor, target: Tensor, weight: OptTensor = None,
+                     gamma: float = 2.0, alpha: float = 0.25,
+                     epsilon: float = 1.0, reduction: str = 'mean',
+                     avg_factor: AvgFactor = None,
                      activated: bool = False) -> Tensor:
     """Poly-1 focal loss (Leng et al. 2022), weighted and reduced.
 
@@ -426,6 +419,15 @@ def _check_use_sigmoid(loss_name: str, use_sigmoid) -> bool:
     return True
 
 
+def _set_focal_options(module: BaseLoss, gamma, alpha, activated) -> None:
+    """Check and set ``gamma``, ``alpha`` and ``activated`` of a focal
+    loss module (:class:`FocalLoss`, ``FocalCustomLoss``)."""
+    check_focal_params(module.loss_name, gamma, alpha)
+    module.gamma = gamma
+    module.alpha = alpha
+    module.activated = bool(activated)
+
+
 @MODELS.register_module()
 class FocalLoss(BaseLoss):
     """Sigmoid focal loss (Lin et al. 2017), twin of mmdet's ``FocalLoss``.
@@ -448,27 +450,14 @@ class FocalLoss(BaseLoss):
     #: coefficient of the Poly-1 term; plain focal loss has none
     epsilon = 0.0
 
-    def __init__(self,
-                 use_sigmoid=True,
-                 gamma=2.0,
-                 alpha=0.25,
-                 reduction='mean',
-                 loss_weight=1.0,
-                 activated=False):
+    def __init__(self, use_sigmoid=True, gamma=2.0, alpha=0.25,
+                 reduction='mean', loss_weight=1.0, activated=False):
         super().__init__(reduction, loss_weight)
         self.use_sigmoid = _check_use_sigmoid(self.loss_name, use_sigmoid)
-        check_focal_params(self.loss_name, gamma, alpha)
-        self.gamma = gamma
-        self.alpha = alpha
-        self.activated = bool(activated)
+        _set_focal_options(self, gamma, alpha, activated)
 
-    def forward(self,
-                pred,
-                target,
-                weight=None,
-                avg_factor=None,
-                reduction_override=None,
-                **kwargs):
+    def forward(self, pred, target, weight=None, avg_factor=None,
+                reduction_override=None, **kwargs):
         """Weighted focal loss of ``pred`` (N, C) and ``target`` (N,)/(N, C).
 
         Args:
@@ -512,14 +501,8 @@ class Poly1FocalLoss(FocalLoss):
         activated (bool): ``pred`` holds probabilities, not logits.
     """
 
-    def __init__(self,
-                 use_sigmoid=True,
-                 gamma=2.0,
-                 alpha=0.25,
-                 epsilon=1.0,
-                 reduction='mean',
-                 loss_weight=1.0,
-                 activated=False):
+    def __init__(self, use_sigmoid=True, gamma=2.0, alpha=0.25, epsilon=1.0,
+                 reduction='mean', loss_weight=1.0, activated=False):
         super().__init__(use_sigmoid, gamma, alpha, reduction, loss_weight,
                          activated)
         check_focal_params(self.loss_name, gamma, alpha, epsilon)

@@ -20,16 +20,17 @@ Vocabulary Visual Detection Dataset", ICCV 2023,
 https://arxiv.org/abs/2304.03752.
 """
 from numbers import Integral
-from typing import Dict, Optional, Union
+from typing import Dict
 
 from torch import Tensor
 
 from ..checks import check_float
 from ..errors import LossValueError
 from ..registry import MODELS
+from ..typing_utils import AvgFactor, OptStr, OptTensor
 from .base import BaseLoss
 from .cross_entropy import top1_accuracy
-from .focal import _check_use_sigmoid, _focal_loss, check_focal_params
+from .focal import _check_use_sigmoid, _focal_loss, _set_focal_options
 
 __all__ = ['FocalCustomLoss']
 
@@ -60,13 +61,8 @@ class FocalCustomLoss(BaseLoss):
             silently ignore it.)
     """
 
-    def __init__(self,
-                 use_sigmoid=True,
-                 num_classes=-1,
-                 gamma=2.0,
-                 alpha=0.25,
-                 reduction='mean',
-                 loss_weight=1.0,
+    def __init__(self, use_sigmoid=True, num_classes=-1, gamma=2.0,
+                 alpha=0.25, reduction='mean', loss_weight=1.0,
                  activated=False):
         super().__init__(reduction, loss_weight)
         self.use_sigmoid = _check_use_sigmoid(self.loss_name, use_sigmoid)
@@ -75,14 +71,11 @@ class FocalCustomLoss(BaseLoss):
             raise LossValueError(f'{self.loss_name}: num_classes must be a '
                                  f'positive int (the number of classes of the '
                                  f'head), but got {num_classes!r}')
-        check_focal_params(self.loss_name, gamma, alpha)
-        if activated:
+        _set_focal_options(self, gamma, alpha, activated)
+        if self.activated:
             raise LossValueError(f'{self.loss_name}: activated=True is not '
                                  'supported: pred must hold logits')
         self.num_classes = int(num_classes)
-        self.gamma = gamma
-        self.alpha = alpha
-        self.activated = False
         # what MMDetection's heads read: the channels, the activation and
         # the accuracy come from this loss
         self.custom_cls_channels = True
@@ -111,12 +104,9 @@ class FocalCustomLoss(BaseLoss):
         return dict(acc_classes=top1_accuracy(classes[positive],
                                               labels[positive]))
 
-    def forward(self,
-                pred: Tensor,
-                target: Tensor,
-                weight: Optional[Tensor] = None,
-                avg_factor: Optional[Union[float, Tensor]] = None,
-                reduction_override: Optional[str] = None) -> Tensor:
+    def forward(self, pred: Tensor, target: Tensor, weight: OptTensor = None,
+                avg_factor: AvgFactor = None,
+                reduction_override: OptStr = None) -> Tensor:
         """Weighted focal loss of logits (N, C) and labels (N,).
 
         Args:

@@ -35,6 +35,7 @@ from ..errors import LossValueError
 from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction, weighted_total
 from ..registry import MODELS
+from ..typing_utils import AvgFactor, OptStr, OptTensor
 from .base import BaseLoss
 
 __all__ = [
@@ -178,16 +179,11 @@ def _check_inputs(loss_name: str, pred: Tensor, target: Tensor) -> None:
     check_same_shape(loss_name, pred, target)
 
 
-def gaussian_focal_loss(pred: Tensor,
-                        target: Tensor,
-                        weight: Optional[Tensor] = None,
-                        alpha: float = 2.0,
-                        gamma: float = 4.0,
-                        pos_weight: float = 1.0,
-                        neg_weight: float = 1.0,
-                        reduction: str = 'mean',
-                        avg_factor: Optional[Union[float, Tensor]] = None
-                        ) -> Tensor:
+def gaussian_focal_loss(pred: Tensor, target: Tensor,
+                        weight: OptTensor = None, alpha: float = 2.0,
+                        gamma: float = 4.0, pos_weight: float = 1.0,
+                        neg_weight: float = 1.0, reduction: str = 'mean',
+                        avg_factor: AvgFactor = None) -> Tensor:
     """Gaussian focal loss, element-wise then weighted and reduced.
 
     See the module docstring for the formula; positives are ``y == 1``.
@@ -239,7 +235,7 @@ def gaussian_focal_loss_with_pos_inds(
         pos_weight: float = 1.0,
         neg_weight: float = 1.0,
         reduction: str = 'mean',
-        avg_factor: Optional[Union[float, Tensor]] = None) -> Tensor:
+        avg_factor: AvgFactor = None) -> Tensor:
     """Gaussian focal loss with the positives given by index.
 
     ``pos = -log(p + eps) (1 - p) ** alpha`` at ``pred[pos_inds,
@@ -340,13 +336,9 @@ class GaussianFocalLoss(BaseLoss):
         neg_weight (float): factor of the negative part.
     """
 
-    def __init__(self,
-                 alpha: float = 2.0,
-                 gamma: float = 4.0,
-                 reduction: str = 'mean',
-                 loss_weight: float = 1.0,
-                 pos_weight: float = 1.0,
-                 neg_weight: float = 1.0) -> None:
+    def __init__(self, alpha: float = 2.0, gamma: float = 4.0,
+                 reduction: str = 'mean', loss_weight: float = 1.0,
+                 pos_weight: float = 1.0, neg_weight: float = 1.0) -> None:
         super().__init__(reduction, loss_weight)
         name = self.loss_name
         self.alpha = check_positive(name, 'alpha', alpha, allow_zero=True)
@@ -356,14 +348,11 @@ class GaussianFocalLoss(BaseLoss):
         self.neg_weight = check_positive(name, 'neg_weight', neg_weight,
                                          allow_zero=True)
 
-    def forward(self,
-                pred: Tensor,
-                target: Tensor,
-                pos_inds: Optional[Tensor] = None,
-                pos_labels: Optional[Tensor] = None,
-                weight: Optional[Tensor] = None,
+    def forward(self, pred: Tensor, target: Tensor,
+                pos_inds: OptTensor = None, pos_labels: OptTensor = None,
+                weight: OptTensor = None,
                 avg_factor: Optional[Union[int, float]] = None,
-                reduction_override: Optional[str] = None) -> Tensor:
+                reduction_override: OptStr = None) -> Tensor:
         """Heatmap loss; with ``pos_inds``/``pos_labels`` the index form.
 
         ``weight`` applies to the element-wise form only (as in mmdet).

@@ -27,7 +27,7 @@ differentiated instead.
 """
 import functools
 from numbers import Real
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ from ..errors import LossTypeError, LossValueError
 from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
+from ..typing_utils import AvgFactor, OptStr, OptTensor
 from .base import BaseLoss
 from .cross_entropy_kernels import sums_in_range
 from .focal_kernels import row_blocks
@@ -216,12 +217,8 @@ def _kl_div_distill_plain(pred: Tensor, soft_label: Tensor,
 
 
 def knowledge_distillation_kl_div_loss(
-        pred: Tensor,
-        soft_label: Tensor,
-        weight: Optional[Tensor] = None,
-        reduction: str = 'mean',
-        avg_factor: Optional[Union[float, Tensor]] = None,
-        *,
+        pred: Tensor, soft_label: Tensor, weight: OptTensor = None,
+        reduction: str = 'mean', avg_factor: AvgFactor = None, *,
         T: float,
         detach_target: bool = True,
         fast: bool = True) -> Tensor:
@@ -305,9 +302,7 @@ class KnowledgeDistillationKLDivLoss(BaseLoss):
         T (float): temperature, ``>= 1``. Defaults to 10.
     """
 
-    def __init__(self,
-                 reduction: str = 'mean',
-                 loss_weight: float = 1.0,
+    def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0,
                  T: int = 10) -> None:
         super().__init__(reduction, loss_weight)
         if isinstance(T, bool) or not isinstance(T, Real) or not T >= 1:
@@ -318,12 +313,9 @@ class KnowledgeDistillationKLDivLoss(BaseLoss):
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, T={self.T}'
 
-    def forward(self,
-                pred: Tensor,
-                soft_label: Tensor,
-                weight: Optional[Tensor] = None,
-                avg_factor: Optional[Union[float, Tensor]] = None,
-                reduction_override: Optional[str] = None) -> Tensor:
+    def forward(self, pred: Tensor, soft_label: Tensor,
+                weight: OptTensor = None, avg_factor: AvgFactor = None,
+                reduction_override: OptStr = None) -> Tensor:
         """Compute the loss.
 
         Args:

@@ -60,7 +60,7 @@ Deliberate differences from MMDetection 3.3:
 import functools
 import math
 from numbers import Real
-from typing import Callable, NamedTuple, Optional, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +75,7 @@ from ..errors import LossTypeError, LossValueError, LossZeroDivisionError
 from ..precision import compute_dtype, loss_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
+from ..typing_utils import AvgFactor, OptStr, OptTensor
 from .base import BaseLoss, gradient_scale, reduce_in_kernel
 
 __all__ = [
@@ -85,7 +86,6 @@ __all__ = [
 # fvcore's threshold below which smooth L1 is plain L1
 SMOOTH_L1_MIN_BETA = 1e-5
 
-AvgFactor = Optional[Union[float, Tensor]]
 # dtypes computed as they are (half inputs compute in float32)
 _WIDE = (torch.float32, torch.float64)
 
@@ -247,11 +247,8 @@ def _l1_elementwise(pred: Tensor, target: Tensor) -> Tensor:
 _L1 = _Formula(_l1_value, _l1_slope, _l1_elementwise)
 
 
-def l1_loss(pred: Tensor,
-            target: Tensor,
-            weight: Optional[Tensor] = None,
-            reduction: str = 'mean',
-            avg_factor: AvgFactor = None,
+def l1_loss(pred: Tensor, target: Tensor, weight: OptTensor = None,
+            reduction: str = 'mean', avg_factor: AvgFactor = None,
             fast: Optional[bool] = None) -> Tensor:
     """L1 loss ``|pred - target|``, weighted and reduced.
 
@@ -309,13 +306,9 @@ def _smooth_l1(beta: float) -> _Formula:
                     reduced)
 
 
-def smooth_l1_loss(pred: Tensor,
-                   target: Tensor,
-                   weight: Optional[Tensor] = None,
-                   reduction: str = 'mean',
-                   avg_factor: AvgFactor = None,
-                   beta: float = 1.0,
-                   fast: Optional[bool] = None) -> Tensor:
+def smooth_l1_loss(pred: Tensor, target: Tensor, weight: OptTensor = None,
+                   reduction: str = 'mean', avg_factor: AvgFactor = None,
+                   beta: float = 1.0, fast: Optional[bool] = None) -> Tensor:
     """Smooth L1 loss of ``x = |pred - target|``, weighted and reduced.
 
     ``0.5 * x^2 / beta`` for ``x < beta``, else ``x - 0.5 * beta``; its
@@ -406,14 +399,9 @@ def _balanced_l1(alpha: float, gamma: float, beta: float) -> _Formula:
     return _Formula(value, slope, elementwise)
 
 
-def balanced_l1_loss(pred: Tensor,
-                     target: Tensor,
-                     weight: Optional[Tensor] = None,
-                     reduction: str = 'mean',
-                     avg_factor: AvgFactor = None,
-                     beta: float = 1.0,
-                     alpha: float = 0.5,
-                     gamma: float = 1.5,
+def balanced_l1_loss(pred: Tensor, target: Tensor, weight: OptTensor = None,
+                     reduction: str = 'mean', avg_factor: AvgFactor = None,
+                     beta: float = 1.0, alpha: float = 0.5, gamma: float = 1.5,
                      fast: Optional[bool] = None) -> Tensor:
     """Balanced L1 loss (Libra R-CNN) of ``x = |pred - target|``.
 
@@ -457,11 +445,8 @@ _MSE = _Formula(_mse_value, _mse_slope,
                 _mse_reduced)
 
 
-def mse_loss(pred: Tensor,
-             target: Tensor,
-             weight: Optional[Tensor] = None,
-             reduction: str = 'mean',
-             avg_factor: AvgFactor = None,
+def mse_loss(pred: Tensor, target: Tensor, weight: OptTensor = None,
+             reduction: str = 'mean', avg_factor: AvgFactor = None,
              fast: Optional[bool] = None) -> Tensor:
     """Squared error ``(pred - target)^2``, weighted and reduced.
 
@@ -505,13 +490,9 @@ class ElementwiseRegressionLoss(BaseLoss):
     def formula(self) -> _Formula:
         raise NotImplementedError
 
-    def forward(self,
-                pred: Tensor,
-                target: Tensor,
-                weight: Optional[Tensor] = None,
+    def forward(self, pred: Tensor, target: Tensor, weight: OptTensor = None,
                 avg_factor: AvgFactor = None,
-                reduction_override: Optional[str] = None,
-                **kwargs) -> Tensor:
+                reduction_override: OptStr = None, **kwargs) -> Tensor:
         """The weighted loss times ``loss_weight``."""
         if kwargs:
             _reject_kwargs(self.loss_name, kwargs)
@@ -551,9 +532,7 @@ class SmoothL1Loss(ElementwiseRegressionLoss):
         loss_weight (float): factor applied to the loss.
     """
 
-    def __init__(self,
-                 beta: float = 1.0,
-                 reduction: str = 'mean',
+    def __init__(self, beta: float = 1.0, reduction: str = 'mean',
                  loss_weight: float = 1.0):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         # checked at the call, where MMDetection asserts beta > 0
@@ -582,11 +561,8 @@ class BalancedL1Loss(ElementwiseRegressionLoss):
         loss_weight (float): factor applied to the loss.
     """
 
-    def __init__(self,
-                 alpha: float = 0.5,
-                 gamma: float = 1.5,
-                 beta: float = 1.0,
-                 reduction: str = 'mean',
+    def __init__(self, alpha: float = 0.5, gamma: float = 1.5,
+                 beta: float = 1.0, reduction: str = 'mean',
                  loss_weight: float = 1.0):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         # checked at the call, where MMDetection fails on them

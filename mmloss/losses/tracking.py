@@ -66,7 +66,6 @@ not finite, raises, or mutates the caller's tensors):
   that round-off.
 """
 from numbers import Real
-from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +78,7 @@ from ..errors import LossNotImplementedError, LossValueError
 from ..precision import compute_dtype, restore_loss
 from ..reduction import Reduction
 from ..registry import MODELS
+from ..typing_utils import AvgFactor, OptStr, OptTensor
 from .base import BaseLoss
 
 __all__ = [
@@ -107,12 +107,8 @@ def _negative_ranks(key: Tensor, negative: Tensor) -> Tensor:
     return ranks.view(key.shape)
 
 
-def margin_l2_loss(pred: Tensor,
-                   target: Tensor,
-                   weight: Optional[Tensor] = None,
-                   reduction: str = 'mean',
-                   avg_factor: Optional[Union[float, Tensor]] = None,
-                   *,
+def margin_l2_loss(pred: Tensor, target: Tensor, weight: OptTensor = None,
+                   reduction: str = 'mean', avg_factor: AvgFactor = None, *,
                    neg_pos_ub: int = -1,
                    pos_margin: float = -1,
                    neg_margin: float = -1,
@@ -206,13 +202,9 @@ class MarginL2Loss(BaseLoss):
     Paper: Pang et al., "Quasi-Dense Similarity Learning for Multiple Object Tracking", CVPR 2021, https://arxiv.org/abs/2006.06664
     """
 
-    def __init__(self,
-                 neg_pos_ub: int = -1,
-                 pos_margin: float = -1,
-                 neg_margin: float = -1,
-                 hard_mining: bool = False,
-                 reduction: str = 'mean',
-                 loss_weight: float = 1.0):
+    def __init__(self, neg_pos_ub: int = -1, pos_margin: float = -1,
+                 neg_margin: float = -1, hard_mining: bool = False,
+                 reduction: str = 'mean', loss_weight: float = 1.0):
         super().__init__(reduction, loss_weight)
         self.neg_pos_ub = _check_number(self.loss_name, 'neg_pos_ub',
                                         neg_pos_ub)
@@ -222,12 +214,9 @@ class MarginL2Loss(BaseLoss):
                                         neg_margin)
         self.hard_mining = bool(hard_mining)
 
-    def forward(self,
-                pred: Tensor,
-                target: Tensor,
-                weight: Optional[Tensor] = None,
-                avg_factor: Optional[Union[float, Tensor]] = None,
-                reduction_override: Optional[str] = None) -> Tensor:
+    def forward(self, pred: Tensor, target: Tensor, weight: OptTensor = None,
+                avg_factor: AvgFactor = None,
+                reduction_override: OptStr = None) -> Tensor:
         reduction = self.resolve_reduction(reduction_override)
         if reduction == 'sum':
             raise LossValueError(
@@ -268,13 +257,9 @@ class L2Loss(MarginL2Loss):
 # ---------------------------------------------------------------------------
 # multi-positive cross-entropy
 # ---------------------------------------------------------------------------
-def multi_pos_cross_entropy(pred: Tensor,
-                            label: Tensor,
-                            weight: Optional[Tensor] = None,
-                            reduction: str = 'mean',
-                            avg_factor: Optional[Union[float,
-                                                       Tensor]] = None,
-                            *,
+def multi_pos_cross_entropy(pred: Tensor, label: Tensor,
+                            weight: OptTensor = None, reduction: str = 'mean',
+                            avg_factor: AvgFactor = None, *,
                             loss_name: str = 'MultiPosCrossEntropyLoss'
                             ) -> Tensor:
     """Cross-entropy of each row against all of its positives at once.
@@ -332,13 +317,9 @@ class MultiPosCrossEntropyLoss(BaseLoss):
     Paper: Pang et al., "Quasi-Dense Similarity Learning for Multiple Object Tracking", CVPR 2021, https://arxiv.org/abs/2006.06664
     """
 
-    def forward(self,
-                cls_score: Tensor,
-                label: Tensor,
-                weight: Optional[Tensor] = None,
-                avg_factor: Optional[Union[float, Tensor]] = None,
-                reduction_override: Optional[str] = None,
-                **kwargs) -> Tensor:
+    def forward(self, cls_score: Tensor, label: Tensor,
+                weight: OptTensor = None, avg_factor: AvgFactor = None,
+                reduction_override: OptStr = None, **kwargs) -> Tensor:
         loss = multi_pos_cross_entropy(
             cls_score, label, weight,
             self.resolve_reduction(reduction_override), avg_factor,

@@ -28,6 +28,7 @@ from ...engine import dispatch, rowwise
 from ...errors import LossValueError
 from ...precision import restore_dtype, restore_loss, upcast
 from ...reduction import Reduction
+from ...typing_utils import AvgFactor
 from . import cores
 from . import formulas as F
 
@@ -37,8 +38,6 @@ __all__ = [
     'variant_iou_loss', 'alpha_iou_loss', 'wise_iou_loss', 'mpdiou_loss',
     'focal_eiou_loss'
 ]
-
-AvgFactor = Optional[Union[float, Tensor]]
 
 
 # ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from torch import Tensor
 from ...checks import check_positive
 from ...errors import LossTypeError
 from ...registry import MODELS
+from ...typing_utils import OptStr, OptTensor
 from ..base import BaseLoss
 from ..focal import _check_use_sigmoid
 from .distribution import _distribution_focal_loss
@@ -39,13 +40,9 @@ class _QualityFamilyLoss(BaseLoss):
         """``value`` of the option ``name``, checked to be ``>= 0``."""
         return check_positive(self.loss_name, name, value, allow_zero=True)
 
-    def forward(self,
-                pred: Tensor,
-                target: Tensor,
-                weight: Optional[Tensor] = None,
+    def forward(self, pred: Tensor, target: Tensor, weight: OptTensor = None,
                 avg_factor: Optional[int] = None,
-                reduction_override: Optional[str] = None,
-                **kwargs) -> Tensor:
+                reduction_override: OptStr = None, **kwargs) -> Tensor:
         """The weighted loss of ``pred`` and ``target`` (the shapes of the
         module's function); ``reduction_override`` overrides
         ``reduction``."""
