@@ -25,6 +25,11 @@ __all__ = [
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
     """The common dtype of ``tensors``, at least float32."""
+    if len(tensors) == 1:
+        # the common call, on every step: float32/float64 as they are
+        dtype = tensors[0].dtype
+        if dtype is torch.float32 or dtype is torch.float64:
+            return dtype
     dtype = torch.float32
     for tensor in tensors:
         dtype = torch.promote_types(dtype, tensor.dtype)

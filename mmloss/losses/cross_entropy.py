@@ -119,8 +119,12 @@ def _check_softmax_inputs(loss_name, pred, label, weight,
     :func:`_softmax_cross_entropy`)."""
     _check_logits_and_label(loss_name, pred, label)
     check_integer_labels(loss_name, label, 'label')
-    if label.shape[:1] != pred.shape[:1] or \
-            label.shape[1:] != pred.shape[2:]:
+    if label.dim() == 1 and pred.dim() == 2:  # the common case, cheaply
+        mismatch = label.size(0) != pred.size(0)
+    else:
+        mismatch = label.shape[:1] != pred.shape[:1] or \
+            label.shape[1:] != pred.shape[2:]
+    if mismatch:
         expected = pred.shape[:1] + pred.shape[2:]
         raise LossValueError(
             f'{loss_name}: pred has shape {tuple(pred.shape)} '
@@ -132,7 +136,7 @@ def _check_softmax_inputs(loss_name, pred, label, weight,
         _check_class_weight_size(loss_name, class_weight, pred.size(1))
 
 
-def _softmax_fast_path(pred: Tensor, class_weight: Optional[Tensor],
+def softmax_fast_path(pred: Tensor, class_weight: Optional[Tensor],
                        fast: bool) -> bool:
     """Whether softmax cross-entropy of ``pred`` takes the fast path: 2-D
     logits with classes, a constant class weight, as the dispatcher
@@ -148,7 +152,7 @@ def _softmax_cross_entropy(loss_name, pred, label, weight, reduction,
     ignore_index = _check_entry(loss_name, reduction, avg_factor,
                                 ignore_index)
     _check_softmax_inputs(loss_name, pred, label, weight, class_weight)
-    fast = _softmax_fast_path(pred, class_weight, fast)
+    fast = softmax_fast_path(pred, class_weight, fast)
     num_classes = pred.size(1)
     if fast or not dispatch.tuning(label).cpu_kernels:
         # the kernels index with the labels unchecked; off the CPU the
@@ -173,7 +177,8 @@ def softmax_cross_entropy_checked(loss_name, pred, label, weight, reduction,
                                   avg_factor, class_weight, ignore_index,
                                   avg_non_ignore, fast) -> Tensor:
     """:func:`softmax_cross_entropy` of inputs already checked (by the
-    caller that made them), ``ignore_index`` an int."""
+    caller that made them), ``ignore_index`` an int, ``fast`` the decision
+    of :func:`softmax_fast_path` (which the caller makes once)."""
     with dispatch.autocast_off(pred):
         dtype = compute_dtype(pred)
         if avg_factor is None and avg_non_ignore and reduction == 'mean':
@@ -184,7 +189,7 @@ def softmax_cross_entropy_checked(loss_name, pred, label, weight, reduction,
         if class_weight is not None:
             class_weight = to_dtype(class_weight, dtype)
         rule = Reduction(loss_name, weight, reduction, avg_factor)
-        if _softmax_fast_path(pred, class_weight, fast):
+        if fast:
             loss = softmax_cross_entropy_rows(pred, label, rule,
                                               class_weight, ignore_index)
         else:

@@ -53,7 +53,8 @@ from ..reduction import Reduction
 from ..registry import MODELS
 from .base import BaseLoss
 from .cross_entropy import (DEFAULT_IGNORE_INDEX,
-                            softmax_cross_entropy_checked, top1_accuracy)
+                            softmax_cross_entropy_checked, softmax_fast_path,
+                            top1_accuracy)
 
 __all__ = ['seesaw_log_weights', 'seesaw_ce_loss', 'SeesawLoss']
 
@@ -414,7 +415,7 @@ class SeesawLoss(BaseLoss):
                 self.loss_name, objectness,
                 (labels == self.num_classes).long(), label_weights,
                 reduction, avg_factor, None, DEFAULT_IGNORE_INDEX, False,
-                True))
+                softmax_fast_path(objectness, None, True)))
         if self.return_dict:
             return dict(loss_cls_objectness=loss_objectness,
                         loss_cls_classes=loss_classes)

@@ -2,6 +2,7 @@
 2020): the public function, the plain per-row formula and the kernel of its
 fast path.
 """
+import functools
 from typing import Optional, Union
 
 import torch
@@ -55,8 +56,9 @@ def _check_distances(loss_name: str, label: Tensor, last: int) -> None:
         return
     low, high = torch.aminmax(label.detach())
     if dispatch.tuning(label).cpu_kernels:
-        # one read of one flag (the bounds are read only to report them)
-        if not bool((low >= 0) & (high <= last)):
+        # two reads on the host, no further ops (NaN fails both tests)
+        low, high = low.item(), high.item()
+        if not (low >= 0 and high <= last):
             raise LossValueError(
                 f'{loss_name}: target must lie in [0, {last}] '
                 f'for pred with {last + 1} bins, but got values '
@@ -104,17 +106,35 @@ def _bins(label: Tensor, num_bins: int, dtype: torch.dtype):
     return left, right, (left + 1).to(dtype) - label, label - left.to(dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def _pair_constants(device: torch.device, dtype: torch.dtype):
+    """``(steps, offset, slope)`` on ``device``: the column steps ``[0, 1]``
+    from a distance's left bin, and ``[-1, 0]``, ``[1, -1]`` that make
+    ``offset + slope * (y - l)`` the negated bin weights ``[-(l + 1 - y),
+    -(y - l)]`` in one op (exactly: ``1 - (y - l)`` is ``l + 1 - y`` to
+    the last bit, both differences being exact)."""
+    return (torch.tensor([0, 1], device=device),
+            torch.tensor([-1.0, 0.0], device=device, dtype=dtype),
+            torch.tensor([1.0, -1.0], device=device, dtype=dtype))
+
+
 def distribution_focal_rows(pred: Tensor, label: Tensor) -> Tensor:
     """The plain per-row DFL (N,) by ``log_softmax`` (autograd, any order;
-    differentiable in ``label`` too, as mmdet's), float32 at least."""
+    differentiable in ``label`` too, as mmdet's), float32 at least.
+
+    Both bins of a row come from one gather of an (N, 2) column pair, so
+    the graph has one sparse backward and few nodes (the RoI-head sizes,
+    about a thousand rows, are bound by per-op overhead)."""
     dtype = compute_dtype(pred)
-    left, right, weight_left, weight_right = _bins(label, pred.shape[1],
-                                                   dtype)
+    steps, offset, slope = _pair_constants(pred.device, dtype)
+    label = to_dtype(label, dtype)
+    left = label.long()
+    columns = (left.unsqueeze(1) + steps).clamp_(max=pred.shape[1] - 1)
+    negated_weights = torch.addcmul(offset, (label - left).unsqueeze(1),
+                                    slope)
     log_prob = F.log_softmax(to_dtype(pred, dtype), dim=1)
-    # both bins in one gather (one sparse backward instead of two); the
-    # row sum of two products is their plain sum, bit for bit
-    picked = log_prob.gather(1, torch.stack([left, right], dim=1))
-    return -(picked * torch.stack([weight_left, weight_right], dim=1)).sum(1)
+    # the row sum of two products is their plain sum, bit for bit
+    return (log_prob.gather(1, columns) * negated_weights).sum(1)
 
 
 def distribution_focal_kernel(needs, pred: Tensor, label: Tensor):
