@@ -413,3 +413,19 @@ def test_twins_equal_mmdet_on_cuda(case, size, mmdet_losses):
                          warmup=0, use_mmdet=True)
     assert row['mmloss']['status'] == 'ok', row['mmloss']['error']
     assert row['agree'] is True, row['agreement']
+
+
+def test_cli_with_rows_prints_and_writes_the_row_count(tmp_path, capsys):
+    """``--rows`` rows carry an int size: the text table, the Markdown and
+    the JSON all take it."""
+    status = bench.main(['--losses', 'L1Loss', '--size', 'small', '--rows',
+                         '96', '--repeat', '1', '--warmup', '0', '--threads',
+                         '1', '--min-time', '0', '--out', str(tmp_path),
+                         '--no-progress'])
+    assert status == 0
+    rows = json.loads((tmp_path / 'benchmark.json').read_text())['rows']
+    assert [row['size'] for row in rows] == ['small', 96]
+    assert '| L1Loss | 96 |' in (tmp_path / 'benchmark.md').read_text()
+    printed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith('L1Loss') and ' 96 ' in line
+               for line in printed)

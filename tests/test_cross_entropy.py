@@ -1,6 +1,5 @@
 """CrossEntropyLoss / CrossEntropyCustomLoss against MMDetection 3.3."""
 import dataclasses
-import functools
 import warnings
 
 import pytest
@@ -8,8 +7,8 @@ import torch
 
 import mmloss
 from mmloss.engine import dispatch
-from mmloss.engine.functions import (GradientInBackward,
-                                     GradientInForward)
+from mmloss.engine.functions import (GradientInForward,
+                                     gradient_from_output)
 from mmloss.losses import cross_entropy as ce_module
 from mmloss.losses import cross_entropy_kernels as ce_kernels
 from mmloss.losses.cross_entropy import (accurate_neg_log,
@@ -27,13 +26,10 @@ C = len(CLASS_WEIGHT)
 
 
 def softmax_kernel_path(logits, label, ignore_index, factor, reduce_sum):
-    """The softmax fast kernels through the engine's Function."""
-    options = dict(ignore_index=ignore_index, reduce_sum=reduce_sum)
-    return GradientInBackward.apply(
-        functools.partial(ce_kernels.softmax_cross_entropy_value, **options),
-        functools.partial(ce_kernels.softmax_cross_entropy_grad, **options),
-        functools.partial(ce_kernels._softmax_cross_entropy_plain, **options),
-        logits, label, factor)
+    """The softmax fast kernel through the engine's Function."""
+    return gradient_from_output(
+        ce_kernels.softmax_rule(ignore_index, reduce_sum), logits, label,
+        factor)
 
 
 def sigmoid_kernel_path(logits, label, pos_weight, row_weight):
@@ -422,7 +418,7 @@ def test_small_logits_take_aten_and_agree(monkeypatch):
         out = softmax_cross_entropy(x, label[:n])
         names = [type(f).__name__ for f, _ in out.grad_fn.next_functions
                  if f is not None]
-        assert any('GradientInBackward' in name for name in names) == \
+        assert any('GradientFromOutput' in name for name in names) == \
             fused, names
         out.backward()
         x_ref = pred[:n].clone().requires_grad_()
@@ -875,17 +871,22 @@ def test_narrow_labels():
                        label)
 
 
-def test_the_graph_keeps_the_logits_narrow_labels_and_row_sums():
-    """The softmax fast path keeps the caller's logits (a reference), the
-    labels in one byte each (81 classes) and one number per row: never
-    more than mmdet's log-softmax and int64 labels."""
+def test_the_graph_keeps_the_exponentials_narrow_labels_and_row_sums():
+    """The softmax fast path keeps its exponentials (not the caller's
+    logits), the label columns in one byte each (81 classes) and one
+    number per row (and the row factor only where there is one): never
+    more than mmdet's log-softmax and int64 labels (and weight)."""
     g = torch.Generator().manual_seed(40)
     pred = torch.randn(2000, 81, generator=g).requires_grad_()
     label = torch.randint(0, 81, (2000, ), generator=g)
     total, kept = saved_bytes(mmloss.CrossEntropyLoss(), pred, label)
-    assert kept == {pred.untyped_storage().data_ptr()}
+    assert pred.untyped_storage().data_ptr() not in kept
     assert total == pred.numel() * 4 + 2000 * (1 + 4)
     assert total <= pred.numel() * 4 + label.numel() * 8
+    weight = torch.rand(2000, generator=g)
+    total, _ = saved_bytes(mmloss.CrossEntropyLoss(), pred, label, weight)
+    assert total == pred.numel() * 4 + 2000 * (1 + 4 + 4)
+    assert total <= pred.numel() * 4 + label.numel() * (8 + 4)
 
 
 @pytest.mark.parametrize('kind', ['cpu', 'cuda'])

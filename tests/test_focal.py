@@ -610,7 +610,8 @@ def graph_functions(out):
 
 
 #: The engine's autograd Functions (as their backward nodes are named).
-ENGINE_FUNCTIONS = ('GradientInForwardBackward', 'GradientInBackwardBackward')
+ENGINE_FUNCTIONS = ('GradientInForwardBackward', 'GradientInBackwardBackward',
+                    'GradientFromOutputBackward')
 
 
 def engine_ran(out):

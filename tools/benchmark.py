@@ -910,7 +910,7 @@ def table_rows(rows: List[Dict]) -> List[List[str]]:
     for row in rows:
         ours, ref = row['mmloss'], row['mmdet'] or {}
         cells.append([
-            row['loss'], row['size'], row['shape'],
+            row['loss'], str(row['size']), row['shape'],
             _fmt(ref.get('ms'), '.2f'), _fmt(ours['ms'], '.2f'),
             _fmt(row['speedup'], '.2f', '-') + ('x' if row['speedup'] else ''),
             _fmt(_mb(ref.get('saved_bytes')), '.1f'),

@@ -53,8 +53,9 @@ from torch import Tensor
 from ..gradients import graph_is_kept, scale_saved_grad
 from ..precision import to_dtype
 
-__all__ = ['GradientInForward', 'GradientInBackward', 'NegativeOf',
-           'gradient_in_forward', 'gradient_in_backward']
+__all__ = ['GradientInForward', 'GradientInBackward', 'GradientFromOutput',
+           'FromOutput', 'NegativeOf', 'gradient_in_forward',
+           'gradient_in_backward', 'gradient_from_output']
 
 
 class NegativeOf:
@@ -210,3 +211,103 @@ def gradient_in_backward(value_kernel: Callable, grad_kernel: Callable,
         return GradientInBackward.apply(value_kernel, grad_kernel, plain,
                                         *inputs)
     return value_kernel(*inputs)[0]
+
+
+class GradientFromOutput(torch.autograd.Function):
+    """``value`` of a loss whose gradient comes from a tensor its value
+    kernel makes anyway (a softmax's exponentials), kept instead of the
+    input: the input's memory is not held until backward and the tensor is
+    not computed twice.
+
+    ``apply(rule, *inputs)`` with ``rule`` a :class:`FromOutput`. The kernel
+    returns ``(value, hidden, extras)``: ``hidden`` is a differentiable
+    function of the first input alone (given the constant ``extras``), which
+    the Function returns as a second output and saves as an output. Only the
+    first input gets a gradient.
+
+    Backward without a graph runs ``rule.grad_kernel`` (in place over
+    ``hidden`` when the graph is freed) and one scaling pass. With
+    ``create_graph=True`` it computes the same gradient by differentiable
+    ops of the saved output (``rule.grad_formula``): the result is
+    connected, through ``hidden``, to this Function and so to the input,
+    and a second backward reaches ``hidden``'s own derivative
+    (``rule.hidden_backward``), so derivatives of every order are those of
+    the formula.
+    """
+
+    @staticmethod
+    def forward(ctx, rule: 'FromOutput', *inputs):
+        value, hidden, extras = rule.kernel(*inputs)
+        ctx.set_materialize_grads(False)
+        ctx.rule = rule
+        ctx.dtype = inputs[0].dtype
+        ctx.save_for_backward(hidden, *extras)
+        return value, hidden
+
+    @staticmethod
+    def backward(ctx, grad_value: Optional[Tensor],
+                 grad_hidden: Optional[Tensor]):
+        hidden, *extras = ctx.saved_tensors
+        rule = ctx.rule
+        grad = None
+        if grad_hidden is not None:
+            # first: the fast kernel below may write over ``hidden``
+            grad = rule.hidden_backward(hidden, extras, grad_hidden)
+        if grad_value is not None:
+            if torch.is_grad_enabled():
+                part = _times_rows(rule.grad_formula(hidden, extras),
+                                   grad_value)
+            else:
+                part, scale = rule.grad_kernel(hidden, extras,
+                                               not graph_is_kept())
+                part = scale_saved_grad(part, grad_value, scale)
+            grad = part if grad is None else grad + part
+        none = (None, ) * (len(ctx.needs_input_grad) - 2)
+        if grad is None:
+            return (None, None) + none
+        return (None, to_dtype(grad, ctx.dtype)) + none
+
+
+def _times_rows(grad: Tensor, grad_output: Tensor) -> Tensor:
+    """``grad * grad_output`` for a scalar or per-row ``grad_output``, by
+    differentiable ops."""
+    grad_output = grad_output.to(grad.dtype)
+    if grad_output.dim() and grad_output.dim() < grad.dim():
+        grad_output = grad_output.reshape(
+            grad_output.shape + (1, ) * (grad.dim() - grad_output.dim()))
+    return grad * grad_output
+
+
+class FromOutput:
+    """The four functions of a :class:`GradientFromOutput` loss.
+
+    Attributes:
+        kernel: ``kernel(*inputs) -> (value, hidden, extras)``.
+        grad_kernel: ``grad_kernel(hidden, extras, in_place) -> (grad,
+            scale)``, ``d value / d input`` without the incoming gradient
+            (``scale`` as for :class:`GradientInForward`), writing over
+            ``hidden`` only where ``in_place``.
+        grad_formula: ``grad_formula(hidden, extras) -> grad``, the same by
+            differentiable ops of ``hidden``.
+        hidden_backward: ``hidden_backward(hidden, extras, grad_hidden) ->
+            grad``, the vector-Jacobian product of ``hidden`` with respect
+            to the input, by differentiable ops.
+    """
+    __slots__ = ('kernel', 'grad_kernel', 'grad_formula', 'hidden_backward')
+
+    def __init__(self, kernel: Callable, grad_kernel: Callable,
+                 grad_formula: Callable, hidden_backward: Callable):
+        self.kernel = kernel
+        self.grad_kernel = grad_kernel
+        self.grad_formula = grad_formula
+        self.hidden_backward = hidden_backward
+
+
+def gradient_from_output(rule: FromOutput, *inputs: Optional[Tensor]
+                         ) -> Tensor:
+    """Run ``rule`` through :class:`GradientFromOutput` when a backward can
+    come (then only the first input may need a gradient), else just its
+    kernel's value (nothing kept)."""
+    if torch.is_grad_enabled() and inputs[0].requires_grad:
+        return GradientFromOutput.apply(rule, *inputs)[0]
+    return rule.kernel(*inputs)[0]

@@ -17,18 +17,20 @@ or ``ignore_index`` give a zero-weight row, exactly as MMDetection 3.3 does.
 Fast paths (chosen by :mod:`mmloss.engine.dispatch`): 2-D softmax logits,
 from the dispatch table's ``min_rows['CrossEntropyLoss']`` rows up (below it
 ``F.cross_entropy``'s single fused kernel is faster), run through
-:class:`mmloss.engine.functions.GradientInBackward`: forward computes the
-value from each row's sum of exponentials, the graph keeps the logits (a
-reference), the labels narrowed to the smallest integer type and that sum
-(:func:`~mmloss.losses.cross_entropy_kernels.softmax_cross_entropy_value`),
-and backward computes ``softmax - onehot`` from them
-(:func:`~mmloss.losses.cross_entropy_kernels.softmax_cross_entropy_grad`).
+:class:`mmloss.engine.functions.GradientFromOutput`: forward takes one
+exponential per logit and keeps those exponentials (not the logits), the
+labels narrowed to the smallest integer type and each row's sum
+(:func:`~mmloss.losses.cross_entropy_kernels.softmax_cross_entropy_kernel`),
+and backward turns them into ``softmax - onehot`` in place; a backward with
+``create_graph=True`` takes the same gradient by differentiable ops of the
+kept exponentials, so every higher derivative is exact too.
 Integer-label sigmoid logits with ``'mean'``/``'sum'`` never build the
 one-hot target (:func:`sigmoid_one_hot_kernel`, through
 :class:`mmloss.engine.functions.GradientInForward`, from
-``min_rows['CrossEntropyLoss(sigmoid)']`` rows up). Each has a plain formula
-by autograd ops, which a backward with ``create_graph=True`` differentiates,
-and which ``fast=False`` (or :func:`mmloss.fast_paths`) runs instead.
+``min_rows['CrossEntropyLoss(sigmoid)']`` rows up), whose plain formula by
+autograd ops a backward with ``create_graph=True`` differentiates. Both
+plain formulas run instead where ``fast=False`` (or
+:func:`mmloss.fast_paths`) says so.
 """
 import warnings
 from numbers import Integral, Real
@@ -137,7 +139,7 @@ def _check_softmax_inputs(loss_name, pred, label, weight,
 
 
 def softmax_fast_path(pred: Tensor, class_weight: Optional[Tensor],
-                       fast: bool) -> bool:
+                      fast: bool) -> bool:
     """Whether softmax cross-entropy of ``pred`` takes the fast path: 2-D
     logits with classes, a constant class weight, as the dispatcher
     decides (``fast=False`` never)."""

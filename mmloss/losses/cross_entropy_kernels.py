@@ -1,6 +1,6 @@
-"""The softmax cross-entropy kernels: the value from one pass of row
-statistics (log-sum-exp), the gradient from them in backward, the plain
-formula they are held to, and the numerics shared with DFL and KD
+"""The softmax cross-entropy kernels: the value and the exponentials its
+gradient comes from in one pass, the gradient from them in backward, the
+plain formula they are held to, and the numerics shared with DFL and KD
 (:func:`accurate_neg_log`, :func:`sums_in_range`).
 """
 import functools
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine import dispatch
-from ..engine.functions import gradient_in_backward
+from ..engine.functions import FromOutput, gradient_from_output
 from ..precision import compute_dtype, to_dtype
 from ..reduction import Reduction
 from .focal_kernels import row_blocks
@@ -103,118 +103,122 @@ def sums_in_range(*sums: Tensor) -> bool:
     return low <= least.item() and most.item() <= high
 
 
-def _exp_row_sums(work: Tensor, shift: Optional[Tensor]) -> Tensor:
-    """``sum_j exp(x_ij - shift_i)`` (no shift for ``None``), (N,), block by
-    block: the exponentials never fill an (N, C) tensor."""
-    spans = row_blocks(work)
+def _exponentials(work: Tensor, shift: Optional[Tensor]
+                  ) -> Tuple[Tensor, Tensor]:
+    """``(exps, total)``: ``exps = exp(x - shift)`` (no shift for ``None``)
+    and its row sums ``total`` (N,), block by block (a block is summed while
+    it is in cache)."""
+    exps = torch.empty_like(work)
     total = work.new_empty(work.size(0))
-    scratch = work.new_empty((spans[0][1] - spans[0][0], work.size(1)))
-    for start, stop in spans:
-        part = scratch[:stop - start]
+    for start, stop in row_blocks(work):
+        part = exps[start:stop]
         if shift is None:
             torch.exp(work[start:stop], out=part)
         else:
             torch.sub(work[start:stop], shift[start:stop, None],
                       out=part).exp_()
         torch.sum(part, 1, out=total[start:stop])
-    return total
+    return exps, total
 
 
-def softmax_statistics(work: Tensor, unshifted: bool
-                       ) -> Tuple[Tensor, Optional[Tensor]]:
-    """``(total, shift)`` of each row: ``softmax(x_i) = exp(x_i - shift_i)
-    / total_i`` and ``logsumexp(x_i) = shift_i + log(total_i)``.
-
-    ``shift`` is ``None`` (no shift: a pass fewer) where ``unshifted``
-    (the caller's :func:`mmloss.engine.dispatch.cpu_kernels`: the check
-    reads on the host) and every row's sum of ``exp(x_ij)`` passes
-    :func:`sums_in_range`; else it is each row's maximum.
-    """
-    if unshifted:
-        total = _exp_row_sums(work, None)
-        if sums_in_range(total):
-            return total, None
-    shift = work.amax(1)
-    return _exp_row_sums(work, shift), shift
-
-
-def softmax_cross_entropy_value(logits: Tensor, label: Tensor,
-                                factor: Optional[Tensor], *,
-                                ignore_index: int, reduce_sum: bool):
+def softmax_cross_entropy_kernel(logits: Tensor, label: Tensor,
+                                 factor: Optional[Tensor], *,
+                                 ignore_index: int, reduce_sum: bool):
     """Weighted row losses ``f_i (logsumexp(x_i) - x_il_i)`` (or their sum)
-    and the row statistics their gradient needs, the value kernel of
-    :class:`~mmloss.engine.functions.GradientInBackward`.
+    and the exponentials their gradient comes from: the kernel of
+    :class:`~mmloss.engine.functions.GradientFromOutput`.
 
     ``logits`` (N, C) with C >= 1, ``label`` (N,) in ``[0, C)`` or
     ``ignore_index`` (a row of value 0) in any integer dtype, ``factor``
-    (N,) the row factor or None for 1. The row statistics of
-    :func:`softmax_statistics` give ``logsumexp``; without a shift the
+    (N,) the row factor or None for 1. One exponential per logit:
+    ``exps = exp(x - shift)`` with its row sums ``total``, where the shift
+    is each row's maximum, or none at all (a pass fewer) where
+    :func:`mmloss.engine.dispatch.cpu_kernels` allows the host read of
+    :func:`sums_in_range` and every row passes it. Without a shift the
     difference ``log(total_i) - x_il`` is taken in float64, so that a small
     loss of a confident row keeps its digits.
 
     Returns:
-        ``(value, (total, shift))``: the (N,) weighted row losses or their
-        sum, float32 at least.
+        ``(value, exps, (total, coded, row_factor))``: the (N,) weighted
+        row losses or their sum (float32 at least), the (N, C)
+        exponentials, their row sums, each row's label column (-1 for an
+        ignored label, narrowed by :func:`narrow_labels`) and its factor
+        (None for 1; 0 for an ignored label).
     """
     dtype = compute_dtype(logits)
     work = to_dtype(logits, dtype)
     valid, column = _label_columns(label, ignore_index, work.size(1))
     picked = work.gather(1, column).squeeze(1)
-    total, shift = softmax_statistics(work, dispatch.cpu_kernels(logits))
+    shift = None
+    if dispatch.cpu_kernels(logits):
+        exps, total = _exponentials(work, None)
+        if not sums_in_range(total):
+            shift = work.amax(1)
+    else:
+        shift = work.amax(1)
     if shift is None:
         wide = torch.promote_types(dtype, torch.float64)
         loss = (torch.log(total.to(wide)) - picked.to(wide)).to(dtype)
     else:
+        exps, total = _exponentials(work, shift)
         loss = (shift - picked).add_(total.log())
+    row_factor = None
     if factor is not None:
-        loss = loss * factor
+        row_factor = torch.where(valid, to_dtype(factor, dtype), 0.0)
+        loss = loss * row_factor
     # select, so that an ignored row's value (even inf) never gives NaN
     loss = torch.where(valid, loss, 0.0)
-    return (loss.sum() if reduce_sum else loss), (total, shift)
+    # an ignored row's column is -1: no flag of its own to keep
+    coded = narrow_labels(torch.where(valid.unsqueeze(1), column, -1),
+                          work.size(1), -1)
+    return (loss.sum() if reduce_sum else loss), exps, (total, coded,
+                                                        row_factor)
 
 
-def softmax_cross_entropy_grad(needs, extras, in_place: bool,
-                               logits: Tensor, label: Tensor,
-                               factor: Optional[Tensor], *,
-                               ignore_index: int, reduce_sum: bool):
-    """The gradient kernel of :func:`softmax_cross_entropy_value`.
-
-    ``d loss_i / d x_i = f_i (softmax(x_i) - onehot(l_i))``, written as
-    ``exp(x_i - shift_i) - total_i onehot(l_i)`` (one exponential per
-    logit into a fresh tensor, and ``scatter_add_`` at the N label entries)
-    with the per-row ``scale`` ``f_i / total_i`` (0 for an ignored row),
-    which the engine folds into its one pass over the gradient.
-    """
-    if not needs[0]:
-        return (None, None, None), None
-    total, shift = extras
-    dtype = compute_dtype(logits)
-    work = to_dtype(logits, dtype)
-    valid, column = _label_columns(label, ignore_index, work.size(1))
-    # a fresh upcast copy is the gradient's buffer; the caller's logits
-    # never are
-    grad = torch.empty_like(work) if work is logits else work
-    minus_total = total.neg().unsqueeze(1)
-    for start, stop in row_blocks(work):
-        part = grad[start:stop]
-        if shift is None:
-            torch.exp(work[start:stop], out=part)
-        else:
-            torch.sub(work[start:stop], shift[start:stop, None],
-                      out=part).exp_()
-        # - total at the label: the block is still in cache
-        part.scatter_add_(1, column[start:stop], minus_total[start:stop])
-    row_factor = total.reciprocal()
-    if factor is not None:
-        row_factor = row_factor.mul_(factor)
-    return (grad, None, None), torch.where(valid, row_factor, 0.0)
+def _decode(coded: Tensor, row_factor: Optional[Tensor], dtype):
+    """``(column, row_factor)`` of the kept ``coded`` columns: (N, 1)
+    int64 (an ignored row at column 0) and (N,) (0 for an ignored row)."""
+    coded = coded.long()
+    if row_factor is None:
+        row_factor = coded.squeeze(1).ge(0).to(dtype)
+    return coded.clamp(min=0), row_factor
 
 
-def _softmax_cross_entropy_plain(logits: Tensor, label: Tensor,
-                                 factor: Optional[Tensor], *,
-                                 ignore_index: int,
-                                 reduce_sum: bool) -> Tensor:
-    """The value of :func:`softmax_cross_entropy_value` by autograd ops."""
+def _softmax_grad_kernel(exps: Tensor, extras, in_place: bool):
+    """``d loss_i / d x_i = f_i (softmax(x_i) - onehot(l_i))``, written as
+    ``exps - total_i onehot(l_i)`` (over ``exps`` where ``in_place``) and
+    the per-row ``scale`` ``f_i / total_i``, which the engine folds into
+    its one pass over the gradient."""
+    total, coded, row_factor = extras
+    column, row_factor = _decode(coded, row_factor, exps.dtype)
+    grad = exps if in_place else exps.clone()
+    grad.scatter_add_(1, column, total.neg().unsqueeze(1))
+    return grad, row_factor / total
+
+
+def _softmax_grad_formula(exps: Tensor, extras) -> Tensor:
+    """The gradient of :func:`_softmax_grad_kernel` by differentiable ops
+    of ``exps`` (a double backward)."""
+    _, coded, row_factor = extras
+    column, row_factor = _decode(coded, row_factor, exps.dtype)
+    onehot = torch.zeros_like(exps).scatter_(1, column, 1.0)
+    prob = exps / exps.sum(1, keepdim=True)
+    return (prob - onehot) * row_factor.unsqueeze(1)
+
+
+def _exps_backward(exps: Tensor, extras, grad: Tensor) -> Tensor:
+    """``d exps / d x`` applied to ``grad``: ``exps = exp(x - shift)``
+    with the shift a constant (every use divides by a row sum of
+    ``exps``, in which the shift cancels)."""
+    return grad * exps
+
+
+def softmax_cross_entropy_plain(logits: Tensor, label: Tensor,
+                                factor: Optional[Tensor], *,
+                                ignore_index: int,
+                                reduce_sum: bool) -> Tensor:
+    """The value of :func:`softmax_cross_entropy_kernel` by autograd ops
+    (the reference the tests hold it to)."""
     with dispatch.autocast_off(logits):
         loss = F.cross_entropy(to_dtype(logits, compute_dtype(logits)),
                                label.long(), reduction='none',
@@ -222,6 +226,15 @@ def _softmax_cross_entropy_plain(logits: Tensor, label: Tensor,
         if factor is not None:
             loss = loss * factor
         return loss.sum() if reduce_sum else loss
+
+
+def softmax_rule(ignore_index: int, reduce_sum: bool) -> FromOutput:
+    """The :class:`~mmloss.engine.functions.FromOutput` of the softmax
+    cross-entropy kernel with these options."""
+    return FromOutput(
+        functools.partial(softmax_cross_entropy_kernel,
+                          ignore_index=ignore_index, reduce_sum=reduce_sum),
+        _softmax_grad_kernel, _softmax_grad_formula, _exps_backward)
 
 
 def softmax_cross_entropy_rows(pred: Tensor, label: Tensor, rule: Reduction,
@@ -233,10 +246,11 @@ def softmax_cross_entropy_rows(pred: Tensor, label: Tensor, rule: Reduction,
     :meth:`~mmloss.reduction.Reduction.fusable`, else their (N,) row losses
     handed to :meth:`~mmloss.reduction.Reduction.apply`. Float32 at least.
 
-    Backward keeps the logits (a reference), the labels narrowed by
-    :func:`narrow_labels`, the row factors (if any) and each row's sum of
-    exponentials (and its maximum where the sum needs a shift:
-    :func:`softmax_statistics`).
+    Backward keeps the exponentials (as many bytes as the float32 logits,
+    which it does not hold: mmdet keeps the log-softmax, the same size),
+    each row's label column narrowed by :func:`narrow_labels`, its sum of
+    exponentials and its factor
+    (:func:`softmax_cross_entropy_kernel`).
     """
     dtype = compute_dtype(pred)
     factor = None
@@ -248,12 +262,8 @@ def softmax_cross_entropy_rows(pred: Tensor, label: Tensor, rule: Reduction,
         if weight is not None:
             weight = weight.expand(label.shape)
             row_factor = weight if factor is None else weight * factor
-        options = dict(ignore_index=int(ignore_index), reduce_sum=reduce_sum)
-        return gradient_in_backward(
-            functools.partial(softmax_cross_entropy_value, **options),
-            functools.partial(softmax_cross_entropy_grad, **options),
-            functools.partial(_softmax_cross_entropy_plain, **options), pred,
-            narrow_labels(label, pred.size(1), int(ignore_index)),
+        return gradient_from_output(
+            softmax_rule(int(ignore_index), reduce_sum), pred, label,
             row_factor)
 
     return rule.run_kernel(run, dtype, pred.device, label.numel())
