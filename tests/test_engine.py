@@ -225,3 +225,76 @@ def test_gradient_in_backward_is_exact_and_writes_over_its_own_tensor():
     grad, = torch.autograd.grad(out, pred, create_graph=True)
     hvp, = torch.autograd.grad(grad.sum(), pred)
     torch.testing.assert_close(hvp, 6 * d)
+
+
+# ---------------------------------------------------------------------------
+# GradientFromOutput
+# ---------------------------------------------------------------------------
+def _log_sum_exp_rule(calls):
+    """sum_i logsumexp(x_i) with the exponentials as the hidden output:
+    gradient softmax(x), Hessian diag(p) - p p^T."""
+    from mmloss.engine.functions import FromOutput
+
+    def kernel(x):
+        exps = x.exp()
+        total = exps.sum(1)
+        return total.log().sum(), exps, (total, )
+
+    def grad_kernel(exps, extras, in_place):
+        calls.append(in_place)
+        grad = exps if in_place else exps.clone()
+        return grad, extras[0].reciprocal()
+
+    def grad_formula(exps, extras):
+        return exps / exps.sum(1, keepdim=True)
+
+    def hidden_backward(exps, extras, grad):
+        return grad * exps
+
+    return FromOutput(kernel, grad_kernel, grad_formula, hidden_backward)
+
+
+def test_gradient_from_output_is_exact_to_every_order():
+    from mmloss.engine.functions import (GradientFromOutput,
+                                         gradient_from_output)
+    calls = []
+    rule = _log_sum_exp_rule(calls)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+
+    def fn(t):
+        return GradientFromOutput.apply(rule, t)[0]
+
+    assert torch.autograd.gradcheck(fn, (x, ))
+    assert torch.autograd.gradgradcheck(fn, (x, ))
+    reference = torch.logsumexp(x, 1).sum()
+    want, = torch.autograd.grad(reference, x, create_graph=True)
+    out = gradient_from_output(rule, x)
+    first, = torch.autograd.grad(out, x, retain_graph=True)
+    second, = torch.autograd.grad(out, x)
+    assert torch.equal(first, second)  # the first did not write over it
+    torch.testing.assert_close(second, want.detach())
+    assert calls[-2:] == [False, True]  # in place only when freed
+    # create_graph: the gradient is connected to x; its HVP is exact
+    direction = torch.randn(5, 4, dtype=torch.float64)
+    got, = torch.autograd.grad(gradient_from_output(rule, x), x,
+                               create_graph=True)
+    assert got.requires_grad
+    hvp, = torch.autograd.grad((got * direction).sum(), x)
+    hvp_want, = torch.autograd.grad((want * direction).sum(), x)
+    torch.testing.assert_close(hvp, hvp_want)
+    with torch.no_grad():
+        assert gradient_from_output(rule, x).grad_fn is None
+    assert gradient_from_output(rule, x.detach()).grad_fn is None
+
+
+def test_gradient_from_output_casts_the_gradient_to_the_input_dtype():
+    from mmloss.engine.functions import gradient_from_output
+    rule = _log_sum_exp_rule([])
+    kernel = rule.kernel
+    rule.kernel = lambda x: kernel(x.float())
+    x = torch.randn(3, 4).half().requires_grad_()
+    gradient_from_output(rule, x).backward()
+    assert x.grad.dtype == torch.float16
+    torch.testing.assert_close(x.grad.float(),
+                               torch.softmax(x.detach().float(), 1),
+                               rtol=1e-3, atol=1e-3)
