@@ -1,6 +1,5 @@
 """KnowledgeDistillationKLDivLoss against MMDetection 3.3."""
 import dataclasses
-import functools
 import itertools
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 
 import mmloss
 from mmloss.engine import dispatch
-from mmloss.engine.functions import GradientInBackward
+from mmloss.engine.functions import gradient_from_output
 from mmloss.losses import kd
 from mmloss.losses.kd import knowledge_distillation_kl_div_loss
 from mmloss.reduction import FLOAT32_EPS
@@ -42,7 +41,7 @@ def test_min_rows_of_the_dispatch_table(monkeypatch):
     for n, engine in ((19, False), (20, True)):
         x = pred[:n].clone().requires_grad_()
         out = mmloss.KnowledgeDistillationKLDivLoss()(x, soft[:n])
-        assert ('GradientInBackwardBackward' in graph_functions(out)) == \
+        assert ('GradientFromOutputBackward' in graph_functions(out)) == \
             engine
         with mmloss.fast_paths(False):
             assert_close(out, mmloss.KnowledgeDistillationKLDivLoss()(
@@ -50,14 +49,10 @@ def test_min_rows_of_the_dispatch_table(monkeypatch):
 
 
 def kernel_path(pred, soft, T, row_weight, reduce_sum):
-    """The fast kernels through the engine's Function (what the fast path
-    runs), with their plain twin for the double backward."""
-    options = dict(T=T, reduce_sum=reduce_sum)
-    return GradientInBackward.apply(
-        functools.partial(kd.kl_div_distill_value, **options),
-        functools.partial(kd.kl_div_distill_grad, **options),
-        functools.partial(kd._kl_div_distill_plain, **options), pred, soft,
-        row_weight)
+    """The fast kernel through the engine's Function (what the fast path
+    runs); the teacher is a constant to it."""
+    return gradient_from_output(kd.kd_rule(T, reduce_sum), pred,
+                                soft.detach(), row_weight)
 
 
 def compare(ref, ours, pred, soft, *args, grad_atol=1e-6, **kwargs):
@@ -347,9 +342,10 @@ def test_function_errors_name_the_function_and_the_shapes():
 
 
 # ------------------------------- gradient in backward: forms and the graph
-def test_the_graph_keeps_the_two_logits_only():
-    """The fast path keeps the student's and the teacher's logits
-    (references): as much as mmdet's two N x C tensors, nothing more."""
+def test_the_graph_keeps_the_two_softmaxes_only():
+    """The fast path keeps the student's and the teacher's softmax (not
+    the logits) and the weight: as much as mmdet's two N x C tensors and
+    its weight, nothing more."""
     g = torch.Generator().manual_seed(50)
     pred = torch.randn(3000, 17, generator=g).requires_grad_()
     soft = torch.randn(3000, 17, generator=g)
@@ -357,7 +353,7 @@ def test_the_graph_keeps_the_two_logits_only():
     for args in ((pred, soft), (pred, soft, weight)):
         total, kept = saved_bytes(mmloss.KnowledgeDistillationKLDivLoss(),
                                   *args)
-        assert kept == {x.untyped_storage().data_ptr() for x in args}
+        assert kept == {x.untyped_storage().data_ptr() for x in args[2:]}
         assert total == sum(x.numel() * 4 for x in args)
 
 

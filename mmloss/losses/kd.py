@@ -14,16 +14,16 @@ over dim 1), one loss per row (N,) or (N, d1, ...).
 
 The gradient is ``d loss_i / d x_ij = T / C * (q_ij - t_ij)``. The fast
 path (2-D logits, a detached teacher) runs through
-:class:`mmloss.engine.functions.GradientInBackward`: forward computes the
-weighted value (:func:`kl_div_distill_value`, the ``'mean'``/``'sum'``
-reduction fused in), the graph keeps only the student and teacher logits
-(references: as much as MMDetection's two ``N x C`` tensors), and
-backward computes ``q - t`` from them (:func:`kl_div_distill_grad`). On
-the CPU both take the softmaxes from unshifted exponentials and their row
-sums where those are in range (checked on the host), else, like every
-accelerator, from log-softmax ops. For a backward with
-``create_graph=True`` the plain formula (:func:`kl_div_distill_rows`) is
-differentiated instead.
+:class:`mmloss.engine.functions.GradientFromOutput`: forward takes one
+exponential per logit of each input (:func:`kl_div_distill_kernel`, the
+``'mean'``/``'sum'`` reduction fused in) and keeps the two softmaxes
+(as much as MMDetection's two ``N x C`` tensors; not the logits), from
+which backward computes ``q - t`` in place. On the CPU the softmaxes come
+from unshifted exponentials and their row sums where those are in range
+(checked on the host), else, like on every accelerator, from log-softmax
+ops. A backward with ``create_graph=True`` takes the same gradient by
+differentiable ops of the kept student softmax, so higher derivatives are
+exact too.
 """
 import functools
 from numbers import Real
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..checks import check_same_shape, check_tensor, check_weight_shape
 from ..engine import dispatch
-from ..engine.functions import gradient_in_backward
+from ..engine.functions import FromOutput, gradient_from_output
 from ..errors import LossTypeError, LossValueError
 from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
@@ -62,41 +62,12 @@ def kl_div_distill_rows(pred: Tensor, soft_label: Tensor, T: float,
                     reduction='none').mean(1) * (T * T)
 
 
-def _scaled_log_softmax(logits: Tensor, T: float, fn=torch.log_softmax
-                        ) -> Tensor:
-    """``fn(logits / T)`` over dim 1: ``log_softmax`` or ``softmax``."""
-    return fn(logits * (1 / T), 1)
-
-
-def _kl_rows_log_softmax(student: Tensor, teacher: Tensor,
-                         T: float) -> Tensor:
-    """One block's ``KL * T`` by two log-softmaxes (any logits; a zero
-    teacher probability, from a ``-inf`` logit, adds 0 as in
-    ``F.kl_div``)."""
-    log_target = _scaled_log_softmax(teacher, T)
-    target = log_target.exp()
-    log_target.clamp_(min=torch.finfo(log_target.dtype).min)
-    return log_target.sub_(_scaled_log_softmax(student, T)).mul_(
-        target).sum(1).mul_(T)
-
-
-def _exponentials(student: Tensor, teacher: Tensor, T: float,
-                  scratch: Tensor) -> Optional[Tensor]:
-    """``exp(x / T)`` and ``exp(s / T)`` into the (2, n, C) ``scratch`` and
-    their (2, n) row sums ``S_s, S_t``, or ``None`` where the sums leave
-    :func:`~mmloss.losses.cross_entropy_kernels.sums_in_range` (both
-    exponentials and both row sums in one op each)."""
-    torch.mul(student, 1 / T, out=scratch[0])
-    torch.mul(teacher, 1 / T, out=scratch[1])
-    sums = scratch.exp_().sum(2)
-    return sums if sums_in_range(sums) else None
-
-
-def _kl_rows_unshifted(student: Tensor, teacher: Tensor, T: float,
-                       scratch: Tensor) -> Optional[Tensor]:
-    """One block's ``KL * T`` from unshifted exponentials
-    (:func:`_exponentials`; ``None`` where their row sums are out of
-    range).
+def _fill_unshifted(student: Tensor, teacher: Tensor, T: float,
+                    q: Tensor, t: Tensor, scratch: Tensor
+                    ) -> Optional[Tensor]:
+    """One block's ``KL * T`` from unshifted exponentials, which become
+    ``q`` and ``t``; ``None`` (``q``, ``t`` unspecified) where a row sum
+    leaves :func:`~mmloss.losses.cross_entropy_kernels.sums_in_range`.
 
     With ``d_j = (s_j - x_j) / T`` and ``k = logsumexp(s / T) -
     logsumexp(x / T) = log(S_t / S_s)``, ``KL = sum_j t_j (d_j - k)``:
@@ -104,116 +75,113 @@ def _kl_rows_unshifted(student: Tensor, teacher: Tensor, T: float,
     apart lose no digits. A zero teacher probability (a ``-inf`` logit)
     adds 0 (the difference is clamped to a finite number).
     """
-    sums = _exponentials(student, teacher, T, scratch)
-    if sums is None:
+    torch.mul(student, 1 / T, out=q).exp_()
+    torch.mul(teacher, 1 / T, out=t).exp_()
+    student_sum, teacher_sum = q.sum(1), t.sum(1)
+    if not sums_in_range(student_sum, teacher_sum):
         return None
-    student_sum, teacher_sum = sums
     offset = torch.div(teacher_sum, student_sum).log_().mul_(T)
-    # T (d - k), over the student's exponentials (no longer needed)
-    centred = torch.sub(teacher, student, out=scratch[0]).sub_(
+    centred = torch.sub(teacher, student, out=scratch).sub_(
         offset.unsqueeze(1)).clamp_(min=torch.finfo(student.dtype).min)
-    return centred.mul_(scratch[1]).sum(1).div_(teacher_sum)
+    rows = centred.mul_(t).sum(1).div_(teacher_sum)
+    q.div_(student_sum.unsqueeze(1))
+    t.div_(teacher_sum.unsqueeze(1))
+    return rows
 
 
-def _blocks_of(pred: Tensor, soft_label: Tensor, dtype: torch.dtype):
-    """``(start, stop, student, teacher, scratch)`` per row block
-    (:func:`~mmloss.losses.focal_kernels.row_blocks`), the logits in
-    ``dtype`` and a (2, n, C) scratch buffer shared by the blocks."""
-    spans = row_blocks(pred)
-    scratch = pred.new_empty((2, spans[0][1] - spans[0][0], pred.size(1)),
-                             dtype=dtype)
-    for start, stop in spans:
-        if len(spans) == 1:
-            yield start, stop, to_dtype(pred, dtype), to_dtype(
-                soft_label, dtype), scratch
-        else:
-            yield start, stop, to_dtype(pred[start:stop], dtype), to_dtype(
-                soft_label[start:stop], dtype), scratch[:, :stop - start]
+def _fill_log_softmax(student: Tensor, teacher: Tensor, T: float,
+                      q: Tensor, t: Tensor) -> Tensor:
+    """One block's ``KL * T`` by two log-softmaxes (any logits; a zero
+    teacher probability, from a ``-inf`` logit, adds 0 as in
+    ``F.kl_div``), their exponentials into ``q`` and ``t``."""
+    log_q = torch.log_softmax(student * (1 / T), 1)
+    log_t = torch.log_softmax(teacher * (1 / T), 1)
+    torch.exp(log_q, out=q)
+    torch.exp(log_t, out=t)
+    log_t.clamp_(min=torch.finfo(log_t.dtype).min)
+    return log_t.sub_(log_q).mul_(t).sum(1).mul_(T)
 
 
-def kl_div_distill_value(pred: Tensor, soft_label: Tensor,
-                         row_weight: Optional[Tensor], *, T: float,
-                         reduce_sum: bool):
+def kl_div_distill_kernel(pred: Tensor, soft_label: Tensor,
+                          row_weight: Optional[Tensor], *, T: float,
+                          reduce_sum: bool):
     """Row-wise ``T^2 / C * KL(softmax(s/T) || softmax(x/T))`` of 2-D
-    logits (or, weighted by the (N,) ``row_weight``, their sum), the value
-    kernel of :class:`~mmloss.engine.functions.GradientInBackward`.
+    logits (or, weighted by the (N,) ``row_weight``, their sum) and the
+    two softmaxes its gradient comes from: the kernel of
+    :class:`~mmloss.engine.functions.GradientFromOutput`.
 
-    Block by block, each by :func:`_kl_rows_unshifted` where the CPU
-    kernels may run (:func:`mmloss.engine.dispatch.cpu_kernels`: its row
-    sums are checked on the host) and its row sums are in range, else by
-    :func:`_kl_rows_log_softmax` (one fused op per softmax, no host read).
-    Float32 at least; nothing kept for backward but the inputs.
+    Block by block, each by :func:`_fill_unshifted` where the CPU kernels
+    may run (:func:`mmloss.engine.dispatch.cpu_kernels`: its row sums are
+    checked on the host) and its row sums are in range, else by
+    :func:`_fill_log_softmax` (one fused op per softmax, no host read).
+    One exponential per logit either way; float32 at least.
+
+    Returns:
+        ``(value, q, (t, row_weight))``: the weighted row losses or their
+        sum, the student's softmax ``q`` (the hidden output) and the
+        teacher's ``t``, (N, C) each.
     """
     dtype = compute_dtype(pred)
+    student, teacher = to_dtype(pred, dtype), to_dtype(soft_label, dtype)
+    q, t = torch.empty_like(student), torch.empty_like(student)
+    spans = row_blocks(student)
+    scratch = student.new_empty((spans[0][1] - spans[0][0],
+                                 student.size(1)))
     unshifted = dispatch.cpu_kernels(pred)
-    rows = None
-    for start, stop, student, teacher, scratch in _blocks_of(
-            pred, soft_label, dtype):
-        part = _kl_rows_unshifted(student, teacher, T, scratch) \
+    rows = student.new_empty(student.size(0))
+    for start, stop in spans:
+        block = (student[start:stop], teacher[start:stop], T,
+                 q[start:stop], t[start:stop])
+        part = _fill_unshifted(*block, scratch[:stop - start]) \
             if unshifted else None
-        if part is None:
-            part = _kl_rows_log_softmax(student, teacher, T)
-        if stop - start == pred.size(0):
-            rows = part
-        else:
-            if rows is None:
-                rows = pred.new_empty(pred.size(0), dtype=dtype)
-            rows[start:stop] = part
+        rows[start:stop] = _fill_log_softmax(*block) if part is None \
+            else part
     factor = T / pred.size(1)
     if row_weight is not None:
         rows = rows * row_weight
-    if reduce_sum:
-        return rows.sum() * factor, ()
-    return rows.mul_(factor), ()
+    value = rows.sum() * factor if reduce_sum else rows.mul_(factor)
+    return value, q, (t, row_weight)
 
 
-def kl_div_distill_grad(needs, extras, in_place: bool, pred: Tensor,
-                        soft_label: Tensor, row_weight: Optional[Tensor], *,
-                        T: float, reduce_sum: bool):
-    """The gradient kernel of :func:`kl_div_distill_value`: ``d loss_i /
-    d x_ij = T / C * (q_ij - t_ij)``.
-
-    Each block writes into a fresh (N, C) tensor either ``e_s - e_t * S_s
-    / S_t`` (the unshifted exponentials of :func:`_exponentials`, as in
-    forward; the row's ``scale`` is ``1 / S_s``) or ``q - t`` by two
-    softmaxes (``scale`` 1); ``T / C`` (times the row weight) completes the
-    per-row ``scale`` the engine folds into its one pass. The teacher gets
-    no gradient.
-    """
-    if not needs[0]:
-        return (None, None, None), None
-    dtype = compute_dtype(pred)
-    grad = pred.new_empty(pred.shape, dtype=dtype)
-    scale = pred.new_full((pred.size(0), ), T / pred.size(1), dtype=dtype)
-    unshifted = dispatch.cpu_kernels(pred)
-    for start, stop, student, teacher, scratch in _blocks_of(
-            pred, soft_label, dtype):
-        sums = _exponentials(student, teacher, T, scratch) \
-            if unshifted else None
-        if sums is None:
-            torch.sub(_scaled_log_softmax(student, T, torch.softmax),
-                      _scaled_log_softmax(teacher, T, torch.softmax),
-                      out=grad[start:stop])
-            continue
-        student_sum, teacher_sum = sums
-        torch.addcmul(scratch[0], scratch[1], torch.div(
-            student_sum, teacher_sum).unsqueeze(1), value=-1,
-                      out=grad[start:stop])
-        scale[start:stop].div_(student_sum)
-    if row_weight is not None:
-        scale.mul_(row_weight)
-    return (grad, None, None), scale
+def _row_factor(q: Tensor, row_weight: Optional[Tensor], T: float):
+    """``T / C`` times the row weight, (N,) or a number."""
+    factor = T / q.size(1)
+    return factor if row_weight is None else row_weight * factor
 
 
-def _kl_div_distill_plain(pred: Tensor, soft_label: Tensor,
-                          row_weight: Optional[Tensor], *, T: float,
-                          reduce_sum: bool) -> Tensor:
-    """The value of :func:`kl_div_distill_value` by autograd ops."""
-    with dispatch.autocast_off(pred):
-        rows = kl_div_distill_rows(pred, soft_label, T)
-        if row_weight is not None:
-            rows = rows * row_weight
-        return rows.sum() if reduce_sum else rows
+def _kd_grad_kernel(q: Tensor, extras, in_place: bool, *, T: float):
+    """``d loss_i / d x_ij = T / C * w_i (q_ij - t_ij)``: ``q - t`` (over
+    ``q`` where ``in_place``) and the per-row ``scale`` ``T / C * w_i``
+    the engine folds into its one pass. The teacher gets no gradient."""
+    t, row_weight = extras
+    grad = q.sub_(t) if in_place else q - t
+    return grad, _row_factor(q, row_weight, T)
+
+
+def _kd_grad_formula(q: Tensor, extras, *, T: float) -> Tensor:
+    """The gradient of :func:`_kd_grad_kernel` by differentiable ops of
+    ``q`` (a double backward)."""
+    t, row_weight = extras
+    factor = _row_factor(q, row_weight, T)
+    if isinstance(factor, Tensor):
+        factor = factor.unsqueeze(1)
+    return (q - t) * factor
+
+
+def _softmax_backward(q: Tensor, extras, grad: Tensor, *,
+                      T: float) -> Tensor:
+    """``d q / d x`` applied to ``grad`` for ``q = softmax(x / T)``."""
+    return (grad - (grad * q).sum(1, keepdim=True)) * q * (1 / T)
+
+
+def kd_rule(T: float, reduce_sum: bool) -> FromOutput:
+    """The :class:`~mmloss.engine.functions.FromOutput` of the KD kernel
+    with these options."""
+    return FromOutput(
+        functools.partial(kl_div_distill_kernel, T=T, reduce_sum=reduce_sum),
+        functools.partial(_kd_grad_kernel, T=T),
+        functools.partial(_kd_grad_formula, T=T),
+        functools.partial(_softmax_backward, T=T))
 
 
 def knowledge_distillation_kl_div_loss(
@@ -275,12 +243,8 @@ def _kd_loss(loss_name, pred, soft_label, weight, reduction, avg_factor, T,
             return restore_loss(rule.apply(rows), pred, rule.reduces)
 
         def run(reduce_sum: bool, weight: Optional[Tensor]) -> Tensor:
-            options = dict(T=float(T), reduce_sum=reduce_sum)
-            return gradient_in_backward(
-                functools.partial(kl_div_distill_value, **options),
-                functools.partial(kl_div_distill_grad, **options),
-                functools.partial(_kl_div_distill_plain, **options), pred,
-                soft_label.detach(),
+            return gradient_from_output(
+                kd_rule(float(T), reduce_sum), pred, soft_label.detach(),
                 None if weight is None else weight.expand(loss_shape))
 
         return restore_loss(
