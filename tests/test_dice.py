@@ -269,7 +269,7 @@ def test_the_dispatcher_decides_the_path():
         out = sigmoid_dice_loss(pred.requires_grad_(), target, **kwargs)
         return custom_functions(out)
 
-    kernel = 'GradientInBackwardBackward'
+    kernel = 'GradientFromOutputBackward'  # sigmoid dice
     if threshold > 1:
         assert kernel not in functions(threshold - 1)
         assert kernel in functions(threshold - 1, fast=True)
@@ -352,11 +352,13 @@ def test_function_input_errors_name_the_loss_and_shapes():
 @pytest.mark.parametrize('blocks', ['one', 'several'])
 def test_the_fast_graph_keeps_the_inputs_and_two_sums_per_sample(
         monkeypatch, use_sigmoid, activate, naive_dice, blocks):
-    """The fast path's graph keeps the caller's logits (a reference) and
-    two numbers per sample, no (N, D) tensor of its own (mmdet keeps the
-    sigmoid's output), and its gradient, recomputed in backward, equals
-    the plain formula's, in one row block and in several (the table's
-    block rows made tiny: a block of 1600-element rows holds one row)."""
+    """The fast path's graph keeps one (N, D) tensor and two numbers per
+    sample: the sigmoid's probabilities it computed (as mmdet keeps the
+    sigmoid's output; the logits are not held), or without the sigmoid
+    the caller's probabilities (a reference); its gradient, built in
+    backward, equals the plain formula's, in one row block and in several
+    (the table's block rows made tiny: a block of 1600-element rows holds
+    one row)."""
     from tests.test_focal import saved_bytes, small_blocks
     if blocks == 'several':
         small_blocks(monkeypatch)
@@ -367,12 +369,13 @@ def test_the_fast_graph_keeps_the_inputs_and_two_sums_per_sample(
     target = (torch.rand(6, 40, 40, generator=gen) > 0.5).float()
     weight = torch.rand(6, generator=gen)
     loss = mmloss.DiceLoss(use_sigmoid=use_sigmoid, activate=activate,
-                    naive_dice=naive_dice)
+                           naive_dice=naive_dice)
     x = pred.clone().requires_grad_()
     with mmloss.fast_paths(True):
         total, kept = saved_bytes(
             lambda p: dice_fast(loss, p, target, weight), x)
-    assert kept == {x.untyped_storage().data_ptr()}
+    sigmoid = use_sigmoid and activate
+    assert kept == (set() if sigmoid else {x.untyped_storage().data_ptr()})
     assert total <= x.numel() * 4 + 2 * 6 * 4 + 64
     grads = []
     for fast in (True, False):

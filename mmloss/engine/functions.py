@@ -258,7 +258,9 @@ class GradientFromOutput(torch.autograd.Function):
                 part = _times_rows(rule.grad_formula(hidden, extras),
                                    grad_value)
             else:
-                part, scale = rule.grad_kernel(hidden, extras,
+                # detached: the gradient written over the kept output
+                # must not carry that output's graph
+                part, scale = rule.grad_kernel(hidden.detach(), extras,
                                                not graph_is_kept())
                 part = scale_saved_grad(part, grad_value, scale)
             grad = part if grad is None else grad + part

@@ -18,13 +18,17 @@ sample (flattened to (N, D)), ``weight`` (N,); the loss is (N,) for
 
 Two executions of the same maths, chosen per call by
 :mod:`mmloss.engine.dispatch`: the plain formula (autograd ops) and a
-kernel through :class:`~mmloss.engine.functions.GradientInBackward`:
-forward (``_dice_value``) takes the per-sample sums with element-wise
-products and row sums in block-sized scratch buffers; the graph keeps only
-the inputs (references) and two numbers per sample; backward
-(``_dice_gradient``) builds the gradient from them, recomputing the
-sigmoid block by block. Sums are taken in float32 at least, with autocast
-switched off.
+kernel. Forward (``_dice_value``) takes the per-sample sums with
+element-wise products and row sums block by block; backward
+(``_dice_gradient``) builds the gradient from them. On logits the kernel
+runs through :class:`~mmloss.engine.functions.GradientFromOutput`: the
+graph keeps the sigmoid's probabilities (one (N, D) tensor, as mmdet
+keeps the sigmoid's output; not the logits) and two numbers per sample,
+and backward writes the gradient over the probabilities, with no second
+sigmoid. On probabilities it runs through
+:class:`~mmloss.engine.functions.GradientInBackward`, keeping the caller's
+probabilities (a reference) and the two sums. Sums are taken in float32 at
+least, with autocast switched off.
 """
 from numbers import Real
 from typing import Optional
@@ -35,7 +39,8 @@ from torch import Tensor
 from ..checks import (REDUCTIONS, check_float, check_positive,
                       check_pred_target, check_weight_shape)
 from ..engine import dispatch
-from ..engine.functions import gradient_in_backward
+from ..engine.functions import (FromOutput, gradient_from_output,
+                                gradient_in_backward)
 from ..errors import LossNotImplementedError, LossValueError
 from ..precision import compute_dtype, loss_dtype
 from ..reduction import Reduction
@@ -82,7 +87,8 @@ def _dice_rows(prob: Tensor, target: Tensor, eps: float,
 
 
 def _dice_value(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
-                naive_dice: bool, sigmoid: bool):
+                naive_dice: bool, sigmoid: bool,
+                kept: Optional[Tensor] = None):
     """The reduced dice loss of (N, D) inputs and the two per-sample sums
     its gradient needs: ``(value, (a, S))``, as
     :class:`~mmloss.engine.functions.GradientInBackward` takes it.
@@ -101,17 +107,21 @@ def _dice_value(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
         eps (float): smoothing term.
         naive_dice (bool): first-power denominator instead of V-Net's.
         sigmoid (bool): apply the sigmoid to ``pred`` first.
+        kept (Tensor, optional): with ``sigmoid``, an (N, D) tensor that
+            receives the probabilities (instead of a block-sized scratch).
     """
     inter = pred.new_empty(pred.shape[:1])
     total = pred.new_empty(pred.shape[:1])
     spans = row_blocks(pred)
     shape = (spans[0][1] - spans[0][0], pred.shape[1])
     scratch = pred.new_empty(shape)
-    probs = pred.new_empty(shape) if sigmoid else None
+    probs = pred.new_empty(shape) if sigmoid and kept is None else None
     for start, stop in spans:
         rows = stop - start
         x, t, work = pred[start:stop], target[start:stop], scratch[:rows]
-        prob = torch.sigmoid(x, out=probs[:rows]) if sigmoid else x
+        out = None if not sigmoid else kept[start:stop] if kept is not None \
+            else probs[:rows]
+        prob = torch.sigmoid(x, out=out) if sigmoid else x
         torch.sum(torch.mul(prob, t, out=work), 1, out=inter[start:stop])
         if naive_dice:
             torch.add(prob, t, out=work)
@@ -126,7 +136,9 @@ def _dice_value(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
 
 def _dice_gradient(pred: Tensor, target: Tensor, inter: Tensor,
                    denom: Tensor, rule: Reduction, eps: float,
-                   naive_dice: bool, sigmoid: bool):
+                   naive_dice: bool, sigmoid: bool,
+                   probabilities: Optional[Tensor] = None,
+                   out: Optional[Tensor] = None):
     """The gradient of :func:`_dice_value` from the inputs and its sums:
     ``(gradient, scale)``.
 
@@ -136,6 +148,11 @@ def _dice_gradient(pred: Tensor, target: Tensor, inter: Tensor,
     one pass, where keeping it would hold an (N, D) tensor from forward to
     backward) and times the sample's weight; ``scale`` is the reduction's
     factor. The gradient is the only (N, D) tensor allocated.
+
+    With the (N, D) sigmoid ``probabilities`` that forward kept, no
+    sigmoid is recomputed. The gradient goes into ``out`` where given
+    (``probabilities`` itself included: then block by block through a
+    block-sized scratch, allocating nothing of size (N, D)).
     """
     target_factor = -2 / denom
     if naive_dice:
@@ -150,23 +167,31 @@ def _dice_gradient(pred: Tensor, target: Tensor, inter: Tensor,
             offset = offset * weight
         else:
             prob_factor = prob_factor * weight
-    gradient = torch.empty_like(pred)
     spans = row_blocks(pred)
-    probs = pred.new_empty((spans[0][1] - spans[0][0], pred.shape[1])) \
-        if sigmoid else None
+    block = (spans[0][1] - spans[0][0], pred.shape[1])
+    gradient = torch.empty_like(pred) if out is None else out
+    in_place = out is not None and out is probabilities
+    scratch = pred.new_empty(block) if in_place else None
+    probs = pred.new_empty(block) \
+        if sigmoid and probabilities is None else None
     for start, stop in spans:
         x, t = pred[start:stop], target[start:stop]
-        prob = torch.sigmoid(x, out=probs[:stop - start]) if sigmoid else x
+        if probabilities is not None:
+            prob = probabilities[start:stop]
+        else:
+            prob = torch.sigmoid(x, out=probs[:stop - start]) \
+                if sigmoid else x
         part = torch.mul(t, target_factor[start:stop, None],
-                         out=gradient[start:stop])
+                         out=scratch[:stop - start] if in_place
+                         else gradient[start:stop])
         if naive_dice:
             part.add_(offset[start:stop, None])
         else:
             part.addcmul_(prob, prob_factor[start:stop, None])
         if sigmoid:
-            # times p (1 - p), in place
-            torch.ops.aten.sigmoid_backward.grad_input(part, prob,
-                                                       grad_input=part)
+            # times p (1 - p), into the gradient's block
+            torch.ops.aten.sigmoid_backward.grad_input(
+                part, prob, grad_input=gradient[start:stop])
     return gradient, gradient_scale(rule, inter.numel(), 1.0,
                                     gradient.dtype)
 
@@ -255,8 +280,56 @@ def _dice(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
         return (gradient.view(pred.shape), ), scale
 
     with dispatch.autocast_off(pred):
-        out = gradient_in_backward(value_kernel, grad_kernel, plain, pred)
+        if sigmoid:
+            out = gradient_from_output(_sigmoid_rule(
+                target, rule, dtype, eps, naive_dice), pred)
+        else:
+            out = gradient_in_backward(value_kernel, grad_kernel, plain,
+                                       pred)
     return out if out.dtype == out_dtype else out.to(out_dtype)
+
+
+def _sigmoid_rule(target: Tensor, rule: Reduction, dtype: torch.dtype,
+                  eps: float, naive_dice: bool) -> FromOutput:
+    """The sigmoid dice kernel as a
+    :class:`~mmloss.engine.functions.FromOutput`: forward keeps the
+    probabilities ``p`` (shaped like ``pred``) and two numbers per sample;
+    backward writes the gradient over ``p``, with no second sigmoid. Under
+    ``create_graph=True`` the gradient is the plain formula's, taken by
+    autograd from the kept ``p`` (so every higher derivative, the sums'
+    dependence on ``p`` included, is exact)."""
+    rows = _rows_of(target, dtype)
+
+    def kernel(pred: Tensor):
+        probabilities = pred.new_empty(pred.shape, dtype=dtype)
+        value, sums = _dice_value(_rows_of(pred, dtype), rows, rule, eps,
+                                  naive_dice, True,
+                                  probabilities.view(rows.shape))
+        return value, probabilities, sums
+
+    def grad_kernel(probabilities: Tensor, sums, in_place: bool):
+        # the gradient is returned as a whole tensor, never as a view
+        # (autograd refuses views made here once their base changes)
+        base = probabilities.detach()
+        gradient = base if in_place else torch.empty_like(base)
+        flat = base.view(rows.shape)
+        out = flat if in_place else gradient.view(rows.shape)
+        _, scale = _dice_gradient(flat, rows, *sums, rule, eps, naive_dice,
+                                  True, flat, out)
+        return gradient, scale
+
+    def grad_formula(probabilities: Tensor, sums) -> Tensor:
+        flat = probabilities.view(rows.shape)
+        with torch.enable_grad():
+            value = rule.apply(_dice_rows(flat, rows, eps, naive_dice))
+            grad, = torch.autograd.grad(value.sum(), flat,
+                                        create_graph=True)
+        return (grad * flat * (1 - flat)).view(probabilities.shape)
+
+    def hidden_backward(probabilities: Tensor, sums, grad: Tensor):
+        return grad * probabilities * (1 - probabilities)
+
+    return FromOutput(kernel, grad_kernel, grad_formula, hidden_backward)
 
 
 def _dice_function(name: str, sigmoid: bool, doc: str):
