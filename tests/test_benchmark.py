@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import statistics
 import sys
 
 import pytest
@@ -429,3 +430,40 @@ def test_cli_with_rows_prints_and_writes_the_row_count(tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert any(line.startswith('L1Loss') and ' 96 ' in line
                for line in printed)
+
+
+def test_rounds_pool_the_timed_runs_of_every_round(tmp_path):
+    """``--rounds 3``: one row per case whose sides hold the timed runs of
+    all three rounds, their median as ``ms``, each round's own speed-up
+    kept; the rounds are named in the reports."""
+    status = bench.main(['--losses', 'L1Loss', '--size', 'small',
+                         '--rounds', '3', '--repeat', '2', '--warmup', '0',
+                         '--threads', '1', '--min-time', '0', '--out',
+                         str(tmp_path), '--no-progress'])
+    assert status == 0
+    report = json.loads((tmp_path / 'benchmark.json').read_text())
+    assert report['meta']['rounds'] == 3
+    row, = report['rows']
+    assert len(row['mmloss']['runs_ms']) == 6
+    assert row['mmloss']['ms'] == statistics.median(row['mmloss']['runs_ms'])
+    if row['mmdet']:
+        assert len(row['mmdet']['runs_ms']) == 6
+        assert len(row['round_speedups']) == 3
+        assert row['speedup'] == pytest.approx(
+            row['mmdet']['ms'] / row['mmloss']['ms'])
+    assert 'in each of 3 round(s)' in (tmp_path / 'benchmark.md').read_text()
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--rounds', '0'])
+
+
+def test_a_failure_in_any_round_fails_the_merged_row():
+    ok = dict(status='ok', runs_ms=[1.0], ms=1.0)
+    rows = [dict(loss='L1Loss', size='small', agree=agree, agreement={
+        'agree': agree}, mmloss=dict(ok), mmdet=dict(ok), speedup=1.0,
+        target=None) for agree in (True, False, True)]
+    merged = bench.merge_rounds(rows, torch.device('cpu'))
+    assert merged['agree'] is False and bench.row_failed(merged)
+    rows[1]['mmloss'] = dict(status='error', runs_ms=[], ms=None,
+                             error='run: boom')
+    assert bench.merge_rounds(rows, torch.device('cpu'))['mmloss'][
+        'status'] == 'error'

@@ -826,6 +826,38 @@ def run_case(case: Case, size: 'Size', device: torch.device, repeat: int,
     return row
 
 
+def merge_rounds(rows: List[Dict], device: torch.device) -> Dict:
+    """One row from the rows of the same case in several rounds: each
+    side's timed runs pooled and their median taken, the speed-up of
+    those medians (each round's own in ``round_speedups``); memory from
+    the first round (it does not vary); a failure in any round fails the
+    row."""
+    if len(rows) == 1:
+        return rows[0]
+    merged = copy.deepcopy(rows[0])
+    for name in ('mmloss', 'mmdet'):
+        sides = [row[name] for row in rows if row.get(name)]
+        if not sides:
+            continue
+        failed = [side for side in sides if side['status'] == 'error']
+        if failed:
+            merged[name] = copy.deepcopy(failed[0])
+            continue
+        runs = [ms for side in sides for ms in side['runs_ms']]
+        merged[name]['runs_ms'] = runs
+        merged[name]['ms'] = statistics.median(runs) if runs else None
+    agreements = [row['agree'] for row in rows]
+    if False in agreements:
+        bad = agreements.index(False)
+        merged['agree'], merged['agreement'] = False, rows[bad]['agreement']
+    ours, ref = merged['mmloss'], merged['mmdet'] or _side('absent')
+    merged['speedup'] = _safe_ratio(ref['ms'], ours['ms'])
+    merged['round_speedups'] = [row['speedup'] for row in rows]
+    merged['target'] = target_verdict(merged) if device.type == 'cpu' \
+        else None
+    return merged
+
+
 def row_failed(row: Dict) -> bool:
     """A failed agreement check or an mmloss loss that raised.
 
@@ -946,7 +978,8 @@ def format_markdown(rows: List[Dict], meta: Dict) -> str:
         f'{meta["date"]} · device `{meta["device_name"]}` · '
         f'{meta["threads"]} thread(s) · median of {meta["repeat"]} runs or '
         f'more (fast losses: ~{meta.get("min_time", 0)} s per side) '
-        f'after {meta["warmup"]} warm-up · torch {meta["torch"]} · '
+        f'after {meta["warmup"]} warm-up, in each of '
+        f'{meta.get("rounds", 1)} round(s) · torch {meta["torch"]} · '
         f'mmdet {meta["mmdet"] or "not installed"} · mmloss {meta["mmloss"]}',
         '',
         header, align, *body,
@@ -984,7 +1017,8 @@ def readme_block(rows: List[Dict], meta: Dict) -> str:
     body = ['| ' + ' | '.join(r) + ' |' for r in table_rows(shown)]
     run = (f'Run {meta["date"]} on {meta["device"]} (`{meta["device_name"]}`'
            f', {meta["threads"]} thread(s)), torch {meta["torch"]}, mmdet '
-           f'{meta["mmdet"] or "not installed"}.')
+           f'{meta["mmdet"] or "not installed"}, '
+           f'{meta.get("rounds", 1)} round(s).')
     return '\n'.join([run, '', header, align, *body])
 
 
@@ -1026,6 +1060,7 @@ def collect_meta(args, device: torch.device) -> Dict:
         device=device.type, device_name=device_name,
         threads=torch.get_num_threads(), repeat=args.repeat,
         min_time=args.min_time, warmup=args.warmup, sizes=list(args.sizes),
+        rounds=args.rounds,
         torch=torch.__version__,
         mmdet=mmdet_version, mmloss=mmloss.__version__,
         python=platform.python_version(), rtol=RTOL)
@@ -1084,13 +1119,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--readme', metavar='PATH',
                         help='also write the table (large sizes) between '
                         'the benchmark markers of this README')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='run every loss this many times, round after '
+                        'round, and report the median over all their '
+                        'timed runs (the rounds spread a loss\'s runs over '
+                        'the whole benchmark, so drift of the machine and '
+                        'of the allocator\'s state evens out; default 1)')
     parser.add_argument('--no-progress', action='store_true')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0 or args.threads < 1 or \
-            args.min_time < 0:
-        parser.error('--repeat and --threads must be >= 1, --warmup and '
-                     '--min-time >= 0')
+            args.min_time < 0 or args.rounds < 1:
+        parser.error('--repeat, --threads and --rounds must be >= 1, '
+                     '--warmup and --min-time >= 0')
     try:
         args.cases = select_cases(args.losses)
     except ValueError as exc:
@@ -1124,15 +1165,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'note: no benchmark case for {", ".join(uncovered)}',
               file=sys.stderr)
     jobs = [(case, size) for case in args.cases for size in args.sizes]
-    bar = progress_bar(len(jobs), disable=args.no_progress)
-    rows = []
-    for case, size in jobs:
-        bar.set_description(f'{case.key} ({size})')
-        gc.collect()
-        rows.append(run_case(case, size, device, args.repeat, args.warmup,
-                             use_mmdet, args.seed, args.min_time))
-        bar.update(1)
+    bar = progress_bar(len(jobs) * args.rounds, disable=args.no_progress)
+    rounds = [[] for _ in jobs]
+    for _ in range(args.rounds):
+        for (case, size), done in zip(jobs, rounds):
+            bar.set_description(f'{case.key} ({size})')
+            gc.collect()
+            done.append(run_case(case, size, device, args.repeat,
+                                 args.warmup, use_mmdet, args.seed,
+                                 args.min_time))
+            bar.update(1)
     bar.close()
+    rows = [merge_rounds(done, device) for done in rounds]
 
     print(format_text_table(rows))
     json_path, md_path = write_results(rows, meta, args.out)
