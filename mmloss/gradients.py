@@ -21,7 +21,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-__all__ = ['graph_is_kept', 'scale_saved_grad']
+__all__ = ['graph_is_kept', 'scale_saved_grad', 'per_row']
 
 
 def graph_is_kept() -> bool:
@@ -76,16 +76,16 @@ def scale_saved_grad(grad: Tensor, grad_output: Tensor,
         # a scalar or one value per row (N,): fold the small factors in
         # before the one pass over the big tensor
         factor = grad_output if small is None else grad_output * small
-        factor = _per_row(factor, grad)
+        factor = per_row(factor, grad)
         return grad.mul_(factor) if in_place else grad * factor
     out = grad.mul_(grad_output) if in_place else grad * grad_output
     if small is not None:
-        out.mul_(_per_row(small, grad)
+        out.mul_(per_row(small, grad)
                  if isinstance(small, Tensor) else small)
     return out
 
 
-def _per_row(factor: Tensor, grad: Tensor) -> Tensor:
+def per_row(factor: Tensor, grad: Tensor) -> Tensor:
     """A (N,) factor shaped to broadcast over the N rows of ``grad``; any
     other factor (a scalar) stays as it is."""
     if factor.dim() == 1 and grad.dim() > 1 and \

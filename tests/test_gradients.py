@@ -158,7 +158,8 @@ def test_only_the_shared_backward_step_is_left():
     """The family Functions are gone: every gradient-in-forward path runs
     through mmloss.engine.functions.GradientInForward."""
     import mmloss.gradients as gradients
-    assert set(gradients.__all__) == {'graph_is_kept', 'scale_saved_grad'}
+    assert set(gradients.__all__) == {'graph_is_kept', 'scale_saved_grad',
+                                      'per_row'}
     assert not hasattr(gradients, 'PrecomputedGradientFunction')
 
 

@@ -50,7 +50,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..gradients import graph_is_kept, scale_saved_grad
+from ..gradients import graph_is_kept, per_row, scale_saved_grad
 from ..precision import to_dtype
 
 __all__ = ['GradientInForward', 'GradientInBackward', 'GradientFromOutput',
@@ -255,8 +255,8 @@ class GradientFromOutput(torch.autograd.Function):
             grad = rule.hidden_backward(hidden, extras, grad_hidden)
         if grad_value is not None:
             if torch.is_grad_enabled():
-                part = _times_rows(rule.grad_formula(hidden, extras),
-                                   grad_value)
+                part = rule.grad_formula(hidden, extras)
+                part = part * per_row(grad_value.to(part.dtype), part)
             else:
                 # detached: the gradient written over the kept output
                 # must not carry that output's graph
@@ -268,16 +268,6 @@ class GradientFromOutput(torch.autograd.Function):
         if grad is None:
             return (None, None) + none
         return (None, to_dtype(grad, ctx.dtype)) + none
-
-
-def _times_rows(grad: Tensor, grad_output: Tensor) -> Tensor:
-    """``grad * grad_output`` for a scalar or per-row ``grad_output``, by
-    differentiable ops."""
-    grad_output = grad_output.to(grad.dtype)
-    if grad_output.dim() and grad_output.dim() < grad.dim():
-        grad_output = grad_output.reshape(
-            grad_output.shape + (1, ) * (grad.dim() - grad_output.dim()))
-    return grad * grad_output
 
 
 class FromOutput:

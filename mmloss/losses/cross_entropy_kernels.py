@@ -1,13 +1,12 @@
 """The softmax cross-entropy kernels: the value and the exponentials its
-gradient comes from in one pass, the gradient from them in backward, the
-plain formula they are held to, and the numerics shared with DFL and KD
+gradient comes from in one pass, the gradient from them in backward, and
+the numerics shared with DFL and KD
 (:func:`accurate_neg_log`, :func:`sums_in_range`).
 """
 import functools
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine import dispatch
@@ -211,21 +210,6 @@ def _exps_backward(exps: Tensor, extras, grad: Tensor) -> Tensor:
     with the shift a constant (every use divides by a row sum of
     ``exps``, in which the shift cancels)."""
     return grad * exps
-
-
-def softmax_cross_entropy_plain(logits: Tensor, label: Tensor,
-                                factor: Optional[Tensor], *,
-                                ignore_index: int,
-                                reduce_sum: bool) -> Tensor:
-    """The value of :func:`softmax_cross_entropy_kernel` by autograd ops
-    (the reference the tests hold it to)."""
-    with dispatch.autocast_off(logits):
-        loss = F.cross_entropy(to_dtype(logits, compute_dtype(logits)),
-                               label.long(), reduction='none',
-                               ignore_index=ignore_index)
-        if factor is not None:
-            loss = loss * factor
-        return loss.sum() if reduce_sum else loss
 
 
 def softmax_rule(ignore_index: int, reduce_sum: bool) -> FromOutput:

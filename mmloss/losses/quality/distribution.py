@@ -98,14 +98,6 @@ def _distribution_focal_loss(loss_name, pred, label, weight, reduction,
         return restore_loss(rule.apply(loss), pred, rule.reduces)
 
 
-def _bins(label: Tensor, num_bins: int, dtype: torch.dtype):
-    """Left and right bin of each distance and their weights."""
-    label = to_dtype(label, dtype)
-    left = label.long()
-    right = (left + 1).clamp(max=num_bins - 1)
-    return left, right, (left + 1).to(dtype) - label, label - left.to(dtype)
-
-
 @functools.lru_cache(maxsize=None)
 def _pair_constants(device: torch.device, dtype: torch.dtype):
     """``(steps, offset, slope)`` on ``device``: the column steps ``[0, 1]``
@@ -118,6 +110,17 @@ def _pair_constants(device: torch.device, dtype: torch.dtype):
             torch.tensor([1.0, -1.0], device=device, dtype=dtype))
 
 
+def _bin_pairs(label: Tensor, num_bins: int, dtype: torch.dtype):
+    """``(columns, negated_weights)``, (N, 2) each: the left and right bin
+    ``l``, ``min(l + 1, n)`` of every distance ``y`` and minus their
+    weights ``l + 1 - y``, ``y - l`` (differentiable in ``label``)."""
+    steps, offset, slope = _pair_constants(label.device, dtype)
+    label = to_dtype(label, dtype)
+    left = label.long()
+    columns = (left.unsqueeze(1) + steps).clamp_(max=num_bins - 1)
+    return columns, torch.addcmul(offset, (label - left).unsqueeze(1), slope)
+
+
 def distribution_focal_rows(pred: Tensor, label: Tensor) -> Tensor:
     """The plain per-row DFL (N,) by ``log_softmax`` (autograd, any order;
     differentiable in ``label`` too, as mmdet's), float32 at least.
@@ -126,12 +129,7 @@ def distribution_focal_rows(pred: Tensor, label: Tensor) -> Tensor:
     the graph has one sparse backward and few nodes (the RoI-head sizes,
     about a thousand rows, are bound by per-op overhead)."""
     dtype = compute_dtype(pred)
-    steps, offset, slope = _pair_constants(pred.device, dtype)
-    label = to_dtype(label, dtype)
-    left = label.long()
-    columns = (left.unsqueeze(1) + steps).clamp_(max=pred.shape[1] - 1)
-    negated_weights = torch.addcmul(offset, (label - left).unsqueeze(1),
-                                    slope)
+    columns, negated_weights = _bin_pairs(label, pred.shape[1], dtype)
     log_prob = F.log_softmax(to_dtype(pred, dtype), dim=1)
     # the row sum of two products is their plain sum, bit for bit
     return (log_prob.gather(1, columns) * negated_weights).sum(1)
@@ -150,27 +148,24 @@ def distribution_focal_kernel(needs, pred: Tensor, label: Tensor):
     one).
     """
     dtype = compute_dtype(pred)
-    num_rows, num_bins = pred.shape
-    left, right, weight_left, weight_right = _bins(label, num_bins, dtype)
+    columns, negated_weights = _bin_pairs(label, pred.shape[1], dtype)
     logits = to_dtype(pred, dtype)
     prob = torch.softmax(logits, dim=1)
     rows_only = dispatch.cpu_kernels(pred)
-    columns = []
     loss = None
-    for index, weight in ((left, weight_left), (right, weight_right)):
-        column = index.unsqueeze(1)
-        picked = prob.gather(1, column).squeeze(1)
-        # -log S at the bin, from the logits where S underflowed
-        term = accurate_neg_log(picked, logits, column, rows_only).mul_(
-            weight)
+    for k in range(2):
+        column = columns[:, k:k + 1]
+        # -log S at the bin (from the logits where S underflowed), times
+        # minus the bin's weight
+        term = accurate_neg_log(prob.gather(1, column).squeeze(1), logits,
+                                column, rows_only).mul_(negated_weights[:, k])
         loss = term if loss is None else loss.add_(term)
-        columns.append((column, weight))
+    loss.neg_()
     grad = None
     if needs[0]:
         grad = prob
         # at the last bin left == right: scatter_add_ adds both weights
-        for column, weight in columns:
-            grad.scatter_add_(1, column, weight.neg().unsqueeze(1))
+        grad.scatter_add_(1, columns, negated_weights)
     return loss, (grad, None), None
 
 
