@@ -457,13 +457,16 @@ def test_rounds_pool_the_timed_runs_of_every_round(tmp_path):
 
 
 def test_a_failure_in_any_round_fails_the_merged_row():
-    ok = dict(status='ok', runs_ms=[1.0], ms=1.0)
+    def ok():
+        side = bench._side('ok')
+        side.update(runs_ms=[1.0], ms=1.0)
+        return side
+
     rows = [dict(loss='L1Loss', size='small', agree=agree, agreement={
-        'agree': agree}, mmloss=dict(ok), mmdet=dict(ok), speedup=1.0,
+        'agree': agree}, mmloss=ok(), mmdet=ok(), speedup=1.0,
         target=None) for agree in (True, False, True)]
     merged = bench.merge_rounds(rows, torch.device('cpu'))
     assert merged['agree'] is False and bench.row_failed(merged)
-    rows[1]['mmloss'] = dict(status='error', runs_ms=[], ms=None,
-                             error='run: boom')
+    rows[1]['mmloss'] = dict(bench._side('error'), error='run: boom')
     assert bench.merge_rounds(rows, torch.device('cpu'))['mmloss'][
         'status'] == 'error'

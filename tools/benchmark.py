@@ -818,7 +818,13 @@ def run_case(case: Case, size: 'Size', device: torch.device, repeat: int,
 
     row['mmloss'] = sides['mmloss']
     row['mmdet'] = sides.get('mmdet')
-    ours, ref = sides['mmloss'], sides.get('mmdet') or _side('absent')
+    return _with_ratios(row, device)
+
+
+def _with_ratios(row: Dict, device: torch.device) -> Dict:
+    """``row`` with its speed-up, memory ratios and target verdict, from
+    its two sides."""
+    ours, ref = row['mmloss'], row['mmdet'] or _side('absent')
     row['speedup'] = _safe_ratio(ref['ms'], ours['ms'])
     row['saved_ratio'] = _safe_ratio(ours['saved_bytes'], ref['saved_bytes'])
     row['peak_ratio'] = _safe_ratio(ours['peak_bytes'], ref['peak_bytes'])
@@ -850,12 +856,8 @@ def merge_rounds(rows: List[Dict], device: torch.device) -> Dict:
     if False in agreements:
         bad = agreements.index(False)
         merged['agree'], merged['agreement'] = False, rows[bad]['agreement']
-    ours, ref = merged['mmloss'], merged['mmdet'] or _side('absent')
-    merged['speedup'] = _safe_ratio(ref['ms'], ours['ms'])
     merged['round_speedups'] = [row['speedup'] for row in rows]
-    merged['target'] = target_verdict(merged) if device.type == 'cpu' \
-        else None
-    return merged
+    return _with_ratios(merged, device)
 
 
 def row_failed(row: Dict) -> bool:
