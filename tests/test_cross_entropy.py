@@ -36,7 +36,7 @@ def sigmoid_kernel_path(logits, label, pos_weight, row_weight):
     """The integer-label sigmoid fast kernel through the engine's Function.
     """
     return GradientInForward.apply(ce_module.sigmoid_one_hot_kernel,
-                                   ce_module._sigmoid_one_hot_plain, logits,
+                                   ce_module.sigmoid_one_hot_plain, logits,
                                    label, pos_weight, row_weight)
 
 

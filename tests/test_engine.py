@@ -1,5 +1,6 @@
 """The engine: the dispatcher and the gradient-in-forward Function."""
 import dataclasses
+import pathlib
 
 import pytest
 import torch
@@ -298,3 +299,20 @@ def test_gradient_from_output_casts_the_gradient_to_the_input_dtype():
     torch.testing.assert_close(x.grad.float(),
                                torch.softmax(x.detach().float(), 1),
                                rtol=1e-3, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------
+# layout: one job per file
+# ---------------------------------------------------------------------------
+MAX_LINES = 700
+
+
+def test_no_package_file_is_over_the_line_limit():
+    """No module under ``mmloss/`` grows past 700 lines (a file that does
+    has taken on a second job: split it, keeping the old import path)."""
+    root = pathlib.Path(mmloss.__file__).parent
+    long_files = {
+        str(path.relative_to(root)): count
+        for path in sorted(root.rglob('*.py'))
+        if (count := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long_files, f'over {MAX_LINES} lines: {long_files}'

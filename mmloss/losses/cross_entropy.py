@@ -25,7 +25,7 @@ and backward turns them into ``softmax - onehot`` in place; a backward with
 ``create_graph=True`` takes the same gradient by differentiable ops of the
 kept exponentials, so every higher derivative is exact too.
 Integer-label sigmoid logits with ``'mean'``/``'sum'`` never build the
-one-hot target (:func:`sigmoid_one_hot_kernel`, through
+one-hot target (``cross_entropy_kernels.sigmoid_one_hot_kernel``, through
 :class:`mmloss.engine.functions.GradientInForward`, from
 ``min_rows['CrossEntropyLoss(sigmoid)']`` rows up), whose plain formula by
 autograd ops a backward with ``create_graph=True`` differentiates. Both
@@ -50,8 +50,9 @@ from ..reduction import Reduction
 from ..registry import MODELS
 from ..typing_utils import AvgFactor, OptStr, OptTensor
 from .base import BaseLoss
-from .cross_entropy_kernels import (DEFAULT_IGNORE_INDEX, accurate_neg_log,
-                                    softmax_cross_entropy_rows)
+from .cross_entropy_kernels import (  # noqa: F401 (rows: kernels' old home)
+    DEFAULT_IGNORE_INDEX, accurate_neg_log, sigmoid_one_hot_kernel,
+    sigmoid_one_hot_plain, sigmoid_one_hot_rows, softmax_cross_entropy_rows)
 
 __all__ = [
     'softmax_cross_entropy', 'binary_cross_entropy', 'accurate_neg_log',
@@ -240,67 +241,6 @@ cross_entropy = softmax_cross_entropy
 # --------------------------------------------------------------------------
 # Binary (sigmoid) cross-entropy
 # --------------------------------------------------------------------------
-def sigmoid_one_hot_rows(logits: Tensor, label: Tensor,
-                         pos_weight: Optional[Tensor]) -> Tensor:
-    """Row sums (N,) of sigmoid BCE against the one-hot of integer labels,
-    without the one-hot target (autograd, any order).
-
-    ``row_i = sum_j softplus(x_ij) + [0 <= l_i < C] * (p_l softplus(-x_il)
-    - softplus(x_il))``; labels outside ``[0, C)`` give negatives only.
-    """
-    num_classes = logits.size(1)
-    positive = (label >= 0) & (label < num_classes)
-    column = torch.where(positive, label, 0).long()[:, None]
-    picked = logits.gather(1, column).squeeze(1)
-    pos_term = F.softplus(-picked)
-    if pos_weight is not None:
-        pos_term = pos_term * pos_weight[column.squeeze(1)]
-    return F.softplus(logits).sum(1) + torch.where(
-        positive, pos_term - F.softplus(picked), 0.0)
-
-
-def sigmoid_one_hot_kernel(needs, logits: Tensor, label: Tensor,
-                           pos_weight: Optional[Tensor], row_weight: Tensor):
-    """``sum_i r_i * row_i`` of :func:`sigmoid_one_hot_rows` and its
-    gradient, the engine kernel
-    (:class:`~mmloss.engine.functions.GradientInForward`).
-
-    The gradient of ``row_i`` is ``sigmoid(x_i)``, its label column
-    replaced by ``p_l (sigmoid(x_il) - 1)``; the row weights ``r`` (N,)
-    are the per-row ``scale`` backward folds in. Float32 at least.
-    """
-    dtype = compute_dtype(logits)
-    work = to_dtype(logits, dtype)
-    if pos_weight is not None:
-        pos_weight = to_dtype(pos_weight, dtype)
-    total = (sigmoid_one_hot_rows(work, label, pos_weight) *
-             row_weight).sum()
-    grad = None
-    if needs[0]:
-        num_classes = work.size(1)
-        positive = ((label >= 0) & (label < num_classes))[:, None]
-        column = torch.where(positive, label[:, None], 0).long()
-        grad = torch.sigmoid(work)
-        picked = grad.gather(1, column)
-        pos_grad = picked - 1
-        if pos_weight is not None:
-            pos_grad = pos_grad * pos_weight[column]
-        grad.scatter_(1, column, torch.where(positive, pos_grad, picked))
-    return total, (grad, None, None, None), row_weight
-
-
-def _sigmoid_one_hot_plain(logits: Tensor, label: Tensor,
-                           pos_weight: Optional[Tensor],
-                           row_weight: Tensor) -> Tensor:
-    """The value of :func:`sigmoid_one_hot_kernel` by autograd ops."""
-    with dispatch.autocast_off(logits):
-        dtype = compute_dtype(logits)
-        if pos_weight is not None:
-            pos_weight = to_dtype(pos_weight, dtype)
-        return (sigmoid_one_hot_rows(to_dtype(logits, dtype), label,
-                                     pos_weight) * row_weight).sum()
-
-
 def _check_sigmoid_inputs(loss_name, pred, label, weight, class_weight,
                           ignore_index) -> None:
     _check_logits_and_label(loss_name, pred, label)
@@ -356,7 +296,7 @@ def _binary_cross_entropy(loss_name, pred, label, weight, reduction,
                         class_weight.requires_grad) and dispatch.use_fast(
                             SIGMOID_DISPATCH_NAME, pred, rows=pred.size(0)):
                 total = gradient_in_forward(
-                    sigmoid_one_hot_kernel, _sigmoid_one_hot_plain, pred,
+                    sigmoid_one_hot_kernel, sigmoid_one_hot_plain, pred,
                     label, class_weight, row_weight)
                 return restore_loss(rule.finish(total, pred.numel()),
                                     pred, True)

@@ -1,12 +1,14 @@
-"""The softmax cross-entropy kernels: the value and the exponentials its
-gradient comes from in one pass, the gradient from them in backward, and
-the numerics shared with DFL and KD
-(:func:`accurate_neg_log`, :func:`sums_in_range`).
+"""The cross-entropy kernels: the softmax one (the value and the
+exponentials its gradient comes from in one pass, the gradient from them in
+backward), the integer-label sigmoid one (no one-hot target), and the
+numerics shared with DFL and KD (:func:`accurate_neg_log`,
+:func:`sums_in_range`).
 """
 import functools
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine import dispatch
@@ -251,3 +253,67 @@ def softmax_cross_entropy_rows(pred: Tensor, label: Tensor, rule: Reduction,
             row_factor)
 
     return rule.run_kernel(run, dtype, pred.device, label.numel())
+
+
+# --------------------------------------------------------------------------
+# Sigmoid cross-entropy against integer labels
+# --------------------------------------------------------------------------
+def sigmoid_one_hot_rows(logits: Tensor, label: Tensor,
+                         pos_weight: Optional[Tensor]) -> Tensor:
+    """Row sums (N,) of sigmoid BCE against the one-hot of integer labels,
+    without the one-hot target (autograd, any order).
+
+    ``row_i = sum_j softplus(x_ij) + [0 <= l_i < C] * (p_l softplus(-x_il)
+    - softplus(x_il))``; labels outside ``[0, C)`` give negatives only.
+    """
+    num_classes = logits.size(1)
+    positive = (label >= 0) & (label < num_classes)
+    column = torch.where(positive, label, 0).long()[:, None]
+    picked = logits.gather(1, column).squeeze(1)
+    pos_term = F.softplus(-picked)
+    if pos_weight is not None:
+        pos_term = pos_term * pos_weight[column.squeeze(1)]
+    return F.softplus(logits).sum(1) + torch.where(
+        positive, pos_term - F.softplus(picked), 0.0)
+
+
+def sigmoid_one_hot_kernel(needs, logits: Tensor, label: Tensor,
+                           pos_weight: Optional[Tensor], row_weight: Tensor):
+    """``sum_i r_i * row_i`` of :func:`sigmoid_one_hot_rows` and its
+    gradient, the engine kernel
+    (:class:`~mmloss.engine.functions.GradientInForward`).
+
+    The gradient of ``row_i`` is ``sigmoid(x_i)``, its label column
+    replaced by ``p_l (sigmoid(x_il) - 1)``; the row weights ``r`` (N,)
+    are the per-row ``scale`` backward folds in. Float32 at least.
+    """
+    dtype = compute_dtype(logits)
+    work = to_dtype(logits, dtype)
+    if pos_weight is not None:
+        pos_weight = to_dtype(pos_weight, dtype)
+    total = (sigmoid_one_hot_rows(work, label, pos_weight) *
+             row_weight).sum()
+    grad = None
+    if needs[0]:
+        num_classes = work.size(1)
+        positive = ((label >= 0) & (label < num_classes))[:, None]
+        column = torch.where(positive, label[:, None], 0).long()
+        grad = torch.sigmoid(work)
+        picked = grad.gather(1, column)
+        pos_grad = picked - 1
+        if pos_weight is not None:
+            pos_grad = pos_grad * pos_weight[column]
+        grad.scatter_(1, column, torch.where(positive, pos_grad, picked))
+    return total, (grad, None, None, None), row_weight
+
+
+def sigmoid_one_hot_plain(logits: Tensor, label: Tensor,
+                          pos_weight: Optional[Tensor],
+                          row_weight: Tensor) -> Tensor:
+    """The value of :func:`sigmoid_one_hot_kernel` by autograd ops."""
+    with dispatch.autocast_off(logits):
+        dtype = compute_dtype(logits)
+        if pos_weight is not None:
+            pos_weight = to_dtype(pos_weight, dtype)
+        return (sigmoid_one_hot_rows(to_dtype(logits, dtype), label,
+                                     pos_weight) * row_weight).sum()
