@@ -821,13 +821,13 @@ def saved_bytes(loss_fn, *inputs):
     return sum(storages.values()), kept
 
 
-def small_blocks(monkeypatch, rows_per_block_times_columns=64):
+def small_blocks(monkeypatch):
     """Make the classification kernels' row blocks tiny (several blocks on
     test-sized inputs): the table's block rows become 1, so a block holds
-    ``64 // C`` rows or at least one."""
+    ``entries_per_block_row // C`` rows or at least one."""
     for kind, entry in list(dispatch.TUNING.items()):
-        monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
-            entry, block_rows=max(1, rows_per_block_times_columns // 64)))
+        monkeypatch.setitem(dispatch.TUNING, kind,
+                            dataclasses.replace(entry, block_rows=1))
 
 
 def test_the_graph_keeps_the_logits_and_labels_only():

@@ -56,7 +56,9 @@ PATH_COVERAGE = {
     'fused': "reduction 'mean'/'sum' with no weight or an exact-shape "
              'float weight (SETTINGS)',
     'cpu': "DEVICE_KINDS 'cpu' (cpu_kernels=True in TUNING['cpu'])",
-    'blocked': 'SLOW_SIZES above every block_rows of the table',
+    'blocked': 'SLOW_SIZES above every block_rows of the table; the '
+               'classification blocks: test_classification_blocks_equal_'
+               'the_plain_formula',
     'compiled': 'test_compiled_kernels_equal_the_plain_formula (slow)',
 }
 
@@ -113,6 +115,13 @@ SLOW_SETTINGS = (
 )
 
 
+#: Fields of the tuning table that are not thresholds in rows: the ones in
+#: elements (:func:`_element_sizes`) and the classification kernels' block
+#: multiplier (its block boundary:
+#: :func:`test_classification_blocks_equal_the_plain_formula`).
+NOT_ROW_THRESHOLDS = ('min_elements', 'entries_per_block_row')
+
+
 def _table_thresholds():
     """Every size threshold in the tuning table counted in rows, with
     where it is (thresholds in elements: see :func:`_element_sizes`)."""
@@ -120,7 +129,7 @@ def _table_thresholds():
     for kind, entry in dispatch.TUNING.items():
         for spec in dataclasses.fields(entry):
             item = getattr(entry, spec.name)
-            if isinstance(item, bool) or spec.name == 'min_elements':
+            if isinstance(item, bool) or spec.name in NOT_ROW_THRESHOLDS:
                 continue
             if isinstance(item, int):
                 found[f'{kind}.{spec.name}'] = item
@@ -405,6 +414,78 @@ def test_compiled_kernels_equal_the_plain_formula(setting, monkeypatch):
     for name in ('FocalLoss', 'Poly1FocalLoss'):
         for n in (1023, 4097):
             _check(name, n, setting, 'cpu')
+
+
+# ---------------------------------------------------------------------------
+# the classification kernels' row blocks
+# ---------------------------------------------------------------------------
+BLOCK_MODULES = ('mmloss.losses.focal_kernels', 'mmloss.losses.dice',
+                 'mmloss.losses.kd', 'mmloss.losses.cross_entropy_kernels')
+#: Rows of one classification block in this test (its boundary: 1024).
+BLOCK_BOUNDARY = 1024
+
+
+def _spy_row_blocks(monkeypatch):
+    """Record ``(columns, blocks)`` of every ``row_blocks`` call."""
+    import importlib
+    calls = []
+    original = importlib.import_module(BLOCK_MODULES[0]).row_blocks
+
+    def spy(work):
+        spans = original(work)
+        calls.append((work.size(1), len(spans)))
+        return spans
+
+    for module in BLOCK_MODULES:
+        monkeypatch.setattr(importlib.import_module(module), 'row_blocks',
+                            spy)
+    return calls
+
+
+def _blocked_losses(monkeypatch):
+    """``{name: columns}`` of the registered losses whose fast path runs
+    through the classification row blocks (found by running each once)."""
+    calls = _spy_row_blocks(monkeypatch)
+    found = {}
+    for kind, entry in list(dispatch.TUNING.items()):
+        monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
+            entry, min_rows={}, min_elements={}))
+    for name in REGISTERED:
+        calls.clear()
+        args, kwargs = _inputs(name, 8, Setting(F32, 'mean'), 'cpu')
+        loss = MODELS.build(dict(type=name, **CASES[name].cfg))
+        pred = args[0].detach().requires_grad_()
+        with mmloss.fast_paths(True):
+            value(loss, (pred, ) + args[1:], **kwargs)
+        if calls:
+            found[name] = calls[0][0]
+    return found, calls
+
+
+@pytest.mark.parametrize('kind', DEVICE_KINDS)
+def test_classification_blocks_equal_the_plain_formula(kind, monkeypatch):
+    """Each device kind's ``entries_per_block_row``: with its table entry's
+    ``block_rows`` scaled so that a block holds :data:`BLOCK_BOUNDARY` rows
+    of the loss's columns (the multiplier as the table has it), every loss
+    of the classification kernels equals the plain formula in one block
+    and on both sides of the boundary (two blocks)."""
+    found, calls = _blocked_losses(monkeypatch)
+    assert {'FocalLoss', 'CrossEntropyLoss',
+            'KnowledgeDistillationKLDivLoss'} <= set(found), found
+    factor = dispatch.TUNING[kind].entries_per_block_row
+    for name, columns in sorted(found.items()):
+        entry = dispatch.TUNING[kind]
+        monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
+            entry, block_rows=BLOCK_BOUNDARY * columns // factor))
+        for n in (BLOCK_BOUNDARY - 1, BLOCK_BOUNDARY, BLOCK_BOUNDARY + 1):
+            for setting in SLOW_SETTINGS:
+                if not _applicable(name, setting):
+                    continue
+                calls.clear()
+                _check(name, n, setting, kind)
+                counts = {count for cols, count in calls if cols == columns}
+                assert counts == {1 if n <= BLOCK_BOUNDARY else 2}, (
+                    name, n, setting, calls)
 
 
 def test_the_switch_forces_the_plain_formula_and_restores(monkeypatch):

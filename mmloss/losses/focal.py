@@ -274,9 +274,9 @@ def _focal_value(logits: Tensor, labels: Tensor, weight: Optional[Tensor], *,
     """``value_kernel(logits, labels, weight) -> (value, extras)`` of
     :class:`~mmloss.engine.functions.GradientInBackward`: the weighted
     element-wise loss (N, C) or its sum, in float32 at least. Backward
-    needs the inputs and one flag per row block (which way
-    :func:`sigmoid_and_softplus` went: :func:`_blocked_kernel`), nothing
-    after a compiled kernel."""
+    needs the inputs and, per row block, where it ends and which way
+    :func:`sigmoid_and_softplus` went (a (blocks, 2) integer tensor:
+    :func:`_blocked_kernel`), nothing after a compiled kernel."""
     x = to_dtype(logits, compute_dtype(logits))
     loss, _, _, taken = _run_kernel(x, labels, weight, gamma, alpha,
                                     epsilon, reduce_sum, False, True)

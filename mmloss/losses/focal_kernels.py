@@ -8,7 +8,7 @@ the cross-entropies reuse :func:`sigmoid_focal_kernel` and
 """
 import math
 import warnings
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +38,15 @@ def probability_cross_entropy(prob: Tensor, target: float) -> Tensor:
 
 def row_blocks(work: Tensor) -> List[Tuple[int, int]]:
     """``(start, stop)`` row blocks of an (N, C) tensor for the kernels of
-    the classification losses, each with as many entries as sixteen of the
-    row-wise engine's (N, 4) blocks on ``work``'s device
-    (:func:`mmloss.engine.dispatch.block_rows`): few enough blocks that
-    per-op costs (and a thread team's start per op) stay small, small
-    enough that the temporaries of a block are reused, not each a fresh
-    (N, C) buffer."""
-    rows = max(1, dispatch.block_rows(work) * 64 // max(1, work.size(1)))
+    the classification losses, each of about ``block_rows *
+    entries_per_block_row`` entries (the dispatch table's
+    :class:`~mmloss.engine.dispatch.Tuning` for ``work``'s device): few
+    enough blocks that per-op costs (and a thread team's start per op) stay
+    small, small enough that a block's temporaries are reused (on the CPU:
+    stay in the caches), not each a fresh (N, C) buffer."""
+    entry = dispatch.tuning(work)
+    rows = max(1, entry.block_rows * entry.entries_per_block_row //
+               max(1, work.size(1)))
     return blocks(work.size(0), rows)
 
 
@@ -283,21 +285,28 @@ def _compiled() -> Optional[Callable]:
 def _blocked_kernel(logits: Tensor, labels: Tensor, weight: Optional[Tensor],
                     gamma: float, alpha: float, epsilon: float,
                     reduce_sum: bool, need_grad: bool, need_value: bool,
-                    one_exp: Optional[List[bool]] = None
+                    one_exp: Optional[List[Sequence[int]]] = None
                     ) -> Tuple[Optional[Tensor], Optional[Tensor], float,
-                               List[bool]]:
+                               List[Tuple[int, bool]]]:
     """:func:`sigmoid_focal_kernel` block by block (:func:`row_blocks`):
     its ``N x C`` temporaries live one block at a time, each block's
     gradient is written straight into one (N, C) tensor.
 
-    ``one_exp`` says per block whether it takes :func:`sigmoid_and_softplus`
-    from one exponential (what a forward pass found, for backward). Without
-    it, a block's summed loss is computed that way where the CPU kernels
-    may run and kept if finite (an exponential that overflowed gives
-    ``NaN``), else computed again stably; any other block asks
-    :func:`one_exponential_fits`. Returns what each block took as well.
+    ``one_exp`` is what a forward pass took, for backward: per block its
+    last row (exclusive) and whether it took :func:`sigmoid_and_softplus`
+    from one exponential, so backward runs the same blocks the same way
+    whatever the tuning table says by then. Without it, the blocks are
+    :func:`row_blocks`, and a block's summed loss is computed from one
+    exponential where the CPU kernels may run and kept if finite (an
+    exponential that overflowed gives ``NaN``), else computed again stably;
+    any other block asks :func:`one_exponential_fits`. Returns what each
+    block took, as ``(stop, fits)`` pairs.
     """
-    spans = row_blocks(logits)
+    if one_exp is None:
+        spans = row_blocks(logits)
+    else:
+        stops = [int(stop) for stop, _ in one_exp]
+        spans = list(zip([0] + stops[:-1], stops))
     grad = torch.empty_like(logits) if need_grad else None
     loss = None
     if need_value and not reduce_sum and len(spans) > 1:
@@ -313,7 +322,7 @@ def _blocked_kernel(logits: Tensor, labels: Tensor, weight: Optional[Tensor],
                 epsilon, reduce_sum, need_grad)
         out = None if grad is None else grad[start:stop]
         if one_exp is not None:
-            fits = one_exp[index]
+            fits = bool(one_exp[index][1])
         elif try_first:
             part, _, scale = sigmoid_focal_kernel(
                 *args, need_value=need_value, grad_out=out, one_exp=True)
@@ -323,7 +332,7 @@ def _blocked_kernel(logits: Tensor, labels: Tensor, weight: Optional[Tensor],
         if not try_first or not fits:
             part, _, scale = sigmoid_focal_kernel(
                 *args, need_value=need_value, grad_out=out, one_exp=fits)
-        taken.append(fits)
+        taken.append((stop, fits))
         if part is None:
             continue
         if reduce_sum:
@@ -337,9 +346,9 @@ def _blocked_kernel(logits: Tensor, labels: Tensor, weight: Optional[Tensor],
     return loss, grad, scale, taken
 
 
-def _run_kernel(*args, one_exp: Optional[List[bool]] = None
+def _run_kernel(*args, one_exp: Optional[List[Sequence[int]]] = None
                 ) -> Tuple[Optional[Tensor], Optional[Tensor], float,
-                           Optional[List[bool]]]:
+                           Optional[List[Tuple[int, bool]]]]:
     """``fused_sigmoid_focal_kernel(*args)`` compiled when ``MMLOSS_COMPILE``
     asks for it and compiling works (with ``None`` for what the blocks
     took), else the eager kernel block by block (:func:`_blocked_kernel`).
