@@ -423,17 +423,18 @@ BLOCK_MODULES = ('mmloss.losses.focal_kernels', 'mmloss.losses.dice',
                  'mmloss.losses.kd', 'mmloss.losses.cross_entropy_kernels')
 #: Rows of one classification block in this test (its boundary: 1024).
 BLOCK_BOUNDARY = 1024
+PROBE_ROWS = 8
 
 
 def _spy_row_blocks(monkeypatch):
-    """Record ``(columns, blocks)`` of every ``row_blocks`` call."""
+    """Record ``(entries, blocks)`` of every ``row_blocks`` call."""
     import importlib
     calls = []
     original = importlib.import_module(BLOCK_MODULES[0]).row_blocks
 
     def spy(work):
         spans = original(work)
-        calls.append((work.size(1), len(spans)))
+        calls.append((work.numel(), len(spans)))
         return spans
 
     for module in BLOCK_MODULES:
@@ -443,8 +444,9 @@ def _spy_row_blocks(monkeypatch):
 
 
 def _blocked_losses(monkeypatch):
-    """``{name: columns}`` of the registered losses whose fast path runs
-    through the classification row blocks (found by running each once)."""
+    """``{name: entries per row}`` of the registered losses whose fast
+    path runs through the classification row blocks (found by running each
+    once on :data:`PROBE_ROWS` rows)."""
     calls = _spy_row_blocks(monkeypatch)
     found = {}
     for kind, entry in list(dispatch.TUNING.items()):
@@ -452,38 +454,40 @@ def _blocked_losses(monkeypatch):
             entry, min_rows={}, min_elements={}))
     for name in REGISTERED:
         calls.clear()
-        args, kwargs = _inputs(name, 8, Setting(F32, 'mean'), 'cpu')
+        args, kwargs = _inputs(name, PROBE_ROWS, Setting(F32, 'mean'),
+                               'cpu')
         loss = MODELS.build(dict(type=name, **CASES[name].cfg))
         pred = args[0].detach().requires_grad_()
         with mmloss.fast_paths(True):
             value(loss, (pred, ) + args[1:], **kwargs)
         if calls:
-            found[name] = calls[0][0]
+            found[name] = calls[0][0] // PROBE_ROWS
     return found, calls
 
 
 @pytest.mark.parametrize('kind', DEVICE_KINDS)
 def test_classification_blocks_equal_the_plain_formula(kind, monkeypatch):
     """Each device kind's ``entries_per_block_row``: with its table entry's
-    ``block_rows`` scaled so that a block holds :data:`BLOCK_BOUNDARY` rows
-    of the loss's columns (the multiplier as the table has it), every loss
-    of the classification kernels equals the plain formula in one block
-    and on both sides of the boundary (two blocks)."""
+    ``block_rows`` scaled so that a block holds the entries of
+    :data:`BLOCK_BOUNDARY` of the loss's rows (the multiplier as the table
+    has it), every loss of the classification kernels equals the plain
+    formula in one block and on both sides of the boundary (two blocks)."""
     found, calls = _blocked_losses(monkeypatch)
     assert {'FocalLoss', 'CrossEntropyLoss',
             'KnowledgeDistillationKLDivLoss'} <= set(found), found
     factor = dispatch.TUNING[kind].entries_per_block_row
-    for name, columns in sorted(found.items()):
+    for name, per_row in sorted(found.items()):
         entry = dispatch.TUNING[kind]
         monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
-            entry, block_rows=BLOCK_BOUNDARY * columns // factor))
+            entry, block_rows=BLOCK_BOUNDARY * per_row // factor))
         for n in (BLOCK_BOUNDARY - 1, BLOCK_BOUNDARY, BLOCK_BOUNDARY + 1):
             for setting in SLOW_SETTINGS:
                 if not _applicable(name, setting):
                     continue
                 calls.clear()
                 _check(name, n, setting, kind)
-                counts = {count for cols, count in calls if cols == columns}
+                counts = {count for entries, count in calls
+                          if entries == n * per_row}
                 assert counts == {1 if n <= BLOCK_BOUNDARY else 2}, (
                     name, n, setting, calls)
 

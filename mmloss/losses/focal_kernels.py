@@ -50,6 +50,46 @@ def row_blocks(work: Tensor) -> List[Tuple[int, int]]:
     return blocks(work.size(0), rows)
 
 
+def elementwise_in_blocks(kernel: Callable, first: Tensor,
+                          *others: Optional[Tensor], reduce_sum: bool,
+                          need_grad: bool
+                          ) -> Tuple[Tensor, Optional[Tensor]]:
+    """``kernel(first, *others) -> (loss, grad)`` of an element-wise loss,
+    run over the :func:`row_blocks` of ``first`` seen as rows of its last
+    dimension (a heatmap's image rows): each block's temporaries stay in
+    the caches instead of each being a fresh tensor of the input's size.
+
+    ``others`` are ``None`` or shaped like ``first`` (blocked alike); any
+    other shape (a broadcast weight) runs the kernel once, unblocked. The
+    kernel gets 2-D blocks. ``loss`` is the sum where ``reduce_sum``, else
+    element-wise like ``first``; ``grad`` (``d loss / d first``, or
+    ``None`` without ``need_grad``) is written block by block into one
+    tensor.
+    """
+    width = first.shape[-1] if first.dim() > 1 else 1
+    spans = [(0, 0)]
+    if first.numel() and all(x is None or x.shape == first.shape
+                             for x in others):
+        spans = row_blocks(first.reshape(-1, width))
+    if len(spans) == 1:
+        return kernel(first, *others)
+    flat = [None if x is None else x.reshape(-1, width)
+            for x in (first, ) + others]
+    grad = torch.empty_like(first) if need_grad else None
+    loss = None if reduce_sum else torch.empty_like(first)
+    totals = []
+    for start, stop in spans:
+        part, part_grad = kernel(*(None if x is None else x[start:stop]
+                                   for x in flat))
+        if grad is not None:
+            grad.view(-1, width)[start:stop] = part_grad
+        if reduce_sum:
+            totals.append(part)
+        else:
+            loss.view(-1, width)[start:stop] = part
+    return (torch.stack(totals).sum() if reduce_sum else loss), grad
+
+
 # ---------------------------------------------------------------------------
 # the fast path: integer labels, logits, analytic gradient
 # ---------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from ..reduction import Reduction, weighted_total
 from ..registry import MODELS
 from ..typing_utils import AvgFactor, OptStr, OptTensor
 from .base import BaseLoss
+from .focal_kernels import elementwise_in_blocks
 
 __all__ = [
     'gaussian_focal_loss', 'gaussian_focal_loss_with_pos_inds',
@@ -134,11 +135,14 @@ def gaussian_focal_kernel(pred: Tensor, target: Tensor,
 def _engine_kernel(needs, pred: Tensor, target: Tensor,
                    weight: Optional[Tensor], *, reduce_sum: bool, **params):
     """:func:`gaussian_focal_kernel` as the engine's kernel
-    (:class:`~mmloss.engine.functions.GradientInForward`)."""
+    (:class:`~mmloss.engine.functions.GradientInForward`), over row blocks
+    of the heatmaps (:func:`~.focal_kernels.elementwise_in_blocks`)."""
     dtype = compute_dtype(pred)
-    loss, grad = gaussian_focal_kernel(
-        to_dtype(pred, dtype), to_dtype(target, dtype), weight,
-        reduce_sum=reduce_sum, need_grad=needs[0], **params)
+    kernel = functools.partial(gaussian_focal_kernel, reduce_sum=reduce_sum,
+                               need_grad=needs[0], **params)
+    loss, grad = elementwise_in_blocks(
+        kernel, to_dtype(pred, dtype), to_dtype(target, dtype), weight,
+        reduce_sum=reduce_sum, need_grad=needs[0])
     return loss, (grad, None, None), None
 
 
