@@ -470,3 +470,90 @@ def test_a_failure_in_any_round_fails_the_merged_row():
     rows[1]['mmloss'] = dict(bench._side('error'), error='run: boom')
     assert bench.merge_rounds(rows, torch.device('cpu'))['mmloss'][
         'status'] == 'error'
+
+
+REAL_RUN = bench.subprocess.run
+
+
+def _fake_run(handle):
+    """A ``subprocess.run`` stand-in for the benchmark's own command line
+    (``handle(flags)``); anything else (``platform``'s ``uname``) runs."""
+    def run(command, **kwargs):
+        if command[:2] != [sys.executable, str(TOOL)]:
+            return REAL_RUN(command, **kwargs)
+        return handle(command)
+    return run
+
+
+def _in_process_run(calls):
+    """Run the benchmark command in this process (the plumbing of
+    ``--isolate`` without a child's start-up)."""
+    def handle(command):
+        calls.append(command)
+        status = bench.main(command[2:])
+        return bench.subprocess.CompletedProcess(command, status, '', '')
+    return _fake_run(handle)
+
+
+def test_isolate_runs_each_loss_once_per_round_with_every_size(
+        monkeypatch, tmp_path):
+    """``--isolate``: one process per loss and round, asked for every size
+    (named and ``--rows``) with this run's settings; its rows land in the
+    report as if measured here, runs pooled over the rounds."""
+    calls = []
+    monkeypatch.setattr(bench.subprocess, 'run', _in_process_run(calls))
+    status = bench.main(['--isolate', '--losses', 'L1Loss', 'MSELoss',
+                         '--size', 'small', '--rows', '96', '--rounds', '2',
+                         '--repeat', '1', '--warmup', '0', '--threads', '1',
+                         '--min-time', '0', '--out', str(tmp_path),
+                         '--no-progress'])
+    assert status == 0
+    assert len(calls) == 4
+    for command in calls:
+        flags = command[2:]
+        assert flags[flags.index('--size') + 1] == 'small'
+        assert flags[flags.index('--rows') + 1] == '96'
+        assert flags[flags.index('--threads') + 1] == '1'
+    assert [c[c.index('--losses') + 1] for c in calls] == [
+        'L1Loss', 'MSELoss', 'L1Loss', 'MSELoss']
+    rows = json.loads((tmp_path / 'benchmark.json').read_text())['rows']
+    assert [(row['loss'], row['size']) for row in rows] == [
+        ('L1Loss', 'small'), ('L1Loss', 96), ('MSELoss', 'small'),
+        ('MSELoss', 96)]
+    assert all(len(row['mmloss']['runs_ms']) == 2 for row in rows)
+
+
+def test_isolate_only_rows_and_a_failed_process(monkeypatch, tmp_path,
+                                                capsys):
+    """Only ``--rows`` sizes pass ``--size none``; a process that writes
+    no report gives error rows that fail the run, with its stderr."""
+    def broken(command):
+        flags = command[2:]
+        assert flags[flags.index('--size') + 1] == 'none'
+        return bench.subprocess.CompletedProcess(command, 3, '', 'boom')
+
+    monkeypatch.setattr(bench.subprocess, 'run', _fake_run(broken))
+    status = bench.main(['--isolate', '--losses', 'L1Loss', '--size', 'none',
+                         '--rows', '96', '--repeat', '1', '--warmup', '0',
+                         '--min-time', '0', '--out', str(tmp_path),
+                         '--no-progress'])
+    assert status == 1
+    row, = json.loads((tmp_path / 'benchmark.json').read_text())['rows']
+    assert row['mmloss']['status'] == 'error'
+    assert 'exit 3' in row['mmloss']['error'] and 'boom' in \
+        row['mmloss']['error']
+    assert 'FAILED L1Loss (96)' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--size', 'none'])
+
+
+@pytest.mark.slow
+def test_isolate_in_a_real_process(tmp_path):
+    """The real thing: a child Python process measures the loss."""
+    status = bench.main(['--isolate', '--losses', 'L1Loss', '--size',
+                         'small', '--repeat', '1', '--warmup', '0',
+                         '--min-time', '0', '--out', str(tmp_path),
+                         '--no-progress'])
+    assert status == 0
+    row, = json.loads((tmp_path / 'benchmark.json').read_text())['rows']
+    assert row['mmloss']['status'] == 'ok' and row['mmloss']['ms'] > 0

@@ -57,7 +57,9 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -1083,6 +1085,60 @@ def write_results(rows: List[Dict], meta: Dict, out_dir: str) -> Tuple[str,
     return json_path, md_path
 
 
+def isolated_command(case: Case, sizes: Sequence['Size'],
+                     args: argparse.Namespace, use_mmdet: bool,
+                     out_dir: str) -> List[str]:
+    """The command line that measures one case at ``sizes`` in a process of
+    its own, with this run's settings, writing its JSON to ``out_dir``."""
+    command = [sys.executable, os.path.abspath(__file__), '--losses',
+               case.key, '--out', out_dir, '--no-progress',
+               '--threads', str(args.threads), '--repeat', str(args.repeat),
+               '--warmup', str(args.warmup), '--min-time',
+               str(args.min_time), '--device', args.device, '--seed',
+               str(args.seed)]
+    named = [size for size in sizes if isinstance(size, str)]
+    rows = [str(size) for size in sizes if not isinstance(size, str)]
+    command += ['--size', 'both' if len(named) > 1 else
+                named[0] if named else 'none']
+    if rows:
+        command += ['--rows'] + rows
+    if not use_mmdet:
+        command.append('--no-mmdet')
+    return command
+
+
+def run_case_isolated(case: Case, sizes: Sequence['Size'],
+                      args: argparse.Namespace, use_mmdet: bool
+                      ) -> List[Dict]:
+    """:func:`run_case` at each of ``sizes`` in one fresh process (see
+    ``--isolate``); a size the process wrote no row for gets an error
+    row."""
+    with tempfile.TemporaryDirectory(prefix='mmloss-bench-') as out_dir:
+        done = subprocess.run(
+            isolated_command(case, sizes, args, use_mmdet, out_dir),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        path = os.path.join(out_dir, 'benchmark.json')
+        found = []
+        if os.path.exists(path):
+            with open(path) as f:
+                found = json.load(f)['rows']
+    rows = []
+    for size in sizes:
+        match = [row for row in found
+                 if row['loss'] == case.key and row['size'] == size]
+        if match:
+            rows.append(match[0])
+            continue
+        failed = _side('error')
+        failed['error'] = (f'isolated run (exit {done.returncode}): '
+                           f'{done.stderr.strip()[-500:]}')
+        row = dict(loss=case.key, loss_type=case.loss_type, size=size,
+                   shape='-', cfg=copy.deepcopy(case.cfg), agree=None,
+                   agreement=None, mmdet=None, mmloss=failed)
+        rows.append(_with_ratios(row, torch.device(args.device)))
+    return rows
+
+
 # --------------------------------------------------------------------------
 # Command line.
 # --------------------------------------------------------------------------
@@ -1093,8 +1149,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description='Time and measure mmloss losses against mmdet\'s.')
     parser.add_argument('--losses', nargs='+', metavar='NAME',
                         help='losses to run (row or class name; default all)')
-    parser.add_argument('--size', choices=('small', 'large', 'both'),
-                        default='both', help='input sizes (default both)')
+    parser.add_argument('--size', choices=('small', 'large', 'both', 'none'),
+                        default='both',
+                        help='input sizes (default both; none: only --rows)')
     parser.add_argument('--rows', type=int, nargs='+', metavar='N',
                         default=(),
                         help='also run each loss at these row counts '
@@ -1127,6 +1184,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'timed runs (the rounds spread a loss\'s runs over '
                         'the whole benchmark, so drift of the machine and '
                         'of the allocator\'s state evens out; default 1)')
+    parser.add_argument('--isolate', action='store_true',
+                        help='measure each loss in a fresh Python process '
+                        '(both sides still in one process): a result no '
+                        'longer depends on which losses ran before it and '
+                        'left the allocator in what state')
     parser.add_argument('--no-progress', action='store_true')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
@@ -1142,7 +1204,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error('--device cuda: CUDA is not available here')
     if any(rows < 1 for rows in args.rows):
         parser.error('--rows must be >= 1')
-    named = SIZES if args.size == 'both' else (args.size, )
+    named = SIZES if args.size == 'both' else () if args.size == 'none' \
+        else (args.size, )
+    if not named and not args.rows:
+        parser.error('--size none needs --rows')
     args.sizes = tuple(named) + tuple(args.rows)
     return args
 
@@ -1170,6 +1235,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bar = progress_bar(len(jobs) * args.rounds, disable=args.no_progress)
     rounds = [[] for _ in jobs]
     for _ in range(args.rounds):
+        if args.isolate:  # one process per loss, all its sizes
+            for index, case in enumerate(args.cases):
+                bar.set_description(f'{case.key} (own process)')
+                rows = run_case_isolated(case, args.sizes, args, use_mmdet)
+                for offset, row in enumerate(rows):
+                    rounds[index * len(args.sizes) + offset].append(row)
+                bar.update(len(args.sizes))
+            continue
         for (case, size), done in zip(jobs, rounds):
             bar.set_description(f'{case.key} ({size})')
             gc.collect()
