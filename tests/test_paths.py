@@ -421,6 +421,8 @@ def test_compiled_kernels_equal_the_plain_formula(setting, monkeypatch):
 # ---------------------------------------------------------------------------
 BLOCK_MODULES = ('mmloss.losses.focal_kernels', 'mmloss.losses.dice',
                  'mmloss.losses.kd', 'mmloss.losses.cross_entropy_kernels')
+#: The big sizes' settings and non-contiguous inputs, element-wise.
+BLOCK_SETTINGS = SLOW_SETTINGS + (Setting(F32, 'none', strided=True), )
 #: Rows of one classification block in this test (its boundary: 1024).
 BLOCK_BOUNDARY = 1024
 PROBE_ROWS = 8
@@ -481,7 +483,7 @@ def test_classification_blocks_equal_the_plain_formula(kind, monkeypatch):
         monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
             entry, block_rows=BLOCK_BOUNDARY * per_row // factor))
         for n in (BLOCK_BOUNDARY - 1, BLOCK_BOUNDARY, BLOCK_BOUNDARY + 1):
-            for setting in SLOW_SETTINGS:
+            for setting in BLOCK_SETTINGS:
                 if not _applicable(name, setting):
                     continue
                 calls.clear()

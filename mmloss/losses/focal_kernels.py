@@ -75,8 +75,9 @@ def elementwise_in_blocks(kernel: Callable, first: Tensor,
         return kernel(first, *others)
     flat = [None if x is None else x.reshape(-1, width)
             for x in (first, ) + others]
-    grad = torch.empty_like(first) if need_grad else None
-    loss = None if reduce_sum else torch.empty_like(first)
+    # contiguous, whatever ``first``'s strides: written through 2-D views
+    grad = first.new_empty(first.shape) if need_grad else None
+    loss = None if reduce_sum else first.new_empty(first.shape)
     totals = []
     for start, stop in spans:
         part, part_grad = kernel(*(None if x is None else x[start:stop]
