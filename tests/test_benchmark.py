@@ -516,7 +516,10 @@ def test_isolate_runs_each_loss_once_per_round_with_every_size(
         assert flags[flags.index('--threads') + 1] == '1'
     assert [c[c.index('--losses') + 1] for c in calls] == [
         'L1Loss', 'MSELoss', 'L1Loss', 'MSELoss']
-    rows = json.loads((tmp_path / 'benchmark.json').read_text())['rows']
+    report = json.loads((tmp_path / 'benchmark.json').read_text())
+    assert report['meta']['isolate'] is True
+    assert 'its own process' in (tmp_path / 'benchmark.md').read_text()
+    rows = report['rows']
     assert [(row['loss'], row['size']) for row in rows] == [
         ('L1Loss', 'small'), ('L1Loss', 96), ('MSELoss', 'small'),
         ('MSELoss', 96)]

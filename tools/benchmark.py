@@ -983,7 +983,9 @@ def format_markdown(rows: List[Dict], meta: Dict) -> str:
         f'{meta["threads"]} thread(s) · median of {meta["repeat"]} runs or '
         f'more (fast losses: ~{meta.get("min_time", 0)} s per side) '
         f'after {meta["warmup"]} warm-up, in each of '
-        f'{meta.get("rounds", 1)} round(s) · torch {meta["torch"]} · '
+        f'{meta.get("rounds", 1)} round(s)'
+        f'{" (each loss in its own process)" if meta.get("isolate") else ""}'
+        f' · torch {meta["torch"]} · '
         f'mmdet {meta["mmdet"] or "not installed"} · mmloss {meta["mmloss"]}',
         '',
         header, align, *body,
@@ -1022,7 +1024,9 @@ def readme_block(rows: List[Dict], meta: Dict) -> str:
     run = (f'Run {meta["date"]} on {meta["device"]} (`{meta["device_name"]}`'
            f', {meta["threads"]} thread(s)), torch {meta["torch"]}, mmdet '
            f'{meta["mmdet"] or "not installed"}, '
-           f'{meta.get("rounds", 1)} round(s).')
+           f'{meta.get("rounds", 1)} round(s)'
+           f'{", each loss in its own process" if meta.get("isolate") else ""}'
+           f'.')
     return '\n'.join([run, '', header, align, *body])
 
 
@@ -1065,6 +1069,7 @@ def collect_meta(args, device: torch.device) -> Dict:
         threads=torch.get_num_threads(), repeat=args.repeat,
         min_time=args.min_time, warmup=args.warmup, sizes=list(args.sizes),
         rounds=args.rounds,
+        isolate=bool(getattr(args, 'isolate', False)),
         torch=torch.__version__,
         mmdet=mmdet_version, mmloss=mmloss.__version__,
         python=platform.python_version(), rtol=RTOL)
