@@ -475,7 +475,7 @@ def test_classification_blocks_equal_the_plain_formula(kind, monkeypatch):
     has it), every loss of the classification kernels equals the plain
     formula in one block and on both sides of the boundary (two blocks)."""
     found, calls = _blocked_losses(monkeypatch)
-    assert {'FocalLoss', 'CrossEntropyLoss',
+    assert {'FocalLoss', 'CrossEntropyLoss', 'GaussianFocalLoss',
             'KnowledgeDistillationKLDivLoss'} <= set(found), found
     factor = dispatch.TUNING[kind].entries_per_block_row
     for name, per_row in sorted(found.items()):

@@ -296,7 +296,7 @@ def _focal_grad(needs, extras, in_place: bool, logits: Tensor,
     x = to_dtype(logits, compute_dtype(logits))
     _, grad, scale, _ = _run_kernel(
         x, labels, weight, gamma, alpha, epsilon, reduce_sum, True, False,
-        one_exp=extras[0].tolist() if extras else None)
+        plan=extras[0].tolist() if extras else None)
     return (grad, None, None), scale
 
 

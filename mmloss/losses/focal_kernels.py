@@ -70,7 +70,10 @@ def elementwise_in_blocks(kernel: Callable, first: Tensor,
     spans = [(0, 0)]
     if first.numel() and all(x is None or x.shape == first.shape
                              for x in others):
-        spans = row_blocks(first.reshape(-1, width))
+        # the blocks of the (rows, width) view, asked of a stand-in of that
+        # shape: reshaping a non-contiguous input here would copy it
+        spans = row_blocks(first.new_empty(()).expand(
+            first.numel() // width, width))
     if len(spans) == 1:
         return kernel(first, *others)
     flat = [None if x is None else x.reshape(-1, width)
@@ -326,14 +329,14 @@ def _compiled() -> Optional[Callable]:
 def _blocked_kernel(logits: Tensor, labels: Tensor, weight: Optional[Tensor],
                     gamma: float, alpha: float, epsilon: float,
                     reduce_sum: bool, need_grad: bool, need_value: bool,
-                    one_exp: Optional[List[Sequence[int]]] = None
+                    plan: Optional[List[Sequence[int]]] = None
                     ) -> Tuple[Optional[Tensor], Optional[Tensor], float,
                                List[Tuple[int, bool]]]:
     """:func:`sigmoid_focal_kernel` block by block (:func:`row_blocks`):
     its ``N x C`` temporaries live one block at a time, each block's
     gradient is written straight into one (N, C) tensor.
 
-    ``one_exp`` is what a forward pass took, for backward: per block its
+    ``plan`` is what a forward pass took, for backward: per block its
     last row (exclusive) and whether it took :func:`sigmoid_and_softplus`
     from one exponential, so backward runs the same blocks the same way
     whatever the tuning table says by then. Without it, the blocks are
@@ -343,16 +346,16 @@ def _blocked_kernel(logits: Tensor, labels: Tensor, weight: Optional[Tensor],
     any other block asks :func:`one_exponential_fits`. Returns what each
     block took, as ``(stop, fits)`` pairs.
     """
-    if one_exp is None:
+    if plan is None:
         spans = row_blocks(logits)
     else:
-        stops = [int(stop) for stop, _ in one_exp]
+        stops = [int(stop) for stop, _ in plan]
         spans = list(zip([0] + stops[:-1], stops))
     grad = torch.empty_like(logits) if need_grad else None
     loss = None
     if need_value and not reduce_sum and len(spans) > 1:
         loss = torch.empty_like(logits)
-    try_first = one_exp is None and need_value and reduce_sum and \
+    try_first = plan is None and need_value and reduce_sum and \
         dispatch.cpu_kernels(logits)
     taken, totals = [], []
     scale = 1.0
@@ -362,8 +365,8 @@ def _blocked_kernel(logits: Tensor, labels: Tensor, weight: Optional[Tensor],
                 None if weight is None else weight[start:stop], gamma, alpha,
                 epsilon, reduce_sum, need_grad)
         out = None if grad is None else grad[start:stop]
-        if one_exp is not None:
-            fits = bool(one_exp[index][1])
+        if plan is not None:
+            fits = bool(plan[index][1])
         elif try_first:
             part, _, scale = sigmoid_focal_kernel(
                 *args, need_value=need_value, grad_out=out, one_exp=True)
@@ -387,7 +390,7 @@ def _blocked_kernel(logits: Tensor, labels: Tensor, weight: Optional[Tensor],
     return loss, grad, scale, taken
 
 
-def _run_kernel(*args, one_exp: Optional[List[Sequence[int]]] = None
+def _run_kernel(*args, plan: Optional[List[Sequence[int]]] = None
                 ) -> Tuple[Optional[Tensor], Optional[Tensor], float,
                            Optional[List[Tuple[int, bool]]]]:
     """``fused_sigmoid_focal_kernel(*args)`` compiled when ``MMLOSS_COMPILE``
@@ -404,4 +407,4 @@ def _run_kernel(*args, one_exp: Optional[List[Sequence[int]]] = None
             warnings.warn(f'mmloss: torch.compile of the sigmoid focal '
                           f'kernel failed ({type(error).__name__}: {error}); '
                           f'using the eager kernel')
-    return _blocked_kernel(*args, one_exp=one_exp)
+    return _blocked_kernel(*args, plan=plan)
