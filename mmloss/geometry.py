@@ -184,11 +184,19 @@ def nonfinite_rows(a: Tensor, b: Tensor, total: bool = False) -> Tensor:
     a max), which would hide it from ``MMLOSS_CHECK_FINITE``; with this
     term a non-finite input always gives a non-finite loss. ``x * 0`` is 0
     for finite ``x`` and NaN for Inf or NaN (never an overflow, unlike a
-    sum of the coordinates); no gradient and no host sync.
+    sum of the coordinates); no gradient and no host sync. The total is
+    made from each input's ``aminmax`` (NaN propagates, and an infinite
+    coordinate is the minimum or maximum): one reading pass and no buffer
+    of the inputs' size.
     """
     with torch.no_grad():
         if total:
-            return (a * 0).sum() + (b * 0).sum()
+            term = a.new_zeros(())
+            for boxes in (a, b):
+                if boxes.numel():
+                    low, high = torch.aminmax(boxes)
+                    term = term + (low * 0 + high * 0)
+            return term
         return (a * 0).sum(-1) + (b * 0).sum(-1)
 
 

@@ -206,54 +206,83 @@ def diou_core(pred, target, need_grad, need_target, eps, ciou):
     return (loss, ) + ov.backward(g_inter, g_union, need_target, **extra)
 
 
-def eiou_core(pred, target, need_grad, need_target, smooth_point,
-                    eps):
-    """Extended-IoU loss and its per-box Jacobian."""
-    inter, lo, hi, lo_c, hi_c, first, last = \
-        geo.extended_intersection_parts(pred, target)
-    wh_p, wh_t = geo.box_wh(pred), geo.box_wh(target)
-    union = wh_p[..., 0] * wh_p[..., 1] + wh_t[..., 0] * wh_t[..., 1] - \
-        inter + eps
-    x = 1 - inter / union
+def eiou_core(pred, target, need_grad, need_target, smooth_point, eps):
+    """Extended-IoU loss and its per-box Jacobian.
+
+    Works on the (2, n) x/y planes of the column-major boxes, in place
+    where it can: the four corner differences of the extended intersection
+    live in one (4, 2, n) buffer whose axis-swapped copy gives every
+    partial derivative of ``I`` at once.
+    """
+    p, t = pred.t(), target.t()
+    lo = torch.maximum(p[:2], t[:2])
+    hi = torch.minimum(p[2:], t[2:])
+    corner = torch.minimum(p[:2], t[:2])
+    # X_lo, X_hi, X_min, X_max (and Y): the corner pairs less the enclosing
+    # corner; min/max of the differences equal min/max(lo, hi) - corner
+    # exactly (rounding a difference is monotone)
+    parts = lo.new_empty((4, ) + lo.shape)
+    x_lo, x_hi, x_min, x_max = parts.unbind(0)
+    torch.sub(lo, corner, out=x_lo)
+    torch.sub(hi, corner, out=x_hi)
+    del corner
+    torch.minimum(x_lo, x_hi, out=x_min)
+    torch.maximum(x_lo, x_hi, out=x_max)
+    # I = X_hi Y_hi + X_min Y_min - X_lo Y_max - X_max Y_lo
+    inter = x_hi[0] * x_hi[1]
+    inter.add_(x_min[0] * x_min[1]).sub_(x_lo[0] * x_max[1]).sub_(
+        x_max[0] * x_lo[1])
+    wh_p = p[2:] - p[:2]
+    union = wh_p[0] * wh_p[1]
+    wh_t = t[2:] - t[:2]
+    union.add_(wh_t[0] * wh_t[1]).sub_(inter).add_(eps)
+    ratio = inter.div_(union)
+    x = 1 - ratio
     loss = smooth(x, smooth_point)
     if not need_grad:
         return loss, None, None
-    g_x = (x / smooth_point).clamp(max=1.0)  # smooth-L1's slope
-    # x = 1 - I/U with U = A_p + A_t - I + eps
-    g_area = (g_x * inter / union**2).unsqueeze(-1)
-    g_inter = (-g_x / union).unsqueeze(-1) - g_area
-    # I = H_x H_y + F_x F_y - L_x M_y - M_x L_y (F/M: min/max of L, H)
-    g_lo_c = -g_inter * last.flip(-1)
-    g_last = -g_inter * lo_c.flip(-1)
-    g_first = g_inter * first.flip(-1)
-    g_hi_c = g_inter * hi_c.flip(-1)
-    lo_share = 0.5 + 0.5 * torch.sign(hi - lo)  # d min(lo, hi) / d lo
-    g_lo = g_lo_c + g_first * lo_share + g_last * (1 - lo_share)
-    g_hi = g_hi_c + g_first * (1 - lo_share) + g_last * lo_share
-    g_corner = -(g_lo_c + g_hi_c + g_first + g_last)
-    # lo = max(lo), hi = min(hi), corner = min(lo) of the two boxes
-    half = 0.5 * torch.sign(pred - target)
-    lo_side, hi_side = half[..., :2], half[..., 2:]
-    area_p = g_area * wh_p.flip(-1)
-    grad_pred = column_major_pair(
-        g_lo * (0.5 + lo_side) + g_corner * (0.5 - lo_side) - area_p,
-        g_hi * (0.5 - hi_side) + area_p)
+    # x = 1 - I/U, U = A_p + A_t - I + eps: with h = x'/U (x' the smooth
+    # slope), dL/dA = h I/U and dL/dI = -h - h I/U
+    h = x.div_(smooth_point).clamp_(max=1.0).div_(union)
+    g_area = ratio.mul_(h)
+    g_inter = h.add_(g_area).neg_()
+    # d min(lo, hi) / d lo: 1, 1/2 at a tie, 0
+    share = hi.sub_(lo).sign_().mul_(0.5).add_(0.5)
+    other = 1 - share
+    del lo
+    # partial derivatives of I by the X's are the Y's: axis-swapped parts
+    y_lo, y_hi, y_min, y_max = parts.flip(1).unbind(0)
+    del parts
+    g_lo = y_min * share
+    g_lo.sub_(y_max).sub_(y_lo * other).mul_(g_inter)
+    g_hi = y_min.mul_(other)
+    g_hi.add_(y_hi).sub_(y_lo.mul_(share)).mul_(g_inter)
+    g_corner = torch.add(g_lo, g_hi).neg_()
+    # lo = max of the boxes' lo corners, hi = min of their hi corners,
+    # corner = min of their lo corners: sign(p - t) / 2 shares the ties
+    half = torch.sub(p, t).sign_().mul_(0.5)
+    area_p = wh_p.flip(0).mul_(g_area)
+    grad_pred = _eiou_grad(g_lo, g_hi, g_corner, half, area_p, 1.0)
     grad_target = None
     if need_target:
-        area_t = g_area * wh_t.flip(-1)
-        grad_target = column_major_pair(
-            g_lo * (0.5 - lo_side) + g_corner * (0.5 + lo_side) - area_t,
-            g_hi * (0.5 + hi_side) + area_t)
+        area_t = wh_t.flip(0).mul_(g_area)
+        grad_target = _eiou_grad(g_lo, g_hi, g_corner, half, area_t, -1.0)
     return loss, grad_pred, grad_target
 
 
-def column_major_pair(lo: Tensor, hi: Tensor) -> Tensor:
-    """``cat([lo, hi], -1)`` of two (n, 2) halves, stored column-major (the
-    layout the cores work in)."""
-    planes = lo.new_empty((4, lo.shape[0]))
-    planes[:2] = lo.t()
-    planes[2:] = hi.t()
-    return planes.t()
+def _eiou_grad(g_lo, g_hi, g_corner, half, area, side):
+    """One box's (n, 4) column-major EIoU Jacobian from the gradients of
+    the overlap's corners (``side``: +1 for pred, -1 for target, whose
+    shares of the ties are the other halves)."""
+    jac = half.new_empty(half.shape)
+    share = torch.mul(half[:2], side).add_(0.5)  # of max(lo): 1/2 + h
+    torch.mul(g_lo, share, out=jac[:2])
+    share.neg_().add_(1)  # of min(lo): 1/2 - h
+    jac[:2].add_(share.mul_(g_corner)).sub_(area)
+    share = torch.mul(half[2:], -side).add_(0.5)  # of min(hi): 1/2 - h
+    torch.mul(g_hi, share, out=jac[2:])
+    jac[2:].add_(area)
+    return jac.t()
 
 
 def siou_core(pred, target, need_grad, need_target, eps, neg_gamma):
