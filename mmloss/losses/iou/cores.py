@@ -286,49 +286,84 @@ def _eiou_grad(g_lo, g_hi, g_corner, half, area, side):
 
 
 def siou_core(pred, target, need_grad, need_target, eps, neg_gamma):
-    """SIoU loss and its per-box Jacobian (a row-wise engine core)."""
+    """SIoU loss and its per-box Jacobian (a row-wise engine core).
+
+    The value is :func:`.formulas.siou_parts`'s (shared with the plain
+    formula); the gradient works on the (2, n) x/y planes of its column-
+    major terms, in place where it can.
+    """
     ov = Overlap(pred, target)
     union = ov.union + eps
     x = siou_parts(pred, target, ov.inter / union, eps, neg_gamma)
     if not need_grad:
         return x.loss, None, None
     g_siou = ge_gate(-x.siou.abs(), -1.0).neg_()  # the clamp's gate
-    g_cost = (-0.5 * g_siou).unsqueeze(-1)  # d loss / d (distance, shape)
-    # shape cost: sum (1 - e**-omega)**4, omega = |d| / max(w_p, w_t),
-    # clamped to [-CAP / 4, OMEGA_MAX] (gate: the clamp's, bounds passing)
-    omega_gate = ge_gate(x.omega_raw, -SIOU_EXPONENT_CAP / 4).mul_(
-        ge_gate(-x.omega_raw, -SIOU_OMEGA_MAX))
-    g_omega = g_cost * 4 * (1 - x.exp_omega)**3 * x.exp_omega * omega_gate
-    valid = torch.sign(x.size_max).abs_()  # 1.0 where != 0
-    size_max = (1 - valid).add_(x.size_max)
-    sign = torch.sign(x.size_diff)
-    g_diff = masked(valid, g_omega * sign / size_max)
-    g_max = masked(valid, -g_omega * x.omega / size_max)
-    pred_wh = g_diff + g_max * (0.5 + 0.5 * sign)
-    target_wh = -g_diff + g_max * (0.5 - 0.5 * sign)
+    g_cost = g_siou * -0.5  # d loss / d (distance, shape), (n,)
+    # shape cost: sum (1 - e)**4, e = exp(-omega), omega = |d| / max(w_p,
+    # w_t) clamped to [-CAP / 4, OMEGA_MAX]; the clamp passes the gradient
+    # where it leaves omega as it is (bounds included)
+    e = x.exp_omega.t()
+    g_omega = 1 - e
+    cube = g_omega * g_omega
+    g_omega = cube.mul_(g_omega).mul_(e).mul_(g_cost * 4)
+    g_omega.mul_(torch.sub(x.omega, x.omega_raw).t().sign_().abs_().neg_()
+                 .add_(1))
+    # omega = |d| / m (constant where m = 0): d/dd = sign(d) / m,
+    # d/dm = -omega / m
+    size_max = x.size_max.t()
+    valid = torch.sign(size_max).abs_()  # 1.0 where m != 0
+    g_omega.mul_(valid).div_(valid.neg_().add_(1).add_(size_max))
+    sign = torch.sign(x.size_diff.t())
+    g_max = torch.mul(g_omega, x.omega.t()).neg_()
+    g_diff = g_omega.mul_(sign)
+    # m = max(w_p, w_t): pred's share 1/2 + sign(d) / 2
+    share = sign.mul_(0.5).add_(0.5)
+    pred_wh = torch.addcmul(g_diff, g_max, share)
+    target_wh = None
+    if need_target:
+        target_wh = torch.addcmul(g_diff.neg(), g_max, share.neg_().add_(1))
+    del g_diff, g_max, share, sign, valid, size_max, g_omega, e
     # distance cost: 2 - sum exp(min(gamma rho, CAP)), rho = (s / c)**2
-    exp_rho = x.exp_rho * ge_gate(-x.exponent, -SIOU_EXPONENT_CAP)
-    g_rho = -g_cost * x.gamma.unsqueeze(-1) * exp_rho
-    g_gamma = -g_cost[..., 0] * (x.rho * exp_rho).sum(-1)
-    g_angle = g_gamma if neg_gamma else -g_gamma
+    exp_rho = x.exp_rho.t()
+    exp_rho.mul_((SIOU_EXPONENT_CAP - x.exponent.t()).sign_().add_(1)
+                 .clamp_(max=1))
+    rho = x.rho.t()
+    weighted = rho * exp_rho
+    g_gamma = weighted[0].add_(weighted[1]).mul_(g_cost)  # -d loss/d gamma
+    del weighted
+    g_rho = exp_rho.mul_(x.gamma.mul(g_cost)).neg_()
     # angle cost cos(2 asin(q) - pi/2): derivative 2 (1 - 2q**2)/sqrt(1-q**2)
-    g_sin = g_angle * 2 * (1 - 2 * x.sin**2) / (1 - x.sin**2).sqrt()
-    # q = |s_k| / |s| for the picked axis k
+    q = x.sin
+    q_sq = q * q
+    den = (1 - q_sq).sqrt_()
+    # gamma = 2 - angle, or angle - 2 with neg_gamma
+    g_sin = (g_gamma.neg_() if neg_gamma else g_gamma).mul_(2).mul_(
+        q_sq.mul_(-2).add_(1)).div_(den)
+    del den, q_sq
+    # q = |s_k| / |s| for the picked axis k: dq/ds = picked sign(s) / |s|
+    # - q s / |s|**2 (no gradient where s = 0)
     sigma = x.sigma[..., 0]
-    has_offset = torch.sign(sigma)  # 1.0 where != 0 (sigma >= 0)
-    sigma = (1 - has_offset).add_(sigma)
-    picked = torch.stack([1 - x.pick_y, x.pick_y], -1)
-    g_s = masked(has_offset.unsqueeze(-1), g_sin.unsqueeze(-1) * (
-        masked(picked, torch.sign(x.s)) / sigma.unsqueeze(-1) -
-        (x.sin / sigma**2).unsqueeze(-1) * x.s))
-    g_s = g_s + g_rho * 2 * x.s / x.enclose**2
-    enclose_wh = masked(ge_gate(x.enclose_raw, eps),
-                         -g_rho * 2 * x.rho / x.enclose)
+    safe = torch.sign(sigma)  # 1.0 where != 0 (sigma >= 0)
+    g_sin.mul_(safe)
+    safe.neg_().add_(1).add_(sigma)  # sigma, or 1 where it is 0
+    g_sin.div_(safe)
+    s = x.s.t()
+    g_s = torch.sign(s)
+    g_s[0].mul_(1 - x.pick_y)
+    g_s[1].mul_(x.pick_y)
+    g_s.mul_(g_sin).sub_(s * g_sin.mul_(q).div_(safe))
+    # rho = (s / c)**2: d/ds = 2 s / c**2, d/dc = -2 rho / c
+    enclose = x.enclose.t()
+    twice = g_rho.mul_(2).div_(enclose)
+    g_s.addcmul_(twice / enclose, s).mul_(0.5)
+    enclose_wh = twice.mul_(rho).neg_().mul_(
+        ge_gate(x.enclose_raw.t(), eps))
     g_inter = g_siou / union
-    g_union = -g_siou * x.iou / union
+    g_union = g_siou.mul_(x.iou).div_(union).neg_()
     return (x.loss, ) + ov.backward(
-        g_inter, g_union, need_target, pred_wh=pred_wh, target_wh=target_wh,
-        enclose_wh=enclose_wh, offset=0.5 * g_s)
+        g_inter, g_union, need_target, pred_wh=pred_wh.t(),
+        target_wh=None if target_wh is None else target_wh.t(),
+        enclose_wh=enclose_wh.t(), offset=g_s.t())
 
 
 # ---------------------------------------------------------------------------
