@@ -238,12 +238,15 @@ def eiou_core(pred, target, need_grad, need_target, smooth_point, eps):
     union.add_(wh_t[0] * wh_t[1]).sub_(inter).add_(eps)
     ratio = inter.div_(union)
     x = 1 - ratio
-    loss = smooth(x, smooth_point)
+    # smooth(x): with q = min(x, s), (x - q/2) q / s is 0.5 x**2 / s below
+    # s and x - s/2 above, and q / s is its slope (no comparison, no where)
+    q = x.clamp(max=smooth_point)
+    loss = torch.add(x, q, alpha=-0.5).mul_(q).div_(smooth_point)
     if not need_grad:
         return loss, None, None
     # x = 1 - I/U, U = A_p + A_t - I + eps: with h = x'/U (x' the smooth
     # slope), dL/dA = h I/U and dL/dI = -h - h I/U
-    h = x.div_(smooth_point).clamp_(max=1.0).div_(union)
+    h = q.div_(smooth_point).div_(union)
     g_area = ratio.mul_(h)
     g_inter = h.add_(g_area).neg_()
     # d min(lo, hi) / d lo: 1, 1/2 at a tie, 0
@@ -257,31 +260,32 @@ def eiou_core(pred, target, need_grad, need_target, smooth_point, eps):
     g_lo.sub_(y_max).sub_(y_lo * other).mul_(g_inter)
     g_hi = y_min.mul_(other)
     g_hi.add_(y_hi).sub_(y_lo.mul_(share)).mul_(g_inter)
-    g_corner = torch.add(g_lo, g_hi).neg_()
     # lo = max of the boxes' lo corners, hi = min of their hi corners,
-    # corner = min of their lo corners: sign(p - t) / 2 shares the ties
-    half = torch.sub(p, t).sign_().mul_(0.5)
-    area_p = wh_p.flip(0).mul_(g_area)
-    grad_pred = _eiou_grad(g_lo, g_hi, g_corner, half, area_p, 1.0)
+    # corner = min of their lo corners: shares 1/2 +- sign(p - t) / 2
+    sign = torch.sub(p, t).sign_()
+    twice_lo = torch.add(g_hi, g_lo, alpha=2.0)
+    grad_pred = _eiou_grad(g_hi, twice_lo, sign, wh_p, g_area, 1.0)
     grad_target = None
     if need_target:
-        area_t = wh_t.flip(0).mul_(g_area)
-        grad_target = _eiou_grad(g_lo, g_hi, g_corner, half, area_t, -1.0)
+        grad_target = _eiou_grad(g_hi, twice_lo, sign, wh_t, g_area, -1.0)
     return loss, grad_pred, grad_target
 
 
-def _eiou_grad(g_lo, g_hi, g_corner, half, area, side):
+def _eiou_grad(g_hi, twice_lo, sign, wh, g_area, side):
     """One box's (n, 4) column-major EIoU Jacobian from the gradients of
     the overlap's corners (``side``: +1 for pred, -1 for target, whose
-    shares of the ties are the other halves)."""
-    jac = half.new_empty(half.shape)
-    share = torch.mul(half[:2], side).add_(0.5)  # of max(lo): 1/2 + h
-    torch.mul(g_lo, share, out=jac[:2])
-    share.neg_().add_(1)  # of min(lo): 1/2 - h
-    jac[:2].add_(share.mul_(g_corner)).sub_(area)
-    share = torch.mul(half[2:], -side).add_(0.5)  # of min(hi): 1/2 - h
-    torch.mul(g_hi, share, out=jac[2:])
-    jac[2:].add_(area)
+    shares of the ties are the other halves).
+
+    With the corner gradient ``-(G_lo + G_hi)`` and ``h = side sign / 2``
+    (exact products: ``h`` is 0 or +-1/2), the lo corners get
+    ``h (2 G_lo + G_hi) - B`` and the hi corners ``B - h G_hi``, where
+    ``B = G_hi / 2 + dL/dA (h, w)`` carries the area's part.
+    """
+    base = wh.flip(0).mul_(g_area).add_(g_hi, alpha=0.5)
+    jac = base.new_empty((4, base.shape[1]))
+    torch.addcmul(base, sign[:2], twice_lo, value=-0.5 * side,
+                  out=jac[:2]).neg_()
+    torch.addcmul(base, sign[2:], g_hi, value=-0.5 * side, out=jac[2:])
     return jac.t()
 
 
