@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from ... import geometry as geo
-from .formulas import (SIOU_EXPONENT_CAP, SIOU_OMEGA_MAX, UNION_FLOOR,
-                       ciou_weight, scaled, siou_parts, smooth)
+from .formulas import (SIOU_EXPONENT_CAP, UNION_FLOOR, ciou_weight,
+                       scaled, siou_parts, smooth)
 
 __all__ = ['iou_core', 'giou_core', 'diou_core', 'eiou_core', 'siou_core',
            'bounded_core', 'bounded_step', 'CentreSize']
@@ -154,7 +154,7 @@ def giou_core(pred, target, need_grad, need_target, eps):
     g_union = (iou / union - 1 / enclose).mul_(ge_gate(ov.union, eps))
     g_enclose = (union / enclose**2).mul_(ge_gate(enclose_raw, eps))
     enclose_wh = masked(ge_gate(enc_raw, 0.0),
-                         g_enclose.unsqueeze(-1) * enc_wh.flip(-1))
+                        g_enclose.unsqueeze(-1) * enc_wh.flip(-1))
     return (loss, ) + ov.backward(g_inter, g_union, need_target,
                                   enclose_wh=enclose_wh)
 
@@ -201,7 +201,7 @@ def diou_core(pred, target, need_grad, need_target, eps, ciou):
     g_union = one * iou / union
     g_diag = -one * rho / diag**2
     extra['enclose_wh'] = masked(ge_gate(enc_raw, 0.0),
-                                  (2 * g_diag).unsqueeze(-1) * enc_wh)
+                                 (2 * g_diag).unsqueeze(-1) * enc_wh)
     extra['offset'] = (one / diag / 2).unsqueeze(-1) * offset
     return (loss, ) + ov.backward(g_inter, g_union, need_target, **extra)
 
