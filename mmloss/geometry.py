@@ -33,7 +33,7 @@ __all__ = [
     'aligned_iou', 'enclosing_box', 'enclosing_wh', 'enclosing_area',
     'enclosing_diagonal_sq', 'centre_offset', 'centre_distance_sq',
     'aspect_consistency', 'extended_intersection',
-    'extended_intersection_parts', 'scale_boxes', 'nonfinite_rows',
+    'scale_boxes', 'nonfinite_rows',
     'column_major', 'row_major', 'pair_backward'
 ]
 
@@ -147,13 +147,6 @@ def extended_intersection(a: Tensor, b: Tensor) -> Tensor:
     the intersection; for disjoint boxes it turns negative and keeps a
     gradient that pulls the boxes together.
     """
-    return extended_intersection_parts(a, b)[0]
-
-
-def extended_intersection_parts(a: Tensor, b: Tensor):
-    """:func:`extended_intersection` and its pieces, for hand-written
-    gradients: ``(value, lo, hi, X_lo, X_hi, X_min, X_max)``, the corner
-    pairs (..., 2) before and after subtracting the enclosing corner."""
     lo = torch.maximum(a[..., :2], b[..., :2])
     hi = torch.minimum(a[..., 2:], b[..., 2:])
     corner = torch.minimum(a[..., :2], b[..., :2])
@@ -161,9 +154,8 @@ def extended_intersection_parts(a: Tensor, b: Tensor):
     last = torch.maximum(lo, hi) - corner
     lo_c = lo - corner
     hi_c = hi - corner
-    value = (hi_c[..., 0] * hi_c[..., 1] + first[..., 0] * first[..., 1] -
-             lo_c[..., 0] * last[..., 1] - last[..., 0] * lo_c[..., 1])
-    return value, lo, hi, lo_c, hi_c, first, last
+    return (hi_c[..., 0] * hi_c[..., 1] + first[..., 0] * first[..., 1] -
+            lo_c[..., 0] * last[..., 1] - last[..., 0] * lo_c[..., 1])
 
 
 def scale_boxes(boxes: Tensor, ratio: float) -> Tensor:
