@@ -2,7 +2,9 @@
 
 * ``'none'`` returns the element-wise loss (times ``weight``) and ignores
   ``avg_factor``.
-* ``'mean'`` without ``avg_factor`` is ``loss.mean()``; with it, it is
+* ``'mean'`` without ``avg_factor`` is ``loss.mean()`` (computed as the sum
+  over the count in float32/float64: the same value, and a backward that
+  divides the scalar gradient, not one of the loss's size); with it, it is
   ``loss.sum() / (avg_factor + eps)`` where ``eps`` is the float32 machine
   epsilon, so ``avg_factor=0`` gives ``sum / eps`` (zero for a zero sum).
 * ``'sum'`` is ``loss.sum()``; ``'sum'`` with ``avg_factor`` raises.
@@ -24,6 +26,10 @@ from .checks import check_reduction
 from .errors import LossValueError
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
+
+# dtypes whose sum is the dtype's own (a half sum would overflow where the
+# mean does not: mean() accumulates and divides in float32 first)
+_SUM_THEN_DIVIDE = (torch.float32, torch.float64)
 
 
 def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
@@ -97,9 +103,15 @@ class Reduction(NamedTuple):
             check_reduction(self.loss_name, self.reduction)
             if self.reduction == 'none':
                 return loss
-            if self.reduction == 'sum' or loss.numel() == 0:
+            count = loss.numel()
+            if self.reduction == 'sum' or count == 0:
                 # sum() of an empty tensor is a zero that keeps the graph
                 return loss.sum()
+            if loss.dtype in _SUM_THEN_DIVIDE:
+                # mean()'s value (a sum divided by the count), but its
+                # backward divides the scalar gradient before expanding it,
+                # where mean()'s divides a tensor of the loss's size
+                return loss.sum() / count
             return loss.mean()
         self.checked()
         if self.reduction == 'mean':

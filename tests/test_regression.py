@@ -406,28 +406,58 @@ def test_gradgradcheck(name, kwargs, reduction):
         (pred, target))
 
 
-def _takes_kernel(name, kwargs, n, **call):
-    pred, target, _ = deltas(24, n=n)
+def _takes_kernel(name, kwargs, n, weighted=False, **call):
+    pred, target, weight = deltas(24, n=n)
+    if weighted:
+        call['weight'] = weight
     out = FUNCTIONS[name](pred.requires_grad_(), target, **kwargs, **call)
     return 'GradientInBackwardBackward' in custom_functions(out)
+
+
+def _plain_unweighted(name, kind='cpu'):
+    """Whether the table sends ``name``'s unweighted calls to the plain
+    formula on ``kind``."""
+    return name in dispatch.TUNING[kind].plain_unweighted
 
 
 @pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
 def test_the_dispatcher_decides_the_path(name, kwargs):
     threshold = dispatch.TUNING['cpu'].min_rows.get(name, 0)
+    # an unweighted call of a loss in plain_unweighted never takes the
+    # kernel on the CPU: the size rule is seen on weighted calls
+    weighted = _plain_unweighted(name)
     if threshold > 1:
-        assert not _takes_kernel(name, kwargs, threshold - 1)
+        assert not _takes_kernel(name, kwargs, threshold - 1, weighted)
         # fast=True skips the size threshold
-        assert _takes_kernel(name, kwargs, threshold - 1, fast=True)
-    assert _takes_kernel(name, kwargs, max(threshold, 1))
-    assert not _takes_kernel(name, kwargs, max(threshold, 1), fast=False)
+        assert _takes_kernel(name, kwargs, threshold - 1, weighted,
+                             fast=True)
+    assert _takes_kernel(name, kwargs, max(threshold, 1), weighted)
+    assert not _takes_kernel(name, kwargs, max(threshold, 1), weighted,
+                             fast=False)
     with mmloss.fast_paths(False):
-        assert not _takes_kernel(name, kwargs, max(threshold, 1))
-        assert not _takes_kernel(name, kwargs, 4, fast=True)
+        assert not _takes_kernel(name, kwargs, max(threshold, 1), weighted)
+        assert not _takes_kernel(name, kwargs, 4, weighted, fast=True)
     # off the CPU (the 'cuda' entry of the table, forced on CPU tensors)
     with dispatch.pretend_device('cuda'):
         cuda_threshold = dispatch.TUNING['cuda'].min_rows.get(name, 0)
         assert _takes_kernel(name, kwargs, max(cuda_threshold, 16))
+
+
+@pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
+def test_unweighted_calls_follow_the_plain_unweighted_entry(name, kwargs):
+    """Where the table lists the loss, an unweighted call above the size
+    threshold takes the plain formula (torch's own loss), a weighted or
+    avg_factor call the kernel; elsewhere both take the kernel."""
+    for kind in ('cpu', 'cuda'):
+        threshold = max(dispatch.TUNING[kind].min_rows.get(name, 0), 16)
+        with dispatch.pretend_device(kind):
+            plain = _plain_unweighted(name, kind)
+            assert _takes_kernel(name, kwargs, threshold) is not plain
+            assert _takes_kernel(name, kwargs, threshold, True)
+            assert _takes_kernel(name, kwargs, threshold, avg_factor=3.0)
+            # 'none' is reduced by nobody: torch's element-wise loss
+            assert _takes_kernel(name, kwargs, threshold,
+                                 reduction='none') is not plain
 
 
 @pytest.mark.parametrize('name,kwargs', CASES, ids=IDS)
