@@ -455,7 +455,7 @@ def test_unweighted_calls_follow_the_plain_unweighted_entry(name, kwargs):
             assert _takes_kernel(name, kwargs, threshold) is not plain
             assert _takes_kernel(name, kwargs, threshold, True)
             assert _takes_kernel(name, kwargs, threshold, avg_factor=3.0)
-            # 'none' is reduced by nobody: torch's element-wise loss
+            # 'none' too: the plain element-wise loss, nothing to fuse
             assert _takes_kernel(name, kwargs, threshold,
                                  reduction='none') is not plain
 

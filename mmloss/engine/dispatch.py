@@ -90,10 +90,10 @@ class Tuning:
         min_elements (Mapping[str, int]): the same in input elements, for
             losses whose cross-over depends on the rows' length too (Dice:
             masks x points).
-        plain_unweighted (frozenset): losses whose plain formula, where it
-            is one of torch's own losses reduced by torch (no ``weight``,
-            no ``avg_factor``; :meth:`~mmloss.reduction.Reduction.
-            torch_reduction`), beats their fast path at every size: such
+        plain_unweighted (frozenset): losses whose plain formula without
+            ``weight`` or ``avg_factor`` (torch's own loss where torch has
+            it, reduced by torch; :meth:`~mmloss.reduction.Reduction.
+            torch_reduction`) beats their fast path at every size: such
             calls take the plain formula (a weighted call still follows
             ``min_rows``). Not a threshold: the harness runs both sides
             (weighted and unweighted settings) on every device kind.
@@ -291,8 +291,8 @@ def use_fast(loss_name: str, *tensors: Optional[Tensor],
 
 
 def plain_unweighted(loss_name: str, tensor: Tensor) -> bool:
-    """Whether an unweighted call of ``loss_name`` (torch's own loss
-    reduced by torch) takes the plain formula on ``tensor``'s device
+    """Whether an unweighted call of ``loss_name`` (no ``weight``, no
+    ``avg_factor``) takes the plain formula on ``tensor``'s device
     (:attr:`Tuning.plain_unweighted`)."""
     return loss_name in tuning(tensor).plain_unweighted
 

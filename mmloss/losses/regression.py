@@ -108,12 +108,9 @@ class _Formula(NamedTuple):
             only) when the slope is ``d`` up to ``scale``.
         elementwise: the plain formula, ``(pred, target) -> loss``
             element-wise by autograd ops.
-        reduced: the unweighted loss ``(pred, target, reduction)`` in the
-            fewest ops: torch's own loss where torch has it (used where
-            :meth:`~mmloss.reduction.Reduction.torch_reduction` allows,
-            and then instead of the kernel on the devices whose
-            :attr:`~mmloss.engine.dispatch.Tuning.plain_unweighted` lists
-            the loss).
+        reduced: where torch has the loss, ``(pred, target, reduction)``
+            by torch's own reductions (one operation; used where
+            :meth:`~mmloss.reduction.Reduction.torch_reduction` allows).
     """
     value: Callable[[Tensor, Optional[Tensor], bool], Tensor]
     slope: Callable[[Tensor, Optional[Tensor], bool],
@@ -161,8 +158,7 @@ def _difference_loss(reduce: Reduction, pred: Tensor, target: Tensor,
         use_kernel = dispatch.use_fast(
             reduce.loss_name, pred, target,
             rows=pred.shape[0] if pred.dim() else 1) and not (
-                formula.reduced is not None
-                and dispatch.plain_unweighted(reduce.loss_name, pred)
+                dispatch.plain_unweighted(reduce.loss_name, pred)
                 and reduce.torch_reduction(pred.numel()) is not None)
     else:
         use_kernel = dispatch.fast_paths_enabled()
@@ -250,14 +246,7 @@ def _l1_elementwise(pred: Tensor, target: Tensor) -> Tensor:
     return torch.abs(pred - target)
 
 
-def _l1_reduced(pred: Tensor, target: Tensor, reduction: str) -> Tensor:
-    # F.l1_loss is these ops too, with mean(), whose backward divides a
-    # tensor of the input's size; Reduction.apply divides the scalar
-    return Reduction('L1Loss', None, reduction).apply(
-        _l1_elementwise(pred, target))
-
-
-_L1 = _Formula(_l1_value, _l1_slope, _l1_elementwise, _l1_reduced)
+_L1 = _Formula(_l1_value, _l1_slope, _l1_elementwise)
 
 
 def l1_loss(pred: Tensor, target: Tensor, weight: OptTensor = None,
