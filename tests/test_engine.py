@@ -302,6 +302,96 @@ def test_gradient_from_output_casts_the_gradient_to_the_input_dtype():
 
 
 # ---------------------------------------------------------------------------
+# IncomingGradient: kernels that apply the incoming gradient themselves
+# ---------------------------------------------------------------------------
+def _row_squares(weighted_rows: bool):
+    """Rows of ``w_i sum_j x_ij^2`` (per row, or their sum) through
+    GradientInBackward with an IncomingGradient kernel: ``2 x_ij w_i g_i``,
+    the incoming gradient ``g`` (a scalar or one value per row) folded into
+    the per-row factor before the one pass."""
+    from mmloss.engine.functions import IncomingGradient
+    weight = torch.tensor([0.5, 2.0, -1.0], dtype=torch.float64)
+    seen = []
+
+    def value_kernel(x, t):
+        rows = ((x - t) ** 2).sum(1) * weight
+        return (rows if weighted_rows else rows.sum()), ()
+
+    def grad_kernel(grad_output, needs, extras, x, t):
+        seen.append(tuple(grad_output.shape))
+        factor = (2 * weight * grad_output)[:, None]
+        grad = (x - t).mul_(factor)
+        return grad, NegativeOf(0)
+
+    def plain(x, t):
+        rows = ((x - t) ** 2).sum(1) * weight
+        return rows if weighted_rows else rows.sum()
+
+    return value_kernel, IncomingGradient(grad_kernel), plain, seen
+
+
+@pytest.mark.parametrize('weighted_rows', [False, True])
+def test_an_incoming_gradient_kernel_in_backward_is_exact(weighted_rows):
+    from mmloss.engine.functions import GradientInBackward
+    value_kernel, grad_kernel, plain, seen = _row_squares(weighted_rows)
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+
+    def fn(a, b):
+        return GradientInBackward.apply(value_kernel, grad_kernel, plain, a,
+                                        b)
+
+    assert torch.autograd.gradcheck(fn, (x, t))
+    assert torch.autograd.gradgradcheck(fn, (x, t))
+    # the kernel got the incoming gradient as it is: a scalar or per row
+    assert seen and set(seen) == {(3, ) if weighted_rows else ()}
+    # create_graph: through the plain formula, so the HVP is exact
+    out = fn(x, t)
+    got, = torch.autograd.grad(out.sum(), x, create_graph=True)
+    want, = torch.autograd.grad(plain(x, t).sum(), x, create_graph=True)
+    torch.testing.assert_close(got, want)
+    direction = torch.randn(3, 4, dtype=torch.float64)
+    hvp, = torch.autograd.grad((got * direction).sum(), x)
+    hvp_want, = torch.autograd.grad((want * direction).sum(), x)
+    torch.testing.assert_close(hvp, hvp_want)
+
+
+def test_an_incoming_gradient_kernel_from_output_is_exact():
+    """The log-sum-exp rule with its per-row factor and the incoming
+    gradient applied by the kernel: the engine scales nothing after it."""
+    from mmloss.engine.functions import (FromOutput, GradientFromOutput,
+                                         IncomingGradient)
+    calls = []
+    rule = _log_sum_exp_rule([])
+
+    def grad_kernel(grad_output, exps, extras, in_place):
+        calls.append((tuple(grad_output.shape), in_place))
+        grad = exps if in_place else exps.clone()
+        return grad.mul_((grad_output / extras[0])[:, None])
+
+    def rows_kernel(x):
+        exps = x.exp()
+        total = exps.sum(1)
+        return total.log(), exps, (total, )
+
+    for kernel, shape in ((rule.kernel, ()), (rows_kernel, (5, ))):
+        calls.clear()
+        folded = FromOutput(kernel, IncomingGradient(grad_kernel),
+                            rule.grad_formula, rule.hidden_backward)
+        x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+
+        def fn(t):
+            return GradientFromOutput.apply(folded, t)[0]
+
+        assert torch.autograd.gradcheck(fn, (x, ))
+        assert torch.autograd.gradgradcheck(fn, (x, ))
+        assert calls and {c[0] for c in calls} == {shape}
+        calls.clear()
+        fn(x).sum().backward()
+        assert calls == [(shape, True)]  # over the kept output when freed
+
+
+# ---------------------------------------------------------------------------
 # layout: one job per file
 # ---------------------------------------------------------------------------
 MAX_LINES = 700

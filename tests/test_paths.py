@@ -119,7 +119,8 @@ SLOW_SETTINGS = (
 #: elements (:func:`_element_sizes`) and the classification kernels' block
 #: multiplier (its block boundary:
 #: :func:`test_classification_blocks_equal_the_plain_formula`).
-NOT_ROW_THRESHOLDS = ('min_elements', 'entries_per_block_row')
+NOT_ROW_THRESHOLDS = ('min_elements', 'entries_per_block_row',
+                      'loss_entries_per_block_row')
 
 
 def _table_thresholds():
@@ -434,8 +435,8 @@ def _spy_row_blocks(monkeypatch):
     calls = []
     original = importlib.import_module(BLOCK_MODULES[0]).row_blocks
 
-    def spy(work):
-        spans = original(work)
+    def spy(work, loss_name=None):
+        spans = original(work, loss_name)
         calls.append((work.numel(), len(spans)))
         return spans
 
@@ -473,13 +474,19 @@ def test_classification_blocks_equal_the_plain_formula(kind, monkeypatch):
     ``block_rows`` scaled so that a block holds the entries of
     :data:`BLOCK_BOUNDARY` of the loss's rows (the multiplier as the table
     has it), every loss of the classification kernels equals the plain
-    formula in one block and on both sides of the boundary (two blocks)."""
+    formula in one block and on both sides of the boundary (two blocks).
+    A loss with its own multiplier (``loss_entries_per_block_row``) is
+    run at its own boundary."""
     found, calls = _blocked_losses(monkeypatch)
     assert {'FocalLoss', 'CrossEntropyLoss', 'GaussianFocalLoss',
-            'KnowledgeDistillationKLDivLoss'} <= set(found), found
-    factor = dispatch.TUNING[kind].entries_per_block_row
+            'KnowledgeDistillationKLDivLoss', 'DiceLoss'} <= set(found), found
+    # an override for a loss that does not run in these blocks is dead
+    assert set(dispatch.TUNING[kind].loss_entries_per_block_row) <= set(
+        found), found
     for name, per_row in sorted(found.items()):
         entry = dispatch.TUNING[kind]
+        factor = entry.loss_entries_per_block_row.get(
+            name, entry.entries_per_block_row)
         monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
             entry, block_rows=BLOCK_BOUNDARY * per_row // factor))
         for n in (BLOCK_BOUNDARY - 1, BLOCK_BOUNDARY, BLOCK_BOUNDARY + 1):

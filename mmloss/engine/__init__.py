@@ -12,14 +12,16 @@ from .dispatch import (COMPILE_ENV, FAST_PATHS_ENV, PATHS, TUNING, Tuning,
                        cpu_kernels, device_kind, fast_paths,
                        fast_paths_enabled, pretend_device, tuning, use_fast)
 from .functions import (FromOutput, GradientFromOutput, GradientInBackward,
-                        GradientInForward, NegativeOf, gradient_from_output,
-                        gradient_in_backward, gradient_in_forward)
+                        GradientInForward, IncomingGradient, NegativeOf,
+                        gradient_from_output, gradient_in_backward,
+                        gradient_in_forward)
 
 __all__ = [
     'COMPILE_ENV', 'FAST_PATHS_ENV', 'PATHS', 'TUNING', 'Tuning',
     'autocast_off', 'block_rows', 'compile_enabled', 'cpu_kernels',
     'device_kind', 'fast_paths', 'fast_paths_enabled', 'pretend_device',
     'tuning', 'use_fast', 'FromOutput', 'GradientFromOutput',
-    'GradientInBackward', 'GradientInForward', 'NegativeOf',
+    'GradientInBackward', 'GradientInForward', 'IncomingGradient',
+    'NegativeOf',
     'gradient_from_output', 'gradient_in_backward', 'gradient_in_forward'
 ]

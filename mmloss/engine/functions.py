@@ -54,8 +54,9 @@ from ..gradients import graph_is_kept, per_row, scale_saved_grad
 from ..precision import to_dtype
 
 __all__ = ['GradientInForward', 'GradientInBackward', 'GradientFromOutput',
-           'FromOutput', 'NegativeOf', 'gradient_in_forward',
-           'gradient_in_backward', 'gradient_from_output']
+           'FromOutput', 'NegativeOf', 'IncomingGradient',
+           'gradient_in_forward', 'gradient_in_backward',
+           'gradient_from_output']
 
 
 class NegativeOf:
@@ -64,6 +65,24 @@ class NegativeOf:
 
     def __init__(self, index: int):
         self.index = index
+
+
+class IncomingGradient:
+    """A gradient kernel that takes the incoming gradient and folds it into
+    factors it applies anyway, so that no pass scales the gradient after
+    it (a gradient built from per-row sums: the incoming gradient, a
+    scalar or one value per row, joins the per-row factors for free).
+
+    For :class:`GradientInBackward`: ``kernel(grad_output, needs, extras,
+    *inputs) -> grads``; for :class:`GradientFromOutput`:
+    ``kernel(grad_output, hidden, extras, in_place) -> grad``. Each
+    gradient is the input's whole gradient: ``grad_output`` and the
+    reduction's factor already applied.
+    """
+    __slots__ = ('kernel', )
+
+    def __init__(self, kernel: Callable):
+        self.kernel = kernel
 
 
 class GradientInForward(torch.autograd.Function):
@@ -132,9 +151,16 @@ def _chain(ctx, grads: Sequence, needs: Sequence[bool], grad_output: Tensor,
     when the graph is freed), :class:`NegativeOf` entries resolved, each
     cast to its input's dtype."""
     scale = 1.0 if scale is None else scale
-    out = [scale_saved_grad(grad, grad_output, scale)
-           if need and isinstance(grad, Tensor) else None
-           for grad, need in zip(grads, needs)]
+    return _resolve(ctx, grads, needs, [
+        scale_saved_grad(grad, grad_output, scale)
+        if need and isinstance(grad, Tensor) else None
+        for grad, need in zip(grads, needs)])
+
+
+def _resolve(ctx, grads: Sequence, needs: Sequence[bool],
+             out: list) -> Tuple[Optional[Tensor], ...]:
+    """``out`` (the inputs' gradients) with the :class:`NegativeOf` entries
+    of ``grads`` resolved, each cast to its input's dtype."""
     for index, (grad, need) in enumerate(zip(grads, needs)):
         if need and isinstance(grad, NegativeOf):
             out[index] = out[grad.index].neg()
@@ -173,7 +199,8 @@ class GradientInBackward(torch.autograd.Function):
     """``value`` of a loss whose gradient is computed in backward from the
     saved inputs (see the module docstring).
 
-    ``apply(value_kernel, grad_kernel, plain, *inputs)``.
+    ``apply(value_kernel, grad_kernel, plain, *inputs)``; ``grad_kernel``
+    may be an :class:`IncomingGradient`.
     """
 
     @staticmethod
@@ -194,9 +221,15 @@ class GradientInBackward(torch.autograd.Function):
                 ctx.plain, inputs, needs, grad_output)
         # detached views: a gradient written over a saved tensor must not
         # carry that tensor's graph
-        grads, scale = ctx.grad_kernel(
-            needs, extras, not graph_is_kept(),
-            *(x if x is None else x.detach() for x in inputs))
+        inputs = tuple(x if x is None else x.detach() for x in inputs)
+        if isinstance(ctx.grad_kernel, IncomingGradient):
+            grads = ctx.grad_kernel.kernel(grad_output, needs, extras,
+                                           *inputs)
+            return (None, None, None) + _resolve(ctx, grads, needs, [
+                g if need and isinstance(g, Tensor) else None
+                for g, need in zip(grads, needs)])
+        grads, scale = ctx.grad_kernel(needs, extras, not graph_is_kept(),
+                                       *inputs)
         return (None, None, None) + _chain(ctx, grads, needs, grad_output,
                                            scale)
 
@@ -257,9 +290,12 @@ class GradientFromOutput(torch.autograd.Function):
             if torch.is_grad_enabled():
                 part = rule.grad_formula(hidden, extras)
                 part = part * per_row(grad_value.to(part.dtype), part)
-            else:
+            elif isinstance(rule.grad_kernel, IncomingGradient):
                 # detached: the gradient written over the kept output
                 # must not carry that output's graph
+                part = rule.grad_kernel.kernel(grad_value, hidden.detach(),
+                                               extras, not graph_is_kept())
+            else:
                 part, scale = rule.grad_kernel(hidden.detach(), extras,
                                                not graph_is_kept())
                 part = scale_saved_grad(part, grad_value, scale)
@@ -278,7 +314,9 @@ class FromOutput:
         grad_kernel: ``grad_kernel(hidden, extras, in_place) -> (grad,
             scale)``, ``d value / d input`` without the incoming gradient
             (``scale`` as for :class:`GradientInForward`), writing over
-            ``hidden`` only where ``in_place``.
+            ``hidden`` only where ``in_place``; or an
+            :class:`IncomingGradient`, which applies the incoming gradient
+            itself.
         grad_formula: ``grad_formula(hidden, extras) -> grad``, the same by
             differentiable ops of ``hidden``.
         hidden_backward: ``hidden_backward(hidden, extras, grad_hidden) ->

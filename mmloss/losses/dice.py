@@ -39,8 +39,8 @@ from torch import Tensor
 from ..checks import (REDUCTIONS, check_float, check_positive,
                       check_pred_target, check_weight_shape)
 from ..engine import dispatch
-from ..engine.functions import (FromOutput, gradient_from_output,
-                                gradient_in_backward)
+from ..engine.functions import (FromOutput, IncomingGradient,
+                                gradient_from_output, gradient_in_backward)
 from ..errors import LossNotImplementedError, LossValueError
 from ..precision import compute_dtype, loss_dtype
 from ..reduction import Reduction
@@ -112,7 +112,7 @@ def _dice_value(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
     """
     inter = pred.new_empty(pred.shape[:1])
     total = pred.new_empty(pred.shape[:1])
-    spans = row_blocks(pred)
+    spans = row_blocks(pred, LOSS_NAME)
     shape = (spans[0][1] - spans[0][0], pred.shape[1])
     scratch = pred.new_empty(shape)
     probs = pred.new_empty(shape) if sigmoid and kept is None else None
@@ -136,38 +136,37 @@ def _dice_value(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
 
 def _dice_gradient(pred: Tensor, target: Tensor, inter: Tensor,
                    denom: Tensor, rule: Reduction, eps: float,
-                   naive_dice: bool, sigmoid: bool,
+                   naive_dice: bool, sigmoid: bool, incoming: Tensor,
                    probabilities: Optional[Tensor] = None,
-                   out: Optional[Tensor] = None):
-    """The gradient of :func:`_dice_value` from the inputs and its sums:
-    ``(gradient, scale)``.
+                   out: Optional[Tensor] = None) -> Tensor:
+    """The gradient of :func:`_dice_value` from the inputs and its sums,
+    times the ``incoming`` gradient (a scalar, or (N,) for ``'none'``).
 
     The V-Net loss of a sample has the gradient ``(4a / S^2) p - (2 / S)
     t`` (naive: ``(2a + eps) / S^2 - (2 / S) t``), times ``p (1 - p)``
     through the sigmoid (``p`` recomputed from the logits block by block:
     one pass, where keeping it would hold an (N, D) tensor from forward to
-    backward) and times the sample's weight; ``scale`` is the reduction's
-    factor. The gradient is the only (N, D) tensor allocated.
+    backward). The sample's weight, the reduction's factor and the incoming
+    gradient join the per-sample factors, so no pass scales the result.
+    The gradient is the only (N, D) tensor allocated.
 
     With the (N, D) sigmoid ``probabilities`` that forward kept, no
     sigmoid is recomputed. The gradient goes into ``out`` where given
     (``probabilities`` itself included: then block by block through a
     block-sized scratch, allocating nothing of size (N, D)).
     """
-    target_factor = -2 / denom
+    # per sample: the weight, the reduction's factor, the incoming gradient
+    factor = incoming.to(denom.dtype) * gradient_scale(
+        rule, inter.numel(), 1.0, denom.dtype)
+    if rule.weight is not None:
+        factor = factor * rule.weight
+    target_factor = (-2 * factor) / denom
     if naive_dice:
         prob_factor = None
-        offset = (2 * inter + eps) / denom.square()
+        offset = (2 * inter + eps) * factor / denom.square()
     else:
-        prob_factor = 4 * inter / denom.square()
-    weight = rule.weight
-    if weight is not None:
-        target_factor = target_factor * weight
-        if naive_dice:
-            offset = offset * weight
-        else:
-            prob_factor = prob_factor * weight
-    spans = row_blocks(pred)
+        prob_factor = 4 * inter * factor / denom.square()
+    spans = row_blocks(pred, LOSS_NAME)
     block = (spans[0][1] - spans[0][0], pred.shape[1])
     gradient = torch.empty_like(pred) if out is None else out
     in_place = out is not None and out is probabilities
@@ -192,8 +191,7 @@ def _dice_gradient(pred: Tensor, target: Tensor, inter: Tensor,
             # times p (1 - p), into the gradient's block
             torch.ops.aten.sigmoid_backward.grad_input(
                 part, prob, grad_input=gradient[start:stop])
-    return gradient, gradient_scale(rule, inter.numel(), 1.0,
-                                    gradient.dtype)
+    return gradient
 
 
 def _check_inputs(pred: Tensor, target: Tensor, rule: Reduction) -> None:
@@ -272,19 +270,20 @@ def _dice(pred: Tensor, target: Tensor, rule: Reduction, eps: float,
         return _dice_value(_rows_of(pred, dtype), _rows_of(target, dtype),
                            rule, eps, naive_dice, sigmoid)
 
-    def grad_kernel(needs, sums, in_place: bool, pred: Tensor):
-        gradient, scale = _dice_gradient(
+    def grad_kernel(incoming: Tensor, needs, sums, pred: Tensor):
+        gradient = _dice_gradient(
             _rows_of(pred, dtype), _rows_of(target, dtype), *sums, rule,
-            eps, naive_dice, sigmoid)
+            eps, naive_dice, sigmoid, incoming)
         # a fresh (N, D) buffer
-        return (gradient.view(pred.shape), ), scale
+        return (gradient.view(pred.shape), )
 
     with dispatch.autocast_off(pred):
         if sigmoid:
             out = gradient_from_output(_sigmoid_rule(
                 target, rule, dtype, eps, naive_dice), pred)
         else:
-            out = gradient_in_backward(value_kernel, grad_kernel, plain,
+            out = gradient_in_backward(value_kernel,
+                                       IncomingGradient(grad_kernel), plain,
                                        pred)
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
@@ -307,16 +306,17 @@ def _sigmoid_rule(target: Tensor, rule: Reduction, dtype: torch.dtype,
                                   probabilities.view(rows.shape))
         return value, probabilities, sums
 
-    def grad_kernel(probabilities: Tensor, sums, in_place: bool):
+    def grad_kernel(incoming: Tensor, probabilities: Tensor, sums,
+                    in_place: bool):
         # the gradient is returned as a whole tensor, never as a view
         # (autograd refuses views made here once their base changes)
         base = probabilities.detach()
         gradient = base if in_place else torch.empty_like(base)
         flat = base.view(rows.shape)
         out = flat if in_place else gradient.view(rows.shape)
-        _, scale = _dice_gradient(flat, rows, *sums, rule, eps, naive_dice,
-                                  True, flat, out)
-        return gradient, scale
+        _dice_gradient(flat, rows, *sums, rule, eps, naive_dice, True,
+                       incoming, flat, out)
+        return gradient
 
     def grad_formula(probabilities: Tensor, sums) -> Tensor:
         flat = probabilities.view(rows.shape)
@@ -329,7 +329,8 @@ def _sigmoid_rule(target: Tensor, rule: Reduction, dtype: torch.dtype,
     def hidden_backward(probabilities: Tensor, sums, grad: Tensor):
         return grad * probabilities * (1 - probabilities)
 
-    return FromOutput(kernel, grad_kernel, grad_formula, hidden_backward)
+    return FromOutput(kernel, IncomingGradient(grad_kernel), grad_formula,
+                      hidden_backward)
 
 
 def _dice_function(name: str, sigmoid: bool, doc: str):

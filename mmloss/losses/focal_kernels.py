@@ -36,17 +36,20 @@ def probability_cross_entropy(prob: Tensor, target: float) -> Tensor:
         reduction='none')
 
 
-def row_blocks(work: Tensor) -> List[Tuple[int, int]]:
+def row_blocks(work: Tensor,
+               loss_name: Optional[str] = None) -> List[Tuple[int, int]]:
     """``(start, stop)`` row blocks of an (N, C) tensor for the kernels of
     the classification losses, each of about ``block_rows *
     entries_per_block_row`` entries (the dispatch table's
-    :class:`~mmloss.engine.dispatch.Tuning` for ``work``'s device): few
+    :class:`~mmloss.engine.dispatch.Tuning` for ``work``'s device; its
+    ``loss_entries_per_block_row`` for ``loss_name`` where it has one): few
     enough blocks that per-op costs (and a thread team's start per op) stay
     small, small enough that a block's temporaries are reused (on the CPU:
     stay in the caches), not each a fresh (N, C) buffer."""
     entry = dispatch.tuning(work)
-    rows = max(1, entry.block_rows * entry.entries_per_block_row //
-               max(1, work.size(1)))
+    per_row = entry.loss_entries_per_block_row.get(
+        loss_name, entry.entries_per_block_row)
+    rows = max(1, entry.block_rows * per_row // max(1, work.size(1)))
     return blocks(work.size(0), rows)
 
 
