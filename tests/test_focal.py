@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import mmloss
 from mmloss import MODELS
 from mmloss.engine import dispatch
-from mmloss.engine.functions import GradientInBackward
+from mmloss.engine.functions import GradientInBackward, IncomingGradient
 from mmloss.losses import focal, focal_kernels
 from mmloss.losses.focal import (FocalLoss, Poly1FocalLoss,
                                  elementwise_focal_loss, poly1_focal_loss,
@@ -87,7 +87,7 @@ def kernel_path(logits, labels, weight, gamma, alpha, epsilon, reduce_sum):
                    reduce_sum=reduce_sum)
     return GradientInBackward.apply(
         functools.partial(focal._focal_value, **options),
-        functools.partial(focal._focal_grad, **options),
+        IncomingGradient(functools.partial(focal._focal_grad, **options)),
         functools.partial(focal._focal_plain, **options), logits, labels,
         weight)
 

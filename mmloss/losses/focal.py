@@ -65,8 +65,9 @@ from ..checks import (check_float, check_in_range, check_integer_labels,
                       check_label_range, check_positive, check_tensor,
                       check_weight_shape)
 from ..engine import dispatch
-from ..engine.functions import gradient_in_backward
+from ..engine.functions import IncomingGradient, gradient_in_backward
 from ..errors import LossTypeError, LossValueError
+from ..gradients import scale_saved_grad
 from ..precision import compute_dtype, restore_loss, to_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
@@ -283,21 +284,26 @@ def _focal_value(logits: Tensor, labels: Tensor, weight: Optional[Tensor], *,
     return loss, (() if taken is None else (torch.tensor(taken), ))
 
 
-def _focal_grad(needs, extras, in_place: bool, logits: Tensor,
+def _focal_grad(grad_output: Tensor, needs, extras, logits: Tensor,
                 labels: Tensor, weight: Optional[Tensor], *, gamma: float,
                 alpha: float, epsilon: float, reduce_sum: bool):
-    """``grad_kernel(needs, extras, in_place, logits, labels, weight) ->
-    (grads, scale)`` of :class:`~mmloss.engine.functions.
-    GradientInBackward`: the kernel again, for the gradient alone, each
-    block the way forward took it (a half gradient is cast only after
-    backward has scaled it)."""
+    """The :class:`~mmloss.engine.functions.IncomingGradient` kernel of
+    :class:`~mmloss.engine.functions.GradientInBackward`: the kernel again,
+    for the gradient alone, each block the way forward took it (a half
+    gradient is cast only after it is scaled). A scalar incoming gradient
+    goes into the kernel's last pass where the CPU kernels may run (a host
+    read); otherwise one pass scales the gradient after it."""
     if not needs[0]:
-        return (None, None, None), None
+        return None, None, None
     x = to_dtype(logits, compute_dtype(logits))
+    factor = float(grad_output) if grad_output.dim() == 0 and \
+        dispatch.cpu_kernels(logits) else None
     _, grad, scale, _ = _run_kernel(
         x, labels, weight, gamma, alpha, epsilon, reduce_sum, True, False,
-        plan=extras[0].tolist() if extras else None)
-    return (grad, None, None), scale
+        plan=extras[0].tolist() if extras else None, grad_factor=factor)
+    if factor is None:
+        grad = scale_saved_grad(grad, grad_output, scale)
+    return grad, None, None
 
 
 def _focal_plain(logits: Tensor, labels: Tensor, weight: Optional[Tensor], *,
@@ -346,7 +352,7 @@ def _focal_loss(loss_name: str, pred: Tensor, target: Tensor,
                            epsilon=float(epsilon), reduce_sum=reduce_sum)
             return gradient_in_backward(
                 functools.partial(_focal_value, **options),
-                functools.partial(_focal_grad, **options),
+                IncomingGradient(functools.partial(_focal_grad, **options)),
                 functools.partial(_focal_plain, **options), pred, target,
                 weight)
 

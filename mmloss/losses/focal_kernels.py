@@ -151,7 +151,8 @@ def sigmoid_focal_kernel(logits: Tensor, labels: Optional[Tensor],
                          epsilon: float, reduce_sum: bool, need_grad: bool,
                          *, need_value: bool = True,
                          grad_out: Optional[Tensor] = None,
-                         one_exp: Optional[bool] = None
+                         one_exp: Optional[bool] = None,
+                         grad_factor: Optional[float] = None
                          ) -> Tuple[Optional[Tensor], Optional[Tensor], float]:
     """Loss (element-wise or summed) and ``d loss / d logits`` in one pass.
 
@@ -170,7 +171,10 @@ def sigmoid_focal_kernel(logits: Tensor, labels: Optional[Tensor],
     ``B * (g (1 - p) sp + p)`` with ``B = (1 - alpha) w p**g`` is written as
     ``g * B * lerp(sp, 1/g, p)`` (one pass instead of three) and the factor
     ``g`` is returned as ``grad_scale`` for backward to apply (with
-    ``1 - alpha`` when there is no weight).
+    ``1 - alpha`` when there is no weight). ``grad_factor`` (a number: the
+    incoming gradient) asks for the whole gradient instead: every factor
+    goes into that one pass (``addcmul`` of a scalar zero) and
+    ``grad_scale`` is 1.
 
     Returns:
         (loss, grad, grad_scale): ``loss`` is (N, C) or a scalar sum, the
@@ -248,22 +252,31 @@ def sigmoid_focal_kernel(logits: Tensor, labels: Optional[Tensor],
             grad_scale = gamma
         else:
             base = prob
-        if grad_out is not None:
-            grad = torch.mul(base, focal, out=grad_out)
-        elif base is softplus:
-            grad = base.mul_(focal)
+        # the factor applied here: 1, or all of it (then nothing is left)
+        inside = 1.0 if grad_factor is None else \
+            grad_factor * grad_scale * out_scale
+        if grad_out is None:
+            grad_out = base if base is softplus else None
+        if inside == 1.0:
+            grad = torch.mul(base, focal, out=grad_out) \
+                if grad_out is not None else base * focal
         else:
-            grad = base * focal
+            grad = torch.addcmul(base.new_zeros(()), base, focal,
+                                 value=inside, out=grad_out)
         if poly is not None:  # d/dx eps p**(g+1) = eps (g+1) p**(g+1) (1-p)
-            grad.addcmul_(poly, 1 - prob, value=(gamma + 1) / grad_scale)
+            grad.addcmul_(poly, 1 - prob,
+                          value=(gamma + 1) / grad_scale * inside)
         if has_positives:
             pos_grad = -alpha * pos_focal * (
                 gamma * pos_prob * pos_softplus + pos_one_minus)
             if poly is not None:
                 pos_grad = pos_grad - (epsilon * (gamma + 1)) * pos_focal * \
                     pos_one_minus * pos_prob
-            grad.put_(flat, torch.where(foreground, pos_grad / grad_scale,
-                                        grad.take(flat)))
+            grad.put_(flat, torch.where(
+                foreground, pos_grad * (inside / grad_scale),
+                grad.take(flat)))
+        if grad_factor is not None:
+            return loss, grad, 1.0
     return loss, grad, grad_scale * out_scale
 
 
@@ -332,7 +345,8 @@ def _compiled() -> Optional[Callable]:
 def _blocked_kernel(logits: Tensor, labels: Tensor, weight: Optional[Tensor],
                     gamma: float, alpha: float, epsilon: float,
                     reduce_sum: bool, need_grad: bool, need_value: bool,
-                    plan: Optional[List[Sequence[int]]] = None
+                    plan: Optional[List[Sequence[int]]] = None,
+                    grad_factor: Optional[float] = None
                     ) -> Tuple[Optional[Tensor], Optional[Tensor], float,
                                List[Tuple[int, bool]]]:
     """:func:`sigmoid_focal_kernel` block by block (:func:`row_blocks`):
@@ -347,7 +361,8 @@ def _blocked_kernel(logits: Tensor, labels: Tensor, weight: Optional[Tensor],
     exponential where the CPU kernels may run and kept if finite (an
     exponential that overflowed gives ``NaN``), else computed again stably;
     any other block asks :func:`one_exponential_fits`. Returns what each
-    block took, as ``(stop, fits)`` pairs.
+    block took, as ``(stop, fits)`` pairs. ``grad_factor``: as for
+    :func:`sigmoid_focal_kernel`.
     """
     if plan is None:
         spans = row_blocks(logits)
@@ -378,7 +393,8 @@ def _blocked_kernel(logits: Tensor, labels: Tensor, weight: Optional[Tensor],
             fits = one_exponential_fits(block)
         if not try_first or not fits:
             part, _, scale = sigmoid_focal_kernel(
-                *args, need_value=need_value, grad_out=out, one_exp=fits)
+                *args, need_value=need_value, grad_out=out, one_exp=fits,
+                grad_factor=grad_factor)
         taken.append((stop, fits))
         if part is None:
             continue
@@ -393,21 +409,27 @@ def _blocked_kernel(logits: Tensor, labels: Tensor, weight: Optional[Tensor],
     return loss, grad, scale, taken
 
 
-def _run_kernel(*args, plan: Optional[List[Sequence[int]]] = None
+def _run_kernel(*args, plan: Optional[List[Sequence[int]]] = None,
+                grad_factor: Optional[float] = None
                 ) -> Tuple[Optional[Tensor], Optional[Tensor], float,
                            Optional[List[Tuple[int, bool]]]]:
     """``fused_sigmoid_focal_kernel(*args)`` compiled when ``MMLOSS_COMPILE``
     asks for it and compiling works (with ``None`` for what the blocks
     took), else the eager kernel block by block (:func:`_blocked_kernel`).
+    ``grad_factor``: as for :func:`sigmoid_focal_kernel`.
     """
     global _compile_failed
     compiled = _compiled()
     if compiled is not None:
         try:
-            return compiled(*args) + (None, )
+            loss, grad, scale = compiled(*args)
+            if grad is not None and grad_factor is not None:
+                grad = grad.mul_(grad_factor * scale)
+                scale = 1.0
+            return loss, grad, scale, None
         except Exception as error:  # any backend failure: fall back
             _compile_failed = True
             warnings.warn(f'mmloss: torch.compile of the sigmoid focal '
                           f'kernel failed ({type(error).__name__}: {error}); '
                           f'using the eager kernel')
-    return _blocked_kernel(*args, plan=plan)
+    return _blocked_kernel(*args, plan=plan, grad_factor=grad_factor)
