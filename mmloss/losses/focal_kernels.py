@@ -8,7 +8,7 @@ the cross-entropies reuse :func:`sigmoid_focal_kernel` and
 """
 import math
 import warnings
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +146,161 @@ def _pow(base: Tensor, exponent: float) -> Tensor:
     return base.pow(exponent)
 
 
+class _Positives(NamedTuple):
+    """The label entries of :func:`sigmoid_focal_kernel`, one per row.
+
+    ``flat``: each row's label entry as a flat index of the (N, C) logits;
+    ``foreground``: whether the row has a label (else its entry is the
+    clamped last column and keeps its negative value); ``loss`` and
+    ``grad``: the positive formula's value and gradient there (``None``
+    where not asked for), with the weight in and ``out_scale`` left out,
+    as the negative formula has them.
+    """
+    flat: Tensor
+    foreground: Tensor
+    loss: Optional[Tensor]
+    grad: Optional[Tensor]
+
+
+def _out_scale(weight: Optional[Tensor], alpha: float) -> float:
+    """Without a weight, the negatives' ``1 - alpha`` is applied to the
+    results at the end (free for a sum and the gradient) instead of in an
+    N x C pass."""
+    return 1 - alpha if weight is None and alpha < 1 else 1.0
+
+
+def _positives(logits: Tensor, labels: Optional[Tensor],
+               weight: Optional[Tensor], gamma: float, alpha: float,
+               epsilon: float, need_value: bool,
+               need_grad: bool) -> Optional[_Positives]:
+    """The positive formula on each row's label entry (N values: taken
+    once for all rows, not per row block), or ``None`` without labels."""
+    num_rows, num_classes = logits.shape
+    if labels is None or num_classes == 0:
+        return None
+    out_scale = _out_scale(weight, alpha)
+    column = labels.clamp(max=num_classes - 1)
+    foreground = labels < num_classes
+    flat = torch.arange(num_rows, device=logits.device) * num_classes + \
+        column
+    pos_weight = 1.0 if weight is None else (
+        weight.reshape(-1) if weight.shape[1] == 1 else weight.take(flat))
+    pos_logit = logits.take(flat)
+    pos_prob = torch.sigmoid(pos_logit)
+    pos_one_minus = 1 - pos_prob
+    pos_softplus = F.softplus(-pos_logit)  # -log(p)
+    pos_focal = _pow(pos_one_minus, gamma) * (pos_weight / out_scale)
+    loss = grad = None
+    if need_value:
+        loss = alpha * pos_focal * pos_softplus
+        if epsilon != 0:
+            loss = loss + epsilon * pos_focal * pos_one_minus
+    if need_grad:
+        grad = -alpha * pos_focal * (
+            gamma * pos_prob * pos_softplus + pos_one_minus)
+        if epsilon != 0:
+            grad = grad - (epsilon * (gamma + 1)) * pos_focal * \
+                pos_one_minus * pos_prob
+    return _Positives(flat, foreground, loss, grad)
+
+
+def _negatives(logits: Tensor, weight: Optional[Tensor], gamma: float,
+               alpha: float, epsilon: float, reduce_sum: bool,
+               need_grad: bool, need_value: bool,
+               grad_out: Optional[Tensor], one_exp: Optional[bool],
+               grad_factor: Optional[float],
+               label_entries: Optional[Tensor]):
+    """The negative formula on every entry of ``logits`` (N x C passes).
+
+    Returns ``(loss, grad, inside, grad_scale, taken)``: ``loss`` is the
+    element-wise loss times ``out_scale`` (``None`` where not asked for),
+    or with ``reduce_sum`` its sum *without* ``out_scale``; ``grad`` the
+    gradient times ``inside`` (1, or with ``grad_factor`` every factor);
+    ``grad_scale`` the factor left out of both; ``taken`` (with
+    ``reduce_sum`` and ``label_entries``, the flat indices of the label
+    entries) the element-wise negative loss at those entries.
+    """
+    out_scale = _out_scale(weight, alpha)
+    row_weight = 1.0 if weight is None else weight
+    neg_factor = None if weight is None and alpha < 1 else \
+        row_weight * (1 - alpha)
+    # softplus(x) = -log(1 - p)
+    prob, softplus = sigmoid_and_softplus(logits, one_exp)
+    if need_grad or epsilon != 0:
+        focal = _pow(prob, gamma)
+    else:  # the probabilities are needed for the focal factor only
+        focal = prob.pow_(gamma) if gamma != 2 else prob.mul_(prob)
+    poly = None
+    if epsilon != 0:  # eps * w * p**(g+1), not alpha-balanced
+        poly = focal * prob
+        poly.mul_(row_weight * (epsilon / out_scale))
+    if neg_factor is not None:
+        focal.mul_(neg_factor)  # B / out_scale
+
+    loss, taken = None, None
+    if need_value:
+        # the focal factor is needed again for the gradient only
+        loss = focal * softplus if need_grad else focal.mul_(softplus)
+        if poly is not None:
+            loss.add_(poly)
+        if reduce_sum:
+            if label_entries is not None:
+                taken = loss.take(label_entries)
+            loss = loss.sum()
+        elif out_scale != 1:
+            loss.mul_(out_scale)
+
+    grad, grad_scale, inside = None, 1.0, 1.0
+    if need_grad:
+        if gamma > 0:
+            # g (1-p) sp + p == g * lerp(sp, 1/g, p); softplus is done
+            base = softplus.lerp_(softplus.new_tensor(1 / gamma), prob)
+            grad_scale = gamma
+        else:
+            base = prob
+        # the factor applied here: 1, or all of it (then nothing is left)
+        if grad_factor is not None:
+            inside = grad_factor * grad_scale * out_scale
+        if grad_out is None:
+            grad_out = base if base is softplus else None
+        if inside == 1.0:
+            grad = torch.mul(base, focal, out=grad_out) \
+                if grad_out is not None else base * focal
+        else:
+            grad = torch.addcmul(base.new_zeros(()), base, focal,
+                                 value=inside, out=grad_out)
+        if poly is not None:  # d/dx eps p**(g+1) = eps (g+1) p**(g+1) (1-p)
+            grad.addcmul_(poly, 1 - prob,
+                          value=(gamma + 1) / grad_scale * inside)
+    return loss, grad, inside, grad_scale, taken
+
+
+def _finish(loss: Optional[Tensor], grad: Optional[Tensor],
+            positives: Optional[_Positives], taken: Optional[Tensor],
+            out_scale: float, reduce_sum: bool, inside: float,
+            grad_scale: float) -> Optional[Tensor]:
+    """The positives written over the label entries of the whole (N, C)
+    ``grad`` and element-wise ``loss`` (in place), or added to the summed
+    ``loss`` (minus the negative values ``taken`` there); returns the loss,
+    now times ``out_scale``."""
+    if positives is not None:
+        flat, foreground = positives.flat, positives.foreground
+        if grad is not None:
+            grad.put_(flat, torch.where(
+                foreground, positives.grad * (inside / grad_scale),
+                grad.take(flat)))
+        if loss is not None and reduce_sum:
+            loss = loss + torch.where(foreground, positives.loss - taken,
+                                      0.0).sum()
+        elif loss is not None:
+            loss.put_(flat, torch.where(foreground,
+                                        positives.loss * out_scale,
+                                        loss.take(flat)))
+    if loss is not None and reduce_sum:
+        loss = loss * out_scale
+    return loss
+
+
 def sigmoid_focal_kernel(logits: Tensor, labels: Optional[Tensor],
                          weight: Optional[Tensor], gamma: float, alpha: float,
                          epsilon: float, reduce_sum: bool, need_grad: bool,
@@ -164,119 +319,33 @@ def sigmoid_focal_kernel(logits: Tensor, labels: Optional[Tensor],
     ``need_value=False`` skips the loss (``None``), ``need_grad`` the
     gradient; ``grad_out`` (N, C), if given, receives the gradient.
 
-    The negative formula runs on every entry and the positive one on the N
-    label entries, which then overwrite theirs (``take``/``put_`` on flat
-    indices; ``gather``/``scatter`` along dim 1 is much slower on CPU).
-    Every ``N x C`` pass costs about as much as the next, so the gradient
-    ``B * (g (1 - p) sp + p)`` with ``B = (1 - alpha) w p**g`` is written as
-    ``g * B * lerp(sp, 1/g, p)`` (one pass instead of three) and the factor
-    ``g`` is returned as ``grad_scale`` for backward to apply (with
-    ``1 - alpha`` when there is no weight). ``grad_factor`` (a number: the
-    incoming gradient) asks for the whole gradient instead: every factor
-    goes into that one pass (``addcmul`` of a scalar zero) and
-    ``grad_scale`` is 1.
+    The negative formula runs on every entry (:func:`_negatives`) and the
+    positive one on the N label entries (:func:`_positives`), which then
+    overwrite theirs (``take``/``put_`` on flat indices; ``gather``/
+    ``scatter`` along dim 1 is much slower on CPU). Every ``N x C`` pass
+    costs about as much as the next, so the gradient ``B * (g (1 - p) sp +
+    p)`` with ``B = (1 - alpha) w p**g`` is written as ``g * B * lerp(sp,
+    1/g, p)`` (one pass instead of three) and the factor ``g`` is returned
+    as ``grad_scale`` for backward to apply (with ``1 - alpha`` when there
+    is no weight). ``grad_factor`` (a number: the incoming gradient) asks
+    for the whole gradient instead: every factor goes into that one pass
+    (``addcmul`` of a scalar zero) and ``grad_scale`` is 1.
 
     Returns:
         (loss, grad, grad_scale): ``loss`` is (N, C) or a scalar sum, the
         gradient is ``grad * grad_scale``.
     """
-    num_rows, num_classes = logits.shape
-    row_weight = 1.0 if weight is None else weight
-    if weight is None and alpha < 1:
-        # scale the results by the scalar (1 - alpha) at the end (free for
-        # a sum and the gradient) instead of an N x C pass over B now
-        out_scale = 1 - alpha
-        neg_factor = None
-    else:
-        out_scale = 1.0
-        neg_factor = row_weight * (1 - alpha)
-    # softplus(x) = -log(1 - p)
-    prob, softplus = sigmoid_and_softplus(logits, one_exp)
-    if need_grad or epsilon != 0:
-        focal = _pow(prob, gamma)
-    else:  # the probabilities are needed for the focal factor only
-        focal = prob.pow_(gamma) if gamma != 2 else prob.mul_(prob)
-    poly = None
-    if epsilon != 0:  # eps * w * p**(g+1), not alpha-balanced
-        poly = focal * prob
-        poly.mul_(row_weight * (epsilon / out_scale))
-    if neg_factor is not None:
-        focal.mul_(neg_factor)  # B / out_scale
-
-    has_positives = labels is not None and num_classes > 0
-    if has_positives:
-        column = labels.clamp(max=num_classes - 1)
-        foreground = labels < num_classes
-        flat = torch.arange(num_rows, device=logits.device) * num_classes + \
-            column
-        pos_weight = 1.0 if weight is None else (
-            weight.reshape(-1) if weight.shape[1] == 1 else weight.take(flat))
-        pos_logit = logits.take(flat)
-        pos_prob = torch.sigmoid(pos_logit)
-        pos_one_minus = 1 - pos_prob
-        pos_softplus = F.softplus(-pos_logit)  # -log(p)
-        pos_focal = _pow(pos_one_minus, gamma) * (pos_weight / out_scale)
-        if need_value:
-            pos_loss = alpha * pos_focal * pos_softplus
-            if poly is not None:
-                pos_loss = pos_loss + epsilon * pos_focal * pos_one_minus
-
-    loss = None
-    if need_value:
-        # the focal factor is needed again for the gradient only
-        loss = focal * softplus if need_grad else focal.mul_(softplus)
-        if poly is not None:
-            loss.add_(poly)
-        if has_positives:
-            # the negative value the label entries have now
-            neg_loss = loss.take(flat)
-        if reduce_sum:
-            # (a dot product would skip the product tensor, but BLAS sums
-            # in float32 in order: 1e-5 relative error at 8M entries)
-            loss = loss.sum()
-            if has_positives:
-                loss = loss + torch.where(foreground, pos_loss - neg_loss,
-                                          0.0).sum()
-            loss = loss * out_scale
-        else:
-            if has_positives:
-                loss.put_(flat, torch.where(foreground, pos_loss, neg_loss))
-            if out_scale != 1:
-                loss.mul_(out_scale)
-
-    grad, grad_scale = None, 1.0
-    if need_grad:
-        if gamma > 0:
-            # g (1-p) sp + p == g * lerp(sp, 1/g, p); softplus is done
-            base = softplus.lerp_(softplus.new_tensor(1 / gamma), prob)
-            grad_scale = gamma
-        else:
-            base = prob
-        # the factor applied here: 1, or all of it (then nothing is left)
-        inside = 1.0 if grad_factor is None else \
-            grad_factor * grad_scale * out_scale
-        if grad_out is None:
-            grad_out = base if base is softplus else None
-        if inside == 1.0:
-            grad = torch.mul(base, focal, out=grad_out) \
-                if grad_out is not None else base * focal
-        else:
-            grad = torch.addcmul(base.new_zeros(()), base, focal,
-                                 value=inside, out=grad_out)
-        if poly is not None:  # d/dx eps p**(g+1) = eps (g+1) p**(g+1) (1-p)
-            grad.addcmul_(poly, 1 - prob,
-                          value=(gamma + 1) / grad_scale * inside)
-        if has_positives:
-            pos_grad = -alpha * pos_focal * (
-                gamma * pos_prob * pos_softplus + pos_one_minus)
-            if poly is not None:
-                pos_grad = pos_grad - (epsilon * (gamma + 1)) * pos_focal * \
-                    pos_one_minus * pos_prob
-            grad.put_(flat, torch.where(
-                foreground, pos_grad * (inside / grad_scale),
-                grad.take(flat)))
-        if grad_factor is not None:
-            return loss, grad, 1.0
+    positives = _positives(logits, labels, weight, gamma, alpha, epsilon,
+                           need_value, need_grad)
+    loss, grad, inside, grad_scale, taken = _negatives(
+        logits, weight, gamma, alpha, epsilon, reduce_sum, need_grad,
+        need_value, grad_out, one_exp, grad_factor,
+        None if positives is None else positives.flat)
+    out_scale = _out_scale(weight, alpha)
+    loss = _finish(loss, grad, positives, taken, out_scale, reduce_sum,
+                   inside, grad_scale)
+    if grad_factor is not None:
+        return loss, grad, 1.0
     return loss, grad, grad_scale * out_scale
 
 
@@ -369,43 +438,55 @@ def _blocked_kernel(logits: Tensor, labels: Tensor, weight: Optional[Tensor],
     else:
         stops = [int(stop) for stop, _ in plan]
         spans = list(zip([0] + stops[:-1], stops))
+    # the label entries once for all rows (N-sized ops: per block, their
+    # per-call costs would add up to more than their arithmetic)
+    positives = _positives(logits, labels, weight, gamma, alpha, epsilon,
+                           need_value, need_grad)
+    take_labels = positives is not None and need_value and reduce_sum
     grad = torch.empty_like(logits) if need_grad else None
     loss = None
     if need_value and not reduce_sum and len(spans) > 1:
         loss = torch.empty_like(logits)
     try_first = plan is None and need_value and reduce_sum and \
         dispatch.cpu_kernels(logits)
-    taken, totals = [], []
-    scale = 1.0
+    taken, totals, at_labels = [], [], []
+    inside, grad_scale = 1.0, 1.0
     for index, (start, stop) in enumerate(spans):
         block = logits if len(spans) == 1 else logits[start:stop]
-        args = (block, labels[start:stop],
-                None if weight is None else weight[start:stop], gamma, alpha,
-                epsilon, reduce_sum, need_grad)
+        # the label entries as flat indices of the block
+        entries = positives.flat[start:stop] - start * logits.shape[1] \
+            if take_labels else None
+        args = (block, None if weight is None else weight[start:stop], gamma,
+                alpha, epsilon, reduce_sum, need_grad, need_value)
         out = None if grad is None else grad[start:stop]
         if plan is not None:
             fits = bool(plan[index][1])
         elif try_first:
-            part, _, scale = sigmoid_focal_kernel(
-                *args, need_value=need_value, grad_out=out, one_exp=True)
+            part, _, inside, grad_scale, neg = _negatives(
+                *args, out, True, grad_factor, entries)
             fits = math.isfinite(part.item())
         else:
             fits = one_exponential_fits(block)
         if not try_first or not fits:
-            part, _, scale = sigmoid_focal_kernel(
-                *args, need_value=need_value, grad_out=out, one_exp=fits,
-                grad_factor=grad_factor)
+            part, _, inside, grad_scale, neg = _negatives(
+                *args, out, fits, grad_factor, entries)
         taken.append((stop, fits))
         if part is None:
             continue
         if reduce_sum:
             totals.append(part)
+            at_labels.append(neg)
         elif loss is None:
             loss = part
         else:
             loss[start:stop] = part
     if totals:
         loss = totals[0] if len(totals) == 1 else torch.stack(totals).sum()
+    out_scale = _out_scale(weight, alpha)
+    loss = _finish(loss, grad, positives, torch.cat(at_labels)
+                   if take_labels and at_labels else None, out_scale,
+                   reduce_sum, inside, grad_scale)
+    scale = 1.0 if grad_factor is not None else grad_scale * out_scale
     return loss, grad, scale, taken
 
 
