@@ -155,12 +155,16 @@ TUNING: Dict[str, Tuning] = {
                   # Dice: counted in mask elements (N x D), not rows
                   min_elements={'DiceLoss': 16384},
                   # unweighted, torch's fused F.mse_loss / F.smooth_l1_loss
-                  # (one pass each way, reading pred and target) and L1's
-                  # sub, abs and sum beat the kernels at every size here
-                  # (200000 x 4, mean: MSE 0.66 vs 0.84 ms, smooth L1 0.68
-                  # vs 1.05, L1 0.88 vs 0.94); weighted, the kernels win
-                  # (L1 1.14 vs 1.33 ms, MSE 1.11 vs 1.20)
-                  plain_unweighted=frozenset({'L1Loss', 'MSELoss',
+                  # (one pass each way, reading pred and target) beat the
+                  # kernels at every size (200000 x 4, mean: MSE 0.66 vs
+                  # 0.84 ms, smooth L1 0.68 vs 1.05); weighted, the kernels
+                  # win (MSE 1.11 vs 1.20 ms). L1 has no fused torch loss:
+                  # its plain sub, abs and sum make two fresh buffers more
+                  # than the kernel, which came out 4% slower on one
+                  # machine (AMD EPYC: 0.94 vs 0.88 ms) and 9% faster on
+                  # another (Intel Xeon, tools/benchmark.py: 0.92-0.97 vs
+                  # 1.03-1.12 ms), so L1 keeps its kernel
+                  plain_unweighted=frozenset({'MSELoss',
                                               'SmoothL1Loss'})),
     # accelerators: blocks only bound the temporaries' memory; the softmax
     # CE's many small kernels lose to F.cross_entropy's few below this
