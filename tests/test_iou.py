@@ -315,7 +315,9 @@ def test_unfusable_reductions_fall_back(case):
 
 
 def test_fused_reduction_is_used_and_saves_one_gradient():
-    pred, target = make_pairs(500, 13)
+    # at the size from which the table sends IoU to the kernel
+    pred, target = make_pairs(
+        max(500, dispatch.TUNING['cpu'].min_rows.get('IoULoss', 0)), 13)
     p = pred.clone().requires_grad_()
     reduce = Reduction('iou_loss', None, 'mean', None)
     assert iou_functions._fusable(reduce, p, target, p.shape[:-1])
@@ -328,6 +330,12 @@ def test_fused_reduction_is_used_and_saves_one_gradient():
             if f is not None] == ['GradientInForwardBackward']
     assert 0 < _saved_bytes(iou_family.iou_loss, p, target) <= \
         pred.numel() * pred.element_size()
+
+
+def _engine_rows(name, rows):
+    """``rows``, or the fewest from which the CPU's table sends ``name``
+    to the fast path if that is more."""
+    return max(rows, dispatch.TUNING['cpu'].min_rows.get(name, 0))
 
 
 def small_blocks(monkeypatch, rows):
@@ -354,8 +362,9 @@ def _saved_bytes(loss_fn, pred, target):
 @pytest.mark.parametrize('name,kw', FAST, ids=[f'{n}-{k}' for n, k in FAST])
 def test_fast_path_saves_one_row_per_box(mmdet_losses, name, kw):
     # the fast path keeps one (N, 4) Jacobian per differentiable input,
-    # where mmdet's autograd graph keeps a dozen per-box temporaries
-    pred, target = make_pairs(1000, 0)
+    # where mmdet's autograd graph keeps a dozen per-box temporaries (at
+    # a size the table sends to the fast path)
+    pred, target = make_pairs(_engine_rows(name, 1000), 0)
     pred.requires_grad_()
     ours = _saved_bytes(getattr(mmloss, name)(**kw), pred, target)
     ref = _saved_bytes(getattr(mmdet_losses, name)(**kw), pred, target)
@@ -999,7 +1008,7 @@ def test_fast_switches_force_the_plain_formula(name, kw, reduction):
     """``fast=False`` and ``mmloss.fast_paths(False)`` run the plain
     formula (no engine Function in the graph); the default runs the engine,
     and all three agree."""
-    pred, target = make_pairs(300, 1, torch.float64)
+    pred, target = make_pairs(_engine_rows(name, 300), 1, torch.float64)
     fn = FUNCTIONS[name]
     results = {}
     for how in ('fast', 'fast=False', 'switch'):
