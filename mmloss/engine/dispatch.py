@@ -121,8 +121,8 @@ TUNING: Dict[str, Tuning] = {
     # about a thousand rows of 80 classes)
     # classification blocks of 512k entries (2 MiB of float32) keep the
     # focal kernel's chain of element-wise passes in the caches: about a
-    # fifth faster than 2M-entry blocks on 100000 x 80 logits (the softmax,
-    # KD and Dice kernels were indifferent)
+    # fifth faster than 2M-entry blocks on 100000 x 80 logits (the softmax
+    # and KD kernels were indifferent)
     # Dice's blocks hold half as many: its forward reads a block of the
     # probabilities and targets twice and writes a scratch, which at 256k
     # entries per block fit each core's 2 MiB L2 (200 x 12544 masks: 5.0
@@ -146,9 +146,6 @@ TUNING: Dict[str, Tuning] = {
                             # (measured: kernel 1.02x and 1.09x of mmdet at
                             # 1000 and 2048 rows, plain 0.97x and 0.98x)
                             'KnowledgeDistillationKLDivLoss': 1024,
-                            # element-wise box losses: below these rows the
-                            # plain formula (F.mse_loss, F.smooth_l1_loss,
-                            # sub + abs) costs less than the Function call
                             # IoU and GIoU: below about a thousand boxes
                             # the per-op costs of the row-wise engine's
                             # blocks and Function outweigh its fewer passes
@@ -157,6 +154,9 @@ TUNING: Dict[str, Tuning] = {
                             # 0.59; at 2000 the kernel wins)
                             'IoULoss': 1024,
                             'GIoULoss': 1024,
+                            # element-wise box losses: below these rows the
+                            # plain formula (F.mse_loss, F.smooth_l1_loss,
+                            # sub + abs) costs less than the Function call
                             'L1Loss': 65536,
                             'MSELoss': 65536,
                             'SmoothL1Loss': 131072},
