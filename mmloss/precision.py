@@ -76,6 +76,9 @@ def restore_loss(value: Tensor, like: Tensor, reduced: bool) -> Tensor:
         >>> restore_loss(squares.sum(), half, reduced=True)
         tensor(180000.)
     """
+    dtype = like.dtype
+    if value.dtype is dtype:  # the common case: float32 in, float32 out
+        return value
     return to_dtype(value, loss_dtype(like, reduced))
 
 

@@ -99,20 +99,24 @@ class Reduction(NamedTuple):
         """Weight and reduce an element-wise ``loss``."""
         if self.weight is not None:
             loss = loss * self.weight
+        reduction = self.reduction
         if self.avg_factor is None:
-            check_reduction(self.loss_name, self.reduction)
-            if self.reduction == 'none':
-                return loss
-            count = loss.numel()
-            if self.reduction == 'sum' or count == 0:
-                # sum() of an empty tensor is a zero that keeps the graph
+            if reduction == 'mean':
+                count = loss.numel()
+                if count == 0:
+                    # sum() of an empty tensor is a zero that keeps the
+                    # graph
+                    return loss.sum()
+                if loss.dtype in _SUM_THEN_DIVIDE:
+                    # mean()'s value (a sum divided by the count), but its
+                    # backward divides the scalar gradient before expanding
+                    # it, where mean()'s divides a tensor of the loss's size
+                    return loss.sum() / count
+                return loss.mean()
+            if reduction == 'sum':
                 return loss.sum()
-            if loss.dtype in _SUM_THEN_DIVIDE:
-                # mean()'s value (a sum divided by the count), but its
-                # backward divides the scalar gradient before expanding it,
-                # where mean()'s divides a tensor of the loss's size
-                return loss.sum() / count
-            return loss.mean()
+            check_reduction(self.loss_name, reduction)
+            return loss
         self.checked()
         if self.reduction == 'mean':
             return loss.sum() / (self.avg_factor + FLOAT32_EPS)

@@ -37,10 +37,12 @@ from torch import Tensor
 
 __all__ = [
     'FAST_PATHS_ENV', 'COMPILE_ENV', 'PATHS', 'Tuning', 'TUNING',
-    'fast_paths', 'fast_paths_enabled', 'compile_enabled', 'tuning',
+    'fast_paths', 'fast_paths_enabled', 'compile_enabled', 'EnvFlag',
+    'env_flag',
+    'environment_value', 'tuning',
     'device_kind', 'cpu_kernels', 'use_fast', 'plain_unweighted',
     'pretend_device',
-    'autocast_off', 'block_rows'
+    'autocast_off', 'autocast_may_be_on', 'block_rows'
 ]
 
 #: ``MMLOSS_FAST_PATHS=0`` forces the plain formula everywhere.
@@ -194,10 +196,10 @@ _state = _State()
 _ENCODED_NAMES: Dict[str, object] = {}
 
 
-def environment_value(name: str) -> Optional[str]:
-    """``os.environ.get(name)`` without the ``KeyError`` that ``os.environ``
-    raises and catches for an unset name (most of its cost; this runs on
-    every loss call)."""
+def _raw_environment_value(name: str):
+    """The environment's stored value of ``name`` as it is held (the same
+    object until the variable is set again), or ``None``; ``os.environ``
+    without the ``KeyError`` it raises and catches for an unset name."""
     data = getattr(os.environ, '_data', None)
     encode = getattr(os.environ, 'encodekey', None)
     if data is None or encode is None:
@@ -205,17 +207,69 @@ def environment_value(name: str) -> Optional[str]:
     key = _ENCODED_NAMES.get(name)
     if key is None:
         key = _ENCODED_NAMES[name] = encode(name)
-    value = data.get(key)
-    return None if value is None else os.environ.decodevalue(value)
+    return data.get(key)
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    value = (environment_value(name) or '').strip().lower()
-    if value in _FALSE:
-        return False
-    if value in _TRUE:
-        return True
-    return default
+def environment_value(name: str) -> Optional[str]:
+    """``os.environ.get(name)``, cheaply (this runs on every loss call)."""
+    value = _raw_environment_value(name)
+    if value is None or isinstance(value, str):
+        return value
+    return os.environ.decodevalue(value)
+
+
+# os.environ's own dict (encoded keys and values on POSIX), or None
+_ENVIRON_DATA = getattr(os.environ, '_data', None)
+_UNREAD = object()
+
+
+class EnvFlag:
+    """A boolean environment variable (``1/true/yes/on``,
+    ``0/false/no/off``, any case and spacing; ``default`` when unset or
+    anything else), read on every call but parsed only when its value
+    changed: the stored value is the same object until the variable is set
+    again (and this holds it, so its identity cannot be reused).
+
+    Hot callers test ``_ENVIRON_DATA.get(flag.key) is flag.raw`` inline and
+    read ``flag.value`` (no call at all); :meth:`current` does the rest.
+    """
+    __slots__ = ('name', 'default', 'key', 'raw', 'value')
+
+    def __init__(self, name: str, default: bool):
+        self.name = name
+        self.default = default
+        encode = getattr(os.environ, 'encodekey', None)
+        self.key = encode(name) if encode is not None and \
+            _ENVIRON_DATA is not None else _UNREAD
+        self.raw = _UNREAD
+        self.value = default
+
+    def current(self) -> bool:
+        """The flag's value now."""
+        raw = _raw_environment_value(self.name)
+        if raw is self.raw:
+            return self.value
+        text = '' if raw is None else (
+            raw if isinstance(raw, str) else os.environ.decodevalue(raw))
+        text = text.strip().lower()
+        self.value = False if text in _FALSE else True if text in _TRUE \
+            else self.default
+        self.raw = raw
+        return self.value
+
+
+_FLAGS: Dict[tuple, EnvFlag] = {}
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """The boolean environment variable ``name`` (see :class:`EnvFlag`)."""
+    flag = _FLAGS.get((name, default))
+    if flag is None:
+        flag = _FLAGS[(name, default)] = EnvFlag(name, default)
+    return flag.current()
+
+
+_FAST_PATHS_FLAG = EnvFlag(FAST_PATHS_ENV, True)
 
 
 class _Switch:
@@ -226,9 +280,14 @@ class _Switch:
 def fast_paths_enabled() -> bool:
     """Whether fast paths may run (``fast_paths`` or ``MMLOSS_FAST_PATHS``).
     """
-    if _Switch.forced is not None:
-        return _Switch.forced
-    return _env_flag(FAST_PATHS_ENV, True)
+    forced = _Switch.forced
+    if forced is not None:
+        return forced
+    flag = _FAST_PATHS_FLAG
+    if _ENVIRON_DATA is not None and \
+            _ENVIRON_DATA.get(flag.key) is flag.raw:
+        return flag.value  # unchanged since last read (every loss call)
+    return flag.current()
 
 
 class fast_paths:
@@ -260,7 +319,7 @@ class fast_paths:
 
 def compile_enabled() -> bool:
     """Whether ``MMLOSS_COMPILE=1`` asks for compiled kernels."""
-    return _env_flag(COMPILE_ENV, False)
+    return env_flag(COMPILE_ENV, False)
 
 
 def device_kind(tensor: Tensor) -> str:
@@ -273,7 +332,11 @@ def device_kind(tensor: Tensor) -> str:
 
 def tuning(tensor: Tensor) -> Tuning:
     """The :data:`TUNING` entry for ``tensor``'s device kind."""
-    return TUNING.get(device_kind(tensor)) or TUNING['default']
+    # device_kind inlined: this runs on every loss call
+    kind = _state.device
+    if kind is None:
+        kind = 'cpu' if tensor.is_cpu else tensor.device.type
+    return TUNING.get(kind) or TUNING['default']
 
 
 def cpu_kernels(tensor: Tensor) -> bool:
@@ -306,11 +369,12 @@ def use_fast(loss_name: str, *tensors: Optional[Tensor],
             break
     else:
         return False
+    entry = tuning(first)
     if rows is not None:
-        if rows < tuning(first).min_rows.get(loss_name, 0):
+        if rows < entry.min_rows.get(loss_name, 0):
             return False
     if elements is not None:
-        if elements < tuning(first).min_elements.get(loss_name, 0):
+        if elements < entry.min_elements.get(loss_name, 0):
             return False
     return True
 
@@ -340,6 +404,16 @@ def pretend_device(kind: str) -> Iterator[None]:
 # a question torch answers without a device argument, and the no-op
 # context (reusable) returned whenever autocast is off everywhere
 _any_autocast_enabled = getattr(torch._C, '_is_any_autocast_enabled', None)
+
+
+def _maybe_autocast() -> bool:
+    return True
+
+
+#: ``autocast_may_be_on()``: False when autocast is off on every device
+#: (torch's own test, a builtin: no Python frame on the hot path), so a
+#: caller may skip :func:`autocast_off`'s context entirely.
+autocast_may_be_on = _any_autocast_enabled or _maybe_autocast
 _NO_CONTEXT = contextlib.nullcontext()
 
 

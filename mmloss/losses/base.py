@@ -124,10 +124,13 @@ class BaseLoss(nn.Module):
         extra op or autograd node for the common case)."""
         return loss if self.loss_weight == 1.0 else self.loss_weight * loss
 
-    @property
-    def loss_name(self) -> str:
-        """The class name, used in every error message."""
-        return type(self).__name__
+    #: The class name, used in every error message (a class attribute, set
+    #: for each subclass: read on every call).
+    loss_name: str = 'BaseLoss'
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.loss_name = cls.__name__
 
     def resolve_reduction(self, reduction_override: Optional[str]) -> str:
         """The reduction for this call: the override if given, else ours.

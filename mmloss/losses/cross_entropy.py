@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import (check_float, check_integer_labels, check_label_range,
+from ..checks import (REDUCTIONS, check_float, check_integer_labels,
+                      check_label_range,
                       check_tensor, check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_forward
@@ -99,7 +100,8 @@ def _check_entry(loss_name: str, reduction, avg_factor,
                  ignore_index: Optional[int]) -> int:
     """Checks ``reduction`` and ``avg_factor``; returns ``ignore_index``
     (``None``: the default, -100)."""
-    Reduction(loss_name, None, reduction, avg_factor).checked()
+    if reduction not in REDUCTIONS or avg_factor is not None:
+        Reduction(loss_name, None, reduction, avg_factor).checked()
     return DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index
 
 
@@ -120,11 +122,14 @@ def _check_softmax_inputs(loss_name, pred, label, weight,
                           class_weight) -> None:
     """Shapes and dtypes (the label values: see
     :func:`_softmax_cross_entropy`)."""
-    _check_logits_and_label(loss_name, pred, label)
-    check_integer_labels(loss_name, label, 'label')
-    if label.dim() == 1 and pred.dim() == 2:  # the common case, cheaply
+    if isinstance(pred, Tensor) and isinstance(label, Tensor) and \
+            label.dtype is torch.int64 and pred.dim() == 2 and \
+            label.dim() == 1 and pred.is_floating_point():
+        # the common case in one test (every step of a RoI head)
         mismatch = label.size(0) != pred.size(0)
     else:
+        _check_logits_and_label(loss_name, pred, label)
+        check_integer_labels(loss_name, label, 'label')
         mismatch = label.shape[:1] != pred.shape[:1] or \
             label.shape[1:] != pred.shape[2:]
     if mismatch:
@@ -152,8 +157,10 @@ def softmax_fast_path(pred: Tensor, class_weight: Optional[Tensor],
 def _softmax_cross_entropy(loss_name, pred, label, weight, reduction,
                            avg_factor, class_weight, ignore_index,
                            avg_non_ignore, fast):
-    ignore_index = _check_entry(loss_name, reduction, avg_factor,
-                                ignore_index)
+    if reduction not in REDUCTIONS or avg_factor is not None:
+        Reduction(loss_name, None, reduction, avg_factor).checked()
+    if ignore_index is None:
+        ignore_index = DEFAULT_IGNORE_INDEX
     _check_softmax_inputs(loss_name, pred, label, weight, class_weight)
     fast = softmax_fast_path(pred, class_weight, fast)
     num_classes = pred.size(1)
@@ -182,27 +189,46 @@ def softmax_cross_entropy_checked(loss_name, pred, label, weight, reduction,
     """:func:`softmax_cross_entropy` of inputs already checked (by the
     caller that made them), ``ignore_index`` an int, ``fast`` the decision
     of :func:`softmax_fast_path` (which the caller makes once)."""
-    with dispatch.autocast_off(pred):
+    if dispatch.autocast_may_be_on():
+        with dispatch.autocast_off(pred):
+            return _softmax_cross_entropy_body(
+                loss_name, pred, label, weight, reduction, avg_factor,
+                class_weight, ignore_index, avg_non_ignore, fast)
+    return _softmax_cross_entropy_body(
+        loss_name, pred, label, weight, reduction, avg_factor, class_weight,
+        ignore_index, avg_non_ignore, fast)
+
+
+def _softmax_cross_entropy_body(loss_name, pred, label, weight, reduction,
+                                avg_factor, class_weight, ignore_index,
+                                avg_non_ignore, fast) -> Tensor:
+    # runs on every step of a RoI head: the common case (float32 logits,
+    # int64 labels) makes no call it does not need
+    dtype = pred.dtype
+    if dtype is not torch.float32 and dtype is not torch.float64:
         dtype = compute_dtype(pred)
-        if avg_factor is None and avg_non_ignore and reduction == 'mean':
-            # a tensor, so no host sync (MMDetection calls .item() here)
-            avg_factor = label.numel() - (label == ignore_index).sum()
-        if weight is not None:
-            weight = to_dtype(weight, dtype)
-        if class_weight is not None:
-            class_weight = to_dtype(class_weight, dtype)
-        rule = Reduction(loss_name, weight, reduction, avg_factor)
-        if fast:
-            loss = softmax_cross_entropy_rows(pred, label, rule,
-                                              class_weight, ignore_index)
-        else:
-            # F.cross_entropy takes int64 (or uint8) labels only; the
-            # checks accept every integer dtype
-            loss = rule.apply(F.cross_entropy(
-                to_dtype(pred, dtype), to_dtype(label, torch.int64),
-                weight=class_weight, reduction='none',
-                ignore_index=ignore_index))
-        return restore_loss(loss, pred, rule.reduces)
+    if avg_factor is None and avg_non_ignore and reduction == 'mean':
+        # a tensor, so no host sync (MMDetection calls .item() here)
+        avg_factor = label.numel() - (label == ignore_index).sum()
+    if weight is not None:
+        weight = to_dtype(weight, dtype)
+    if class_weight is not None:
+        class_weight = to_dtype(class_weight, dtype)
+    rule = Reduction(loss_name, weight, reduction, avg_factor)
+    if fast:
+        loss = softmax_cross_entropy_rows(pred, label, rule, class_weight,
+                                          ignore_index)
+    else:
+        # F.cross_entropy takes int64 (or uint8) labels only; the checks
+        # accept every integer dtype
+        loss = rule.apply(F.cross_entropy(
+            pred if pred.dtype is dtype else pred.to(dtype),
+            label if label.dtype is torch.int64 else label.to(torch.int64),
+            weight=class_weight, reduction='none',
+            ignore_index=ignore_index))
+    if loss.dtype is pred.dtype:
+        return loss
+    return restore_loss(loss, pred, reduction != 'none')
 
 
 softmax_cross_entropy = _cross_entropy_function(
@@ -557,15 +583,18 @@ class CrossEntropyLoss(BaseLoss):
         Returns:
             Tensor: the weighted loss.
         """
-        reduction = self.resolve_reduction(reduction_override)
+        reduction = self.reduction
+        if reduction_override is not None or reduction not in REDUCTIONS:
+            reduction = self.resolve_reduction(reduction_override)
         # MMDetection's mask criterion takes and ignores extra keywords;
         # its softmax and sigmoid ones refuse them
         if kwargs and not self.use_mask:
             raise LossTypeError(f'{self.loss_name}: unexpected arguments '
                                 f'{sorted(kwargs)}')
-        ignore_index = _check_ignore_index(
-            self.loss_name,
-            self.ignore_index if ignore_index is None else ignore_index)
+        if ignore_index is None:
+            ignore_index = self.ignore_index  # checked in __init__
+        else:
+            _check_ignore_index(self.loss_name, ignore_index)
         # (a buffer is read through nn.Module.__getattr__: only if there
         # is one)
         class_weight = None if self.class_weight is None else \
@@ -584,7 +613,7 @@ class CrossEntropyLoss(BaseLoss):
                                           weight, reduction, avg_factor,
                                           class_weight, ignore_index,
                                           self.avg_non_ignore, True)
-        return self.apply_loss_weight(loss)
+        return loss if self.loss_weight == 1.0 else self.loss_weight * loss
 
 
 @MODELS.register_module()

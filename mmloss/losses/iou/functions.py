@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ... import geometry as geo
-from ...checks import (check_box_shape, check_float, check_tensor,
+from ...checks import (REDUCTIONS, check_box_shape, check_float, check_tensor,
                        check_weight_shape)
 from ...engine import dispatch, rowwise
 from ...errors import LossValueError
@@ -47,8 +47,9 @@ def check_boxes(name: str, pred: Tensor, target: Tensor) -> None:
     """Raise (naming ``name``) unless both are float (..., 4) tensors of
     one shape."""
     check_box_shape(name, pred, target)
-    check_float(name, 'pred', pred)
-    check_float(name, 'target', target)
+    if not (pred.is_floating_point() and target.is_floating_point()):
+        check_float(name, 'pred', pred)
+        check_float(name, 'target', target)
 
 
 def checked_call(name: str, pred: Tensor, target: Tensor,
@@ -61,9 +62,13 @@ def checked_call(name: str, pred: Tensor, target: Tensor,
     ``per_coordinate`` loss, (..., 4).
     """
     check_boxes(name, pred, target)
-    check_weight_shape(name, weight,
-                       pred.shape if per_coordinate else pred.shape[:-1])
-    return Reduction(name, weight, reduction, avg_factor).checked()
+    if weight is not None:
+        check_weight_shape(name, weight,
+                           pred.shape if per_coordinate else pred.shape[:-1])
+    reduce = Reduction(name, weight, reduction, avg_factor)
+    if reduction not in REDUCTIONS or avg_factor is not None:
+        reduce.checked()
+    return reduce
 
 
 def _fusable(reduce: Reduction, pred: Tensor, target: Tensor,
@@ -113,26 +118,36 @@ def _box_loss(name: str, core: rowwise.Core, plain: Callable,
               pred: Tensor, target: Tensor, reduce: Reduction, fast: bool,
               args: Tuple) -> Tensor:
     """A per-row loss by the path the dispatcher picks, then reduced."""
+    if dispatch.autocast_may_be_on():
+        with dispatch.autocast_off(pred):
+            return _box_loss_body(name, core, plain, pred, target, reduce,
+                                  fast, args)
+    return _box_loss_body(name, core, plain, pred, target, reduce, fast,
+                          args)
+
+
+def _box_loss_body(name: str, core: rowwise.Core, plain: Callable,
+                   pred: Tensor, target: Tensor, reduce: Reduction,
+                   fast: bool, args: Tuple) -> Tensor:
     rows = pred.shape[:-1].numel()
-    with dispatch.autocast_off(pred):
-        if fast and dispatch.use_fast(name, pred, target, rows=rows):
-            if _fusable(reduce, pred, target, pred.shape[:-1]):
-                weight = reduce.weight
-                total = rowwise.weighted_sum(
-                    core, plain, _rows(pred), _rows(target),
-                    None if weight is None else weight.reshape(-1), args,
-                    wide=True)
-                return reduce.finish(
-                    total + geo.nonfinite_rows(pred, target, total=True),
-                    rows)
-            p, t = _upcast(pred, target)
-            loss = _unflat(rowwise.per_row(core, plain, _rows(p), _rows(t),
-                                           args, wide=True), pred)
-        else:
-            p, t = _upcast(pred, target)
-            loss = plain(p, t, *args)
-        return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
-                            reduce.reduces)
+    if fast and dispatch.use_fast(name, pred, target, rows=rows):
+        if _fusable(reduce, pred, target, pred.shape[:-1]):
+            weight = reduce.weight
+            total = rowwise.weighted_sum(
+                core, plain, _rows(pred), _rows(target),
+                None if weight is None else weight.reshape(-1), args,
+                wide=True)
+            return reduce.finish(
+                total + geo.nonfinite_rows(pred, target, total=True),
+                rows)
+        p, t = _upcast(pred, target)
+        loss = _unflat(rowwise.per_row(core, plain, _rows(p), _rows(t),
+                                       args, wide=True), pred)
+    else:
+        p, t = _upcast(pred, target)
+        loss = plain(p, t, *args)
+    return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
+                        reduce.reduction != 'none')
 
 
 # ---------------------------------------------------------------------------
