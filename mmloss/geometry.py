@@ -191,7 +191,9 @@ def nonfinite_rows(a: Tensor, b: Tensor, total: bool = False) -> Tensor:
                 low, high = torch.aminmax(boxes)
                 term = term + (low * 0 + high * 0)
         return term
-    return (a * 0).sum(-1) + (b * 0).sum(-1)
+    # a * 0 + 0 * b in two passes (add_'s alpha multiplies b: 0 * Inf and
+    # 0 * NaN are NaN; tested), summed per row
+    return (a * 0).add_(b, alpha=0).sum(-1)
 
 
 #: From this many rows :func:`row_major` copies column by column.

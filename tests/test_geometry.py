@@ -173,3 +173,13 @@ def test_nonfinite_rows():
     assert not rows.requires_grad
     assert torch.isnan(geo.nonfinite_rows(a, b, total=True))
     assert geo.nonfinite_rows(a[[0, 2]], b[[0, 2]], total=True).item() == 0
+    # an Inf only in the second input, either sign, every float dtype (its
+    # zero multiple is what flags it)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32,
+                  torch.float64):
+        ones = torch.ones(3, 4, dtype=dtype)
+        other = ones.clone()
+        other[1, 2], other[2, 0] = math.inf, -math.inf
+        rows = geo.nonfinite_rows(ones, other)
+        assert rows[0].item() == 0, dtype
+        assert torch.isnan(rows[1:]).all(), dtype

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import check_same_shape, check_tensor, check_weight_shape
+from ..checks import (REDUCTIONS, check_same_shape, check_tensor,
+                      check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import FromOutput, gradient_from_output
 from ..errors import LossTypeError, LossValueError
@@ -216,10 +217,13 @@ def knowledge_distillation_kl_div_loss(
 
 def _kd_loss(loss_name, pred, soft_label, weight, reduction, avg_factor, T,
              detach_target, fast) -> Tensor:
-    Reduction(loss_name, None, reduction, avg_factor).checked()
-    check_tensor(loss_name, 'pred', pred)
-    check_tensor(loss_name, 'soft_label', soft_label)
-    check_same_shape(loss_name, pred, soft_label, ('pred', 'soft_label'))
+    if reduction not in REDUCTIONS or avg_factor is not None:
+        Reduction(loss_name, None, reduction, avg_factor).checked()
+    if not (isinstance(pred, Tensor) and isinstance(soft_label, Tensor)
+            and pred.shape == soft_label.shape):
+        check_tensor(loss_name, 'pred', pred)
+        check_tensor(loss_name, 'soft_label', soft_label)
+        check_same_shape(loss_name, pred, soft_label, ('pred', 'soft_label'))
     if pred.dim() < 2:
         raise LossValueError(f'{loss_name}: pred must have shape (N, C, ...), '
                              f'but has shape {tuple(pred.shape)}')
@@ -228,28 +232,46 @@ def _kd_loss(loss_name, pred, soft_label, weight, reduction, avg_factor, T,
             f'{loss_name}: pred and soft_label must be floating '
             f'point, but got {pred.dtype} and '
             f'{soft_label.dtype}')
-    loss_shape = pred.shape[:1] + pred.shape[2:]
-    check_weight_shape(loss_name, weight, loss_shape)
-    with dispatch.autocast_off(pred):
+    if weight is not None:
+        check_weight_shape(loss_name, weight, pred.shape[:1] + pred.shape[2:])
+    if dispatch.autocast_may_be_on():
+        with dispatch.autocast_off(pred):
+            return _kd_loss_body(loss_name, pred, soft_label, weight,
+                                 reduction, avg_factor, T, detach_target,
+                                 fast)
+    return _kd_loss_body(loss_name, pred, soft_label, weight, reduction,
+                         avg_factor, T, detach_target, fast)
+
+
+def _kd_loss_body(loss_name, pred, soft_label, weight, reduction, avg_factor,
+                  T, detach_target, fast) -> Tensor:
+    # runs on every step: the common case (float32, no weight) makes no
+    # call it does not need
+    dtype = pred.dtype
+    if dtype is not torch.float32 and dtype is not torch.float64:
         dtype = compute_dtype(pred)
-        if weight is not None:
-            weight = to_dtype(weight, dtype)
-        rule = Reduction(loss_name, weight, reduction, avg_factor)
-        if not (fast and pred.dim() == 2 and (
-                detach_target or not soft_label.requires_grad) and
-                dispatch.use_fast('KnowledgeDistillationKLDivLoss', pred,
-                                  rows=pred.size(0))):
-            rows = kl_div_distill_rows(pred, soft_label, T, detach_target)
-            return restore_loss(rule.apply(rows), pred, rule.reduces)
+    if weight is not None:
+        weight = to_dtype(weight, dtype)
+    rule = Reduction(loss_name, weight, reduction, avg_factor)
+    reduced = reduction != 'none'
+    if not (fast and pred.dim() == 2 and (
+            detach_target or not soft_label.requires_grad) and
+            dispatch.use_fast('KnowledgeDistillationKLDivLoss', pred,
+                              rows=pred.size(0))):
+        rows = kl_div_distill_rows(pred, soft_label, T, detach_target)
+        loss = rule.apply(rows)
+        return loss if loss.dtype is pred.dtype else \
+            restore_loss(loss, pred, reduced)
+    loss_shape = pred.shape[:1] + pred.shape[2:]
 
-        def run(reduce_sum: bool, weight: Optional[Tensor]) -> Tensor:
-            return gradient_from_output(
-                kd_rule(float(T), reduce_sum), pred, soft_label.detach(),
-                None if weight is None else weight.expand(loss_shape))
+    def run(reduce_sum: bool, weight: Optional[Tensor]) -> Tensor:
+        return gradient_from_output(
+            kd_rule(float(T), reduce_sum), pred, soft_label.detach(),
+            None if weight is None else weight.expand(loss_shape))
 
-        return restore_loss(
-            rule.run_kernel(run, dtype, pred.device, pred.size(0)), pred,
-            rule.reduces)
+    return restore_loss(
+        rule.run_kernel(run, dtype, pred.device, pred.size(0)), pred,
+        reduced)
 
 
 @MODELS.register_module()
@@ -292,7 +314,9 @@ class KnowledgeDistillationKLDivLoss(BaseLoss):
         Returns:
             Tensor: the weighted loss.
         """
-        reduction = self.resolve_reduction(reduction_override)
-        return self.apply_loss_weight(_kd_loss(
-            self.loss_name, pred, soft_label, weight, reduction, avg_factor,
-            self.T, True, True))
+        reduction = self.reduction
+        if reduction_override is not None or reduction not in REDUCTIONS:
+            reduction = self.resolve_reduction(reduction_override)
+        loss = _kd_loss(self.loss_name, pred, soft_label, weight, reduction,
+                        avg_factor, self.T, True, True)
+        return loss if self.loss_weight == 1.0 else self.loss_weight * loss

@@ -195,16 +195,23 @@ def _difference_loss(reduce: Reduction, pred: Tensor, target: Tensor,
 def _plain(reduce: Reduction, formula: _Formula, dtype: torch.dtype,
            pred: Tensor, target: Tensor) -> Tensor:
     """The plain formula, weighted and reduced, in ``dtype``."""
-    with dispatch.autocast_off(pred):
-        if pred.dtype != dtype:
-            pred = pred.to(dtype)
-        if target.dtype != dtype:
-            target = target.to(dtype)
-        if formula.reduced is not None:
-            how = reduce.torch_reduction(pred.numel())
-            if how is not None:
-                return formula.reduced(pred, target, how)
-        return reduce.apply(formula.elementwise(pred, target))
+    if dispatch.autocast_may_be_on():
+        with dispatch.autocast_off(pred):
+            return _plain_body(reduce, formula, dtype, pred, target)
+    return _plain_body(reduce, formula, dtype, pred, target)
+
+
+def _plain_body(reduce: Reduction, formula: _Formula, dtype: torch.dtype,
+                pred: Tensor, target: Tensor) -> Tensor:
+    if pred.dtype != dtype:
+        pred = pred.to(dtype)
+    if target.dtype != dtype:
+        target = target.to(dtype)
+    if formula.reduced is not None:
+        how = reduce.torch_reduction(pred.numel())
+        if how is not None:
+            return formula.reduced(pred, target, how)
+    return reduce.apply(formula.elementwise(pred, target))
 
 
 def _weighted_sum(loss: Tensor, weight: Optional[Tensor]) -> Tensor:
