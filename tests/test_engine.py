@@ -406,3 +406,42 @@ def test_no_package_file_is_over_the_line_limit():
         for path in sorted(root.rglob('*.py'))
         if (count := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long_files, f'over {MAX_LINES} lines: {long_files}'
+
+
+@pytest.mark.parametrize('kind', ['cpu', 'cuda'])
+def test_sum_of_products_in_dots_and_without(kind, monkeypatch):
+    """Dots over blocks where the table says so (CPU), ``(x * y).sum()``
+    elsewhere, non-contiguous and half inputs, and nothing: the same sum."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2500, generator=gen)
+    y = torch.randn(2500, generator=gen)
+    truth = (x.double() * y.double()).sum()
+    entry = dispatch.TUNING[kind]
+    block = entry.dot_block_elements
+    assert (block > 0) == (kind == 'cpu')
+    if block:
+        monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
+            entry, dot_block_elements=1000))
+    with dispatch.pretend_device(kind):
+        for a, b in ((x, y), (x.view(50, 50).t(), y.view(50, 50).t()),
+                     (x.double(), y.double())):
+            got = dispatch.sum_of_products(a, b)
+            assert got.dim() == 0 and got.dtype == a.dtype
+            assert abs(got.double() - truth) <= 1e-6 * truth.abs()
+        half = dispatch.sum_of_products(x.half(), y.half())
+        assert half.dtype == torch.float16
+        empty = dispatch.sum_of_products(x[:0], y[:0])
+        assert empty.item() == 0
+
+
+def test_sum_of_products_stays_as_exact_as_a_sum():
+    """One table block of squares (what MSE's kernel sums) within 1e-6 of
+    the float64 sum, as torch's own float32 sum is."""
+    gen = torch.Generator().manual_seed(1)
+    block = dispatch.TUNING['cpu'].dot_block_elements
+    for count in (block, 3 * block + 5):
+        x = torch.randn(count, generator=gen) + 0.5
+        truth = (x.double() ** 2).sum()
+        with dispatch.pretend_device('cpu'):
+            got = dispatch.sum_of_products(x, x).double()
+        assert abs(got - truth) <= 1e-6 * truth, (count, got, truth)

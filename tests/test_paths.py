@@ -120,7 +120,7 @@ SLOW_SETTINGS = (
 #: multiplier (its block boundary:
 #: :func:`test_classification_blocks_equal_the_plain_formula`).
 NOT_ROW_THRESHOLDS = ('min_elements', 'entries_per_block_row',
-                      'loss_entries_per_block_row')
+                      'loss_entries_per_block_row', 'dot_block_elements')
 
 
 def _table_thresholds():
@@ -499,6 +499,84 @@ def test_classification_blocks_equal_the_plain_formula(kind, monkeypatch):
                           if entries == n * per_row}
                 assert counts == {1 if n <= BLOCK_BOUNDARY else 2}, (
                     name, n, setting, calls)
+
+
+def _spy_dots(monkeypatch):
+    """Record ``(elements, dots)`` of every
+    :func:`~mmloss.engine.dispatch.sum_of_products` call (dots: how many
+    ``torch.dot`` calls it made; 0 for its ``(x * y).sum()`` branch)."""
+    calls, dots = [], []
+    original_sum, original_dot = dispatch.sum_of_products, torch.dot
+
+    def counting_dot(*args, **kwargs):
+        dots.append(1)
+        return original_dot(*args, **kwargs)
+
+    def spy(x, y):
+        dots.clear()
+        out = original_sum(x, y)
+        calls.append((x.numel(), len(dots)))
+        return out
+
+    monkeypatch.setattr(torch, 'dot', counting_dot)
+    monkeypatch.setattr(dispatch, 'sum_of_products', spy)
+    return calls
+
+
+def _dot_losses(monkeypatch, calls):
+    """``{name: elements per row}`` of the registered losses whose fast
+    path sums products by :func:`~mmloss.engine.dispatch.sum_of_products`
+    (found by running each once on :data:`PROBE_ROWS` rows, every size
+    threshold and plain-formula preference of the table lifted)."""
+    found = {}
+    for kind, entry in list(dispatch.TUNING.items()):
+        monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
+            entry, min_rows={}, min_elements={},
+            plain_unweighted=frozenset()))
+    for name in REGISTERED:
+        calls.clear()
+        args, kwargs = _inputs(name, PROBE_ROWS, Setting(F32, 'mean'),
+                               'cpu')
+        loss = MODELS.build(dict(type=name, **CASES[name].cfg))
+        pred = args[0].detach().requires_grad_()
+        with mmloss.fast_paths(True):
+            value(loss, (pred, ) + args[1:], **kwargs)
+        if calls:
+            found[name] = calls[0][0] // PROBE_ROWS
+    return found
+
+
+@pytest.mark.parametrize('kind', DEVICE_KINDS)
+def test_dot_blocks_equal_the_plain_formula(kind, monkeypatch):
+    """Each device kind's ``dot_block_elements``: where positive, scaled so
+    that a block holds :data:`BLOCK_BOUNDARY` of the loss's rows, every
+    loss summing products by dots equals the plain formula in one dot and
+    on both sides of the boundary (two dots); where 0, the product is
+    summed without dots."""
+    calls = _spy_dots(monkeypatch)
+    found = _dot_losses(monkeypatch, calls)
+    assert 'MSELoss' in found, found
+    block = dispatch.TUNING[kind].dot_block_elements
+    for name, per_row in sorted(found.items()):
+        if block > 0:
+            monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
+                dispatch.TUNING[kind],
+                dot_block_elements=BLOCK_BOUNDARY * per_row))
+        for n in (BLOCK_BOUNDARY - 1, BLOCK_BOUNDARY, BLOCK_BOUNDARY + 1):
+            for setting in BLOCK_SETTINGS + (Setting(F32, 'mean'), ):
+                if not _applicable(name, setting):
+                    continue
+                calls.clear()
+                _check(name, n, setting, kind)
+                dots = {count for elements, count in calls
+                        if elements == n * per_row}
+                if block <= 0:
+                    assert dots <= {0}, (name, n, setting, calls)
+                elif setting.dtype in (F32, F64) and \
+                        setting.reduction != 'none' and \
+                        not setting.weight and not setting.strided:
+                    assert dots == {1 if n <= BLOCK_BOUNDARY else 2}, (
+                        name, n, setting, calls)
 
 
 def test_the_switch_forces_the_plain_formula_and_restores(monkeypatch):

@@ -41,6 +41,7 @@ __all__ = [
     'env_flag',
     'environment_value', 'tuning',
     'device_kind', 'cpu_kernels', 'use_fast', 'plain_unweighted',
+    'sum_of_products',
     'pretend_device',
     'autocast_off', 'autocast_may_be_on', 'block_rows'
 ]
@@ -96,6 +97,15 @@ class Tuning:
         min_elements (Mapping[str, int]): the same in input elements, for
             losses whose cross-over depends on the rows' length too (Dice:
             masks x points).
+        dot_block_elements (int): where positive, a kernel's sum of
+            products ``sum(x * y)`` (:func:`sum_of_products`) runs as BLAS
+            dots over blocks of at most this many elements, their results
+            summed by torch's pairwise sum: no buffer of the product (one
+            pass reading both tensors), and each dot's sequential float
+            accumulation stays bounded (one dot over millions of numbers
+            drifts by 1e-6 and more). 0: ``(x * y).sum()``. A block size,
+            not a threshold (the harness runs both sides of its boundary on
+            every device kind).
         plain_unweighted (frozenset): losses whose plain formula without
             ``weight`` or ``avg_factor`` (torch's own loss where torch has
             it, reduced by torch; :meth:`~mmloss.reduction.Reduction.
@@ -112,6 +122,7 @@ class Tuning:
     cpu_kernels: bool = False
     min_rows: Mapping[str, int] = field(default_factory=dict)
     min_elements: Mapping[str, int] = field(default_factory=dict)
+    dot_block_elements: int = 0
     plain_unweighted: frozenset = frozenset()
 
 
@@ -164,18 +175,27 @@ TUNING: Dict[str, Tuning] = {
                             'SmoothL1Loss': 131072},
                   # Dice: counted in mask elements (N x D), not rows
                   min_elements={'DiceLoss': 16384},
-                  # unweighted, torch's fused F.mse_loss / F.smooth_l1_loss
-                  # (one pass each way, reading pred and target) beat the
-                  # kernels at every size (200000 x 4, mean: MSE 0.66 vs
-                  # 0.84 ms, smooth L1 0.68 vs 1.05); weighted, the kernels
-                  # win (MSE 1.11 vs 1.20 ms). L1 has no fused torch loss:
+                  # dots over at most 256k numbers (1 MiB of float32):
+                  # as exact as torch's pairwise sum there (float32 sums
+                  # of squares off by up to 7e-8 relative, both); one dot
+                  # over 1M numbers drifts to 1e-6, over 40M to 1e-4.
+                  # (200000 x 4 MSE, in one process: blocks of 1M 8%
+                  # faster than of 256k, of 128k 3% slower.)
+                  dot_block_elements=262144,
+                  # unweighted, torch's fused F.smooth_l1_loss (one pass
+                  # each way, reading pred and target) beats the kernel at
+                  # every size (200000 x 4, mean: 0.68 vs 1.05 ms);
+                  # weighted, the kernels win. MSE's kernel makes one fresh
+                  # buffer (the difference, which becomes the gradient; its
+                  # squares are summed by a dot) to F.mse_loss's two (the
+                  # squares and the gradient): 200000 x 4, mean, 0.54 ms
+                  # against 0.64-0.69. L1 has no fused torch loss:
                   # its plain sub, abs and sum make two fresh buffers more
                   # than the kernel, which came out 4% slower on one
                   # machine (AMD EPYC: 0.94 vs 0.88 ms) and 9% faster on
                   # another (Intel Xeon, tools/benchmark.py: 0.92-0.97 vs
                   # 1.03-1.12 ms), so L1 keeps its kernel
-                  plain_unweighted=frozenset({'MSELoss',
-                                              'SmoothL1Loss'})),
+                  plain_unweighted=frozenset({'SmoothL1Loss'})),
     # accelerators: blocks only bound the temporaries' memory; the softmax
     # CE's many small kernels lose to F.cross_entropy's few below this
     'cuda': Tuning(block_rows=131072, wide_block_rows=131072,
@@ -377,6 +397,31 @@ def use_fast(loss_name: str, *tensors: Optional[Tensor],
         if elements < entry.min_elements.get(loss_name, 0):
             return False
     return True
+
+
+def sum_of_products(x: Tensor, y: Tensor) -> Tensor:
+    """``sum(x * y)`` of two tensors of one shape, a 0-dim tensor.
+
+    Where the device's :attr:`Tuning.dot_block_elements` is positive and
+    both are contiguous float32/float64 tensors of one dtype: BLAS dots over
+    blocks of at most that many elements, their results summed by torch's
+    pairwise sum (one reading pass, no buffer of the product). Elsewhere
+    ``(x * y).sum()``. For kernels (autocast is off there; a dot is no
+    matmul: neither autocast nor TF32 lowers it).
+    """
+    block = tuning(x).dot_block_elements
+    if block <= 0 or x.dtype is not y.dtype or x.dtype not in (
+            torch.float32, torch.float64) or not (
+            x.is_contiguous() and y.is_contiguous()):
+        return (x * y).sum()
+    flat_x, flat_y = x.view(-1), y.view(-1)
+    count = flat_x.numel()
+    if count <= block:
+        return torch.dot(flat_x, flat_y)
+    blocks_x = flat_x.split(block)
+    blocks_y = blocks_x if y is x else flat_y.split(block)
+    return torch.stack([torch.dot(a, b)
+                        for a, b in zip(blocks_x, blocks_y)]).sum()
 
 
 def plain_unweighted(loss_name: str, tensor: Tensor) -> bool:

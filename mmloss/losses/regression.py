@@ -218,9 +218,10 @@ def _weighted_sum(loss: Tensor, weight: Optional[Tensor]) -> Tensor:
     """``sum(loss * weight)`` of a weight shaped like ``loss`` (fused),
     the product written over ``loss`` (a temporary of the kernel's).
 
-    torch's pairwise sum, not ``torch.dot``: BLAS sums in float32 one
+    torch's pairwise sum, not one ``torch.dot``: BLAS sums in float32 one
     term after another, which drifts (1e-6 relative over a million nearly
     equal terms; MMDetection's sum does not).
+    :func:`~mmloss.engine.dispatch.sum_of_products` keeps each dot short.
     """
     if weight is None:
         return loss.sum()
@@ -436,6 +437,9 @@ def balanced_l1_loss(pred: Tensor, target: Tensor, weight: OptTensor = None,
 # MSE
 # --------------------------------------------------------------------------
 def _mse_value(diff: Tensor, weight: Optional[Tensor], fused: bool) -> Tensor:
+    if fused and weight is None:
+        # no buffer of the squares where the table allows
+        return dispatch.sum_of_products(diff, diff)
     squares = diff * diff
     return _weighted_sum(squares, weight) if fused else squares
 
