@@ -134,8 +134,12 @@ class Reduction(NamedTuple):
     def finish(self, total: Tensor, count: int) -> Tensor:
         """``'mean'``/``'sum'`` from ``total = sum(loss * weight)`` over
         ``count`` losses, without the element-wise tensor."""
+        reduction, avg_factor = self.reduction, self.avg_factor
+        if reduction == 'mean' and avg_factor is None:
+            # the common case, without further calls (every loss call)
+            return total / count if count > 0 else total
         self.checked()
-        if not self.reduces:
+        if reduction == 'none':
             raise ValueError(f'{self.loss_name}: a fused sum cannot give '
                              f'reduction="none"')
         denominator = self.denominator(count)
@@ -166,8 +170,9 @@ class Reduction(NamedTuple):
         and a constant ``avg_factor``. Anything else (differentiable or
         mismatched weights, ``'sum'`` with ``avg_factor``, which raises)
         takes the element-wise path."""
-        if not self.reduces or (self.reduction == 'sum'
-                                and self.avg_factor is not None):
+        reduction = self.reduction
+        if reduction == 'none' or (reduction == 'sum'
+                                   and self.avg_factor is not None):
             return False
         weight = self.weight
         if weight is not None and (

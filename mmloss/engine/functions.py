@@ -137,11 +137,18 @@ def _keep(ctx, plain: Callable, front: Sequence[Tensor],
     exact double backward; no copies); remember ``plain`` and the inputs'
     dtypes."""
     ctx.inputs_at = len(front)
-    ctx.save_for_backward(*front, *(
-        x if isinstance(x, Tensor) else None for x in inputs))
+    # loops, not generators: this runs on every loss call
+    saved, dtypes = list(front), []
+    for x in inputs:
+        if isinstance(x, Tensor):
+            saved.append(x)
+            dtypes.append(x.dtype)
+        else:
+            saved.append(None)
+            dtypes.append(None)
+    ctx.save_for_backward(*saved)
     ctx.plain = plain
-    ctx.dtypes = tuple(x.dtype if isinstance(x, Tensor) else None
-                       for x in inputs)
+    ctx.dtypes = dtypes
 
 
 def _chain(ctx, grads: Sequence, needs: Sequence[bool], grad_output: Tensor,
@@ -151,10 +158,11 @@ def _chain(ctx, grads: Sequence, needs: Sequence[bool], grad_output: Tensor,
     when the graph is freed), :class:`NegativeOf` entries resolved, each
     cast to its input's dtype."""
     scale = 1.0 if scale is None else scale
-    return _resolve(ctx, grads, needs, [
-        scale_saved_grad(grad, grad_output, scale)
-        if need and isinstance(grad, Tensor) else None
-        for grad, need in zip(grads, needs)])
+    out = []
+    for grad, need in zip(grads, needs):
+        out.append(scale_saved_grad(grad, grad_output, scale)
+                   if need and isinstance(grad, Tensor) else None)
+    return _resolve(ctx, grads, needs, out)
 
 
 def _resolve(ctx, grads: Sequence, needs: Sequence[bool],
@@ -164,8 +172,11 @@ def _resolve(ctx, grads: Sequence, needs: Sequence[bool],
     for index, (grad, need) in enumerate(zip(grads, needs)):
         if need and isinstance(grad, NegativeOf):
             out[index] = out[grad.index].neg()
-    return tuple(None if g is None else to_dtype(g, dtype)
-                 for g, dtype in zip(out, ctx.dtypes))
+    for index, dtype in enumerate(ctx.dtypes):
+        grad = out[index]
+        if grad is not None and dtype is not None and grad.dtype != dtype:
+            out[index] = grad.to(dtype)
+    return tuple(out)
 
 
 def _plain_gradients(plain: Callable, inputs: Sequence[Optional[Tensor]],
@@ -189,9 +200,10 @@ def gradient_in_forward(kernel: Callable, plain: Callable,
     """Run ``kernel`` through :class:`GradientInForward` when a backward
     can come, else just its value (no gradient computed, nothing saved).
     """
-    if torch.is_grad_enabled() and any(
-            isinstance(x, Tensor) and x.requires_grad for x in inputs):
-        return GradientInForward.apply(kernel, plain, *inputs)
+    if torch.is_grad_enabled():
+        for x in inputs:
+            if isinstance(x, Tensor) and x.requires_grad:
+                return GradientInForward.apply(kernel, plain, *inputs)
     return kernel((False, ) * len(inputs), *inputs)[0]
 
 
@@ -220,14 +232,18 @@ class GradientInBackward(torch.autograd.Function):
             return (None, None, None) + _plain_gradients(
                 ctx.plain, inputs, needs, grad_output)
         # detached views: a gradient written over a saved tensor must not
-        # carry that tensor's graph
-        inputs = tuple(x if x is None else x.detach() for x in inputs)
+        # carry that tensor's graph (a loop: this runs on every call)
+        detached = []
+        for x in inputs:
+            detached.append(x if x is None else x.detach())
         if isinstance(ctx.grad_kernel, IncomingGradient):
             grads = ctx.grad_kernel.kernel(grad_output, needs, extras,
-                                           *inputs)
-            return (None, None, None) + _resolve(ctx, grads, needs, [
-                g if need and isinstance(g, Tensor) else None
-                for g, need in zip(grads, needs)])
+                                           *detached)
+            out = []
+            for g, need in zip(grads, needs):
+                out.append(g if need and isinstance(g, Tensor) else None)
+            return (None, None, None) + _resolve(ctx, grads, needs, out)
+        inputs = detached
         grads, scale = ctx.grad_kernel(needs, extras, not graph_is_kept(),
                                        *inputs)
         return (None, None, None) + _chain(ctx, grads, needs, grad_output,
@@ -239,10 +255,11 @@ def gradient_in_backward(value_kernel: Callable, grad_kernel: Callable,
                          ) -> Tensor:
     """Run through :class:`GradientInBackward` when a backward can come,
     else just the value kernel (nothing saved)."""
-    if torch.is_grad_enabled() and any(
-            isinstance(x, Tensor) and x.requires_grad for x in inputs):
-        return GradientInBackward.apply(value_kernel, grad_kernel, plain,
-                                        *inputs)
+    if torch.is_grad_enabled():
+        for x in inputs:
+            if isinstance(x, Tensor) and x.requires_grad:
+                return GradientInBackward.apply(value_kernel, grad_kernel,
+                                                plain, *inputs)
     return value_kernel(*inputs)[0]
 
 

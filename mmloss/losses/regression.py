@@ -72,11 +72,11 @@ from ..checks import (REDUCTIONS, check_float, check_positive,
 from ..engine import dispatch
 from ..engine.functions import gradient_in_backward
 from ..errors import LossTypeError, LossValueError, LossZeroDivisionError
-from ..precision import compute_dtype, loss_dtype
+from ..precision import compute_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
 from ..typing_utils import AvgFactor, OptStr, OptTensor
-from .base import BaseLoss, gradient_scale, reduce_in_kernel
+from .base import BaseLoss, gradient_scale
 
 __all__ = [
     'l1_loss', 'smooth_l1_loss', 'balanced_l1_loss', 'mse_loss', 'L1Loss',
@@ -148,11 +148,15 @@ def _difference_loss(reduce: Reduction, pred: Tensor, target: Tensor,
     """
     _check_inputs(reduce, pred, target)
     dtype = pred.dtype
-    out_dtype = loss_dtype(pred, reduce.reduces)
     if dtype not in _WIDE:
         dtype = compute_dtype(pred)
-    reduce = reduce.cast(dtype)
-    if fast is False or reduce.needs_grad:
+    # loss_dtype: the reduced loss of half inputs stays in float32
+    out_dtype = dtype if reduce.reduction != 'none' else pred.dtype
+    if reduce.weight is not None and reduce.weight.dtype != dtype:
+        reduce = reduce.cast(dtype)
+    if fast is False or ((reduce.weight is not None
+                          or reduce.avg_factor is not None)
+                         and reduce.needs_grad):
         use_kernel = False
     elif fast is None:
         use_kernel = dispatch.use_fast(
@@ -165,12 +169,26 @@ def _difference_loss(reduce: Reduction, pred: Tensor, target: Tensor,
 
     if not use_kernel:
         out = _plain(reduce, formula, dtype, pred, target)
-        return out if out.dtype == out_dtype else out.to(out_dtype)
+    elif dispatch.autocast_may_be_on():
+        with dispatch.autocast_off(pred):
+            out = _difference_kernel(reduce, formula, dtype, pred, target)
+    else:
+        out = _difference_kernel(reduce, formula, dtype, pred, target)
+    return out if out.dtype == out_dtype else out.to(out_dtype)
+
+
+def _difference_kernel(reduce: Reduction, formula: _Formula,
+                       dtype: torch.dtype, pred: Tensor,
+                       target: Tensor) -> Tensor:
+    """The kernel of ``formula`` on ``d = pred - target`` (autocast off),
+    weighted and reduced."""
 
     def value_kernel(diff: Tensor):
         fused = reduce.fusable(diff)
         value = formula.value(diff, reduce.weight, fused)
-        return reduce_in_kernel(reduce, value, diff.numel(), fused)[0], ()
+        count = diff.numel()
+        return (reduce.finish(value, count) if fused else
+                reduce.apply(value)), ()
 
     def grad_kernel(needs, extras, in_place: bool, diff: Tensor):
         grad, scale = formula.slope(diff, reduce.weight, in_place)
@@ -182,14 +200,12 @@ def _difference_loss(reduce: Reduction, pred: Tensor, target: Tensor,
         return _plain(reduce, formula, dtype, diff,
                       diff.new_zeros(()).expand_as(diff))
 
-    with dispatch.autocast_off(pred):
-        # a fresh tensor (the subtraction's result) that only the graph
-        # will hold, which the gradient kernel may overwrite; casts and
-        # the subtraction keep nothing for backward
-        diff = (pred if pred.dtype == dtype else pred.to(dtype)) - (
-            target if target.dtype == dtype else target.to(dtype))
-        out = gradient_in_backward(value_kernel, grad_kernel, plain, diff)
-    return out if out.dtype == out_dtype else out.to(out_dtype)
+    # a fresh tensor (the subtraction's result) that only the graph will
+    # hold, which the gradient kernel may overwrite; casts and the
+    # subtraction keep nothing for backward
+    diff = (pred if pred.dtype == dtype else pred.to(dtype)) - (
+        target if target.dtype == dtype else target.to(dtype))
+    return gradient_in_backward(value_kernel, grad_kernel, plain, diff)
 
 
 def _plain(reduce: Reduction, formula: _Formula, dtype: torch.dtype,
