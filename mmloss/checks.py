@@ -7,6 +7,7 @@ that is also each type MMDetection raises for the same mistake (see
 :mod:`mmloss.errors`). They read only shapes and dtypes (tensor metadata),
 never tensor values, so they add no host sync on an accelerator.
 """
+import os
 from numbers import Real
 from typing import Optional, Sequence
 
@@ -237,7 +238,7 @@ def check_finite_enabled() -> bool:
     if _check_finite_override is not None:
         return _check_finite_override
     flag = _CHECK_FINITE_FLAG
-    data = dispatch._ENVIRON_DATA
+    data = getattr(os.environ, '_data', None)
     if data is not None and data.get(flag.key) is flag.raw:
         return flag.value  # unchanged since last read (every loss call)
     return flag.current()

@@ -32,6 +32,33 @@ def test_the_environment_sets_the_default(monkeypatch, text, enabled):
     assert dispatch.fast_paths_enabled() is enabled
 
 
+def test_the_environment_is_followed_call_after_call(monkeypatch):
+    """The parsed switches are cached by the stored value, never stale:
+    set, changed, unset, set to the same text again, and ``os.environ``
+    replaced by a plain mapping (as some test set-ups do)."""
+    import os
+    from mmloss import checks
+    name = dispatch.FAST_PATHS_ENV
+    for text, enabled in (('0', False), ('1', True), ('off', False),
+                          ('off', False), (None, True), ('no', False)):
+        if text is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, text)
+        assert dispatch.fast_paths_enabled() is enabled, text
+        assert dispatch.env_flag(name, True) is enabled, text
+    monkeypatch.setenv(checks.CHECK_FINITE_ENV, 'yes')
+    assert checks.check_finite_enabled()
+    monkeypatch.setenv(checks.CHECK_FINITE_ENV, '0')
+    assert not checks.check_finite_enabled()
+    monkeypatch.setattr(os, 'environ', {name: '0',
+                                        checks.CHECK_FINITE_ENV: 'on'})
+    assert not dispatch.fast_paths_enabled()
+    assert checks.check_finite_enabled()
+    os.environ[name] = 'on'
+    assert dispatch.fast_paths_enabled()
+
+
 def test_fast_paths_refuses_other_values():
     with pytest.raises(TypeError, match='fast_paths'):
         mmloss.fast_paths('no')

@@ -238,8 +238,6 @@ def environment_value(name: str) -> Optional[str]:
     return os.environ.decodevalue(value)
 
 
-# os.environ's own dict (encoded keys and values on POSIX), or None
-_ENVIRON_DATA = getattr(os.environ, '_data', None)
 _UNREAD = object()
 
 
@@ -250,8 +248,10 @@ class EnvFlag:
     changed: the stored value is the same object until the variable is set
     again (and this holds it, so its identity cannot be reused).
 
-    Hot callers test ``_ENVIRON_DATA.get(flag.key) is flag.raw`` inline and
-    read ``flag.value`` (no call at all); :meth:`current` does the rest.
+    Hot callers test ``os.environ._data.get(flag.key) is flag.raw`` inline
+    (``os.environ``'s own dict of encoded names and values, looked up each
+    time: a test may replace ``os.environ``) and read ``flag.value`` (no
+    call at all); :meth:`current` does the rest.
     """
     __slots__ = ('name', 'default', 'key', 'raw', 'value')
 
@@ -259,8 +259,7 @@ class EnvFlag:
         self.name = name
         self.default = default
         encode = getattr(os.environ, 'encodekey', None)
-        self.key = encode(name) if encode is not None and \
-            _ENVIRON_DATA is not None else _UNREAD
+        self.key = _UNREAD if encode is None else encode(name)
         self.raw = _UNREAD
         self.value = default
 
@@ -304,8 +303,8 @@ def fast_paths_enabled() -> bool:
     if forced is not None:
         return forced
     flag = _FAST_PATHS_FLAG
-    if _ENVIRON_DATA is not None and \
-            _ENVIRON_DATA.get(flag.key) is flag.raw:
+    data = getattr(os.environ, '_data', None)
+    if data is not None and data.get(flag.key) is flag.raw:
         return flag.value  # unchanged since last read (every loss call)
     return flag.current()
 
