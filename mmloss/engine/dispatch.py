@@ -30,7 +30,7 @@ import contextlib
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Mapping, Optional
+from typing import Callable, Dict, Iterator, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -43,7 +43,7 @@ __all__ = [
     'device_kind', 'cpu_kernels', 'use_fast', 'plain_unweighted',
     'sum_of_products',
     'pretend_device',
-    'autocast_off', 'autocast_may_be_on', 'block_rows'
+    'autocast_off', 'without_autocast', 'block_rows'
 ]
 
 #: ``MMLOSS_FAST_PATHS=0`` forces the plain formula everywhere.
@@ -450,14 +450,6 @@ def pretend_device(kind: str) -> Iterator[None]:
 _any_autocast_enabled = getattr(torch._C, '_is_any_autocast_enabled', None)
 
 
-def _maybe_autocast() -> bool:
-    return True
-
-
-#: ``autocast_may_be_on()``: False when autocast is off on every device
-#: (torch's own test, a builtin: no Python frame on the hot path), so a
-#: caller may skip :func:`autocast_off`'s context entirely.
-autocast_may_be_on = _any_autocast_enabled or _maybe_autocast
 _NO_CONTEXT = contextlib.nullcontext()
 
 
@@ -475,3 +467,14 @@ def autocast_off(tensor: Tensor):
     if enabled:
         return torch.autocast(device_type=kind, enabled=False)
     return contextlib.nullcontext()
+
+
+def without_autocast(tensor: Tensor, function: Callable, *args):
+    """``function(*args)`` with autocast disabled on ``tensor``'s device
+    (:func:`autocast_off`). While autocast is off everywhere (torch's own
+    builtin test says so) no context is entered at all: this runs on every
+    loss call, and entering even a no-op context costs two Python calls."""
+    if _any_autocast_enabled is not None and not _any_autocast_enabled():
+        return function(*args)
+    with autocast_off(tensor):
+        return function(*args)

@@ -189,14 +189,10 @@ def softmax_cross_entropy_checked(loss_name, pred, label, weight, reduction,
     """:func:`softmax_cross_entropy` of inputs already checked (by the
     caller that made them), ``ignore_index`` an int, ``fast`` the decision
     of :func:`softmax_fast_path` (which the caller makes once)."""
-    if dispatch.autocast_may_be_on():
-        with dispatch.autocast_off(pred):
-            return _softmax_cross_entropy_body(
-                loss_name, pred, label, weight, reduction, avg_factor,
-                class_weight, ignore_index, avg_non_ignore, fast)
-    return _softmax_cross_entropy_body(
-        loss_name, pred, label, weight, reduction, avg_factor, class_weight,
-        ignore_index, avg_non_ignore, fast)
+    return dispatch.without_autocast(
+        pred, _softmax_cross_entropy_body, loss_name, pred, label, weight,
+        reduction, avg_factor, class_weight, ignore_index, avg_non_ignore,
+        fast)
 
 
 def _softmax_cross_entropy_body(loss_name, pred, label, weight, reduction,

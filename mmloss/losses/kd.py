@@ -234,13 +234,9 @@ def _kd_loss(loss_name, pred, soft_label, weight, reduction, avg_factor, T,
             f'{soft_label.dtype}')
     if weight is not None:
         check_weight_shape(loss_name, weight, pred.shape[:1] + pred.shape[2:])
-    if dispatch.autocast_may_be_on():
-        with dispatch.autocast_off(pred):
-            return _kd_loss_body(loss_name, pred, soft_label, weight,
-                                 reduction, avg_factor, T, detach_target,
-                                 fast)
-    return _kd_loss_body(loss_name, pred, soft_label, weight, reduction,
-                         avg_factor, T, detach_target, fast)
+    return dispatch.without_autocast(
+        pred, _kd_loss_body, loss_name, pred, soft_label, weight, reduction,
+        avg_factor, T, detach_target, fast)
 
 
 def _kd_loss_body(loss_name, pred, soft_label, weight, reduction, avg_factor,

@@ -169,11 +169,9 @@ def _difference_loss(reduce: Reduction, pred: Tensor, target: Tensor,
 
     if not use_kernel:
         out = _plain(reduce, formula, dtype, pred, target)
-    elif dispatch.autocast_may_be_on():
-        with dispatch.autocast_off(pred):
-            out = _difference_kernel(reduce, formula, dtype, pred, target)
     else:
-        out = _difference_kernel(reduce, formula, dtype, pred, target)
+        out = dispatch.without_autocast(pred, _difference_kernel, reduce,
+                                        formula, dtype, pred, target)
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
@@ -211,10 +209,8 @@ def _difference_kernel(reduce: Reduction, formula: _Formula,
 def _plain(reduce: Reduction, formula: _Formula, dtype: torch.dtype,
            pred: Tensor, target: Tensor) -> Tensor:
     """The plain formula, weighted and reduced, in ``dtype``."""
-    if dispatch.autocast_may_be_on():
-        with dispatch.autocast_off(pred):
-            return _plain_body(reduce, formula, dtype, pred, target)
-    return _plain_body(reduce, formula, dtype, pred, target)
+    return dispatch.without_autocast(pred, _plain_body, reduce, formula,
+                                     dtype, pred, target)
 
 
 def _plain_body(reduce: Reduction, formula: _Formula, dtype: torch.dtype,

@@ -118,12 +118,8 @@ def _box_loss(name: str, core: rowwise.Core, plain: Callable,
               pred: Tensor, target: Tensor, reduce: Reduction, fast: bool,
               args: Tuple) -> Tensor:
     """A per-row loss by the path the dispatcher picks, then reduced."""
-    if dispatch.autocast_may_be_on():
-        with dispatch.autocast_off(pred):
-            return _box_loss_body(name, core, plain, pred, target, reduce,
-                                  fast, args)
-    return _box_loss_body(name, core, plain, pred, target, reduce, fast,
-                          args)
+    return dispatch.without_autocast(pred, _box_loss_body, name, core, plain,
+                                     pred, target, reduce, fast, args)
 
 
 def _box_loss_body(name: str, core: rowwise.Core, plain: Callable,
