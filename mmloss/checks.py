@@ -7,7 +7,6 @@ that is also each type MMDetection raises for the same mistake (see
 :mod:`mmloss.errors`). They read only shapes and dtypes (tensor metadata),
 never tensor values, so they add no host sync on an accelerator.
 """
-import os
 from numbers import Real
 from typing import Optional, Sequence
 
@@ -237,11 +236,7 @@ def check_finite_enabled() -> bool:
     """Whether loss modules raise on a non-finite result (see above)."""
     if _check_finite_override is not None:
         return _check_finite_override
-    flag = _CHECK_FINITE_FLAG
-    data = getattr(os.environ, '_data', None)
-    if data is not None and data.get(flag.key) is flag.raw:
-        return flag.value  # unchanged since last read (every loss call)
-    return flag.current()
+    return _CHECK_FINITE_FLAG.get()
 
 
 _CHECK_FINITE_FLAG = dispatch.EnvFlag(CHECK_FINITE_ENV, False)

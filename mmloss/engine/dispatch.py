@@ -248,10 +248,10 @@ class EnvFlag:
     changed: the stored value is the same object until the variable is set
     again (and this holds it, so its identity cannot be reused).
 
-    Hot callers test ``os.environ._data.get(flag.key) is flag.raw`` inline
-    (``os.environ``'s own dict of encoded names and values, looked up each
-    time: a test may replace ``os.environ``) and read ``flag.value`` (no
-    call at all); :meth:`current` does the rest.
+    :meth:`get` is the call for every loss call: one dict lookup in
+    ``os.environ``'s own dict of encoded names and values (looked up each
+    time: a test may replace ``os.environ``) while the value is unchanged;
+    :meth:`current` does the rest.
     """
     __slots__ = ('name', 'default', 'key', 'raw', 'value')
 
@@ -262,6 +262,13 @@ class EnvFlag:
         self.key = _UNREAD if encode is None else encode(name)
         self.raw = _UNREAD
         self.value = default
+
+    def get(self) -> bool:
+        """The flag's value now, cheaply while it is unchanged."""
+        data = getattr(os.environ, '_data', None)
+        if data is not None and data.get(self.key) is self.raw:
+            return self.value
+        return self.current()
 
     def current(self) -> bool:
         """The flag's value now."""
@@ -285,7 +292,7 @@ def env_flag(name: str, default: bool) -> bool:
     flag = _FLAGS.get((name, default))
     if flag is None:
         flag = _FLAGS[(name, default)] = EnvFlag(name, default)
-    return flag.current()
+    return flag.get()
 
 
 _FAST_PATHS_FLAG = EnvFlag(FAST_PATHS_ENV, True)
@@ -302,11 +309,7 @@ def fast_paths_enabled() -> bool:
     forced = _Switch.forced
     if forced is not None:
         return forced
-    flag = _FAST_PATHS_FLAG
-    data = getattr(os.environ, '_data', None)
-    if data is not None and data.get(flag.key) is flag.raw:
-        return flag.value  # unchanged since last read (every loss call)
-    return flag.current()
+    return _FAST_PATHS_FLAG.get()
 
 
 class fast_paths:
