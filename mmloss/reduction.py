@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from .checks import check_reduction
+from .checks import REDUCTIONS, check_reduction
 from .errors import LossValueError
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
@@ -68,6 +68,8 @@ class Reduction(NamedTuple):
     def checked(self) -> 'Reduction':
         """``self`` after checking ``reduction`` (and that ``'sum'`` comes
         without ``avg_factor``, which mmdet refuses)."""
+        if self.avg_factor is None and self.reduction in REDUCTIONS:
+            return self  # the common case, without further calls
         check_reduction(self.loss_name, self.reduction)
         if self.reduction == 'sum' and self.avg_factor is not None:
             raise LossValueError(

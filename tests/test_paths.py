@@ -446,15 +446,16 @@ def _spy_row_blocks(monkeypatch):
     return calls
 
 
-def _blocked_losses(monkeypatch):
-    """``{name: entries per row}`` of the registered losses whose fast
-    path runs through the classification row blocks (found by running each
-    once on :data:`PROBE_ROWS` rows)."""
-    calls = _spy_row_blocks(monkeypatch)
+def _probe_losses(monkeypatch, calls, **lifted):
+    """``{name: the first recorded call's elements per row}`` of the
+    registered losses whose fast path records a call in ``calls`` (a spy's
+    list of ``(elements, count)``), found by running each once on
+    :data:`PROBE_ROWS` rows with every size threshold of the table lifted
+    (and the other table fields in ``lifted`` replaced)."""
     found = {}
     for kind, entry in list(dispatch.TUNING.items()):
         monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
-            entry, min_rows={}, min_elements={}))
+            entry, min_rows={}, min_elements={}, **lifted))
     for name in REGISTERED:
         calls.clear()
         args, kwargs = _inputs(name, PROBE_ROWS, Setting(F32, 'mean'),
@@ -465,7 +466,15 @@ def _blocked_losses(monkeypatch):
             value(loss, (pred, ) + args[1:], **kwargs)
         if calls:
             found[name] = calls[0][0] // PROBE_ROWS
-    return found, calls
+    return found
+
+
+def _blocked_losses(monkeypatch):
+    """``{name: entries per row}`` of the registered losses whose fast
+    path runs through the classification row blocks, and the spy's calls.
+    """
+    calls = _spy_row_blocks(monkeypatch)
+    return _probe_losses(monkeypatch, calls), calls
 
 
 @pytest.mark.parametrize('kind', DEVICE_KINDS)
@@ -523,29 +532,6 @@ def _spy_dots(monkeypatch):
     return calls
 
 
-def _dot_losses(monkeypatch, calls):
-    """``{name: elements per row}`` of the registered losses whose fast
-    path sums products by :func:`~mmloss.engine.dispatch.sum_of_products`
-    (found by running each once on :data:`PROBE_ROWS` rows, every size
-    threshold and plain-formula preference of the table lifted)."""
-    found = {}
-    for kind, entry in list(dispatch.TUNING.items()):
-        monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
-            entry, min_rows={}, min_elements={},
-            plain_unweighted=frozenset()))
-    for name in REGISTERED:
-        calls.clear()
-        args, kwargs = _inputs(name, PROBE_ROWS, Setting(F32, 'mean'),
-                               'cpu')
-        loss = MODELS.build(dict(type=name, **CASES[name].cfg))
-        pred = args[0].detach().requires_grad_()
-        with mmloss.fast_paths(True):
-            value(loss, (pred, ) + args[1:], **kwargs)
-        if calls:
-            found[name] = calls[0][0] // PROBE_ROWS
-    return found
-
-
 @pytest.mark.parametrize('kind', DEVICE_KINDS)
 def test_dot_blocks_equal_the_plain_formula(kind, monkeypatch):
     """Each device kind's ``dot_block_elements``: where positive, scaled so
@@ -554,7 +540,8 @@ def test_dot_blocks_equal_the_plain_formula(kind, monkeypatch):
     on both sides of the boundary (two dots); where 0, the product is
     summed without dots."""
     calls = _spy_dots(monkeypatch)
-    found = _dot_losses(monkeypatch, calls)
+    # unweighted calls that the table sends to torch's own loss included
+    found = _probe_losses(monkeypatch, calls, plain_unweighted=frozenset())
     assert 'MSELoss' in found, found
     block = dispatch.TUNING[kind].dot_block_elements
     for name, per_row in sorted(found.items()):

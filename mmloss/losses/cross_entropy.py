@@ -40,8 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import (REDUCTIONS, check_float, check_integer_labels,
-                      check_label_range,
+from ..checks import (check_float, check_integer_labels, check_label_range,
                       check_tensor, check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_forward
@@ -100,8 +99,7 @@ def _check_entry(loss_name: str, reduction, avg_factor,
                  ignore_index: Optional[int]) -> int:
     """Checks ``reduction`` and ``avg_factor``; returns ``ignore_index``
     (``None``: the default, -100)."""
-    if reduction not in REDUCTIONS or avg_factor is not None:
-        Reduction(loss_name, None, reduction, avg_factor).checked()
+    Reduction(loss_name, None, reduction, avg_factor).checked()
     return DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index
 
 
@@ -157,10 +155,8 @@ def softmax_fast_path(pred: Tensor, class_weight: Optional[Tensor],
 def _softmax_cross_entropy(loss_name, pred, label, weight, reduction,
                            avg_factor, class_weight, ignore_index,
                            avg_non_ignore, fast):
-    if reduction not in REDUCTIONS or avg_factor is not None:
-        Reduction(loss_name, None, reduction, avg_factor).checked()
-    if ignore_index is None:
-        ignore_index = DEFAULT_IGNORE_INDEX
+    ignore_index = _check_entry(loss_name, reduction, avg_factor,
+                                ignore_index)
     _check_softmax_inputs(loss_name, pred, label, weight, class_weight)
     fast = softmax_fast_path(pred, class_weight, fast)
     num_classes = pred.size(1)
@@ -198,11 +194,7 @@ def softmax_cross_entropy_checked(loss_name, pred, label, weight, reduction,
 def _softmax_cross_entropy_body(loss_name, pred, label, weight, reduction,
                                 avg_factor, class_weight, ignore_index,
                                 avg_non_ignore, fast) -> Tensor:
-    # runs on every step of a RoI head: the common case (float32 logits,
-    # int64 labels) makes no call it does not need
-    dtype = pred.dtype
-    if dtype is not torch.float32 and dtype is not torch.float64:
-        dtype = compute_dtype(pred)
+    dtype = compute_dtype(pred)
     if avg_factor is None and avg_non_ignore and reduction == 'mean':
         # a tensor, so no host sync (MMDetection calls .item() here)
         avg_factor = label.numel() - (label == ignore_index).sum()
@@ -218,13 +210,10 @@ def _softmax_cross_entropy_body(loss_name, pred, label, weight, reduction,
         # F.cross_entropy takes int64 (or uint8) labels only; the checks
         # accept every integer dtype
         loss = rule.apply(F.cross_entropy(
-            pred if pred.dtype is dtype else pred.to(dtype),
-            label if label.dtype is torch.int64 else label.to(torch.int64),
+            to_dtype(pred, dtype), to_dtype(label, torch.int64),
             weight=class_weight, reduction='none',
             ignore_index=ignore_index))
-    if loss.dtype is pred.dtype:
-        return loss
-    return restore_loss(loss, pred, reduction != 'none')
+    return restore_loss(loss, pred, rule.reduces)
 
 
 softmax_cross_entropy = _cross_entropy_function(
@@ -579,18 +568,15 @@ class CrossEntropyLoss(BaseLoss):
         Returns:
             Tensor: the weighted loss.
         """
-        reduction = self.reduction
-        if reduction_override is not None or reduction not in REDUCTIONS:
-            reduction = self.resolve_reduction(reduction_override)
+        reduction = self.resolve_reduction(reduction_override)
         # MMDetection's mask criterion takes and ignores extra keywords;
         # its softmax and sigmoid ones refuse them
         if kwargs and not self.use_mask:
             raise LossTypeError(f'{self.loss_name}: unexpected arguments '
                                 f'{sorted(kwargs)}')
-        if ignore_index is None:
-            ignore_index = self.ignore_index  # checked in __init__
-        else:
-            _check_ignore_index(self.loss_name, ignore_index)
+        ignore_index = _check_ignore_index(
+            self.loss_name,
+            self.ignore_index if ignore_index is None else ignore_index)
         # (a buffer is read through nn.Module.__getattr__: only if there
         # is one)
         class_weight = None if self.class_weight is None else \
@@ -609,7 +595,7 @@ class CrossEntropyLoss(BaseLoss):
                                           weight, reduction, avg_factor,
                                           class_weight, ignore_index,
                                           self.avg_non_ignore, True)
-        return loss if self.loss_weight == 1.0 else self.loss_weight * loss
+        return self.apply_loss_weight(loss)
 
 
 @MODELS.register_module()

@@ -36,8 +36,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..checks import (REDUCTIONS, check_float, check_positive,
-                      check_pred_target, check_weight_shape)
+from ..checks import (check_float, check_positive, check_pred_target,
+                      check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import (FromOutput, IncomingGradient,
                                 gradient_from_output, gradient_in_backward)
@@ -210,8 +210,7 @@ def _check_inputs(pred: Tensor, target: Tensor, rule: Reduction) -> None:
         check_float(name, 'pred', pred)
     if rule.weight is not None:
         check_weight_shape(name, rule.weight, pred.shape[:1])
-    if rule.reduction not in REDUCTIONS or rule.avg_factor is not None:
-        rule.checked()
+    rule.checked()
 
 
 def _rows_of(tensor: Tensor, dtype: torch.dtype) -> Tensor:

@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import (REDUCTIONS, check_same_shape, check_tensor,
-                      check_weight_shape)
+from ..checks import check_same_shape, check_tensor, check_weight_shape
 from ..engine import dispatch
 from ..engine.functions import FromOutput, gradient_from_output
 from ..errors import LossTypeError, LossValueError
@@ -217,8 +216,7 @@ def knowledge_distillation_kl_div_loss(
 
 def _kd_loss(loss_name, pred, soft_label, weight, reduction, avg_factor, T,
              detach_target, fast) -> Tensor:
-    if reduction not in REDUCTIONS or avg_factor is not None:
-        Reduction(loss_name, None, reduction, avg_factor).checked()
+    Reduction(loss_name, None, reduction, avg_factor).checked()
     if not (isinstance(pred, Tensor) and isinstance(soft_label, Tensor)
             and pred.shape == soft_label.shape):
         check_tensor(loss_name, 'pred', pred)
@@ -232,8 +230,7 @@ def _kd_loss(loss_name, pred, soft_label, weight, reduction, avg_factor, T,
             f'{loss_name}: pred and soft_label must be floating '
             f'point, but got {pred.dtype} and '
             f'{soft_label.dtype}')
-    if weight is not None:
-        check_weight_shape(loss_name, weight, pred.shape[:1] + pred.shape[2:])
+    check_weight_shape(loss_name, weight, pred.shape[:1] + pred.shape[2:])
     return dispatch.without_autocast(
         pred, _kd_loss_body, loss_name, pred, soft_label, weight, reduction,
         avg_factor, T, detach_target, fast)
@@ -241,23 +238,16 @@ def _kd_loss(loss_name, pred, soft_label, weight, reduction, avg_factor, T,
 
 def _kd_loss_body(loss_name, pred, soft_label, weight, reduction, avg_factor,
                   T, detach_target, fast) -> Tensor:
-    # runs on every step: the common case (float32, no weight) makes no
-    # call it does not need
-    dtype = pred.dtype
-    if dtype is not torch.float32 and dtype is not torch.float64:
-        dtype = compute_dtype(pred)
+    dtype = compute_dtype(pred)
     if weight is not None:
         weight = to_dtype(weight, dtype)
     rule = Reduction(loss_name, weight, reduction, avg_factor)
-    reduced = reduction != 'none'
     if not (fast and pred.dim() == 2 and (
             detach_target or not soft_label.requires_grad) and
             dispatch.use_fast('KnowledgeDistillationKLDivLoss', pred,
                               rows=pred.size(0))):
         rows = kl_div_distill_rows(pred, soft_label, T, detach_target)
-        loss = rule.apply(rows)
-        return loss if loss.dtype is pred.dtype else \
-            restore_loss(loss, pred, reduced)
+        return restore_loss(rule.apply(rows), pred, rule.reduces)
     loss_shape = pred.shape[:1] + pred.shape[2:]
 
     def run(reduce_sum: bool, weight: Optional[Tensor]) -> Tensor:
@@ -267,7 +257,7 @@ def _kd_loss_body(loss_name, pred, soft_label, weight, reduction, avg_factor,
 
     return restore_loss(
         rule.run_kernel(run, dtype, pred.device, pred.size(0)), pred,
-        reduced)
+        rule.reduces)
 
 
 @MODELS.register_module()
@@ -310,9 +300,7 @@ class KnowledgeDistillationKLDivLoss(BaseLoss):
         Returns:
             Tensor: the weighted loss.
         """
-        reduction = self.reduction
-        if reduction_override is not None or reduction not in REDUCTIONS:
-            reduction = self.resolve_reduction(reduction_override)
+        reduction = self.resolve_reduction(reduction_override)
         loss = _kd_loss(self.loss_name, pred, soft_label, weight, reduction,
                         avg_factor, self.T, True, True)
-        return loss if self.loss_weight == 1.0 else self.loss_weight * loss
+        return self.apply_loss_weight(loss)

@@ -66,9 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import (REDUCTIONS, check_float, check_positive,
-                      check_pred_target, check_same_shape,
-                      check_weight_shape)
+from ..checks import (check_float, check_positive, check_pred_target,
+                      check_same_shape, check_weight_shape)
 from ..engine import dispatch
 from ..engine.functions import gradient_in_backward
 from ..errors import LossTypeError, LossValueError, LossZeroDivisionError
@@ -133,8 +132,7 @@ def _check_inputs(reduce: Reduction, pred: Tensor, target: Tensor) -> None:
         check_same_shape(name, pred, target)
     if reduce.weight is not None:
         check_weight_shape(name, reduce.weight, pred.shape)
-    if reduce.reduction not in REDUCTIONS or reduce.avg_factor is not None:
-        reduce.checked()
+    reduce.checked()
 
 
 def _difference_loss(reduce: Reduction, pred: Tensor, target: Tensor,

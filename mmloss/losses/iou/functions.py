@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ... import geometry as geo
-from ...checks import (REDUCTIONS, check_box_shape, check_float, check_tensor,
+from ...checks import (check_box_shape, check_float, check_tensor,
                        check_weight_shape)
 from ...engine import dispatch, rowwise
 from ...errors import LossValueError
@@ -47,9 +47,8 @@ def check_boxes(name: str, pred: Tensor, target: Tensor) -> None:
     """Raise (naming ``name``) unless both are float (..., 4) tensors of
     one shape."""
     check_box_shape(name, pred, target)
-    if not (pred.is_floating_point() and target.is_floating_point()):
-        check_float(name, 'pred', pred)
-        check_float(name, 'target', target)
+    check_float(name, 'pred', pred)
+    check_float(name, 'target', target)
 
 
 def checked_call(name: str, pred: Tensor, target: Tensor,
@@ -62,13 +61,9 @@ def checked_call(name: str, pred: Tensor, target: Tensor,
     ``per_coordinate`` loss, (..., 4).
     """
     check_boxes(name, pred, target)
-    if weight is not None:
-        check_weight_shape(name, weight,
-                           pred.shape if per_coordinate else pred.shape[:-1])
-    reduce = Reduction(name, weight, reduction, avg_factor)
-    if reduction not in REDUCTIONS or avg_factor is not None:
-        reduce.checked()
-    return reduce
+    check_weight_shape(name, weight,
+                       pred.shape if per_coordinate else pred.shape[:-1])
+    return Reduction(name, weight, reduction, avg_factor).checked()
 
 
 def _fusable(reduce: Reduction, pred: Tensor, target: Tensor,
@@ -143,7 +138,7 @@ def _box_loss_body(name: str, core: rowwise.Core, plain: Callable,
         p, t = _upcast(pred, target)
         loss = plain(p, t, *args)
     return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
-                        reduce.reduction != 'none')
+                        reduce.reduces)
 
 
 # ---------------------------------------------------------------------------

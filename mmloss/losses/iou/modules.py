@@ -11,8 +11,7 @@ import torch
 from torch import Tensor
 
 from ... import geometry as geo
-from ...checks import (REDUCTIONS, check_in_range, check_positive,
-                       check_weight_shape)
+from ...checks import check_in_range, check_positive, check_weight_shape
 from ...engine import dispatch
 from ...errors import LossTypeError, LossValueError
 from ...precision import compute_dtype, restore_loss, to_dtype, upcast
@@ -89,16 +88,13 @@ class IoUFamilyLoss(BaseLoss):
                 avg_factor: Optional[Union[float, Tensor]] = None,
                 reduction_override: Optional[str] = None,
                 **kwargs) -> Tensor:
-        reduction = self.reduction
-        if reduction_override is not None or reduction not in REDUCTIONS:
-            reduction = self.resolve_reduction(reduction_override)
+        reduction = self.resolve_reduction(reduction_override)
         extra = self.call_kwargs(kwargs)
         loss = type(self).loss_function(
             pred, target, self.box_weight(pred, weight), reduction=reduction,
             avg_factor=avg_factor, **self.loss_kwargs(), **extra)
-        if not self.boxes_checked:
-            self.warn_if_deltas(pred, target)
-        return loss if self.loss_weight == 1.0 else self.loss_weight * loss
+        self.warn_if_deltas(pred, target)
+        return self.apply_loss_weight(loss)
 
     def warn_if_deltas(self, pred: Tensor, target: Tensor) -> None:
         """Warn once if most rows of ``pred`` or ``target`` are no boxes.
