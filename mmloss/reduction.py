@@ -65,16 +65,23 @@ class Reduction(NamedTuple):
     reduction: str = 'mean'
     avg_factor: Optional[Union[float, Tensor]] = None
 
-    def checked(self) -> 'Reduction':
-        """``self`` after checking ``reduction`` (and that ``'sum'`` comes
-        without ``avg_factor``, which mmdet refuses)."""
-        if self.avg_factor is None and self.reduction in REDUCTIONS:
-            return self  # the common case, without further calls
-        check_reduction(self.loss_name, self.reduction)
-        if self.reduction == 'sum' and self.avg_factor is not None:
+    @staticmethod
+    def check(loss_name: str, reduction: str, avg_factor=None) -> None:
+        """Check ``reduction`` (and that ``'sum'`` comes without
+        ``avg_factor``, which mmdet refuses), without building a rule."""
+        if avg_factor is None and reduction in REDUCTIONS:
+            return  # the common case, without further calls
+        check_reduction(loss_name, reduction)
+        if reduction == 'sum' and avg_factor is not None:
             raise LossValueError(
-                f'{self.loss_name}: avg_factor can not be used '
+                f'{loss_name}: avg_factor can not be used '
                 f'with reduction="sum"')
+
+    def checked(self) -> 'Reduction':
+        """``self`` after :meth:`check`."""
+        if self.avg_factor is None and self.reduction in REDUCTIONS:
+            return self  # the common case: no call at all
+        Reduction.check(self.loss_name, self.reduction, self.avg_factor)
         return self
 
     def cast(self, dtype: torch.dtype) -> 'Reduction':

@@ -99,7 +99,7 @@ def _check_entry(loss_name: str, reduction, avg_factor,
                  ignore_index: Optional[int]) -> int:
     """Checks ``reduction`` and ``avg_factor``; returns ``ignore_index``
     (``None``: the default, -100)."""
-    Reduction(loss_name, None, reduction, avg_factor).checked()
+    Reduction.check(loss_name, reduction, avg_factor)
     return DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index
 
 

@@ -123,7 +123,7 @@ def _check_inputs(loss_name: str, cls_score: Tensor, label: Tensor,
                   num_channels: Optional[int] = None) -> None:
     """The one validator: float (N, C) logits, integer (N,) labels in
     ``[0, C)``, a (N,) or (N, C) weight, a valid reduction."""
-    Reduction(loss_name, None, reduction, avg_factor).checked()
+    Reduction.check(loss_name, reduction, avg_factor)
     check_float(loss_name, 'cls_score', cls_score)
     check_tensor(loss_name, 'label', label)
     check_integer_labels(loss_name, label, 'label')

@@ -151,7 +151,7 @@ def _check_inputs(loss_name: str, pred: Tensor, target: Tensor,
     """The focal family's one validator: ``(labels_given, weight)`` with
     ``weight`` in the layout the loss uses ((N, 1) or (N, C) for 2-D
     logits, as mmdet reshapes a per-row weight)."""
-    Reduction(loss_name, None, reduction, avg_factor).checked()
+    Reduction.check(loss_name, reduction, avg_factor)
     labels_given = _check_pred_target(loss_name, pred, target)
     if weight is not None and pred.dim() == 2:
         weight = _classification_weight(loss_name, weight, *pred.shape)

@@ -214,7 +214,7 @@ def gaussian_focal_loss(pred: Tensor, target: Tensor,
 
 def _gaussian_focal_loss(loss_name, pred, target, weight, alpha, gamma,
                          pos_weight, neg_weight, reduction, avg_factor):
-    Reduction(loss_name, None, reduction, avg_factor).checked()
+    Reduction.check(loss_name, reduction, avg_factor)
     _check_inputs(loss_name, pred, target)
     check_weight_shape(loss_name, weight, pred.shape)
     with dispatch.autocast_off(pred):

@@ -216,7 +216,7 @@ def knowledge_distillation_kl_div_loss(
 
 def _kd_loss(loss_name, pred, soft_label, weight, reduction, avg_factor, T,
              detach_target, fast) -> Tensor:
-    Reduction(loss_name, None, reduction, avg_factor).checked()
+    Reduction.check(loss_name, reduction, avg_factor)
     if not (isinstance(pred, Tensor) and isinstance(soft_label, Tensor)
             and pred.shape == soft_label.shape):
         check_tensor(loss_name, 'pred', pred)
