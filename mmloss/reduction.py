@@ -3,8 +3,10 @@
 * ``'none'`` returns the element-wise loss (times ``weight``) and ignores
   ``avg_factor``.
 * ``'mean'`` without ``avg_factor`` is ``loss.mean()`` (computed as the sum
-  over the count in float32/float64: the same value, and a backward that
-  divides the scalar gradient, not one of the loss's size); with it, it is
+  over the count for float32/float64 losses of at least the device's
+  :attr:`~mmloss.engine.dispatch.Tuning.mean_by_sum_elements`: the same
+  value, and a backward that divides the scalar gradient, not one of the
+  loss's size; smaller losses take ``mean()``'s one op); with it, it is
   ``loss.sum() / (avg_factor + eps)`` where ``eps`` is the float32 machine
   epsilon, so ``avg_factor=0`` gives ``sum / eps`` (zero for a zero sum).
 * ``'sum'`` is ``loss.sum()``; ``'sum'`` with ``avg_factor`` raises.
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .checks import REDUCTIONS, check_reduction
+from .engine import dispatch
 from .errors import LossValueError
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
@@ -116,10 +119,12 @@ class Reduction(NamedTuple):
                     # sum() of an empty tensor is a zero that keeps the
                     # graph
                     return loss.sum()
-                if loss.dtype in _SUM_THEN_DIVIDE:
+                if loss.dtype in _SUM_THEN_DIVIDE and count >= \
+                        dispatch.tuning(loss).mean_by_sum_elements:
                     # mean()'s value (a sum divided by the count), but its
                     # backward divides the scalar gradient before expanding
                     # it, where mean()'s divides a tensor of the loss's size
+                    # (fewer losses: mean()'s one op is cheaper)
                     return loss.sum() / count
                 return loss.mean()
             if reduction == 'sum':

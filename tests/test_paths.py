@@ -116,11 +116,14 @@ SLOW_SETTINGS = (
 
 
 #: Fields of the tuning table that are not thresholds in rows: the ones in
-#: elements (:func:`_element_sizes`) and the classification kernels' block
-#: multiplier (its block boundary:
-#: :func:`test_classification_blocks_equal_the_plain_formula`).
+#: elements (:func:`_element_sizes`;
+#: :func:`test_the_mean_equals_the_plain_mean_on_both_sides`), and the
+#: classification kernels' block multiplier and the dots' block size (their
+#: block boundaries: :func:`test_classification_blocks_equal_the_plain_
+#: formula`, :func:`test_dot_blocks_equal_the_plain_formula`).
 NOT_ROW_THRESHOLDS = ('min_elements', 'entries_per_block_row',
-                      'loss_entries_per_block_row', 'dot_block_elements')
+                      'loss_entries_per_block_row', 'dot_block_elements',
+                      'mean_by_sum_elements')
 
 
 def _table_thresholds():
@@ -564,6 +567,46 @@ def test_dot_blocks_equal_the_plain_formula(kind, monkeypatch):
                         not setting.weight and not setting.strided:
                     assert dots == {1 if n <= BLOCK_BOUNDARY else 2}, (
                         name, n, setting, calls)
+
+
+@pytest.mark.parametrize('autocast', (False, True), ids=('eager', 'autocast'))
+@pytest.mark.parametrize('dtype', (F64, F32, torch.float16, torch.bfloat16),
+                         ids=str)
+@pytest.mark.parametrize('kind', DEVICE_KINDS)
+def test_the_mean_equals_the_plain_mean_on_both_sides(kind, dtype, autocast):
+    """Each device kind's ``mean_by_sum_elements``: on both sides of it
+    (and at 1 and 1000 losses) a ``'mean'`` takes the branch the table
+    says (``loss.mean()`` below it and in half precision, ``sum() / count``
+    from it) and equals the float64 mean in value, gradient and
+    Hessian-vector product (``create_graph=True``)."""
+    from mmloss.reduction import Reduction
+    threshold = dispatch.TUNING[kind].mean_by_sum_elements
+    counts = {1, 1000} | {c for c in (threshold - 1, threshold,
+                                      threshold + 1) if c > 0}
+    rtol = 1e-7 if dtype == F64 else 1e-5 if dtype == F32 else 1e-2
+    for count in sorted(counts):
+        gen = torch.Generator().manual_seed(count)
+        base = torch.rand(count, generator=gen, dtype=F64) + 0.5
+        x = base.to(dtype).requires_grad_()
+        direction = torch.rand(count, generator=gen, dtype=F64)
+        context = torch.autocast('cpu', dtype=torch.bfloat16) if autocast \
+            else contextlib.nullcontext()
+        with dispatch.pretend_device(kind), context:
+            out = Reduction('t', None, 'mean').apply(x * x)
+            (grad, ) = torch.autograd.grad(out, x, create_graph=True)
+            (hvp, ) = torch.autograd.grad((grad * direction.to(dtype)).sum(),
+                                          x)
+        by_sum = threshold <= count and dtype in (F32, F64)
+        assert type(out.grad_fn).__name__ == (
+            'DivBackward0' if by_sum else 'MeanBackward0'), (kind, count)
+        exact = x.detach().double()
+        want = [(exact * exact).mean(), 2 * exact / count,
+                2 * direction.to(dtype).double() / count]
+        for got, ref in zip((out, grad, hvp), want):
+            # (half gradients of 1/count hold subnormals)
+            atol = 0 if dtype in (F32, F64) else rtol * ref.abs().max()
+            torch.testing.assert_close(got.detach().double(), ref,
+                                       rtol=rtol, atol=atol)
 
 
 def test_the_switch_forces_the_plain_formula_and_restores(monkeypatch):

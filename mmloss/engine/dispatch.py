@@ -106,6 +106,14 @@ class Tuning:
             drifts by 1e-6 and more). 0: ``(x * y).sum()``. A block size,
             not a threshold (the harness runs both sides of its boundary on
             every device kind).
+        mean_by_sum_elements (int): a ``'mean'`` without ``avg_factor``
+            (:meth:`~mmloss.reduction.Reduction.apply`) over at least this
+            many float32/float64 losses runs as ``loss.sum() / count``,
+            whose backward divides the scalar gradient and expands it as a
+            view; over fewer, as ``loss.mean()``, one op fewer each way
+            (the same value), whose backward writes a buffer of the
+            loss's size. 0: always the sum. A threshold in elements (the
+            harness runs both sides of it on every device kind).
         plain_unweighted (frozenset): losses whose plain formula without
             ``weight`` or ``avg_factor`` (torch's own loss where torch has
             it, reduced by torch; :meth:`~mmloss.reduction.Reduction.
@@ -123,6 +131,7 @@ class Tuning:
     min_rows: Mapping[str, int] = field(default_factory=dict)
     min_elements: Mapping[str, int] = field(default_factory=dict)
     dot_block_elements: int = 0
+    mean_by_sum_elements: int = 0
     plain_unweighted: frozenset = frozenset()
 
 
@@ -182,6 +191,12 @@ TUNING: Dict[str, Tuning] = {
                   # (200000 x 4 MSE, in one process: blocks of 1M 8%
                   # faster than of 256k, of 128k 3% slower.)
                   dot_block_elements=262144,
+                  # mean() then costs one op less each way than sum() /
+                  # count (forward and backward of a float32 loss, 2
+                  # threads: 1000 losses 21.9 against 24.6 us, 4096 23.5
+                  # against 24.6, 8192 25.8 against 25.1, 32768 43 against
+                  # 30: mean's backward writes the buffer)
+                  mean_by_sum_elements=4096,
                   # unweighted, torch's fused F.smooth_l1_loss (one pass
                   # each way, reading pred and target) beats the kernel at
                   # every size (200000 x 4, mean: 0.68 vs 1.05 ms);
