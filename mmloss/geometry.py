@@ -166,34 +166,43 @@ def scale_boxes(boxes: Tensor, ratio: float) -> Tensor:
     return torch.cat([centre - half, centre + half], dim=-1)
 
 
-def nonfinite_rows(a: Tensor, b: Tensor, total: bool = False) -> Tensor:
+def nonfinite_rows(a: Tensor, b: Tensor, total: bool = False,
+                   buffer: bool = True) -> Tensor:
     """0 for each box pair whose eight coordinates are finite, NaN for a
     pair with an Inf or NaN among them, shape (...); with ``total``, their
     sum (a scalar: NaN if any pair is not finite).
 
-    A box loss adds it to its element-wise loss (or its fused sum): an
-    infinite coordinate can make a loss finite (``I / Inf = 0``, a clamp,
-    a max), which would hide it from ``MMLOSS_CHECK_FINITE``; with this
-    term a non-finite input always gives a non-finite loss. ``x * 0`` is 0
-    for finite ``x`` and NaN for Inf or NaN (never an overflow, unlike a
-    sum of the coordinates); no gradient and no host sync. The total is
-    made from each input's ``aminmax`` (NaN propagates, and an infinite
-    coordinate is the minimum or maximum): one reading pass and no buffer
-    of the inputs' size.
+    A box loss adds it to its element-wise loss (or, reduced, to its mean
+    or sum): an infinite coordinate can make a loss finite (``I / Inf =
+    0``, a clamp, a max), which would hide it from ``MMLOSS_CHECK_FINITE``;
+    with this term a non-finite input always gives a non-finite loss.
+    ``x * 0`` is 0 for finite ``x`` and NaN for Inf or NaN (never an
+    overflow, unlike a sum of the coordinates); no gradient and no host
+    sync.
+
+    The rows and, by default, the total are sums of those zeros: one buffer
+    of the inputs' size, next to a plain formula's many, and the fewest
+    ops (a full sum, not the slower sum over each row's four coordinates,
+    is what a reduced loss needs). With ``buffer=False`` the total is made
+    from each input's ``aminmax`` instead (NaN propagates, and an infinite
+    coordinate is the minimum or maximum): one reading pass and no buffer,
+    for the fused kernels that keep none.
     """
     # detached inputs, not a no_grad context: no graph either way, and no
     # Python context manager on every call of a box loss
     a, b = a.detach(), b.detach()
-    if total:
-        term = a.new_zeros(())
+    if total and not buffer:
+        ends = []
         for boxes in (a, b):
             if boxes.numel():
-                low, high = torch.aminmax(boxes)
-                term = term + (low * 0 + high * 0)
-        return term
+                ends.extend(torch.aminmax(boxes))
+        if not ends:
+            return a.new_zeros(())
+        return torch.stack(ends).mul_(0).sum()
     # a * 0 + 0 * b in two passes (add_'s alpha multiplies b: 0 * Inf and
-    # 0 * NaN are NaN; tested), summed per row
-    return (a * 0).add_(b, alpha=0).sum(-1)
+    # 0 * NaN are NaN; tested)
+    zeros = (a * 0).add_(b, alpha=0)
+    return zeros.sum() if total else zeros.sum(-1)
 
 
 #: From this many rows :func:`row_major` copies column by column.

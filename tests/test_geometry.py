@@ -171,8 +171,18 @@ def test_nonfinite_rows():
     assert rows[0].item() == 0 and rows[2].item() == 0
     assert torch.isnan(rows[1]) and torch.isnan(rows[3])
     assert not rows.requires_grad
-    assert torch.isnan(geo.nonfinite_rows(a, b, total=True))
-    assert geo.nonfinite_rows(a[[0, 2]], b[[0, 2]], total=True).item() == 0
+    for buffer in (True, False):
+        assert torch.isnan(geo.nonfinite_rows(a, b, total=True,
+                                              buffer=buffer)), buffer
+        for finite in ([0, 2], [0]):
+            total = geo.nonfinite_rows(a[finite], b[finite], total=True,
+                                       buffer=buffer)
+            assert total.item() == 0 and not total.requires_grad, buffer
+        for bad in (1, 3):  # the Inf in a, the NaN in b
+            assert torch.isnan(geo.nonfinite_rows(
+                a[[0, bad]], b[[0, bad]], total=True, buffer=buffer))
+        empty = geo.nonfinite_rows(a[:0], b[:0], total=True, buffer=buffer)
+        assert empty.item() == 0 and empty.dim() == 0, buffer
     # an Inf only in the second input, either sign, every float dtype (its
     # zero multiple is what flags it)
     for dtype in (torch.float16, torch.bfloat16, torch.float32,
@@ -183,3 +193,10 @@ def test_nonfinite_rows():
         rows = geo.nonfinite_rows(ones, other)
         assert rows[0].item() == 0, dtype
         assert torch.isnan(rows[1:]).all(), dtype
+        for buffer in (True, False):
+            for bad in (1, 2):
+                assert torch.isnan(geo.nonfinite_rows(
+                    ones[[0, bad]], other[[0, bad]], total=True,
+                    buffer=buffer)), (dtype, buffer, bad)
+            assert geo.nonfinite_rows(ones[:1], other[:1], total=True,
+                                      buffer=buffer).item() == 0, dtype

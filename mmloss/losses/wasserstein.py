@@ -20,10 +20,10 @@ from torch import Tensor
 from .. import geometry as geo
 from ..checks import check_positive
 from ..engine import dispatch
-from ..precision import restore_loss, upcast
+from ..precision import upcast
 from ..registry import MODELS
 from .iou import IoUFamilyLoss
-from .iou.functions import checked_call, guarded
+from .iou.functions import checked_call, guarded_reduction
 
 __all__ = ['gaussian_wasserstein_sq', 'nwd_loss', 'NWDLoss']
 
@@ -70,8 +70,7 @@ def nwd_loss(pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
         distance = (gaussian_wasserstein_sq(p, t) + eps).sqrt()
         # -expm1(-x) = 1 - exp(-x), without the cancellation for close boxes
         loss = -torch.expm1(-distance / constant)
-        return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
-                            reduce.reduces)
+        return guarded_reduction(reduce, loss, p, t, pred)
 
 
 @MODELS.register_module()

@@ -70,7 +70,8 @@ has no defined result):
   sum over it, whatever the weight), so ``MMLOSS_CHECK_FINITE`` catches it.
   An Inf alone could be hidden by the formula (``I / Inf = 0``, a clamp, a
   max); :func:`mmloss.geometry.nonfinite_rows` is added to every loss for
-  that. NaN is never masked.
+  that (per row for ``'none'``, its total to a mean or sum). NaN is never
+  masked.
 * The modules warn once (``UserWarning``, on their first call with rows)
   when most rows of ``pred`` or ``target`` are not boxes (``x2 < x1`` or
   ``y2 < y1``): a head that passes encoded deltas needs

@@ -109,6 +109,24 @@ def guarded(loss: Tensor, pred: Tensor, target: Tensor,
     return loss + (guard.unsqueeze(-1) if per_coordinate else guard)
 
 
+def guarded_reduction(reduce: Reduction, loss: Tensor, p: Tensor,
+                      t: Tensor, pred: Tensor,
+                      per_coordinate: bool = False) -> Tensor:
+    """The element-wise ``loss`` of boxes ``p``, ``t`` (upcast from
+    ``pred``) weighted and reduced by ``reduce``, NaN where an input is
+    not finite, in ``pred``'s loss dtype (:func:`restore_loss`).
+
+    A reduced loss gets the guard's total (one scalar added: the same NaN
+    as a NaN row gives the mean or sum, weighted or not); ``'none'`` gets
+    it per row (:func:`guarded`).
+    """
+    if reduce.reduces:
+        value = reduce.apply(loss) + geo.nonfinite_rows(p, t, total=True)
+    else:
+        value = reduce.apply(guarded(loss, p, t, per_coordinate))
+    return restore_loss(value, pred, reduce.reduces)
+
+
 def _box_loss(name: str, core: rowwise.Core, plain: Callable,
               pred: Tensor, target: Tensor, reduce: Reduction, fast: bool,
               args: Tuple) -> Tensor:
@@ -128,17 +146,15 @@ def _box_loss_body(name: str, core: rowwise.Core, plain: Callable,
                 core, plain, _rows(pred), _rows(target),
                 None if weight is None else weight.reshape(-1), args,
                 wide=True)
-            return reduce.finish(
-                total + geo.nonfinite_rows(pred, target, total=True),
-                rows)
+            return reduce.finish(total + geo.nonfinite_rows(
+                pred, target, total=True, buffer=False), rows)
         p, t = _upcast(pred, target)
         loss = _unflat(rowwise.per_row(core, plain, _rows(p), _rows(t),
                                        args, wide=True), pred)
     else:
         p, t = _upcast(pred, target)
         loss = plain(p, t, *args)
-    return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
-                        reduce.reduces)
+    return guarded_reduction(reduce, loss, p, t, pred)
 
 
 # ---------------------------------------------------------------------------
@@ -357,9 +373,8 @@ def bounded_iou_loss(pred: Tensor, target: Tensor,
                 total = rowwise.fused_sum(
                     cores.bounded_step(*args), reference, _rows(pred),
                     _rows(target), weight, dispatch.block_rows(pred))
-                return reduce.finish(
-                    total + geo.nonfinite_rows(pred, target, total=True),
-                    pred.numel())
+                return reduce.finish(total + geo.nonfinite_rows(
+                    pred, target, total=True, buffer=False), pred.numel())
             p, t = _upcast(pred, target)
             # centre/size coordinates make the Jacobian element-wise
             centre_size = cores.CentreSize.apply(_rows(p))
@@ -371,8 +386,7 @@ def bounded_iou_loss(pred: Tensor, target: Tensor,
         else:
             p, t = _upcast(pred, target)
             loss = F.plain_bounded_iou_loss(p, t, *args)
-        return restore_loss(reduce.apply(guarded(loss, p, t, True)), pred,
-                            reduce.reduces)
+        return guarded_reduction(reduce, loss, p, t, pred, True)
 
 
 # ---------------------------------------------------------------------------
@@ -447,8 +461,7 @@ def variant_iou_loss(pred: Tensor, target: Tensor,
             if focaler is not None:
                 modified = F.focaler(modified, *focaler)
             loss = loss + iou - modified
-        return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
-                            reduce.reduces)
+        return guarded_reduction(reduce, loss, p, t, pred)
 
 
 def alpha_iou_loss(pred: Tensor, target: Tensor,
@@ -482,8 +495,7 @@ def alpha_iou_loss(pred: Tensor, target: Tensor,
             # pow)
             penalty = penalty.clamp(min=0).pow(alpha)
         loss = 1 - iou.clamp(min=0).pow(alpha) + penalty
-        return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
-                            reduce.reduces)
+        return guarded_reduction(reduce, loss, p, t, pred)
 
 
 def wise_iou_loss(pred: Tensor, target: Tensor,
@@ -570,8 +582,7 @@ def mpdiou_loss(pred: Tensor, target: Tensor,
         diag = (_img_size(img_size, p)**2).sum(-1)
         corner = ((p - t)**2).view(*p.shape[:-1], 2, 2).sum(-1).sum(-1)
         loss = 1 - iou + corner / diag
-        return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
-                            reduce.reduces)
+        return guarded_reduction(reduce, loss, p, t, pred)
 
 
 def focal_eiou_loss(pred: Tensor, target: Tensor,
@@ -597,5 +608,4 @@ def focal_eiou_loss(pred: Tensor, target: Tensor,
         wh = ((geo.box_wh(p) - geo.box_wh(t))**2 / (size**2 + eps)).sum(-1)
         loss = iou.detach().clamp(min=0).pow(gamma) * (1 - iou + penalty +
                                                        wh)
-        return restore_loss(reduce.apply(guarded(loss, p, t)), pred,
-                            reduce.reduces)
+        return guarded_reduction(reduce, loss, p, t, pred)
