@@ -217,7 +217,6 @@ def check_avg_factor(loss_name: str, reduction: str, avg_factor) -> None:
 
 
 CHECK_FINITE_ENV = 'MMLOSS_CHECK_FINITE'
-_check_finite_override: Optional[bool] = None
 
 
 def set_check_finite(enabled: Optional[bool]) -> None:
@@ -228,18 +227,17 @@ def set_check_finite(enabled: Optional[bool]) -> None:
     call on an accelerator, so it is off by default: a NaN in the prediction
     then simply propagates to the loss, never masked.
     """
-    global _check_finite_override
-    _check_finite_override = enabled
+    CHECK_FINITE_FLAG.forced = enabled
 
 
 def check_finite_enabled() -> bool:
     """Whether loss modules raise on a non-finite result (see above)."""
-    if _check_finite_override is not None:
-        return _check_finite_override
-    return _CHECK_FINITE_FLAG.get()
+    return CHECK_FINITE_FLAG.get()
 
 
-_CHECK_FINITE_FLAG = dispatch.EnvFlag(CHECK_FINITE_ENV, False)
+#: The finiteness check's switch (its ``get()`` is
+#: :func:`check_finite_enabled`, for callers on every loss call).
+CHECK_FINITE_FLAG = dispatch.EnvFlag(CHECK_FINITE_ENV, False)
 
 
 def _tensors(value):

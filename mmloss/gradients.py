@@ -42,7 +42,8 @@ def graph_is_kept() -> bool:
 
 def scale_saved_grad(grad: Tensor, grad_output: Tensor,
                      scale: Union[float, Tensor] = 1.0,
-                     row_factor: Optional[Tensor] = None) -> Tensor:
+                     row_factor: Optional[Tensor] = None,
+                     in_place: Optional[bool] = None) -> Tensor:
     """``grad * grad_output * scale`` (times ``row_factor`` per row).
 
     Scalars and per-row factors are folded together before they touch the
@@ -59,6 +60,9 @@ def scale_saved_grad(grad: Tensor, grad_output: Tensor,
         scale (float | Tensor): a scalar factor the forward pass left out.
         row_factor (Tensor, optional): (N,) per-row factor the forward pass
             left out (for example a row weight).
+        in_place (bool, optional): whether ``grad`` may be overwritten,
+            where the caller already asked (``not graph_is_kept()``);
+            ``None`` asks.
 
     Returns:
         Tensor: the gradient of the input, ``grad``'s shape and dtype.
@@ -71,12 +75,14 @@ def scale_saved_grad(grad: Tensor, grad_output: Tensor,
         small = row_factor if small is None else row_factor * small
     if grad_output.dtype != grad.dtype:
         grad_output = grad_output.to(grad.dtype)
-    in_place = not graph_is_kept()
+    if in_place is None:
+        in_place = not graph_is_kept()
     if grad_output.shape != grad.shape:
         # a scalar or one value per row (N,): fold the small factors in
         # before the one pass over the big tensor
         factor = grad_output if small is None else grad_output * small
-        factor = per_row(factor, grad)
+        if factor.dim() == 1:  # (a scalar needs no reshaping)
+            factor = per_row(factor, grad)
         return grad.mul_(factor) if in_place else grad * factor
     out = grad.mul_(grad_output) if in_place else grad * grad_output
     if small is not None:

@@ -201,6 +201,8 @@ class Reduction(NamedTuple):
     def fusable(self, like: Tensor, weight_shape=None) -> bool:
         """:meth:`fuses` for a loss computed like ``like``, the weight of
         exactly ``weight_shape`` (``like``'s shape by default)."""
+        if self.weight is None and self.avg_factor is None:
+            return self.reduction != 'none'  # the common case, no call
         return self.fuses(like.dtype, like.device,
                           like.shape if weight_shape is None
                           else weight_shape)

@@ -40,7 +40,7 @@ __all__ = [
     'fast_paths', 'fast_paths_enabled', 'compile_enabled', 'EnvFlag',
     'env_flag',
     'environment_value', 'tuning',
-    'device_kind', 'cpu_kernels', 'use_fast', 'plain_unweighted',
+    'device_kind', 'cpu_kernels', 'use_fast',
     'sum_of_products',
     'pretend_device',
     'autocast_off', 'without_autocast', 'block_rows'
@@ -266,9 +266,12 @@ class EnvFlag:
     :meth:`get` is the call for every loss call: one dict lookup in
     ``os.environ``'s own dict of encoded names and values (looked up each
     time: a test may replace ``os.environ``) while the value is unchanged;
-    :meth:`current` does the rest.
+    :meth:`current` does the rest. ``forced`` (``None``: unset) overrides
+    the environment (what :class:`fast_paths` and
+    :func:`mmloss.set_check_finite` set), so a hot caller asks the flag
+    once, with one call.
     """
-    __slots__ = ('name', 'default', 'key', 'raw', 'value')
+    __slots__ = ('name', 'default', 'key', 'raw', 'value', 'forced')
 
     def __init__(self, name: str, default: bool):
         self.name = name
@@ -277,9 +280,14 @@ class EnvFlag:
         self.key = _UNREAD if encode is None else encode(name)
         self.raw = _UNREAD
         self.value = default
+        self.forced: Optional[bool] = None
 
     def get(self) -> bool:
-        """The flag's value now, cheaply while it is unchanged."""
+        """The flag's value now (``forced`` if set), cheaply while it is
+        unchanged."""
+        forced = self.forced
+        if forced is not None:
+            return forced
         data = getattr(os.environ, '_data', None)
         if data is not None and data.get(self.key) is self.raw:
             return self.value
@@ -310,20 +318,14 @@ def env_flag(name: str, default: bool) -> bool:
     return flag.get()
 
 
+#: The global fast-path switch: ``forced`` by :class:`fast_paths`, else the
+#: environment.
 _FAST_PATHS_FLAG = EnvFlag(FAST_PATHS_ENV, True)
-
-
-class _Switch:
-    """The global fast-path switch: ``None`` defers to the environment."""
-    forced: Optional[bool] = None
 
 
 def fast_paths_enabled() -> bool:
     """Whether fast paths may run (``fast_paths`` or ``MMLOSS_FAST_PATHS``).
     """
-    forced = _Switch.forced
-    if forced is not None:
-        return forced
     return _FAST_PATHS_FLAG.get()
 
 
@@ -343,14 +345,14 @@ class fast_paths:
         if enabled is not None and not isinstance(enabled, bool):
             raise TypeError(f'fast_paths: enabled must be True, False or '
                             f'None, but got {enabled!r}')
-        self._previous = _Switch.forced
-        _Switch.forced = enabled
+        self._previous = _FAST_PATHS_FLAG.forced
+        _FAST_PATHS_FLAG.forced = enabled
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        _Switch.forced = self._previous
+        _FAST_PATHS_FLAG.forced = self._previous
         return False
 
 
@@ -378,7 +380,7 @@ def tuning(tensor: Tensor) -> Tuning:
 
 def cpu_kernels(tensor: Tensor) -> bool:
     """Whether the CPU-specific kernel variants may run for ``tensor``."""
-    return tuning(tensor).cpu_kernels and fast_paths_enabled()
+    return tuning(tensor).cpu_kernels and _FAST_PATHS_FLAG.get()
 
 
 def block_rows(tensor: Tensor, wide: bool = False) -> int:
@@ -389,15 +391,18 @@ def block_rows(tensor: Tensor, wide: bool = False) -> int:
 
 def use_fast(loss_name: str, *tensors: Optional[Tensor],
              rows: Optional[int] = None,
-             elements: Optional[int] = None) -> bool:
+             elements: Optional[int] = None,
+             unweighted: bool = False) -> bool:
     """Whether this call of ``loss_name`` takes its fast path.
 
     False when fast paths are switched off, when a tensor is neither
     float32 nor float64 nor half (integer logits take the plain path and
     its errors), or when ``rows`` (``elements``) is below the device's
-    ``min_rows`` (``min_elements``) for the loss. Families add their own
-    conditions (a target that needs a gradient the kernel does not give,
-    for example) before asking.
+    ``min_rows`` (``min_elements``) for the loss, or, for an
+    ``unweighted`` call (no ``weight``, no ``avg_factor``: the caller
+    says), when the device lists the loss in ``plain_unweighted``.
+    Families add their own conditions (a target that needs a gradient the
+    kernel does not give, for example) before asking.
     """
     for first in tensors:
         if first is not None:
@@ -413,7 +418,9 @@ def use_fast(loss_name: str, *tensors: Optional[Tensor],
     if elements is not None:
         if elements < entry.min_elements.get(loss_name, 0):
             return False
-    return fast_paths_enabled()
+    if unweighted and loss_name in entry.plain_unweighted:
+        return False
+    return _FAST_PATHS_FLAG.get()
 
 
 def sum_of_products(x: Tensor, y: Tensor) -> Tensor:
@@ -439,13 +446,6 @@ def sum_of_products(x: Tensor, y: Tensor) -> Tensor:
     blocks_y = blocks_x if y is x else flat_y.split(block)
     return torch.stack([torch.dot(a, b)
                         for a, b in zip(blocks_x, blocks_y)]).sum()
-
-
-def plain_unweighted(loss_name: str, tensor: Tensor) -> bool:
-    """Whether an unweighted call of ``loss_name`` (no ``weight``, no
-    ``avg_factor``) takes the plain formula on ``tensor``'s device
-    (:attr:`Tuning.plain_unweighted`)."""
-    return loss_name in tuning(tensor).plain_unweighted
 
 
 @contextlib.contextmanager

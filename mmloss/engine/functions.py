@@ -152,15 +152,17 @@ def _keep(ctx, plain: Callable, front: Sequence[Tensor],
 
 
 def _chain(ctx, grads: Sequence, needs: Sequence[bool], grad_output: Tensor,
-           scale) -> Tuple[Optional[Tensor], ...]:
+           scale, in_place: Optional[bool] = None
+           ) -> Tuple[Optional[Tensor], ...]:
     """The inputs' gradients from the loss's: each tensor in ``grads``
     times ``grad_output`` and ``scale`` (:func:`scale_saved_grad`, in place
-    when the graph is freed), :class:`NegativeOf` entries resolved, each
-    cast to its input's dtype."""
+    when the graph is freed: ``in_place``, where the caller asked),
+    :class:`NegativeOf` entries resolved, each cast to its input's dtype."""
     scale = 1.0 if scale is None else scale
     out = []
     for grad, need in zip(grads, needs):
-        out.append(scale_saved_grad(grad, grad_output, scale)
+        out.append(scale_saved_grad(grad, grad_output, scale,
+                                    in_place=in_place)
                    if need and isinstance(grad, Tensor) else None)
     return _resolve(ctx, grads, needs, out)
 
@@ -243,11 +245,10 @@ class GradientInBackward(torch.autograd.Function):
             for g, need in zip(grads, needs):
                 out.append(g if need and isinstance(g, Tensor) else None)
             return (None, None, None) + _resolve(ctx, grads, needs, out)
-        inputs = detached
-        grads, scale = ctx.grad_kernel(needs, extras, not graph_is_kept(),
-                                       *inputs)
+        in_place = not graph_is_kept()
+        grads, scale = ctx.grad_kernel(needs, extras, in_place, *detached)
         return (None, None, None) + _chain(ctx, grads, needs, grad_output,
-                                           scale)
+                                           scale, in_place)
 
 
 def gradient_in_backward(value_kernel: Callable, grad_kernel: Callable,

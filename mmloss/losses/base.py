@@ -20,7 +20,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..checks import (REDUCTIONS, check_finite_enabled, check_loss_weight,
+from ..checks import (CHECK_FINITE_FLAG, REDUCTIONS, check_loss_weight,
                       check_reduction, raise_if_not_finite)
 from ..reduction import Reduction
 
@@ -99,7 +99,7 @@ class BaseLoss(nn.Module):
         # Opt-in (MMLOSS_CHECK_FINITE=1): the check syncs with the device.
         # (Here rather than as a forward hook: any hook sends every call of
         # the module down torch's slower hooked path.)
-        if check_finite_enabled():
+        if CHECK_FINITE_FLAG.get():
             raise_if_not_finite(self.loss_name, output, (args, kwargs))
         return output
 

@@ -157,11 +157,12 @@ def _difference_loss(reduce: Reduction, pred: Tensor, target: Tensor,
                          and reduce.needs_grad):
         use_kernel = False
     elif fast is None:
+        # unweighted: torch's own loss reduces it (the mean of nothing
+        # too: the plain formula makes it 0, as the kernel does)
         use_kernel = dispatch.use_fast(
             reduce.loss_name, pred, target,
-            rows=pred.shape[0] if pred.dim() else 1) and not (
-                dispatch.plain_unweighted(reduce.loss_name, pred)
-                and reduce.torch_reduction(pred.numel()) is not None)
+            rows=pred.shape[0] if pred.dim() else 1,
+            unweighted=reduce.weight is None and reduce.avg_factor is None)
     else:
         use_kernel = dispatch.fast_paths_enabled()
 
