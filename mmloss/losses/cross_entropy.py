@@ -95,14 +95,6 @@ def _cross_entropy_function(name: str, implementation: Callable,
     return loss
 
 
-def _check_entry(loss_name: str, reduction, avg_factor,
-                 ignore_index: Optional[int]) -> int:
-    """Checks ``reduction`` and ``avg_factor``; returns ``ignore_index``
-    (``None``: the default, -100)."""
-    Reduction.check(loss_name, reduction, avg_factor)
-    return DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index
-
-
 def _check_logits_and_label(loss_name: str, pred, label) -> None:
     """Float logits ``pred`` with a class dim and a tensor ``label``."""
     check_float(loss_name, 'pred', pred)
@@ -155,27 +147,26 @@ def softmax_fast_path(pred: Tensor, class_weight: Optional[Tensor],
 def _softmax_cross_entropy(loss_name, pred, label, weight, reduction,
                            avg_factor, class_weight, ignore_index,
                            avg_non_ignore, fast):
-    ignore_index = _check_entry(loss_name, reduction, avg_factor,
-                                ignore_index)
+    Reduction.check(loss_name, reduction, avg_factor)
+    if ignore_index is None:
+        ignore_index = DEFAULT_IGNORE_INDEX
     _check_softmax_inputs(loss_name, pred, label, weight, class_weight)
     fast = softmax_fast_path(pred, class_weight, fast)
-    num_classes = pred.size(1)
-    if fast or not dispatch.tuning(label).cpu_kernels:
-        # the kernels index with the labels unchecked; off the CPU the
-        # check is queued on the device
-        check_label_range(loss_name, label, num_classes, ignore_index)
-        return softmax_cross_entropy_checked(
-            loss_name, pred, label, weight, reduction, avg_factor,
-            class_weight, ignore_index, avg_non_ignore, fast)
-    # on the CPU F.cross_entropy checks every label itself: a label out of
-    # range raises IndexError there, which the check names (no pass over
-    # the labels before)
+    # the kernels index with the labels unchecked, and off the CPU the
+    # check is queued on the device; on the CPU F.cross_entropy checks
+    # every label itself: a label out of range raises IndexError there,
+    # which the check names (no pass over the labels before)
+    checked_first = fast or not dispatch.tuning(label).cpu_kernels
+    if checked_first:
+        check_label_range(loss_name, label, pred.size(1), ignore_index)
     try:
-        return softmax_cross_entropy_checked(
-            loss_name, pred, label, weight, reduction, avg_factor,
-            class_weight, ignore_index, avg_non_ignore, False)
+        return dispatch.without_autocast(
+            pred, _softmax_cross_entropy_body, loss_name, pred, label,
+            weight, reduction, avg_factor, class_weight, ignore_index,
+            avg_non_ignore, fast)
     except IndexError:
-        check_label_range(loss_name, label, num_classes, ignore_index)
+        if not checked_first:
+            check_label_range(loss_name, label, pred.size(1), ignore_index)
         raise
 
 
@@ -284,8 +275,9 @@ def _check_sigmoid_inputs(loss_name, pred, label, weight, class_weight,
 def _binary_cross_entropy(loss_name, pred, label, weight, reduction,
                           avg_factor, class_weight, ignore_index,
                           avg_non_ignore, fast):
-    ignore_index = _check_entry(loss_name, reduction, avg_factor,
-                                ignore_index)
+    Reduction.check(loss_name, reduction, avg_factor)
+    if ignore_index is None:
+        ignore_index = DEFAULT_IGNORE_INDEX
     _check_sigmoid_inputs(loss_name, pred, label, weight, class_weight,
                           ignore_index)
     with dispatch.autocast_off(pred):
