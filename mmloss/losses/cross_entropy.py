@@ -95,6 +95,14 @@ def _cross_entropy_function(name: str, implementation: Callable,
     return loss
 
 
+def _check_entry(loss_name: str, reduction, avg_factor,
+                 ignore_index: Optional[int]) -> int:
+    """Checks ``reduction`` and ``avg_factor``; returns ``ignore_index``
+    (``None``: the default, -100)."""
+    Reduction.check(loss_name, reduction, avg_factor)
+    return DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index
+
+
 def _check_logits_and_label(loss_name: str, pred, label) -> None:
     """Float logits ``pred`` with a class dim and a tensor ``label``."""
     check_float(loss_name, 'pred', pred)
@@ -147,9 +155,8 @@ def softmax_fast_path(pred: Tensor, class_weight: Optional[Tensor],
 def _softmax_cross_entropy(loss_name, pred, label, weight, reduction,
                            avg_factor, class_weight, ignore_index,
                            avg_non_ignore, fast):
-    Reduction.check(loss_name, reduction, avg_factor)
-    if ignore_index is None:
-        ignore_index = DEFAULT_IGNORE_INDEX
+    ignore_index = _check_entry(loss_name, reduction, avg_factor,
+                                ignore_index)
     _check_softmax_inputs(loss_name, pred, label, weight, class_weight)
     fast = softmax_fast_path(pred, class_weight, fast)
     # the kernels index with the labels unchecked, and off the CPU the
@@ -275,9 +282,8 @@ def _check_sigmoid_inputs(loss_name, pred, label, weight, class_weight,
 def _binary_cross_entropy(loss_name, pred, label, weight, reduction,
                           avg_factor, class_weight, ignore_index,
                           avg_non_ignore, fast):
-    Reduction.check(loss_name, reduction, avg_factor)
-    if ignore_index is None:
-        ignore_index = DEFAULT_IGNORE_INDEX
+    ignore_index = _check_entry(loss_name, reduction, avg_factor,
+                                ignore_index)
     _check_sigmoid_inputs(loss_name, pred, label, weight, class_weight,
                           ignore_index)
     with dispatch.autocast_off(pred):
