@@ -81,8 +81,7 @@ def scale_saved_grad(grad: Tensor, grad_output: Tensor,
         # a scalar or one value per row (N,): fold the small factors in
         # before the one pass over the big tensor
         factor = grad_output if small is None else grad_output * small
-        if factor.dim() == 1:  # (a scalar needs no reshaping)
-            factor = per_row(factor, grad)
+        factor = per_row(factor, grad)
         return grad.mul_(factor) if in_place else grad * factor
     out = grad.mul_(grad_output) if in_place else grad * grad_output
     if small is not None:

@@ -82,8 +82,6 @@ class Reduction(NamedTuple):
 
     def checked(self) -> 'Reduction':
         """``self`` after :meth:`check`."""
-        if self.avg_factor is None and self.reduction in REDUCTIONS:
-            return self  # the common case: no call at all
         Reduction.check(self.loss_name, self.reduction, self.avg_factor)
         return self
 
@@ -135,6 +133,13 @@ class Reduction(NamedTuple):
         if self.reduction == 'mean':
             return loss.sum() / (self.avg_factor + FLOAT32_EPS)
         return loss
+
+    def kernel_value(self, value: Tensor, count: int, fused: bool) -> Tensor:
+        """A kernel's result: :meth:`finish` of ``value = sum(loss *
+        weight)`` over ``count`` losses when ``fused``
+        (:meth:`fusable`), else :meth:`apply` of the element-wise
+        ``value``."""
+        return self.finish(value, count) if fused else self.apply(value)
 
     def denominator(self, count: int) -> Union[None, float, Tensor]:
         """What :meth:`finish` divides a sum of ``count`` losses by

@@ -41,7 +41,7 @@ def reduce_in_kernel(rule: Reduction, value: Tensor, count: int,
         or :meth:`~mmloss.reduction.Reduction.apply`) and the scale
         (:func:`gradient_scale`).
     """
-    value = rule.finish(value, count) if fused else rule.apply(value)
+    value = rule.kernel_value(value, count, fused)
     return value, gradient_scale(rule, count, scale, value.dtype)
 
 

@@ -167,10 +167,9 @@ def _softmax_cross_entropy(loss_name, pred, label, weight, reduction,
     if checked_first:
         check_label_range(loss_name, label, pred.size(1), ignore_index)
     try:
-        return dispatch.without_autocast(
-            pred, _softmax_cross_entropy_body, loss_name, pred, label,
-            weight, reduction, avg_factor, class_weight, ignore_index,
-            avg_non_ignore, fast)
+        return softmax_cross_entropy_checked(
+            loss_name, pred, label, weight, reduction, avg_factor,
+            class_weight, ignore_index, avg_non_ignore, fast)
     except IndexError:
         if not checked_first:
             check_label_range(loss_name, label, pred.size(1), ignore_index)

@@ -71,7 +71,7 @@ from ..checks import (check_float, check_positive, check_pred_target,
 from ..engine import dispatch
 from ..engine.functions import gradient_in_backward
 from ..errors import LossTypeError, LossValueError, LossZeroDivisionError
-from ..precision import compute_dtype
+from ..precision import compute_dtype, loss_dtype
 from ..reduction import Reduction
 from ..registry import MODELS
 from ..typing_utils import AvgFactor, OptStr, OptTensor
@@ -148,13 +148,9 @@ def _difference_loss(reduce: Reduction, pred: Tensor, target: Tensor,
     dtype = pred.dtype
     if dtype not in _WIDE:
         dtype = compute_dtype(pred)
-    # loss_dtype: the reduced loss of half inputs stays in float32
-    out_dtype = dtype if reduce.reduction != 'none' else pred.dtype
-    if reduce.weight is not None and reduce.weight.dtype != dtype:
-        reduce = reduce.cast(dtype)
-    if fast is False or ((reduce.weight is not None
-                          or reduce.avg_factor is not None)
-                         and reduce.needs_grad):
+    out_dtype = loss_dtype(pred, reduce.reduces)
+    reduce = reduce.cast(dtype)
+    if fast is False or reduce.needs_grad:
         use_kernel = False
     elif fast is None:
         # unweighted: torch's own loss reduces it (the mean of nothing
@@ -183,9 +179,7 @@ def _difference_kernel(reduce: Reduction, formula: _Formula,
     def value_kernel(diff: Tensor):
         fused = reduce.fusable(diff)
         value = formula.value(diff, reduce.weight, fused)
-        count = diff.numel()
-        return (reduce.finish(value, count) if fused else
-                reduce.apply(value)), ()
+        return reduce.kernel_value(value, diff.numel(), fused), ()
 
     def grad_kernel(needs, extras, in_place: bool, diff: Tensor):
         grad, scale = formula.slope(diff, reduce.weight, in_place)
