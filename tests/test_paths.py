@@ -472,6 +472,22 @@ def _probe_losses(monkeypatch, calls, **lifted):
     return found
 
 
+def _across_the_boundary(name, per_row, settings, kind, calls):
+    """Check ``name`` against the plain formula on ``kind`` at
+    :data:`BLOCK_BOUNDARY` - 1, + 0 and + 1 rows in each of ``settings``
+    it takes; yield ``(rows, setting, counts)``, ``counts`` the set of the
+    counts the spy recorded in ``calls`` (``(elements, count)``) for
+    those rows' elements."""
+    for n in (BLOCK_BOUNDARY - 1, BLOCK_BOUNDARY, BLOCK_BOUNDARY + 1):
+        for setting in settings:
+            if not _applicable(name, setting):
+                continue
+            calls.clear()
+            _check(name, n, setting, kind)
+            yield n, setting, {count for elements, count in calls
+                               if elements == n * per_row}
+
+
 def _blocked_losses(monkeypatch):
     """``{name: entries per row}`` of the registered losses whose fast
     path runs through the classification row blocks, and the spy's calls.
@@ -501,16 +517,10 @@ def test_classification_blocks_equal_the_plain_formula(kind, monkeypatch):
             name, entry.entries_per_block_row)
         monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
             entry, block_rows=BLOCK_BOUNDARY * per_row // factor))
-        for n in (BLOCK_BOUNDARY - 1, BLOCK_BOUNDARY, BLOCK_BOUNDARY + 1):
-            for setting in BLOCK_SETTINGS:
-                if not _applicable(name, setting):
-                    continue
-                calls.clear()
-                _check(name, n, setting, kind)
-                counts = {count for entries, count in calls
-                          if entries == n * per_row}
-                assert counts == {1 if n <= BLOCK_BOUNDARY else 2}, (
-                    name, n, setting, calls)
+        for n, setting, counts in _across_the_boundary(
+                name, per_row, BLOCK_SETTINGS, kind, calls):
+            assert counts == {1 if n <= BLOCK_BOUNDARY else 2}, (
+                name, n, setting, calls)
 
 
 def _spy_dots(monkeypatch):
@@ -552,21 +562,16 @@ def test_dot_blocks_equal_the_plain_formula(kind, monkeypatch):
             monkeypatch.setitem(dispatch.TUNING, kind, dataclasses.replace(
                 dispatch.TUNING[kind],
                 dot_block_elements=BLOCK_BOUNDARY * per_row))
-        for n in (BLOCK_BOUNDARY - 1, BLOCK_BOUNDARY, BLOCK_BOUNDARY + 1):
-            for setting in BLOCK_SETTINGS + (Setting(F32, 'mean'), ):
-                if not _applicable(name, setting):
-                    continue
-                calls.clear()
-                _check(name, n, setting, kind)
-                dots = {count for elements, count in calls
-                        if elements == n * per_row}
-                if block <= 0:
-                    assert dots <= {0}, (name, n, setting, calls)
-                elif setting.dtype in (F32, F64) and \
-                        setting.reduction != 'none' and \
-                        not setting.weight and not setting.strided:
-                    assert dots == {1 if n <= BLOCK_BOUNDARY else 2}, (
-                        name, n, setting, calls)
+        for n, setting, dots in _across_the_boundary(
+                name, per_row, BLOCK_SETTINGS + (Setting(F32, 'mean'), ),
+                kind, calls):
+            if block <= 0:
+                assert dots <= {0}, (name, n, setting, calls)
+            elif setting.dtype in (F32, F64) and \
+                    setting.reduction != 'none' and \
+                    not setting.weight and not setting.strided:
+                assert dots == {1 if n <= BLOCK_BOUNDARY else 2}, (
+                    name, n, setting, calls)
 
 
 @pytest.mark.parametrize('autocast', (False, True), ids=('eager', 'autocast'))
